@@ -1,5 +1,20 @@
-//! `ferrule-agent`: the site daemon. The transport lands in a later change; for now
-//! it prints what it will do.
+//! `ferrule-aggregator`: the central service. It will accept agents over
+//! mutually authenticated QUIC and commit their batches durably; today it only
+//! parses its command line, as the transport lands in its own change.
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrule-aggregator",
+    version,
+    about = "ferrule's central aggregator: commits every batch durably before acknowledging it",
+    long_about = None,
+    after_help = "Status: the wire protocol and certificate tooling exist; QUIC ingest and the embedded durable log arrive in the next changes."
+)]
+struct Cli {}
+
 fn main() {
-    println!("ferrule-agent {}", env!("CARGO_PKG_VERSION"));
+    let _ = Cli::parse();
+    println!("ferrule-aggregator {}: nothing to run yet (see --help)", env!("CARGO_PKG_VERSION"));
 }

@@ -1,5 +1,103 @@
-//! `ferrule-agent`: the site daemon. The transport lands in a later change; for now
-//! it prints what it will do.
-fn main() {
-    println!("ferrule-agent {}", env!("CARGO_PKG_VERSION"));
+//! `ferrule-loadtest`: load scenarios that print their figures.
+//!
+//! Today it measures the wire codec alone (`codec`): how many synthetic
+//! three-phase samples per second encode and decode on this machine, which bounds
+//! every hop after it. Transport and sink scenarios join as those parts land.
+
+use anyhow::{ensure, Result};
+use clap::{Parser, Subcommand};
+use ferrule_wire::example::{FeedOptions, ThreePhaseFeed};
+use ferrule_wire::{decode, encode, Batch, Epoch, Limits, Message, Seq};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "ferrule-loadtest", version, about = "Load scenarios that print their figures")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Encode + decode synthetic three-phase batches on every core and print samples/s.
+    Codec {
+        /// How long to run, seconds.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Samples per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_samples: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Codec {
+            secs,
+            threads,
+            batch_samples,
+        } => codec(secs, threads, batch_samples),
+    }
+}
+
+/// Per-thread result: samples round-tripped and bytes they took on the wire.
+struct Tally {
+    samples: u64,
+    bytes: u64,
+}
+
+fn codec(secs: u64, threads: Option<usize>, batch_samples: usize) -> Result<()> {
+    ensure!(batch_samples > 0, "--batch-samples must be at least 1");
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let limits = Limits::default();
+    let deadline = Duration::from_secs(secs.max(1));
+    let start = Instant::now();
+    let tallies = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || -> Result<Tally> {
+                    let mut feed = ThreePhaseFeed::new(t as u64, 1_767_225_600_000_000_000, FeedOptions::default());
+                    let mut tally = Tally { samples: 0, bytes: 0 };
+                    let mut buf = Vec::new();
+                    let mut seq = Seq(1);
+                    while start.elapsed() < deadline {
+                        let batch = Message::Batch(Batch {
+                            epoch: Epoch(1),
+                            seq,
+                            clock_offset_ns: 0,
+                            series: feed.next_batch(batch_samples),
+                        });
+                        // Generation is not what we measure: time only the codec.
+                        buf.clear();
+                        encode(&batch, &limits, &mut buf)?;
+                        let decoded = decode(&buf, &limits)?;
+                        ensure!(decoded.is_some(), "a whole frame did not decode");
+                        tally.samples += batch_samples as u64;
+                        tally.bytes += buf.len() as u64;
+                        seq = seq.next();
+                    }
+                    Ok(tally)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked"))))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let samples: u64 = tallies.iter().map(|t| t.samples).sum();
+    let bytes: u64 = tallies.iter().map(|t| t.bytes).sum();
+    println!(
+        "codec: {threads} threads, {batch_samples} samples/batch, {:.1} s (batch generation included)",
+        elapsed
+    );
+    println!("  {:.2} M samples/s round-tripped", samples as f64 / elapsed / 1e6);
+    println!("  {:.2} bytes/sample on the wire", bytes as f64 / samples.max(1) as f64);
+    Ok(())
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs ferrule's whole test suite from a fresh clone, installing what it needs:
+# formatting, lints, docs, every test (the long randomized ones too) and a short
+# fuzz run. Environment:
+#   FERRULE_FUZZ_SECS   seconds per fuzz target (default 30; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+step "checking tools"
+need_rust
+need_apt openssl openssl xxd xxd
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "cargo test: long and randomized runs"
+cargo test --workspace --locked -- --ignored
+
+fuzz_secs="${FERRULE_FUZZ_SECS:-30}"
+if [ "$fuzz_secs" != 0 ]; then
+  step "fuzz smoke run"
+  scripts/fuzz.sh "$fuzz_secs"
+fi
+
+step "all checks passed"
