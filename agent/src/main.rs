@@ -1,20 +1,95 @@
-//! `ferrule-agent`: the site daemon. It will read local signals, spool them
-//! crash-safely and forward them over mutually authenticated QUIC; today it only
-//! parses its command line, as the transport lands in its own change.
+//! `ferrule-agent`: see the library's documentation.
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ferrule_agent::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "ferrule-agent",
     version,
-    about = "ferrule's site agent: reads local signals, spools them crash-safely and forwards them over mutually authenticated QUIC",
-    long_about = None,
-    after_help = "Status: the wire protocol and certificate tooling exist; the QUIC uplink, spool and inputs arrive in the next changes."
+    about = "ferrule's site agent: reads local signals, spools them crash-safely and forwards them over mutually authenticated QUIC"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    println!("ferrule-agent {}: nothing to run yet (see --help)", env!("CARGO_PKG_VERSION"));
+#[derive(Subcommand)]
+enum Command {
+    /// Read inputs and forward them until SIGTERM or Ctrl-C.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, env = "FERRULE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration file: exits non-zero naming the file, line and key at fault.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, env = "FERRULE_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            match ferrule_config::load_validated::<Config>(&config, "FERRULE") {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let result = (|| -> anyhow::Result<()> {
+                let loaded = ferrule_config::load_validated::<Config>(&config, "FERRULE")?;
+                for var in &loaded.overrides {
+                    tracing::info!(var, "configuration override from the environment");
+                }
+                let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+                rt.block_on(ferrule_agent::run(
+                    loaded.value,
+                    shutdown_signal(),
+                    ferrule_telemetry::Registry::new(),
+                ))
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("ferrule-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -1,20 +1,130 @@
-//! `ferrule-aggregator`: the central service. It will accept agents over
-//! mutually authenticated QUIC and commit their batches durably; today it only
-//! parses its command line, as the transport lands in its own change.
+//! `ferrule-aggregator`: see the library's documentation.
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ferrule_aggregator::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "ferrule-aggregator",
     version,
-    about = "ferrule's central aggregator: commits every batch durably before acknowledging it",
-    long_about = None,
-    after_help = "Status: the wire protocol and certificate tooling exist; QUIC ingest and the embedded durable log arrive in the next changes."
+    about = "ferrule's central aggregator: commits every batch durably before acknowledging it"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    println!("ferrule-aggregator {}: nothing to run yet (see --help)", env!("CARGO_PKG_VERSION"));
+#[derive(Subcommand)]
+enum Command {
+    /// Accept agents and commit their batches until SIGTERM or Ctrl-C.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, env = "FERRULE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration file: exits non-zero naming the file, line and key at fault.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, env = "FERRULE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print what an embedded log holds, as JSON (works while the aggregator runs).
+    Inspect {
+        /// The aggregator's data directory (`log.dir`).
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    let loaded = ferrule_config::load_validated::<Config>(path, "FERRULE")?;
+    for var in &loaded.overrides {
+        tracing::info!(var, "configuration override from the environment");
+    }
+    for var in &loaded.ignored {
+        tracing::warn!(var, "environment variable looks like an override but is not one (use FERRULE_<SECTION>__<KEY>)");
+    }
+    Ok(loaded.value)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            match ferrule_config::load_validated::<Config>(&config, "FERRULE") {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Inspect { data } => match ferrule_aggregator::inspect::inspect(&data) {
+            Ok(report) => {
+                println!("{}", report.to_json());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("inspect {}: {e:#}", data.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            init_tracing();
+            let result = (|| -> anyhow::Result<()> {
+                let cfg = load(&config)?;
+                let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+                rt.block_on(ferrule_aggregator::server::run(
+                    cfg,
+                    shutdown_signal(),
+                    |_| {},
+                ))
+            })();
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("ferrule-aggregator: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -11,7 +11,11 @@ use ferrule_wire::{decode, encode, Batch, Epoch, Limits, Message, Seq};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "ferrule-loadtest", version, about = "Load scenarios that print their figures")]
+#[command(
+    name = "ferrule-loadtest",
+    version,
+    about = "Load scenarios that print their figures"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -61,8 +65,15 @@ fn codec(secs: u64, threads: Option<usize>, batch_samples: usize) -> Result<()> 
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || -> Result<Tally> {
-                    let mut feed = ThreePhaseFeed::new(t as u64, 1_767_225_600_000_000_000, FeedOptions::default());
-                    let mut tally = Tally { samples: 0, bytes: 0 };
+                    let mut feed = ThreePhaseFeed::new(
+                        t as u64,
+                        1_767_225_600_000_000_000,
+                        FeedOptions::default(),
+                    );
+                    let mut tally = Tally {
+                        samples: 0,
+                        bytes: 0,
+                    };
                     let mut buf = Vec::new();
                     let mut seq = Seq(1);
                     while start.elapsed() < deadline {
@@ -87,7 +98,10 @@ fn codec(secs: u64, threads: Option<usize>, batch_samples: usize) -> Result<()> 
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+            })
             .collect::<Result<Vec<_>>>()
     })?;
     let elapsed = start.elapsed().as_secs_f64();
@@ -97,7 +111,13 @@ fn codec(secs: u64, threads: Option<usize>, batch_samples: usize) -> Result<()> 
         "codec: {threads} threads, {batch_samples} samples/batch, {:.1} s (batch generation included)",
         elapsed
     );
-    println!("  {:.2} M samples/s round-tripped", samples as f64 / elapsed / 1e6);
-    println!("  {:.2} bytes/sample on the wire", bytes as f64 / samples.max(1) as f64);
+    println!(
+        "  {:.2} M samples/s round-tripped",
+        samples as f64 / elapsed / 1e6
+    );
+    println!(
+        "  {:.2} bytes/sample on the wire",
+        bytes as f64 / samples.max(1) as f64
+    );
     Ok(())
 }

@@ -242,10 +242,16 @@ impl FrameReader {
     /// The next complete message, `None` if more bytes are needed. After an error the
     /// stream is unusable: close it.
     pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        Ok(self.next_frame()?.map(|(msg, _)| msg))
+    }
+
+    /// Like [`next_message`](Self::next_message), with the frame's size in bytes
+    /// (what a batch spends of the credit).
+    pub fn next_frame(&mut self) -> Result<Option<(Message, usize)>, DecodeError> {
         match decode(&self.buf[self.start..], &self.limits)? {
             Some((msg, used)) => {
                 self.start += used;
-                Ok(Some(msg))
+                Ok(Some((msg, used)))
             }
             None => Ok(None),
         }

@@ -30,6 +30,7 @@ pub mod example;
 mod frame;
 mod ids;
 mod message;
+pub mod record;
 mod samples;
 mod seqset;
 pub mod session;

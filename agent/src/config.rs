@@ -1,0 +1,270 @@
+//! The agent's configuration: one TOML file, every key overridable by
+//! `FERRULE_<SECTION>__<KEY>`. Units are in the key names; `deploy/agent.toml`
+//! documents each key with its default.
+
+use ferrule_config::{Invalid, Validate};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Who this agent is (must match its certificate).
+    pub agent: AgentSection,
+    /// Where to send.
+    pub uplink: UplinkSection,
+    /// Certificates.
+    pub tls: TlsSection,
+    /// The crash-safe disk spool.
+    #[serde(default)]
+    pub spool: SpoolSection,
+    /// How samples are grouped into batches.
+    #[serde(default)]
+    pub batch: BatchSection,
+    /// Sources of samples.
+    #[serde(default)]
+    pub inputs: InputsSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Site, as the certificate's URI SAN names it.
+    pub site: String,
+    /// Agent id, as the certificate's URI SAN names it.
+    pub id: String,
+}
+
+/// `[uplink]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// Aggregators, `host:port`; a name resolving to several addresses gives each.
+    /// Tried in order, failing over on loss.
+    pub endpoints: Vec<String>,
+    /// The name the aggregator's certificate must carry.
+    pub server_name: String,
+    /// Give up a connection attempt after this many seconds. Default 5.
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Heartbeat (and clock sample) interval, milliseconds. Default 2000.
+    #[serde(default = "d_heartbeat")]
+    pub heartbeat_interval_ms: u64,
+    /// First reconnect delay, milliseconds; doubles up to the maximum, with jitter. Default 200.
+    #[serde(default = "d_backoff_initial")]
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay, milliseconds. Default 30000.
+    #[serde(default = "d_backoff_max")]
+    pub backoff_max_ms: u64,
+}
+
+fn d_connect_timeout() -> u64 {
+    5
+}
+fn d_heartbeat() -> u64 {
+    2000
+}
+fn d_backoff_initial() -> u64 {
+    200
+}
+fn d_backoff_max() -> u64 {
+    30_000
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Agent certificate followed by its issuing CA (PEM).
+    pub cert: PathBuf,
+    /// Agent private key (PEM).
+    pub key: PathBuf,
+    /// Trust bundle the aggregator's certificate must chain to (PEM).
+    pub server_ca: PathBuf,
+}
+
+/// When the spool fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// After every batch: nothing generated and spooled is lost on power loss.
+    Always,
+    /// Every `fsync_interval_ms`, one fsync for all batches since (group commit).
+    Interval,
+}
+
+/// What the spool does when it reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Stop taking samples: polling inputs slow down, push inputs stop reading.
+    Block,
+    /// Delete the oldest unacknowledged data, counted per input as dropped.
+    DropOldest,
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Directory of the spool. Default `ferrule-data/agent`.
+    pub dir: PathBuf,
+    /// Most bytes on disk. Default 1 GiB.
+    pub max_bytes: u64,
+    /// What to do when full. Default `block`.
+    pub full_policy: FullPolicy,
+    /// When to fsync. Default `interval`.
+    pub fsync: FsyncMode,
+    /// Group commit interval for `fsync = "interval"`, milliseconds. Default 20.
+    pub fsync_interval_ms: u64,
+    /// Segment file size, bytes. Default 8 MiB (keep below max_bytes / 8).
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("ferrule-data/agent"),
+            max_bytes: 1 << 30,
+            full_policy: FullPolicy::Block,
+            fsync: FsyncMode::Interval,
+            fsync_interval_ms: 20,
+            segment_bytes: 8 << 20,
+        }
+    }
+}
+
+/// `[batch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSection {
+    /// Most samples in a batch. Default 4096.
+    pub max_samples: usize,
+    /// Longest a sample waits for its batch to fill, milliseconds. Default 50.
+    pub max_delay_ms: u64,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        Self {
+            max_samples: 4096,
+            max_delay_ms: 50,
+        }
+    }
+}
+
+/// `[inputs]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputsSection {
+    /// Synthetic three-phase feeds.
+    pub synthetic: Vec<SyntheticInput>,
+}
+
+/// `[[inputs.synthetic]]`: a deterministic three-phase feed (voltage, current,
+/// frequency, with noise and scheduled sags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticInput {
+    /// Input name, for counters and logs.
+    pub name: String,
+    /// Sensor names are `<prefix>/va` ... `<prefix>/f`.
+    pub prefix: String,
+    /// Samples per second of each of the seven sensors. Default 100.
+    #[serde(default = "d_rate")]
+    pub rate_hz: u32,
+    /// Seed; equal seeds give equal feeds. Default 1.
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// A 100 ms voltage sag to 70 % every this many seconds; 0 for none. Default 0.
+    #[serde(default)]
+    pub sag_every_secs: u32,
+    /// Stop after this many samples (load tests); none to run forever.
+    #[serde(default)]
+    pub total_samples: Option<u64>,
+}
+
+fn d_rate() -> u32 {
+    100
+}
+fn d_seed() -> u64 {
+    1
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// TCP address serving `/metrics` and `/healthz`; none to disable.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), Vec<Invalid>> {
+        let mut bad = Vec::new();
+        if self.uplink.endpoints.is_empty() {
+            bad.push(Invalid::new(
+                "uplink.endpoints",
+                "needs at least one host:port",
+            ));
+        }
+        for e in &self.uplink.endpoints {
+            if e.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                bad.push(Invalid::new(
+                    "uplink.endpoints",
+                    format!("{e:?} is not host:port"),
+                ));
+            }
+        }
+        if self.spool.max_bytes < 4 * self.spool.segment_bytes {
+            bad.push(Invalid::new(
+                "spool.max_bytes",
+                "must be at least 4 x spool.segment_bytes",
+            ));
+        }
+        if self.batch.max_samples == 0 || self.batch.max_samples > 50_000 {
+            bad.push(Invalid::new("batch.max_samples", "must be 1..=50000"));
+        }
+        for (i, s) in self.inputs.synthetic.iter().enumerate() {
+            if s.rate_hz == 0 || s.rate_hz > 1_000_000 {
+                bad.push(Invalid::new(
+                    format!("inputs.synthetic[{i}].rate_hz"),
+                    "must be 1..=1000000",
+                ));
+            }
+            if ferrule_wire::SensorName::new(format!("{}/va", s.prefix)).is_err() {
+                bad.push(Invalid::new(
+                    format!("inputs.synthetic[{i}].prefix"),
+                    "sensor names allow ASCII letters, digits and _ . : / -",
+                ));
+            }
+        }
+        for (key, v) in [
+            ("agent.site", &self.agent.site),
+            ("agent.id", &self.agent.id),
+        ] {
+            if v.is_empty()
+                || v.len() > 64
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                bad.push(Invalid::new(key, "1-64 characters of A-Z a-z 0-9 . _ -"));
+            }
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad)
+        }
+    }
+}

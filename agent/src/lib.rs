@@ -1,0 +1,118 @@
+//! # ferrule-agent
+//!
+//! The site daemon: inputs produce samples, the batcher cuts them into batches and
+//! appends them to a crash-safe spool, and the uplink forwards durable batches to
+//! an aggregator over mutually authenticated QUIC within the credit it grants,
+//! deleting each only once acknowledged. The binary is a thin `main` over
+//! [`run`], so tests and the demo embed it.
+//!
+//! Needs a multi-threaded tokio runtime (spool I/O runs in `block_in_place`).
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod batcher;
+pub mod catalog;
+pub mod config;
+pub mod inputs;
+pub mod spool;
+pub mod uplink;
+
+use anyhow::Context as _;
+use config::Config;
+use ferrule_telemetry::Registry;
+use std::future::Future;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Runs the agent until `shutdown` completes: then inputs stop, what they produced
+/// is spooled and synced, and the uplink gets a few seconds to have in-flight
+/// batches acknowledged. Whatever is left stays in the spool for next time.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    registry: Registry,
+) -> anyhow::Result<()> {
+    let (spool, reader) = spool::Spool::open(&cfg.spool, &registry)
+        .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
+    let catalog = Arc::new(Mutex::new(catalog::Catalog::open(&cfg.spool.dir)?));
+    let mut synthetic = Vec::new();
+    {
+        let mut cat = catalog
+            .lock()
+            .map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
+        for s in &cfg.inputs.synthetic {
+            synthetic.push(inputs::synthetic::Synthetic::new(s.clone(), &mut cat)?);
+        }
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (chunk_tx, chunk_rx) = mpsc::channel(64);
+    let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(batcher::initial_state(&spool));
+    let clock_offset = Arc::new(AtomicI64::new(0));
+
+    if let Some(addr) = cfg.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener {addr}"))?;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(ferrule_telemetry::serve(
+            listener,
+            registry.clone(),
+            || Ok(()),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+
+    let batcher = tokio::spawn(batcher::run(
+        spool,
+        batcher::BatcherIo {
+            chunks: chunk_rx,
+            settles: settle_rx,
+            state: state_tx,
+            clock_offset_ns: clock_offset.clone(),
+            shutdown: stop_rx.clone(),
+        },
+        cfg.batch.clone(),
+        cfg.spool.fsync,
+        Duration::from_millis(cfg.spool.fsync_interval_ms),
+        registry.clone(),
+    ));
+    let mut input_tasks = Vec::new();
+    for s in synthetic {
+        input_tasks.push(tokio::spawn(s.run(
+            chunk_tx.clone(),
+            stop_rx.clone(),
+            registry.clone(),
+        )));
+    }
+    drop(chunk_tx);
+    let uplink = tokio::spawn(uplink::run(uplink::UplinkDeps {
+        cfg: cfg.clone(),
+        reader,
+        state: state_rx,
+        settles: settle_tx,
+        catalog,
+        clock_offset_ns: clock_offset,
+        registry: registry.clone(),
+        shutdown: stop_rx.clone(),
+    }));
+    tracing::info!(site = %cfg.agent.site, agent = %cfg.agent.id, endpoints = ?cfg.uplink.endpoints, "agent running");
+
+    shutdown.await;
+    tracing::info!("agent stopping: flushing inputs to the spool, draining in-flight batches");
+    let _ = stop_tx.send(true);
+    for t in input_tasks {
+        let _ = t.await;
+    }
+    let up = uplink.await;
+    // The uplink dropped its settle sender: the batcher finishes.
+    let _ = batcher.await;
+    match up {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("uplink task failed: {e}")),
+    }
+}

@@ -1,0 +1,556 @@
+//! The uplink: one QUIC session at a time to one of the configured aggregators,
+//! driving a `wire::session::AgentSession`.
+//!
+//! Per session: a control stream (Hello, Define, Heartbeat out; Welcome, Ack,
+//! Credit, GoAway in) and two lanes for batches: live (batches spooled since the
+//! session came up, high priority) and replay (the backlog from before, low
+//! priority), so fresh data and control traffic never wait behind a replay.
+//! Every lane carries the catalog's Defines before its first batch.
+//!
+//! Invariants kept here: the session is up only on Welcome; a batch is sent only
+//! when durable in the spool and within credit; the spool releases a batch only on
+//! its Ack; whatever was in flight when a session ends is sent again on the next,
+//! to whichever aggregator answers.
+
+use crate::backoff::Backoff;
+use crate::batcher::{Settle, SpoolState};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::spool::{SpoolReader, Spooled};
+use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_transport::quinn;
+use ferrule_transport::{
+    classify, client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
+};
+use ferrule_wire::clock::ClockFilter;
+use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession};
+use ferrule_wire::{
+    Capabilities, Limits, Message, Seq, SeqSet, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+
+/// What the uplink needs.
+pub struct UplinkDeps {
+    /// The configuration.
+    pub cfg: Config,
+    /// Reads batches back from the spool.
+    pub reader: SpoolReader,
+    /// How far the spool is durable and acknowledged.
+    pub state: watch::Receiver<SpoolState>,
+    /// Tells the batcher what to release.
+    pub settles: mpsc::UnboundedSender<Settle>,
+    /// Sensor definitions to send.
+    pub catalog: Arc<Mutex<Catalog>>,
+    /// Where the clock offset estimate goes.
+    pub clock_offset_ns: Arc<AtomicI64>,
+    /// Counters.
+    pub registry: Registry,
+    /// Flips to true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+struct Metrics {
+    registry: Registry,
+    up: Gauge,
+    sessions: Counter,
+    sent_batches: Counter,
+    sent_bytes: Counter,
+    acked: Counter,
+    clock_offset: Gauge,
+}
+
+enum End {
+    /// The aggregator asked us to move; try `alternate` first.
+    GoAway(Option<String>),
+    /// We are shutting down.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum UplinkError {
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("{reason}: {source}")]
+    Connection {
+        reason: &'static str,
+        source: quinn::ConnectionError,
+    },
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("session: {0}")]
+    Session(#[from] ferrule_wire::session::SessionError),
+    #[error("stream: {0}")]
+    Stream(#[from] ferrule_transport::StreamError),
+    #[error("spool read: {0}")]
+    Spool(#[from] ferrule_disklog::Error),
+    #[error("aggregator closed the control stream")]
+    Closed,
+}
+
+impl UplinkError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Connection { reason, .. } => reason,
+            Self::Timeout(_) => "timeout",
+            Self::Session(e) => e.code().name(),
+            Self::Stream(_) => "stream",
+            Self::Spool(_) => "spool_read",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+fn conn_err(e: quinn::ConnectionError) -> UplinkError {
+    UplinkError::Connection {
+        reason: classify(&e),
+        source: e,
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Resolves every endpoint to its addresses, the preferred one first.
+async fn resolve(endpoints: &[String], preferred: Option<&str>) -> Vec<(String, SocketAddr)> {
+    let mut names: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    if let Some(p) = preferred {
+        names.retain(|n| *n != p);
+        names.insert(0, p);
+    }
+    let mut out = Vec::new();
+    for name in names {
+        match tokio::net::lookup_host(name).await {
+            Ok(addrs) => out.extend(addrs.map(|a| (name.to_string(), a))),
+            Err(e) => {
+                tracing::warn!(endpoint = name, error = %e, "cannot resolve aggregator endpoint")
+            }
+        }
+    }
+    out
+}
+
+/// Runs the uplink until shutdown (and the in-flight batches are settled or the
+/// drain time is up).
+pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
+    let crypto = client_crypto(&ClientTls {
+        cert: deps.cfg.tls.cert.clone(),
+        key: deps.cfg.tls.key.clone(),
+        server_ca: deps.cfg.tls.server_ca.clone(),
+    })?;
+    let endpoint = client_endpoint(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        crypto,
+        &EndpointLimits::default(),
+    )?;
+    let m = Metrics {
+        registry: deps.registry.clone(),
+        up: deps.registry.gauge(
+            "ferrule_agent_uplink_up",
+            "1 while a session with an aggregator is up",
+            &[],
+        ),
+        sessions: deps.registry.counter(
+            "ferrule_agent_sessions_total",
+            "Sessions established",
+            &[],
+        ),
+        sent_batches: deps.registry.counter(
+            "ferrule_agent_sent_batches_total",
+            "Batches sent (retransmits included)",
+            &[],
+        ),
+        sent_bytes: deps.registry.counter(
+            "ferrule_agent_sent_bytes_total",
+            "Batch frame bytes sent",
+            &[],
+        ),
+        acked: deps.registry.counter(
+            "ferrule_agent_acked_by_uplink_total",
+            "Batches acknowledged as committed",
+            &[],
+        ),
+        clock_offset: deps.registry.gauge(
+            "ferrule_agent_clock_offset_ns",
+            "Estimated clock offset to the aggregator (aggregator minus agent), nanoseconds",
+            &[],
+        ),
+    };
+    let seed = now_ns() as u64 ^ u64::from(std::process::id());
+    let mut backoff = Backoff::new(
+        Duration::from_millis(deps.cfg.uplink.backoff_initial_ms),
+        Duration::from_millis(deps.cfg.uplink.backoff_max_ms),
+        seed,
+    );
+    let mut preferred: Option<String> = None;
+    let mut shutdown = deps.shutdown.clone();
+    let mut clock = ClockFilter::default();
+    'outer: loop {
+        if *shutdown.borrow() && nothing_unsent(&deps) {
+            break;
+        }
+        let addrs = resolve(&deps.cfg.uplink.endpoints, preferred.as_deref()).await;
+        for (name, addr) in addrs {
+            match session(&endpoint, addr, &deps, &m, &mut clock, &mut backoff).await {
+                Ok(End::GoAway(alt)) => {
+                    tracing::info!(endpoint = %name, %addr, alternate = ?alt, "aggregator sent GoAway; moving");
+                    preferred = alt;
+                    continue 'outer;
+                }
+                Ok(End::Shutdown) => break 'outer,
+                Err(e) => {
+                    m.up.set(0);
+                    let reason = e.reason();
+                    m.registry
+                        .counter(
+                            "ferrule_agent_session_failures_total",
+                            "Sessions that failed or could not be set up, by reason",
+                            &[("reason", reason)],
+                        )
+                        .inc();
+                    tracing::warn!(endpoint = %name, %addr, reason, error = %e, "uplink session failed");
+                }
+            }
+            if *shutdown.borrow() {
+                break 'outer;
+            }
+        }
+        let delay = backoff.next_delay();
+        tracing::debug!(?delay, "reconnecting after backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    m.up.set(0);
+    endpoint.close(0u32.into(), b"agent stopping");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+fn nothing_unsent(deps: &UplinkDeps) -> bool {
+    let s = *deps.state.borrow();
+    s.first_unacked >= s.durable_until
+}
+
+/// A lane: its stream, how many catalog Defines it has carried, and prefetched batches.
+struct Lane {
+    tx: FrameSender,
+    defined: usize,
+    cursor: Seq,
+    until: Option<Seq>,
+    buf: VecDeque<Spooled>,
+}
+
+async fn session(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+    deps: &UplinkDeps,
+    m: &Metrics,
+    clock: &mut ClockFilter,
+    backoff: &mut Backoff,
+) -> Result<End, UplinkError> {
+    let up = &deps.cfg.uplink;
+    let connect_timeout = Duration::from_secs(up.connect_timeout_secs);
+    let connecting = ep.connect(addr, &up.server_name)?;
+    let conn = match tokio::time::timeout(connect_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(conn_err(e)),
+        Err(_) => return Err(UplinkError::Timeout("QUIC handshake")),
+    };
+    let result = drive(&conn, deps, m, clock, backoff, connect_timeout).await;
+    match &result {
+        Ok(End::Shutdown) | Ok(End::GoAway(_)) => conn.close(0u32.into(), b"bye"),
+        Err(e) => conn.close(1u32.into(), e.reason().as_bytes()),
+    }
+    m.up.set(0);
+    result
+}
+
+async fn drive(
+    conn: &quinn::Connection,
+    deps: &UplinkDeps,
+    m: &Metrics,
+    clock: &mut ClockFilter,
+    backoff: &mut Backoff,
+    connect_timeout: Duration,
+) -> Result<End, UplinkError> {
+    let limits = Limits::default();
+    let (send, recv) = conn.open_bi().await.map_err(conn_err)?;
+    let mut ctl = FrameSender::new(send, limits);
+    let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
+    let start = *deps.state.borrow();
+    let mut s = AgentSession::new(
+        AgentConfig {
+            site: deps.cfg.agent.site.clone(),
+            agent: deps.cfg.agent.id.clone(),
+            software: env!("CARGO_PKG_VERSION").to_string(),
+            epoch: start.epoch,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            capabilities: Capabilities::ALL,
+        },
+        start.first_unacked,
+    );
+    flush(&mut s, &mut ctl).await?;
+    // Up only on Welcome.
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    while !s.is_established() {
+        let next = tokio::time::timeout_at(deadline, ctl_rx.next()).await;
+        match next {
+            Err(_) => return Err(UplinkError::Timeout("Welcome")),
+            Ok(Err(e)) => return Err(stream_or_conn(e, conn)),
+            Ok(Ok(None)) => return Err(closed_or_conn(conn)),
+            Ok(Ok(Some((msg, _)))) => s.handle(msg, now_ns())?,
+        }
+    }
+    let server_limits = s
+        .limits()
+        .map(|l| l.max_frame_bytes)
+        .unwrap_or(limits.max_frame_bytes);
+    let mut server_name = String::new();
+    while let Some(ev) = s.poll_event() {
+        if let AgentEvent::Established { server, .. } = ev {
+            server_name = server;
+        }
+    }
+    m.up.set(1);
+    m.sessions.inc();
+    backoff.reset();
+    tracing::info!(server = %server_name, version = s.version(), resume_from = %start.first_unacked, "uplink session up");
+
+    let mut live = Lane {
+        tx: FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits),
+        defined: 0,
+        cursor: start.durable_until,
+        until: None,
+        buf: VecDeque::new(),
+    };
+    live.tx.set_priority(10);
+    let mut replay = Lane {
+        tx: FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits),
+        defined: 0,
+        cursor: start.first_unacked,
+        until: Some(start.durable_until),
+        buf: VecDeque::new(),
+    };
+    replay.tx.set_priority(0);
+
+    let mut state = deps.state.clone();
+    let mut shutdown = deps.shutdown.clone();
+    let mut hb = tokio::time::interval(Duration::from_millis(
+        deps.cfg.uplink.heartbeat_interval_ms.max(100),
+    ));
+    let mut sent_meta: HashMap<Seq, (String, u32)> = HashMap::new();
+    let mut settled = SeqSet::new();
+    let mut goaway: Option<Option<String>> = None;
+    let mut stopping = *shutdown.borrow();
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if goaway.is_none() && !stopping {
+            for lane in [&mut live, &mut replay] {
+                send_ready(
+                    &mut s,
+                    lane,
+                    deps,
+                    m,
+                    &mut sent_meta,
+                    &settled,
+                    server_limits,
+                )
+                .await?;
+            }
+        }
+        flush(&mut s, &mut ctl).await?;
+        if let Some(alt) = &goaway {
+            if s.in_flight().next().is_none() {
+                return Ok(End::GoAway(alt.clone()));
+            }
+        }
+        if stopping
+            && (s.in_flight().next().is_none()
+                || stop_deadline.is_some_and(|d| tokio::time::Instant::now() >= d))
+        {
+            return Ok(End::Shutdown);
+        }
+        tokio::select! {
+            next = ctl_rx.next() => match next {
+                Ok(Some((msg, _))) => s.handle(msg, now_ns())?,
+                Ok(None) => return Err(closed_or_conn(conn)),
+                Err(e) => return Err(stream_or_conn(e, conn)),
+            },
+            _ = state.changed() => {}
+            _ = hb.tick() => s.heartbeat(now_ns()),
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() && !stopping {
+                    stopping = true;
+                    stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {},
+            e = conn.closed() => return Err(conn_err(e)),
+        }
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                AgentEvent::Acked(seqs) => {
+                    m.acked.add(seqs.len() as u64);
+                    for q in &seqs {
+                        sent_meta.remove(q);
+                        settled.insert(*q);
+                    }
+                    let _ = deps.settles.send(Settle::Done(seqs));
+                }
+                AgentEvent::Rejected { seqs, reason } => {
+                    for q in &seqs {
+                        let (input, samples) =
+                            sent_meta.remove(q).unwrap_or_else(|| ("unknown".into(), 0));
+                        let r = format!("rejected_{}", reason.0);
+                        let labels = [("reason", r.as_str()), ("input", input.as_str())];
+                        m.registry
+                            .counter(
+                                "ferrule_agent_dropped_batches_total",
+                                "Batches dropped unacknowledged, by reason and input",
+                                &labels,
+                            )
+                            .inc();
+                        m.registry
+                            .counter(
+                                "ferrule_agent_dropped_samples_total",
+                                "Samples dropped unacknowledged, by reason and input",
+                                &labels,
+                            )
+                            .add(u64::from(samples));
+                        settled.insert(*q);
+                    }
+                    tracing::warn!(
+                        ?seqs,
+                        reason = reason.0,
+                        "aggregator refused batches for good; dropped and counted"
+                    );
+                    let _ = deps.settles.send(Settle::Done(seqs));
+                }
+                AgentEvent::Clock(sample) => {
+                    clock.add(sample);
+                    if let Some(best) = clock.estimate() {
+                        deps.clock_offset_ns
+                            .store(best.offset_ns, Ordering::Relaxed);
+                        m.clock_offset.set(best.offset_ns);
+                    }
+                }
+                AgentEvent::GoAway(g) => goaway = Some(g.alternate),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn closed_or_conn(conn: &quinn::Connection) -> UplinkError {
+    match conn.close_reason() {
+        Some(e) => conn_err(e),
+        None => UplinkError::Closed,
+    }
+}
+
+fn stream_or_conn(e: ferrule_transport::StreamError, conn: &quinn::Connection) -> UplinkError {
+    match conn.close_reason() {
+        Some(c) => conn_err(c),
+        None => UplinkError::Stream(e),
+    }
+}
+
+async fn flush(s: &mut AgentSession, ctl: &mut FrameSender) -> Result<(), UplinkError> {
+    while let Some(m) = s.poll_transmit() {
+        ctl.send(&m).await?;
+    }
+    Ok(())
+}
+
+/// Sends durable batches on `lane` while credit allows.
+async fn send_ready(
+    s: &mut AgentSession,
+    lane: &mut Lane,
+    deps: &UplinkDeps,
+    m: &Metrics,
+    sent_meta: &mut HashMap<Seq, (String, u32)>,
+    settled: &SeqSet,
+    server_max_frame: u32,
+) -> Result<(), UplinkError> {
+    loop {
+        if lane.buf.is_empty() {
+            let st = *deps.state.borrow();
+            let end = lane
+                .until
+                .map_or(st.durable_until, |u| u.min(st.durable_until));
+            lane.cursor = lane.cursor.max(st.first_unacked);
+            if lane.cursor >= end {
+                return Ok(());
+            }
+            let reader = deps.reader.clone();
+            let from = lane.cursor;
+            let batch = tokio::task::block_in_place(|| reader.read(from, 256))?;
+            for b in batch {
+                if b.seq < end {
+                    lane.buf.push_back(b);
+                }
+            }
+            match lane.buf.back() {
+                Some(last) => lane.cursor = last.seq.next(),
+                None => {
+                    // Nothing readable in [cursor, end): released or lost to damage.
+                    lane.cursor = end;
+                    return Ok(());
+                }
+            }
+        }
+        let Some(front) = lane.buf.front() else {
+            return Ok(());
+        };
+        if settled.contains(front.seq) {
+            lane.buf.pop_front();
+            continue;
+        }
+        let len = front.frame.len() as u64;
+        if len > u64::from(server_max_frame) {
+            // Can never be accepted by this aggregator: count and release it.
+            let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
+            m.registry
+                .counter(
+                    "ferrule_agent_dropped_samples_total",
+                    "Samples dropped unacknowledged, by reason and input",
+                    &[("reason", "frame_too_large"), ("input", b.input.as_str())],
+                )
+                .add(u64::from(b.samples));
+            let _ = deps.settles.send(Settle::Done(vec![b.seq]));
+            continue;
+        }
+        if !s.can_send(len) {
+            return Ok(());
+        }
+        // Defines first, so the lane never carries a batch naming an unknown sensor.
+        let defines: Vec<_> = {
+            let cat = deps.catalog.lock().unwrap_or_else(PoisonError::into_inner);
+            cat.defines()[lane.defined.min(cat.defines().len())..].to_vec()
+        };
+        for d in defines {
+            lane.tx.send(&Message::Define(d)).await?;
+            lane.defined += 1;
+        }
+        let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
+        if s.on_send(b.seq, len).is_err() {
+            // Already in flight on this session (a lane overlap); skip it.
+            continue;
+        }
+        lane.tx.send_frame(&b.frame).await?;
+        m.sent_batches.inc();
+        m.sent_bytes.add(len);
+        sent_meta.insert(b.seq, (b.input, b.samples));
+    }
+}

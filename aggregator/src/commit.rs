@@ -1,0 +1,371 @@
+//! The sink: where batches become durable before they are acknowledged.
+//!
+//! Ingest sessions submit [`CommitRequest`]s through a bounded queue; one
+//! committer owns the durable store and reports each request's outcome on the
+//! session's reply channel. This module holds the embedded implementation (the
+//! local segmented log, group-committed: append every queued batch, fsync once,
+//! then report all of them durable); the Kafka sink plugs into the same requests.
+//!
+//! The committer also owns the dedupe ledger: every (agent, epoch, seq) it has made
+//! durable, rebuilt from the log at start. A retransmit it can see is reported
+//! [`CommitOutcome::Duplicate`] (already durable) and never written twice.
+
+use crate::ledger::{Ledger, LedgerKey};
+use ferrule_disklog::{FsyncPolicy, Log, Offset, Options};
+use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_wire::record::decode_record_header;
+use ferrule_wire::Seq;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::mpsc;
+
+/// A batch to make durable.
+#[derive(Debug)]
+pub struct CommitRequest {
+    /// The dedupe key.
+    pub key: LedgerKey,
+    /// The encoded record.
+    pub record: Vec<u8>,
+    /// Samples in the record (for counters).
+    pub samples: u32,
+    /// Where to report the outcome.
+    pub reply: mpsc::UnboundedSender<CommitDone>,
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitDone {
+    /// The batch.
+    pub seq: Seq,
+    /// What happened.
+    pub outcome: CommitOutcome,
+    /// Record bytes, returned so the session can return the credit.
+    pub bytes: u64,
+}
+
+/// What the sink did with a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Durable now.
+    Committed,
+    /// Was durable already (a retransmit); not written again.
+    Duplicate,
+    /// Not durable; the agent keeps it and sends it again.
+    Failed(String),
+}
+
+/// The handle sessions submit through. Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    tx: mpsc::Sender<CommitRequest>,
+    queued_bytes: Arc<AtomicU64>,
+    high_water_bytes: u64,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Sink {
+    /// Submits a request, waiting while the queue is full (backpressure).
+    pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitRequest> {
+        let bytes = req.record.len() as u64;
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.tx.send(req).await.map_err(|e| {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            e.0
+        })
+    }
+
+    /// True when the sink is behind enough that credit should be withheld.
+    pub fn under_pressure(&self) -> bool {
+        self.queued_bytes.load(Ordering::Relaxed) > self.high_water_bytes
+            || !self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// False after the store failed a write or sync and has not recovered.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings of the embedded committer.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Log directory.
+    pub dir: PathBuf,
+    /// Segment size, bytes.
+    pub segment_bytes: u64,
+    /// Retention by total size.
+    pub max_total_bytes: Option<u64>,
+    /// Retention by age.
+    pub max_age: Option<Duration>,
+    /// Most requests per group commit.
+    pub group_max: usize,
+    /// Queue bytes above which credit is withheld.
+    pub high_water_bytes: u64,
+}
+
+/// The running embedded committer: its handle and its thread.
+pub struct Embedded {
+    sink: Sink,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Name of the file where the committer keeps counters that outlive restarts.
+pub const STATS_FILE: &str = "stats.json";
+/// Subdirectory of the data directory holding the log's segments.
+pub const LOG_SUBDIR: &str = "log";
+
+struct Counters {
+    committed_batches: Counter,
+    committed_samples: Counter,
+    duplicates: Counter,
+    failures: Counter,
+    group_commits: Counter,
+    queued: Gauge,
+    log_bytes: Gauge,
+    retention_deleted: Counter,
+}
+
+impl Embedded {
+    /// Opens (recovering) the log under `opts.dir`, rebuilds the dedupe ledger and
+    /// starts the committer thread.
+    pub fn start(opts: EmbeddedOptions, registry: &Registry) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&opts.dir)?;
+        let mut log_opts = Options::default();
+        log_opts.segment_bytes = opts.segment_bytes;
+        log_opts.fsync = FsyncPolicy::Batch;
+        log_opts.max_total_bytes = opts.max_total_bytes;
+        log_opts.max_age = opts.max_age;
+        let log_dir = opts.dir.join(LOG_SUBDIR);
+        let (log, recovery) = Log::open(&log_dir, log_opts)?;
+        if !recovery.is_clean() {
+            tracing::warn!(?recovery, dir = %log_dir.display(), "embedded log recovered from damage");
+        }
+        let started = Instant::now();
+        let mut ledger = Ledger::load_stats(&opts.dir.join(STATS_FILE));
+        let rebuilt = rebuild_ledger(&log, &mut ledger)?;
+        tracing::info!(
+            records = rebuilt,
+            agents = ledger.agent_count(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            dir = %log_dir.display(),
+            "embedded log open"
+        );
+        let counters = Counters {
+            committed_batches: registry.counter(
+                "ferrule_aggregator_committed_batches_total",
+                "Batches made durable",
+                &[],
+            ),
+            committed_samples: registry.counter(
+                "ferrule_aggregator_committed_samples_total",
+                "Samples made durable",
+                &[],
+            ),
+            duplicates: registry.counter(
+                "ferrule_aggregator_duplicates_dropped_total",
+                "Retransmitted batches already durable, not written again",
+                &[],
+            ),
+            failures: registry.counter(
+                "ferrule_aggregator_commit_failures_total",
+                "Batches the sink failed to make durable",
+                &[],
+            ),
+            group_commits: registry.counter(
+                "ferrule_aggregator_group_commits_total",
+                "fsyncs of the embedded log",
+                &[],
+            ),
+            queued: registry.gauge(
+                "ferrule_aggregator_sink_queued_bytes",
+                "Bytes waiting for the sink",
+                &[],
+            ),
+            log_bytes: registry.gauge(
+                "ferrule_aggregator_log_bytes",
+                "Size of the embedded log",
+                &[],
+            ),
+            retention_deleted: registry.counter(
+                "ferrule_aggregator_retention_deleted_records_total",
+                "Records deleted from the embedded log by retention",
+                &[],
+            ),
+        };
+        let (tx, rx) = mpsc::channel(opts.group_max.max(1) * 4);
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let sink = Sink {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            high_water_bytes: opts.high_water_bytes,
+            healthy: healthy.clone(),
+        };
+        let stats_path = opts.dir.join(STATS_FILE);
+        let thread = std::thread::Builder::new()
+            .name("ferrule-commit".into())
+            .spawn(move || {
+                run(
+                    log,
+                    ledger,
+                    rx,
+                    opts.group_max.max(1),
+                    queued_bytes,
+                    healthy,
+                    counters,
+                    stats_path,
+                )
+            })?;
+        Ok(Self {
+            sink,
+            thread: Some(thread),
+        })
+    }
+
+    /// The handle sessions submit through.
+    pub fn sink(&self) -> Sink {
+        self.sink.clone()
+    }
+
+    /// Waits for the committer to finish what was queued. Every [`Sink`] clone must
+    /// be dropped first (the queue closing is what stops the thread).
+    pub fn join(mut self) {
+        drop(self.sink);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn rebuild_ledger(log: &Log, ledger: &mut Ledger) -> anyhow::Result<u64> {
+    let reader = log.reader();
+    let mut from = Offset(0);
+    let mut n = 0u64;
+    loop {
+        let recs = reader.read_records(from, 4096, 64 << 20)?;
+        let Some(last) = recs.last() else { break };
+        from = Offset(last.offset.0 + 1);
+        for r in &recs {
+            match decode_record_header(&r.payload) {
+                Ok(h) => {
+                    ledger.insert(&LedgerKey::new(&h.site, &h.agent, h.epoch, h.seq));
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(offset = r.offset.0, error = %e, "undecodable record in embedded log")
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    mut log: Log,
+    mut ledger: Ledger,
+    mut rx: mpsc::Receiver<CommitRequest>,
+    group_max: usize,
+    queued_bytes: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+    c: Counters,
+    stats_path: PathBuf,
+) {
+    let mut last_housekeeping = Instant::now();
+    let mut group: Vec<CommitRequest> = Vec::with_capacity(group_max);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < group_max {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut written = Vec::with_capacity(group.len());
+        let mut dups = Vec::new();
+        let mut error: Option<String> = None;
+        for (i, req) in group.iter().enumerate() {
+            if ledger.contains(&req.key) || written.iter().any(|j: &usize| group[*j].key == req.key)
+            {
+                dups.push(i);
+                continue;
+            }
+            if error.is_none() {
+                match log.append(&req.record) {
+                    Ok(_) => written.push(i),
+                    Err(e) => error = Some(format!("append: {e}")),
+                }
+            }
+        }
+        if error.is_none() && !written.is_empty() {
+            match log.sync() {
+                Ok(_) => c.group_commits.inc(),
+                Err(e) => error = Some(format!("fsync: {e}")),
+            }
+        }
+        healthy.store(error.is_none(), Ordering::Relaxed);
+        let mut bytes_done = 0u64;
+        for (i, req) in group.drain(..).enumerate() {
+            let bytes = req.record.len() as u64;
+            bytes_done += bytes;
+            let outcome = if dups.contains(&i) {
+                c.duplicates.inc();
+                ledger.count_duplicate(&req.key);
+                CommitOutcome::Duplicate
+            } else if let (true, None) = (written.contains(&i), &error) {
+                ledger.insert(&req.key);
+                c.committed_batches.inc();
+                c.committed_samples.add(u64::from(req.samples));
+                CommitOutcome::Committed
+            } else {
+                c.failures.inc();
+                CommitOutcome::Failed(error.clone().unwrap_or_else(|| "not written".into()))
+            };
+            // A closed reply channel means the session is gone; the agent will resend.
+            let _ = req.reply.send(CommitDone {
+                seq: req.key.seq,
+                outcome,
+                bytes,
+            });
+        }
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "embedded log write failed; batches stay unacknowledged");
+            // Give a failing disk a moment instead of spinning on it.
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+        let left = queued_bytes
+            .fetch_sub(bytes_done, Ordering::Relaxed)
+            .saturating_sub(bytes_done);
+        c.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
+        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+            last_housekeeping = Instant::now();
+            housekeeping(&mut log, &ledger, &c, &stats_path);
+        }
+    }
+    // Queue closed: everything written was synced in its group; save the stats.
+    housekeeping(&mut log, &ledger, &c, &stats_path);
+}
+
+fn housekeeping(log: &mut Log, ledger: &Ledger, c: &Counters, stats_path: &Path) {
+    match log.enforce_retention(SystemTime::now()) {
+        Ok(report) => {
+            let n = report.records();
+            if n > 0 {
+                c.retention_deleted.add(n);
+                tracing::info!(
+                    records = n,
+                    bytes = report.bytes(),
+                    "retention deleted old segments"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "retention failed"),
+    }
+    c.log_bytes
+        .set(i64::try_from(log.total_bytes()).unwrap_or(i64::MAX));
+    if let Err(e) = ledger.save_stats(stats_path) {
+        tracing::warn!(error = %e, path = %stats_path.display(), "saving stats failed");
+    }
+}

@@ -1,0 +1,198 @@
+//! The aggregator's configuration: one TOML file, every key overridable by
+//! `FERRULE_<SECTION>__<KEY>`. Units are in the key names. Defaults are what the
+//! embedded, single-machine setup needs; `deploy/aggregator.toml` documents each key.
+
+use ferrule_config::{Invalid, Validate};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where and how agents connect.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Certificates.
+    pub tls: TlsSection,
+    /// How much agents may send ahead of commits.
+    #[serde(default)]
+    pub credit: CreditSection,
+    /// The embedded durable log (used when no Kafka is configured).
+    #[serde(default)]
+    pub log: LogSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// UDP address to listen on. Default `127.0.0.1:4433`.
+    pub listen: SocketAddr,
+    /// Name announced to agents in Welcome, for their logs. Default `ferrule-aggregator`.
+    pub name: String,
+    /// Validate client addresses with a QUIC Retry before any handshake work. Default true.
+    pub retry: bool,
+    /// Handshakes in progress at once; more are refused. Default 256.
+    pub max_pending_handshakes: usize,
+    /// Close a connection silent this long. Default 30.
+    pub idle_timeout_secs: u64,
+    /// A frame must arrive whole within this many seconds of its first byte. Default 10.
+    pub frame_timeout_secs: u64,
+    /// A session must say Hello within this many seconds of connecting. Default 10.
+    pub hello_timeout_secs: u64,
+    /// Largest frame accepted, bytes. Default 1 MiB.
+    pub max_frame_bytes: u32,
+    /// Most sensors one agent session may define. Default 100 000.
+    pub max_sensors_per_agent: u32,
+    /// Heartbeat interval asked of agents, milliseconds. Default 2000.
+    pub heartbeat_interval_ms: u32,
+    /// On SIGTERM, wait this long for in-flight commits and agents to leave. Default 10.
+    pub drain_timeout_secs: u64,
+    /// Endpoint suggested to agents in GoAway (`host:port`), if any.
+    pub alternate: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            name: "ferrule-aggregator".into(),
+            retry: true,
+            max_pending_handshakes: 256,
+            idle_timeout_secs: 30,
+            frame_timeout_secs: 10,
+            hello_timeout_secs: 10,
+            max_frame_bytes: 1 << 20,
+            max_sensors_per_agent: 100_000,
+            heartbeat_interval_ms: 2000,
+            drain_timeout_secs: 10,
+            alternate: None,
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Server certificate followed by its issuing CA (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// Trust bundle agents' certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+    /// CRL of revoked agent certificates (PEM), if any.
+    pub crl: Option<PathBuf>,
+}
+
+/// `[credit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditSection {
+    /// Bytes one agent may have in flight towards the sink. Default 16 MiB.
+    pub session_window_bytes: u64,
+    /// Batches one agent may have in flight towards the sink. Default 256.
+    pub session_window_batches: u32,
+    /// Above this many bytes queued at the sink, credit is withheld. Default 256 MiB.
+    pub sink_high_water_bytes: u64,
+}
+
+impl Default for CreditSection {
+    fn default() -> Self {
+        Self {
+            session_window_bytes: 16 << 20,
+            session_window_batches: 256,
+            sink_high_water_bytes: 256 << 20,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Directory of the embedded log. Default `ferrule-data/aggregator`.
+    pub dir: PathBuf,
+    /// Segment size, bytes. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// Delete oldest segments beyond this total, bytes. Default none.
+    pub max_total_bytes: Option<u64>,
+    /// Delete segments older than this, seconds. Default none.
+    pub max_age_secs: Option<u64>,
+    /// Most batches written per group commit (one fsync). Default 1024.
+    pub group_commit_max_batches: usize,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("ferrule-data/aggregator"),
+            segment_bytes: 64 << 20,
+            max_total_bytes: None,
+            max_age_secs: None,
+            group_commit_max_batches: 1024,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// TCP address serving `/metrics` and `/healthz`; none to disable. Default none.
+    pub listen: Option<SocketAddr>,
+}
+
+impl ServerSection {
+    /// Frame deadline as a duration.
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_secs(self.frame_timeout_secs)
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), Vec<Invalid>> {
+        let mut bad = Vec::new();
+        if self.server.max_frame_bytes < 4096 {
+            bad.push(Invalid::new(
+                "server.max_frame_bytes",
+                "must be at least 4096",
+            ));
+        }
+        if self.credit.session_window_bytes < u64::from(self.server.max_frame_bytes) {
+            bad.push(Invalid::new(
+                "credit.session_window_bytes",
+                "must be at least server.max_frame_bytes, or an agent could never send a full batch",
+            ));
+        }
+        if self.credit.session_window_batches == 0 {
+            bad.push(Invalid::new(
+                "credit.session_window_batches",
+                "must be at least 1",
+            ));
+        }
+        if self.server.idle_timeout_secs == 0 || self.server.frame_timeout_secs == 0 {
+            bad.push(Invalid::new(
+                "server.idle_timeout_secs",
+                "timeouts must be at least 1 second",
+            ));
+        }
+        if self.log.group_commit_max_batches == 0 {
+            bad.push(Invalid::new(
+                "log.group_commit_max_batches",
+                "must be at least 1",
+            ));
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad)
+        }
+    }
+}

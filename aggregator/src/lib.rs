@@ -1,0 +1,20 @@
+//! # ferrule-aggregator
+//!
+//! The central service: accepts agents over mutually authenticated QUIC, commits
+//! every batch durably before acknowledging it, and reports on what it holds. The
+//! binary is a thin `main` over this library so tests and the demo embed it.
+//!
+//! Modules: [`config`] (the TOML file), [`ingest`] (one task per agent
+//! connection), [`commit`] (the sink and its embedded log), [`ledger`] (dedupe),
+//! [`credit`] (credit sizing), [`inspect`] (what the log holds), [`server`] (the
+//! main job and its shutdown).
+#![forbid(unsafe_code)]
+
+pub mod commit;
+pub mod config;
+pub mod credit;
+pub mod ingest;
+pub mod inspect;
+pub mod ledger;
+pub mod metrics;
+pub mod server;

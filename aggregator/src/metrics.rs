@@ -1,0 +1,95 @@
+//! The aggregator's named counters, created once and shared by every task.
+
+use ferrule_telemetry::{Counter, Gauge, Registry};
+
+/// Handles for the ingest path's hot counters; labelled ones are looked up on the
+/// (rare) paths that need them.
+#[derive(Debug, Clone)]
+pub struct IngestMetrics {
+    /// The registry, for labelled series.
+    pub registry: Registry,
+    /// Connections whose handshake completed.
+    pub connections: Counter,
+    /// Sessions up right now.
+    pub sessions: Gauge,
+    /// Batches received (before dedupe).
+    pub batches_received: Counter,
+    /// Samples received (before dedupe).
+    pub samples_received: Counter,
+    /// Acks sent.
+    pub acks: Counter,
+    /// Credit grants sent.
+    pub credit_grants: Counter,
+    /// Credit withheld because the sink was under pressure (each time it happens).
+    pub credit_withheld: Counter,
+}
+
+impl IngestMetrics {
+    /// Registers the ingest metrics in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            registry: registry.clone(),
+            connections: registry.counter(
+                "ferrule_aggregator_connections_total",
+                "Agent connections whose handshake completed",
+                &[],
+            ),
+            sessions: registry.gauge("ferrule_aggregator_sessions", "Agent sessions up", &[]),
+            batches_received: registry.counter(
+                "ferrule_aggregator_batches_received_total",
+                "Batches received, before dedupe",
+                &[],
+            ),
+            samples_received: registry.counter(
+                "ferrule_aggregator_samples_received_total",
+                "Samples received, before dedupe",
+                &[],
+            ),
+            acks: registry.counter("ferrule_aggregator_acks_total", "Ack messages sent", &[]),
+            credit_grants: registry.counter(
+                "ferrule_aggregator_credit_grants_total",
+                "Credit messages sent",
+                &[],
+            ),
+            credit_withheld: registry.counter(
+                "ferrule_aggregator_credit_withheld_total",
+                "Times returned credit was held back because the sink was under pressure",
+                &[],
+            ),
+        }
+    }
+
+    /// Counts a refused or failed connection by reason (`expired`, `revoked`,
+    /// `unknown_ca`, `no_client_certificate`, `malformed`, `frame_timeout`, ...).
+    pub fn refused(&self, reason: &str) {
+        self.registry
+            .counter(
+                "ferrule_aggregator_connections_refused_total",
+                "Connections refused or cut off, by reason",
+                &[("reason", reason)],
+            )
+            .inc();
+    }
+
+    /// Counts a batch refused for good, by reason.
+    pub fn rejected(&self, reason: &str) {
+        self.registry
+            .counter(
+                "ferrule_aggregator_batches_rejected_total",
+                "Batches refused for good, by reason",
+                &[("reason", reason)],
+            )
+            .inc();
+    }
+
+    /// Sets an agent's clock offset gauge.
+    pub fn clock_offset(&self, agent: &str, offset_ns: i64) {
+        self.registry
+            .gauge(
+                "ferrule_aggregator_agent_clock_offset_ns",
+                "Agent's estimated clock offset (aggregator minus agent), nanoseconds",
+                &[("agent", agent)],
+            )
+            .set(offset_ns);
+    }
+}

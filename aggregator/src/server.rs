@@ -1,0 +1,184 @@
+//! The aggregator's main job: accept agents, commit their batches, drain on
+//! shutdown.
+//!
+//! Shutdown order (SIGTERM): stop accepting, send GoAway on every session and stop
+//! granting credit, let in-flight commits finish and be acknowledged, give agents
+//! the drain period to leave, close the endpoint, then let the committer finish
+//! its last group. Agents move elsewhere with nothing lost.
+
+use crate::commit::{Embedded, EmbeddedOptions};
+use crate::config::Config;
+use crate::ingest::{self, IngestContext};
+use crate::metrics::IngestMetrics;
+use anyhow::Context as _;
+use ferrule_telemetry::Registry;
+use ferrule_transport::{
+    accept_validated, server_crypto, server_endpoint, EndpointLimits, ServerTls,
+};
+use ferrule_wire::session::IngestConfig;
+use ferrule_wire::{
+    Capabilities, Credit, Limits, ServerLimits, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// A started aggregator: where it listens, and its metrics.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// The QUIC address agents connect to (useful when configured with port 0).
+    pub quic_addr: SocketAddr,
+    /// The metrics address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The registry (for in-process callers such as the demo).
+    pub registry: Registry,
+}
+
+/// Runs the aggregator until `shutdown` completes, then drains. `on_ready` is
+/// called once listening.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(Running),
+) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let embedded = Embedded::start(
+        EmbeddedOptions {
+            dir: cfg.log.dir.clone(),
+            segment_bytes: cfg.log.segment_bytes,
+            max_total_bytes: cfg.log.max_total_bytes,
+            max_age: cfg.log.max_age_secs.map(Duration::from_secs),
+            group_max: cfg.log.group_commit_max_batches,
+            high_water_bytes: cfg.credit.sink_high_water_bytes,
+        },
+        &registry,
+    )
+    .with_context(|| format!("opening the embedded log in {}", cfg.log.dir.display()))?;
+    let sink = embedded.sink();
+
+    let crypto = server_crypto(&ServerTls {
+        cert: cfg.tls.cert.clone(),
+        key: cfg.tls.key.clone(),
+        client_ca: cfg.tls.client_ca.clone(),
+        crl: cfg.tls.crl.clone(),
+    })
+    .context("loading TLS material")?;
+    let limits = EndpointLimits {
+        idle_timeout: Duration::from_secs(cfg.server.idle_timeout_secs),
+        max_pending_handshakes: cfg.server.max_pending_handshakes,
+        ..EndpointLimits::default()
+    };
+    let endpoint = server_endpoint(cfg.server.listen, crypto, &limits)
+        .context("starting the QUIC endpoint")?;
+    let quic_addr = endpoint.local_addr().context("reading the QUIC address")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_addr = match cfg.metrics.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            let bound = listener.local_addr()?;
+            let health_sink = sink.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(ferrule_telemetry::serve(
+                listener,
+                registry.clone(),
+                move || {
+                    if health_sink.is_healthy() {
+                        Ok(())
+                    } else {
+                        Err("embedded log write failing".into())
+                    }
+                },
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let wire_limits = Limits {
+        max_frame_bytes: cfg.server.max_frame_bytes,
+        max_batch_samples: Limits::for_frame_bytes(cfg.server.max_frame_bytes).max_batch_samples,
+    };
+    let ctx = Arc::new(IngestContext {
+        session: IngestConfig {
+            server: cfg.server.name.clone(),
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            capabilities: Capabilities::ALL,
+            limits: ServerLimits {
+                max_frame_bytes: wire_limits.max_frame_bytes,
+                max_batch_samples: wire_limits.max_batch_samples,
+                max_sensors: cfg.server.max_sensors_per_agent,
+                heartbeat_interval_ms: cfg.server.heartbeat_interval_ms,
+            },
+            initial_credit: Credit {
+                bytes: cfg.credit.session_window_bytes,
+                batches: cfg.credit.session_window_batches,
+            },
+        },
+        limits: wire_limits,
+        frame_timeout: cfg.server.frame_timeout(),
+        hello_timeout: Duration::from_secs(cfg.server.hello_timeout_secs),
+        sink: sink.clone(),
+        metrics: IngestMetrics::new(&registry),
+        shutdown: stop_rx.clone(),
+        alternate: cfg.server.alternate.clone(),
+    });
+    drop(sink);
+    tracing::info!(%quic_addr, metrics = ?metrics_addr, data = %cfg.log.dir.display(), "aggregator listening");
+    on_ready(Running {
+        quic_addr,
+        metrics_addr,
+        registry: registry.clone(),
+    });
+
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = accept_validated(&endpoint, cfg.server.retry) => match incoming {
+                Some(i) => { sessions.spawn(ingest::serve(i, ctx.clone())); }
+                None => break,
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+
+    tracing::info!(
+        sessions = sessions.len(),
+        "shutting down: GoAway to every agent, draining"
+    );
+    endpoint.set_server_config(None);
+    let _ = stop_tx.send(true);
+    let drain = Duration::from_secs(cfg.server.drain_timeout_secs);
+    if tokio::time::timeout(drain, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            left = sessions.len(),
+            "drain period over; closing remaining sessions"
+        );
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    drop(ctx);
+    tokio::task::spawn_blocking(move || embedded.join())
+        .await
+        .context("joining the committer")?;
+    tracing::info!("aggregator stopped");
+    Ok(())
+}

@@ -1,0 +1,843 @@
+//! The driver: opening (recovery), appending, syncing, releasing and deleting segments.
+//!
+//! [`Log`] owns the active segment's file handle and a write buffer; everything readers
+//! need lives in the shared view (see [`crate::read`]). Decisions are made by the pure
+//! modules ([`crate::scan`] for recovery, [`crate::retention`] for retention); this
+//! module does the file system calls they imply, in an order that is crash safe:
+//!
+//! - A segment is fsynced before the next one is created, and a new segment's header is
+//!   fsynced and its directory entry made durable before records go into it. So only
+//!   the last segment can have a torn tail, and every sealed segment is complete.
+//! - Recovery truncates the torn tail and fsyncs the last segment *before* reporting
+//!   anything durable: records a killed predecessor left only in the page cache become
+//!   durable before this process acknowledges them.
+//! - After any failed write or fsync the log is poisoned ([`Error::Poisoned`]): what is
+//!   on disk is unknown, so only a reopen (which recovers from the disk) may continue.
+//! - The floor file is replaced atomically before the segments it frees are deleted.
+
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{io_err, Error, Result};
+use crate::floor::{self, Floor, FloorState};
+use crate::read::{lock, LogReader, Record, SegMeta, Shared, INDEX_INTERVAL};
+use crate::record::{self, HEADER_LEN};
+use crate::retention::{self, Reason, SegmentStat};
+use crate::scan::{self, Bounds, SegmentScan};
+use crate::segment::{self, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::{FsyncPolicy, Offset, Options};
+
+const SEG_HEADER: u64 = SEGMENT_HEADER_LEN as u64;
+
+/// What [`Log::open`] found and repaired. Every field that is not zero is damage that
+/// was repaired by itself; the caller should count it (our rule: every loss is counted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recovery {
+    /// Valid records available, from `first_offset` to `next_offset`.
+    pub records: u64,
+    /// First offset still held (not released).
+    pub first_offset: Offset,
+    /// Offset the next append gets.
+    pub next_offset: Offset,
+    /// Segment files in use after recovery.
+    pub segments: usize,
+    /// Unreleased records lost to damage in the middle of the log (or at the end of a
+    /// sealed segment): skipped, never returned.
+    pub corrupt_records: u64,
+    /// Bytes in damaged spans that were skipped (holes, damaged sealed-segment tails,
+    /// damaged segment headers).
+    pub corrupt_bytes: u64,
+    /// Bytes cut from the end of the last segment: a torn write, a bad final record, a
+    /// zero-filled tail. After a crash these are normally records that were never
+    /// reported durable.
+    pub truncated_tail_bytes: u64,
+    /// Segment files removed because they lay entirely below the released floor (a
+    /// crash came between writing the floor and deleting them).
+    pub released_segments_removed: u64,
+    /// The floor file was missing or damaged and was rebuilt from the segments; some
+    /// released records may be read again.
+    pub floor_rebuilt: bool,
+}
+
+impl Recovery {
+    /// Whether recovery found nothing to repair.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_records == 0
+            && self.corrupt_bytes == 0
+            && self.truncated_tail_bytes == 0
+            && self.released_segments_removed == 0
+            && !self.floor_rebuilt
+    }
+}
+
+/// A segment deleted by [`Log::drop_oldest_segment`] or [`Log::enforce_retention`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeletedSegment {
+    /// Its base offset.
+    pub base: Offset,
+    /// One past its last offset: the log's first offset afterwards.
+    pub end: Offset,
+    /// Unreleased records it held, now dropped: count them.
+    pub records: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// What [`Log::enforce_retention`] deleted, oldest first, with the reason for each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetentionReport {
+    /// The deleted segments and why each went.
+    pub deleted: Vec<(DeletedSegment, Reason)>,
+}
+
+impl RetentionReport {
+    /// Unreleased records deleted.
+    pub fn records(&self) -> u64 {
+        self.deleted.iter().map(|(d, _)| d.records).sum()
+    }
+
+    /// Bytes freed.
+    pub fn bytes(&self) -> u64 {
+        self.deleted.iter().map(|(d, _)| d.bytes).sum()
+    }
+}
+
+/// The active segment's writer side.
+#[derive(Debug)]
+struct Active {
+    file: File,
+    path: PathBuf,
+    base: u64,
+    /// Bytes of the file handed to the OS.
+    written: u64,
+    /// Framed records not yet written.
+    pending: Vec<u8>,
+}
+
+/// A crash-safe segmented log in one directory. One `Log` per directory and process:
+/// the log does not lock the directory against a second writer.
+///
+/// Dropping a `Log` does no I/O: records still in the write buffer (not yet returned
+/// by [`Log::flush`] or [`Log::sync`]) are lost, as they would be in a crash.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    opts: Options,
+    salt: u32,
+    shared: Arc<Mutex<Shared>>,
+    active: Active,
+    poisoned: Option<String>,
+}
+
+fn time_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A salt nobody outside this process can predict: `RandomState` is seeded from the
+/// OS's randomness; the clock and pid only add variety.
+fn random_salt() -> u32 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(time_ns(SystemTime::now()));
+    h.write_u32(std::process::id());
+    (h.finish() >> 16) as u32
+}
+
+fn read_header(path: &Path) -> Result<Option<SegmentHeader>> {
+    let mut b = [0u8; SEGMENT_HEADER_LEN];
+    let mut f = File::open(path).map_err(io_err("open segment", path))?;
+    let mut got = 0;
+    while got < b.len() {
+        match f.read(&mut b[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("read segment header", path)(e)),
+        }
+    }
+    Ok(SegmentHeader::parse(&b[..got]))
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating the directory and an empty log if needed) and
+    /// recovers it: see [`Recovery`] and the crate README for the rules. After this
+    /// returns, everything in the log is durable.
+    pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<(Log, Recovery)> {
+        let dir = dir.as_ref().to_path_buf();
+        let existed = dir.exists();
+        fs::create_dir_all(&dir).map_err(io_err("create log directory", &dir))?;
+        if !existed {
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            floor::sync_dir(parent)?;
+        }
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("list log directory", &dir))? {
+            let entry = entry.map_err(io_err("list log directory", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name == floor::FLOOR_TMP {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(io_err("remove stale floor temp file", &p))?;
+            } else if let Some(base) = segment::parse_file_name(name) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut rec = Recovery::default();
+
+        let floor_state = floor::read(&dir)?;
+        let floor_file = match floor_state {
+            FloorState::Valid(f) => Some(f),
+            FloorState::Missing | FloorState::Damaged => None,
+        };
+        rec.floor_rebuilt =
+            floor_file.is_none() && (!bases.is_empty() || floor_state == FloorState::Damaged);
+
+        // Segments lying wholly below the floor were released; a crash came before they
+        // were deleted.
+        if let Some(f) = floor_file {
+            while bases.len() >= 2 && bases[1] <= f.floor {
+                let p = segment::path(&dir, bases[0]);
+                fs::remove_file(&p).map_err(io_err("remove released segment", &p))?;
+                rec.released_segments_removed += 1;
+                bases.remove(0);
+            }
+        }
+
+        let headers = bases
+            .iter()
+            .map(|&b| Ok(read_header(&segment::path(&dir, b))?.filter(|h| h.base == b)))
+            .collect::<Result<Vec<_>>>()?;
+        let salt = match floor_file {
+            Some(f) => f.salt,
+            None => match headers.iter().flatten().next() {
+                Some(h) => h.salt,
+                None => Self::salt_from_records(&dir, &bases)?.unwrap_or_else(random_salt),
+            },
+        };
+
+        let (mut metas, plan, last_cut) = survey(
+            &dir,
+            &bases,
+            &headers,
+            salt,
+            floor_file.map(|f| f.floor),
+            &mut rec,
+        )?;
+
+        // Repair or create the active segment and make it durable.
+        let active = match metas.last() {
+            Some(m) => {
+                let needs_header = headers.last().is_some_and(|h| h.is_none());
+                Self::repair_last(
+                    &m.path,
+                    SegmentHeader { salt, base: m.base },
+                    needs_header,
+                    last_cut,
+                )?
+            }
+            None => {
+                let base = plan.next_offset;
+                let path = segment::path(&dir, base);
+                let active = Self::create_segment(&dir, &path, SegmentHeader { salt, base })?;
+                metas.push(SegMeta {
+                    base,
+                    path,
+                    salt,
+                    readable_end: SEG_HEADER,
+                    bytes: SEG_HEADER,
+                    holes: Vec::new(),
+                    missing: Vec::new(),
+                    index: Vec::new(),
+                    last: None,
+                });
+                active
+            }
+        };
+        if floor_file.is_none() {
+            floor::write(
+                &dir,
+                Floor {
+                    salt,
+                    floor: plan.first_offset,
+                },
+            )?;
+        }
+        floor::sync_dir(&dir)?;
+        rec.segments = metas.len();
+
+        let next = plan.next_offset;
+        let shared = Shared {
+            floor: plan.first_offset,
+            next,
+            flushed: next,
+            durable: next,
+            segments: metas,
+        };
+        let salt = shared.segments.last().map_or(salt, |m| m.salt);
+        let log = Log {
+            dir,
+            opts,
+            salt,
+            shared: Arc::new(Mutex::new(shared)),
+            active,
+            poisoned: None,
+        };
+        Ok((log, rec))
+    }
+
+    /// With neither the floor file nor any segment header intact, the salt is solved
+    /// from the first record of any segment (see [`record::recover_salt`]).
+    fn salt_from_records(dir: &Path, bases: &[u64]) -> Result<Option<u32>> {
+        for &b in bases {
+            let path = segment::path(dir, b);
+            let bytes = fs::read(&path).map_err(io_err("read segment", &path))?;
+            if let Some(s) = bytes
+                .get(SEGMENT_HEADER_LEN..)
+                .and_then(record::recover_salt)
+            {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Truncates the last segment to `cut`, rewrites its header if damaged, fsyncs it,
+    /// and opens it for appending.
+    fn repair_last(
+        path: &Path,
+        header: SegmentHeader,
+        needs_header: bool,
+        cut: u64,
+    ) -> Result<Active> {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("open last segment for repair", path))?;
+        if needs_header {
+            f.seek(SeekFrom::Start(0))
+                .map_err(io_err("seek segment", path))?;
+            f.write_all(&header.encode())
+                .map_err(io_err("rewrite damaged segment header", path))?;
+        }
+        let len = f.metadata().map_err(io_err("stat segment", path))?.len();
+        if len != cut {
+            f.set_len(cut)
+                .map_err(io_err("truncate torn tail of segment", path))?;
+        }
+        // Also makes durable what a killed predecessor left in the page cache.
+        f.sync_data().map_err(io_err("fsync segment", path))?;
+        drop(f);
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_err("open segment for appending", path))?;
+        Ok(Active {
+            file,
+            path: path.to_path_buf(),
+            base: header.base,
+            written: cut,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Creates a segment file with its header, durably (file and directory entry).
+    fn create_segment(dir: &Path, path: &Path, header: SegmentHeader) -> Result<Active> {
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_err("create segment", path))?;
+        file.write_all(&header.encode())
+            .map_err(io_err("write segment header", path))?;
+        file.sync_data()
+            .map_err(io_err("fsync new segment", path))?;
+        floor::sync_dir(dir)?;
+        Ok(Active {
+            file,
+            path: path.to_path_buf(),
+            base: header.base,
+            written: SEG_HEADER,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Runs a write-path step; on failure the log is poisoned (see [`Error::Poisoned`]).
+    fn guarded<T>(&mut self, step: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if let Some(cause) = &self.poisoned {
+            return Err(Error::Poisoned {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            });
+        }
+        let r = step(self);
+        if let Err(e) = &r {
+            self.poisoned = Some(e.to_string());
+        }
+        r
+    }
+
+    /// Appends a record stamped with the current time; see [`Log::append_at`].
+    pub fn append(&mut self, payload: &[u8]) -> Result<Offset> {
+        self.append_at(payload, SystemTime::now())
+    }
+
+    /// Appends a record stamped with `now` (used for age-based retention) and returns
+    /// its offset. With [`FsyncPolicy::Always`] the record is durable on return; with
+    /// [`FsyncPolicy::Batch`] it is durable once a later [`Log::sync`] returns an
+    /// offset above it. Do not acknowledge it upstream before that.
+    pub fn append_at(&mut self, payload: &[u8], now: SystemTime) -> Result<Offset> {
+        let max = self.opts.max_record_bytes;
+        if u32::try_from(payload.len()).map_or(true, |len| len > max) {
+            return Err(Error::RecordTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        self.guarded(|log| log.append_inner(payload, time_ns(now)))
+    }
+
+    fn append_inner(&mut self, payload: &[u8], t: u64) -> Result<Offset> {
+        let frame = (HEADER_LEN + payload.len()) as u64;
+        let (next, seg_bytes) = {
+            let s = lock(&self.shared);
+            (s.next, s.segments.last().map_or(SEG_HEADER, |m| m.bytes))
+        };
+        if next == u64::MAX {
+            return Err(Error::OffsetsExhausted);
+        }
+        if self.active.base < next && seg_bytes.saturating_add(frame) > self.opts.segment_bytes {
+            self.roll()?;
+        }
+        record::encode(&mut self.active.pending, self.salt, next, t, payload);
+        {
+            let mut s = lock(&self.shared);
+            if let Some(m) = s.segments.last_mut() {
+                let pos = m.bytes;
+                if m.index
+                    .last()
+                    .is_none_or(|&(_, p)| pos - p >= INDEX_INTERVAL)
+                {
+                    m.index.push((next, pos));
+                }
+                m.bytes += frame;
+                m.last = Some((next, t));
+            }
+            s.next = next + 1;
+        }
+        if self.active.pending.len() >= self.opts.write_buffer_bytes {
+            self.write_pending()?;
+        }
+        if self.opts.fsync == FsyncPolicy::Always {
+            self.sync_inner()?;
+        }
+        Ok(Offset(next))
+    }
+
+    /// Hands buffered records to the OS.
+    fn write_pending(&mut self) -> Result<()> {
+        if self.active.pending.is_empty() {
+            return Ok(());
+        }
+        let a = &mut self.active;
+        a.file
+            .write_all(&a.pending)
+            .map_err(io_err("write segment", &a.path))?;
+        a.written += a.pending.len() as u64;
+        a.pending.clear();
+        // Do not keep a huge buffer around after one huge record.
+        a.pending
+            .shrink_to(self.opts.write_buffer_bytes.saturating_mul(2));
+        let mut s = lock(&self.shared);
+        s.flushed = s.next;
+        if let Some(m) = s.segments.last_mut() {
+            m.readable_end = a.written;
+        }
+        Ok(())
+    }
+
+    fn sync_inner(&mut self) -> Result<Offset> {
+        self.write_pending()?;
+        let (next, durable) = {
+            let s = lock(&self.shared);
+            (s.next, s.durable)
+        };
+        if durable < next {
+            let a = &self.active;
+            a.file
+                .sync_data()
+                .map_err(io_err("fsync segment", &a.path))?;
+            lock(&self.shared).durable = next;
+        }
+        Ok(Offset(next))
+    }
+
+    /// Seals the active segment (durably) and starts a new one at the next offset.
+    fn roll(&mut self) -> Result<()> {
+        let next = self.sync_inner()?.0;
+        let path = segment::path(&self.dir, next);
+        let active = Self::create_segment(
+            &self.dir,
+            &path,
+            SegmentHeader {
+                salt: self.salt,
+                base: next,
+            },
+        )?;
+        self.active = active;
+        lock(&self.shared).segments.push(SegMeta {
+            base: next,
+            path,
+            salt: self.salt,
+            readable_end: SEG_HEADER,
+            bytes: SEG_HEADER,
+            holes: Vec::new(),
+            missing: Vec::new(),
+            index: Vec::new(),
+            last: None,
+        });
+        Ok(())
+    }
+
+    /// Writes buffered records to the OS without fsync: readers see them and they
+    /// survive a kill of this process, but not a power loss. Returns the first offset
+    /// still unwritten (everything below is readable).
+    pub fn flush(&mut self) -> Result<Offset> {
+        self.guarded(|log| {
+            log.write_pending()?;
+            Ok(Offset(lock(&log.shared).flushed))
+        })
+    }
+
+    /// Writes and fsyncs everything appended so far: the group commit. Returns the
+    /// durable offset: every record below it survives a crash or power loss, so the
+    /// caller may now acknowledge them. Costs nothing if nothing was appended since the
+    /// last sync.
+    pub fn sync(&mut self) -> Result<Offset> {
+        self.guarded(|log| log.sync_inner())
+    }
+
+    /// The first offset not yet known durable.
+    pub fn durable_offset(&self) -> Offset {
+        Offset(lock(&self.shared).durable)
+    }
+
+    /// The offset the next append gets.
+    pub fn next_offset(&self) -> Offset {
+        Offset(lock(&self.shared).next)
+    }
+
+    /// The first offset not released (reads start here at the earliest).
+    pub fn first_offset(&self) -> Offset {
+        Offset(lock(&self.shared).floor)
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A read handle that can be moved to another thread; see [`LogReader`].
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Up to `max_records` records from `from` on; see [`LogReader::read_from`]. Reads
+    /// see records handed to the OS (by a sync, a flush or a full buffer).
+    pub fn read_from(&self, from: Offset, max_records: usize) -> Result<Vec<(Offset, Vec<u8>)>> {
+        self.reader().read_from(from, max_records)
+    }
+
+    /// Records with append times, bounded by count and bytes; see
+    /// [`LogReader::read_records`].
+    pub fn read_records(
+        &self,
+        from: Offset,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        self.reader().read_records(from, max_records, max_bytes)
+    }
+
+    /// Declares every record up to and including `offset` no longer needed (the
+    /// agent's spool calls this with the acknowledged prefix). The new floor is made
+    /// durable (atomic replace of the `floor` file, about three fsyncs, so coalesce
+    /// calls), then segments lying wholly below it are deleted. Reads, now and after a
+    /// restart, start above `offset`. Offsets not yet appended cannot be released; a
+    /// lower offset than before is a no-op.
+    pub fn release_through(&mut self, offset: Offset) -> Result<()> {
+        let (floor, next) = {
+            let s = lock(&self.shared);
+            (s.floor, s.next)
+        };
+        let new_floor = offset.0.saturating_add(1).min(next);
+        if new_floor <= floor {
+            return Ok(());
+        }
+        floor::write(
+            &self.dir,
+            Floor {
+                salt: self.salt,
+                floor: new_floor,
+            },
+        )?;
+        let n = {
+            let mut s = lock(&self.shared);
+            s.floor = new_floor;
+            s.segments
+                .windows(2)
+                .take_while(|w| w[1].base <= new_floor)
+                .count()
+        };
+        self.delete_oldest(n)?;
+        Ok(())
+    }
+
+    /// Deletes the oldest segment, for a spool's drop-oldest policy when
+    /// [`Log::total_bytes`] exceeds its cap. Returns what was deleted (count its
+    /// `records` as dropped) or `None` if the log holds no records at all. If only the
+    /// active segment holds records it is sealed first (one fsync), so this always
+    /// makes progress.
+    pub fn drop_oldest_segment(&mut self) -> Result<Option<DeletedSegment>> {
+        let (single, empty) = {
+            let s = lock(&self.shared);
+            (
+                s.segments.len() == 1,
+                s.segments.last().is_none_or(|m| m.base == s.next),
+            )
+        };
+        if single {
+            if empty {
+                return Ok(None);
+            }
+            self.guarded(|log| log.roll())?;
+        }
+        Ok(self.delete_oldest(1)?.pop())
+    }
+
+    /// Deletes oldest segments beyond [`Options::max_total_bytes`] and
+    /// [`Options::max_age`] as of `now` (never the active segment). See
+    /// [`crate::retention`] for how age is judged.
+    pub fn enforce_retention(&mut self, now: SystemTime) -> Result<RetentionReport> {
+        let stats: Vec<SegmentStat> = lock(&self.shared)
+            .segments
+            .iter()
+            .map(|m| SegmentStat {
+                bytes: m.bytes,
+                last_time_ns: m.last.map(|(_, t)| t),
+            })
+            .collect();
+        let reasons = retention::plan(
+            &stats,
+            self.opts.max_total_bytes,
+            self.opts.max_age,
+            time_ns(now),
+        );
+        let deleted = self.delete_oldest(reasons.len())?;
+        Ok(RetentionReport {
+            deleted: deleted.into_iter().zip(reasons).collect(),
+        })
+    }
+
+    /// Deletes the `n` oldest segments (never the active one) and raises the floor to
+    /// the first remaining segment. The shared view drops them before their files go,
+    /// so a reader planning afterwards never looks for them.
+    fn delete_oldest(&mut self, n: usize) -> Result<Vec<DeletedSegment>> {
+        let gone: Vec<(PathBuf, DeletedSegment)> = {
+            let mut s = lock(&self.shared);
+            let n = n.min(s.segments.len().saturating_sub(1));
+            let floor = s.floor;
+            let gone = s
+                .segments
+                .windows(2)
+                .take(n)
+                .map(|w| {
+                    let (m, end) = (&w[0], w[1].base);
+                    let d = DeletedSegment {
+                        base: Offset(m.base),
+                        end: Offset(end),
+                        records: m.live_records(floor, end),
+                        bytes: m.bytes,
+                    };
+                    (m.path.clone(), d)
+                })
+                .collect();
+            s.segments.drain(..n);
+            if let Some(first) = s.segments.first() {
+                s.floor = s.floor.max(first.base);
+            }
+            gone
+        };
+        for (path, _) in &gone {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("delete segment", path)(e)),
+            }
+        }
+        Ok(gone.into_iter().map(|(_, d)| d).collect())
+    }
+
+    /// Bytes the log's segment files occupy, including records still buffered. The
+    /// spool compares this with its cap.
+    pub fn total_bytes(&self) -> u64 {
+        lock(&self.shared).segments.iter().map(|m| m.bytes).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        lock(&self.shared).segments.len()
+    }
+}
+
+/// Opens a log directory for reading only: nothing is created, repaired, truncated
+/// or deleted, so it is safe while the writer runs in another process (`inspect`).
+/// Records the writer appends later are not seen; a torn tail is simply not read.
+pub(crate) fn open_read_only(dir: &Path) -> Result<(LogReader, Recovery)> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list log directory", dir))? {
+        let entry = entry.map_err(io_err("list log directory", dir))?;
+        if let Some(base) = entry
+            .file_name()
+            .to_str()
+            .and_then(segment::parse_file_name)
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    let floor_file = match floor::read(dir)? {
+        FloorState::Valid(f) => Some(f),
+        FloorState::Missing | FloorState::Damaged => None,
+    };
+    // Segments wholly below the floor are released (deleting them is the writer's job).
+    if let Some(f) = floor_file {
+        while bases.len() >= 2 && bases[1] <= f.floor {
+            bases.remove(0);
+        }
+    }
+    let headers = bases
+        .iter()
+        .map(|&b| Ok(read_header(&segment::path(dir, b))?.filter(|h| h.base == b)))
+        .collect::<Result<Vec<_>>>()?;
+    let salt = match floor_file {
+        Some(f) => f.salt,
+        None => match headers.iter().flatten().next() {
+            Some(h) => h.salt,
+            None => Log::salt_from_records(dir, &bases)?.unwrap_or(0),
+        },
+    };
+    let mut rec = Recovery::default();
+    let (metas, plan, _) = survey(
+        dir,
+        &bases,
+        &headers,
+        salt,
+        floor_file.map(|f| f.floor),
+        &mut rec,
+    )?;
+    rec.segments = metas.len();
+    let next = plan.next_offset;
+    let shared = Shared {
+        floor: plan.first_offset,
+        next,
+        flushed: next,
+        durable: next,
+        segments: metas,
+    };
+    Ok((
+        LogReader {
+            shared: Arc::new(Mutex::new(shared)),
+        },
+        rec,
+    ))
+}
+
+/// Scans every segment without modifying anything: what each holds, where its
+/// valid records end, and the plan of offsets. Shared by [`Log::open`] (which then
+/// repairs) and [`LogReader::open_read_only`] (which does not).
+fn survey(
+    dir: &Path,
+    bases: &[u64],
+    headers: &[Option<SegmentHeader>],
+    salt: u32,
+    floor: Option<u64>,
+    rec: &mut Recovery,
+) -> Result<(Vec<SegMeta>, scan::Plan, u64)> {
+    let mut metas = Vec::with_capacity(bases.len());
+    let mut scans = Vec::with_capacity(bases.len());
+    let mut last_cut = SEG_HEADER;
+    for (i, (&base, header)) in bases.iter().zip(headers).enumerate() {
+        let path = segment::path(dir, base);
+        let bytes = fs::read(&path).map_err(io_err("read segment", &path))?;
+        let is_last = i + 1 == bases.len();
+        let seg_salt = header.map_or(salt, |h| h.salt);
+        let body = bytes.get(SEGMENT_HEADER_LEN..).unwrap_or(&[]);
+        let bounds = Bounds {
+            min: base,
+            end: bases.get(i + 1).copied(),
+        };
+        let mut index: Vec<(u64, u64)> = Vec::new();
+        let mut prev_end = 0;
+        let summary = scan::scan_with(body, seg_salt, bounds, |r| {
+            let pos = SEG_HEADER + r.pos as u64;
+            let far = index.last().is_none_or(|&(_, p)| pos - p >= INDEX_INTERVAL);
+            if far || r.pos != prev_end {
+                index.push((r.offset, pos));
+            }
+            prev_end = r.pos + r.frame_len;
+        });
+        let cut = SEG_HEADER + summary.cut as u64;
+        rec.corrupt_bytes += summary.hole_bytes() as u64;
+        if header.is_none() {
+            if is_last && body.is_empty() {
+                // A segment created just before a crash: its header never made it.
+                rec.truncated_tail_bytes += bytes.len() as u64;
+            } else {
+                rec.corrupt_bytes += bytes.len().min(SEGMENT_HEADER_LEN) as u64;
+            }
+        }
+        if is_last {
+            rec.truncated_tail_bytes += summary.tail_bytes as u64;
+            last_cut = cut;
+        } else {
+            rec.corrupt_bytes += summary.tail_bytes as u64;
+        }
+        metas.push(SegMeta {
+            base,
+            path,
+            salt: seg_salt,
+            readable_end: cut,
+            bytes: if is_last { cut } else { bytes.len() as u64 },
+            holes: summary
+                .holes
+                .iter()
+                .map(|h| SEG_HEADER + h.start as u64..SEG_HEADER + h.end as u64)
+                .collect(),
+            missing: summary.missing.clone(),
+            index,
+            last: summary.last,
+        });
+        scans.push(SegmentScan { base, summary });
+    }
+
+    let plan = scan::plan(&scans, floor);
+    rec.records = plan.records;
+    rec.corrupt_records = plan.corrupt_records;
+    rec.first_offset = Offset(plan.first_offset);
+    rec.next_offset = Offset(plan.next_offset);
+    Ok((metas, plan, last_cut))
+}

@@ -1,0 +1,270 @@
+//! Real processes on loopback: configuration files for the real binaries, starting,
+//! stopping and killing them, and reading what they report (the aggregator's
+//! `inspect`, `/metrics`, `/proc` for CPU and memory).
+
+// These helpers run on plain test threads, never on an async executor.
+#![allow(clippy::disallowed_methods)]
+
+use crate::devpki::DevPki;
+use anyhow::{bail, Context as _};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Finds a workspace binary (`ferrule-agent`, `ferrule-aggregator`) next to the
+/// running executable (tests run from `target/<profile>/deps`).
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found near {}: build it first (cargo build --workspace --bins)",
+        exe.display()
+    )
+}
+
+/// A free UDP port on 127.0.0.1 (for the aggregator's QUIC listener).
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free TCP port on 127.0.0.1 (for metrics listeners).
+pub fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn q(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// An aggregator configuration file's text.
+pub fn aggregator_toml(
+    pki: &DevPki,
+    data: &Path,
+    quic: SocketAddr,
+    metrics: Option<SocketAddr>,
+    extra: &str,
+) -> String {
+    let metrics = metrics.map_or(String::new(), |m| format!("[metrics]\nlisten = \"{m}\"\n"));
+    format!(
+        "[server]\nlisten = \"{quic}\"\n\n[tls]\ncert = {}\nkey = {}\nclient_ca = {}\ncrl = {}\n\n[log]\ndir = {}\n\n{metrics}{extra}\n",
+        q(&pki.server_cert()),
+        q(&pki.server_key()),
+        q(&pki.ca_bundle()),
+        q(&pki.crl()),
+        q(data),
+    )
+}
+
+/// What an agent configuration needs.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// Site (as in its certificate).
+    pub site: String,
+    /// Agent id (as in its certificate).
+    pub id: String,
+    /// Spool directory.
+    pub spool: PathBuf,
+    /// Aggregator endpoints.
+    pub endpoints: Vec<String>,
+    /// Samples per second per sensor of its synthetic input (7 sensors).
+    pub rate_hz: u32,
+    /// Stop after this many samples.
+    pub total_samples: Option<u64>,
+    /// `always` or `interval`.
+    pub fsync: &'static str,
+    /// Metrics listener.
+    pub metrics: Option<SocketAddr>,
+    /// More TOML appended verbatim.
+    pub extra: String,
+}
+
+/// An agent configuration file's text.
+pub fn agent_toml(pki: &DevPki, a: &AgentSpec) -> anyhow::Result<String> {
+    let (cert, key) = pki.agent(&a.site, &a.id)?;
+    let endpoints: Vec<String> = a.endpoints.iter().map(|e| format!("{e:?}")).collect();
+    let total = a
+        .total_samples
+        .map_or(String::new(), |t| format!("total_samples = {t}\n"));
+    let metrics = a
+        .metrics
+        .map_or(String::new(), |m| format!("[metrics]\nlisten = \"{m}\"\n"));
+    Ok(format!(
+        "[agent]\nsite = \"{}\"\nid = \"{}\"\n\n[uplink]\nendpoints = [{}]\nserver_name = \"localhost\"\nbackoff_initial_ms = 100\nbackoff_max_ms = 2000\n\n[tls]\ncert = {}\nkey = {}\nserver_ca = {}\n\n[spool]\ndir = {}\nfsync = \"{}\"\n\n{metrics}\n[[inputs.synthetic]]\nname = \"synthetic\"\nprefix = \"feeder-1\"\nrate_hz = {}\nseed = 7\n{total}\n{}\n",
+        a.site,
+        a.id,
+        endpoints.join(", "),
+        q(&cert),
+        q(&key),
+        q(&pki.ca_bundle()),
+        q(&a.spool),
+        a.fsync,
+        a.rate_hz,
+        a.extra,
+    ))
+}
+
+/// A child process we started.
+#[derive(Debug)]
+pub struct Proc {
+    /// What it is, for messages.
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `binary run --config config`, stderr to `log`.
+    pub fn start(name: &str, binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("FERRULE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while it runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns whether it
+    /// exited successfully in time.
+    pub fn term(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        false
+    }
+
+    /// Resident memory in KiB (VmRSS), if readable.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// CPU seconds used so far (user + system), if readable.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill9();
+        }
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user + system) of a process.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Runs `ferrule-aggregator inspect --data DIR` and parses its JSON.
+pub fn inspect(data: &Path) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(bin("ferrule-aggregator")?)
+        .args(["inspect", "--data"])
+        .arg(data)
+        .output()?;
+    if !out.status.success() {
+        bail!("inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `GET path` over plain HTTP/1.1; the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string()))
+}
+
+/// The value of one series in a Prometheus text exposition (`name` or
+/// `name{labels}` exactly as rendered).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,102 @@
+//! QUIC endpoints with the limits that bound what one peer can cost: pending
+//! handshakes, streams per connection, receive windows and idle time. Address
+//! validation (Retry) happens in [`accept_validated`].
+
+use crate::error::TlsError;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits applied to every connection of an endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLimits {
+    /// Close a connection that has been silent this long.
+    pub idle_timeout: Duration,
+    /// Send a keep-alive this often (client side; keeps NAT bindings open).
+    pub keep_alive: Duration,
+    /// Handshakes in progress at once (server side); more are refused.
+    pub max_pending_handshakes: usize,
+    /// Bidirectional streams a peer may open (the control stream).
+    pub max_bidi_streams: u32,
+    /// Unidirectional streams a peer may open (the data lanes).
+    pub max_uni_streams: u32,
+    /// Bytes a peer may have unread on one stream.
+    pub stream_window_bytes: u32,
+    /// Bytes a peer may have unread on the whole connection.
+    pub connection_window_bytes: u32,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            max_pending_handshakes: 256,
+            max_bidi_streams: 1,
+            max_uni_streams: 4,
+            stream_window_bytes: 4 << 20,
+            connection_window_bytes: 16 << 20,
+        }
+    }
+}
+
+fn transport(limits: &EndpointLimits, keep_alive: bool) -> Result<TransportConfig, TlsError> {
+    let mut t = TransportConfig::default();
+    let idle = IdleTimeout::try_from(limits.idle_timeout)
+        .map_err(|e| TlsError::Rustls(format!("idle timeout: {e}")))?;
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(keep_alive.then_some(limits.keep_alive));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_bidi_streams));
+    t.max_concurrent_uni_streams(VarInt::from_u32(limits.max_uni_streams));
+    t.stream_receive_window(VarInt::from_u32(limits.stream_window_bytes));
+    t.receive_window(VarInt::from_u32(limits.connection_window_bytes));
+    t.datagram_receive_buffer_size(None);
+    Ok(t)
+}
+
+/// Binds a server endpoint with `crypto` (from [`crate::server_crypto`]).
+pub fn server_endpoint(
+    bind: SocketAddr,
+    crypto: rustls::ServerConfig,
+    limits: &EndpointLimits,
+) -> Result<Endpoint, TlsError> {
+    let quic = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport(limits, false)?));
+    cfg.max_incoming(limits.max_pending_handshakes);
+    cfg.migration(false);
+    Endpoint::server(cfg, bind).map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))
+}
+
+/// Binds a client endpoint whose connections use `crypto` (from
+/// [`crate::client_crypto`]).
+pub fn client_endpoint(
+    bind: SocketAddr,
+    crypto: rustls::ClientConfig,
+    limits: &EndpointLimits,
+) -> Result<Endpoint, TlsError> {
+    let quic = QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport(limits, true)?));
+    let mut ep =
+        Endpoint::client(bind).map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))?;
+    ep.set_default_client_config(cfg);
+    Ok(ep)
+}
+
+/// Waits for the next incoming connection whose source address is validated:
+/// an unvalidated one is answered with a Retry (a spoofed source never gets
+/// past this, and costs us one packet). `None` once the endpoint is closed.
+pub async fn accept_validated(endpoint: &Endpoint, retry: bool) -> Option<quinn::Incoming> {
+    loop {
+        let incoming = endpoint.accept().await?;
+        if retry && !incoming.remote_address_validated() && incoming.may_retry() {
+            // Err only if the Incoming cannot be retried, which may_retry excluded.
+            let _ = incoming.retry();
+            continue;
+        }
+        return Some(incoming);
+    }
+}

@@ -1,0 +1,28 @@
+//! # ferrule-transport
+//!
+//! The QUIC and mutual-TLS plumbing both ferrule binaries share: endpoint
+//! configuration with the limits that bound what one peer can cost, the verified
+//! agent identity taken from the client certificate, frames over QUIC streams with
+//! a deadline per frame, and the classification of handshake failures into the
+//! reasons operators see in logs and metrics.
+//!
+//! Protocol logic stays in `ferrule-wire`; this crate only moves its frames.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod endpoint;
+mod error;
+mod framed;
+mod identity;
+mod reject;
+mod tls;
+
+pub use endpoint::{accept_validated, client_endpoint, server_endpoint, EndpointLimits};
+pub use error::{StreamError, TlsError};
+pub use framed::{FrameReceiver, FrameSender};
+pub use identity::{peer_identity, IdentityError, VerifiedAgent};
+pub use reject::{classify, close_code, CloseCode};
+pub use tls::{client_crypto, server_crypto, ClientTls, ServerTls, ALPN};
+
+/// Re-exported so drivers name the same quinn the endpoints were built with.
+pub use quinn;
