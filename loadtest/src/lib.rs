@@ -5,5 +5,6 @@
 //! binaries as processes on loopback, kill them, and read what they hold.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod devpki;
 pub mod procs;

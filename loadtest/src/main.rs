@@ -1,8 +1,9 @@
 //! `ferrule-loadtest`: load scenarios that print their figures.
 //!
-//! Today it measures the wire codec alone (`codec`): how many synthetic
-//! three-phase samples per second encode and decode on this machine, which bounds
-//! every hop after it. Transport and sink scenarios join as those parts land.
+//! - `codec`: how many synthetic three-phase samples per second encode and decode
+//!   on this machine, which bounds every hop after it.
+//! - `transport`: events per second one aggregator process commits durably, ack
+//!   latency, aggregator CPU per million events and agent memory (see `bench`).
 
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand};
@@ -35,6 +36,28 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         batch_samples: usize,
     },
+    /// Blast one aggregator process over QUIC and print events/s, ack latency,
+    /// CPU per million events and agent RSS. Build the release binaries first.
+    Transport {
+        /// Measured seconds (after 3 s of warm-up).
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Concurrent agent connections.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Samples per batch.
+        #[arg(long, default_value_t = 4096)]
+        batch_samples: usize,
+        /// Skip the real agent whose memory is measured.
+        #[arg(long)]
+        no_agent: bool,
+        /// Offered events per second over all connections; 0 for as fast as credit allows.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Credit window per agent, in batches.
+        #[arg(long, default_value_t = 256)]
+        window_batches: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,6 +67,38 @@ fn main() -> Result<()> {
             threads,
             batch_samples,
         } => codec(secs, threads, batch_samples),
+        Scenario::Transport {
+            secs,
+            connections,
+            batch_samples,
+            no_agent,
+            rate,
+            window_batches,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(ferrule_loadtest::bench::transport(ferrule_loadtest::bench::Options {
+                secs,
+                connections,
+                batch_samples,
+                agent_rss: !no_agent,
+                rate,
+                window_batches,
+            }))?;
+            let offered = if rate == 0 { "as fast as credit allows".to_string() } else { format!("{rate} events/s offered") };
+            println!(
+                "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, window {window_batches} batches, embedded log (fsync per group commit)"
+            );
+            println!("  committed and acknowledged: {:.0} events/s ({:.0} batches/s)", r.events_per_sec, r.batches_per_sec);
+            println!("  ack latency: p50 {:.2} ms, p99 {:.2} ms", r.ack_p50_ms, r.ack_p99_ms);
+            println!(
+                "  aggregator: {:.3} CPU-s per million events ({:.2} cores busy), RSS {:.1} MiB",
+                r.cpu_secs_per_million, r.aggregator_cores, r.aggregator_rss_mib
+            );
+            if let Some(rss) = r.agent_rss_mib {
+                println!("  agent at 20 000 events/s: RSS {rss:.1} MiB");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,342 @@
+//! The transport benchmark: how many events per second one aggregator process
+//! commits durably, how fast it acknowledges, what it costs in CPU, and what an
+//! agent costs in memory.
+//!
+//! In-process "blast" clients with real agent certificates speak the real protocol
+//! over QUIC to a real `ferrule-aggregator` process (embedded log, group-committed
+//! fsync), each sending realistic three-phase batches as fast as the aggregator's
+//! credit allows. Ack latency is measured per batch from the write of its frame to
+//! the Ack naming it; CPU comes from the aggregator's `/proc/<pid>/stat`.
+
+use crate::devpki::DevPki;
+use crate::procs::{self, AgentSpec, Proc};
+use anyhow::{bail, Context as _};
+use ferrule_transport::{client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender};
+use ferrule_wire::example::{FeedOptions, ThreePhaseFeed, SENSORS, UNITS};
+use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession};
+use ferrule_wire::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Measured seconds (after a warm-up of 3 s).
+    pub secs: u64,
+    /// Concurrent agent connections.
+    pub connections: usize,
+    /// Samples per batch.
+    pub batch_samples: usize,
+    /// Also run one real agent at 20 000 events/s and report its RSS.
+    pub agent_rss: bool,
+    /// Offered load in events per second over all connections; 0 sends as fast as
+    /// credit allows (throughput at saturation, where latency is the queue).
+    pub rate: u64,
+    /// Per-agent credit window in batches the aggregator grants (its
+    /// `credit.session_window_batches`).
+    pub window_batches: u32,
+}
+
+/// What the benchmark measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Committed (acknowledged) events per second.
+    pub events_per_sec: f64,
+    /// Acknowledged batches per second.
+    pub batches_per_sec: f64,
+    /// Ack latency percentiles, milliseconds.
+    pub ack_p50_ms: f64,
+    /// 99th percentile.
+    pub ack_p99_ms: f64,
+    /// Aggregator CPU seconds per million events.
+    pub cpu_secs_per_million: f64,
+    /// Aggregator CPU use, cores.
+    pub aggregator_cores: f64,
+    /// Aggregator RSS at the end, MiB.
+    pub aggregator_rss_mib: f64,
+    /// A real agent's RSS at 20 000 events/s, MiB.
+    pub agent_rss_mib: Option<f64>,
+}
+
+/// Builds the frame of batch `seq` from a constant sample block: the header is the
+/// only part that changes, so clients spend their CPU on sending, not encoding.
+struct FrameMaker {
+    block: Vec<u8>,
+    epoch: Epoch,
+    samples: usize,
+}
+
+impl FrameMaker {
+    fn new(epoch: Epoch, samples: usize, seed: u64) -> anyhow::Result<Self> {
+        let series = ThreePhaseFeed::new(seed, 1_767_225_600_000_000_000, FeedOptions::default()).next_batch(samples);
+        let mut frame = Vec::new();
+        encode(
+            &Message::Batch(Batch {
+                epoch,
+                seq: Seq(1),
+                clock_offset_ns: 0,
+                series,
+            }),
+            &Limits::default(),
+            &mut frame,
+        )?;
+        let header = postcard::to_stdvec(&(epoch.0, 1u64, 0i64))?;
+        let block = frame[5 + header.len()..].to_vec();
+        let maker = Self { block, epoch, samples };
+        // The splice must give exactly what the encoder gives.
+        let mut check = Vec::new();
+        maker.make(Seq(1), &mut check)?;
+        if check != frame {
+            bail!("batch frame splice does not match the encoder");
+        }
+        Ok(maker)
+    }
+
+    fn make(&self, seq: Seq, out: &mut Vec<u8>) -> anyhow::Result<()> {
+        let header = postcard::to_stdvec(&(self.epoch.0, seq.0, 0i64))?;
+        out.clear();
+        let len = u32::try_from(1 + header.len() + self.block.len())?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.push(4);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.block);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    acked_batches: AtomicU64,
+    acked_samples: AtomicU64,
+}
+
+/// One blast client: connects as `site/id`, sends until `stop`, records ack latencies.
+#[allow(clippy::too_many_arguments)]
+async fn blast(
+    pki: DevPki,
+    addr: SocketAddr,
+    site: String,
+    id: String,
+    samples: usize,
+    seed: u64,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> anyhow::Result<Vec<u32>> {
+    let (cert, key) = pki.agent(&site, &id)?;
+    let crypto = client_crypto(&ClientTls {
+        cert,
+        key,
+        server_ca: pki.ca_bundle(),
+    })?;
+    let ep = client_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), crypto, &EndpointLimits::default())?;
+    let conn = ep.connect(addr, "localhost")?.await?;
+    let (send, recv) = conn.open_bi().await?;
+    let limits = Limits::default();
+    let mut ctl = FrameSender::new(send, limits);
+    let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
+    let epoch = Epoch(seed);
+    let mut s = AgentSession::new(
+        AgentConfig {
+            site,
+            agent: id,
+            software: "bench".into(),
+            epoch,
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            capabilities: Capabilities::ALL,
+        },
+        Seq(1),
+    );
+    while let Some(m) = s.poll_transmit() {
+        ctl.send(&m).await?;
+    }
+    while !s.is_established() {
+        match ctl_rx.next().await? {
+            Some((m, _)) => s.handle(m, 0)?,
+            None => bail!("aggregator closed before Welcome"),
+        }
+    }
+    let mut lane = FrameSender::new(conn.open_uni().await?, limits);
+    for (i, (name, unit)) in SENSORS.iter().zip(UNITS).enumerate() {
+        lane.send(&Message::Define(Define {
+            sensor: SensorId(i as u32),
+            name: SensorName::new(format!("bench/{name}"))?,
+            unit: unit.into(),
+            kind: SensorKind::Gauge,
+        }))
+        .await?;
+    }
+    let maker = FrameMaker::new(epoch, samples, seed)?;
+    let mut frame = Vec::new();
+    let mut next = Seq(1);
+    let mut sent_at: HashMap<Seq, Instant> = HashMap::new();
+    let mut latencies_us: Vec<u32> = Vec::new();
+    // Open-loop pacing: one batch every `interval` when a rate is set.
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(samples as f64 / rate as f64));
+    let mut due = tokio::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Send while credit lasts (and the pace allows).
+        loop {
+            if let Some(iv) = interval {
+                if tokio::time::Instant::now() < due {
+                    break;
+                }
+                due += iv;
+            }
+            maker.make(next, &mut frame)?;
+            if !s.can_send(frame.len() as u64) {
+                break;
+            }
+            s.on_send(next, frame.len() as u64)?;
+            lane.send_frame(&frame).await?;
+            sent_at.insert(next, Instant::now());
+            next = next.next();
+        }
+        while let Some(m) = s.poll_transmit() {
+            ctl.send(&m).await?;
+        }
+        // Then wait for acks and credit, or the next batch's turn.
+        let wait_until = match interval {
+            Some(_) => due,
+            None => tokio::time::Instant::now() + Duration::from_secs(10),
+        };
+        let msg = match tokio::time::timeout_at(wait_until, ctl_rx.next()).await {
+            Ok(m) => m?,
+            Err(_) if interval.is_some() => continue,
+            Err(_) => bail!("no ack or credit for 10 s"),
+        };
+        let Some((m, _)) = msg else { bail!("aggregator closed the control stream") };
+        s.handle(m, 0)?;
+        while let Some(ev) = s.poll_event() {
+            if let AgentEvent::Acked(seqs) = ev {
+                let now = Instant::now();
+                for q in seqs {
+                    if let Some(t) = sent_at.remove(&q) {
+                        if measuring.load(Ordering::Relaxed) {
+                            latencies_us.push(u32::try_from(now.duration_since(t).as_micros()).unwrap_or(u32::MAX));
+                            tally.acked_batches.fetch_add(1, Ordering::Relaxed);
+                            tally.acked_samples.fetch_add(maker.samples as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    Ok(latencies_us)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// Runs the benchmark in a scratch directory under the system temp dir.
+pub async fn transport(opts: Options) -> anyhow::Result<Report> {
+    let dir = std::env::temp_dir().join(format!("ferrule-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = run(&dir, &opts).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
+    let pki = DevPki::ensure(&dir.join("pki"))?;
+    let port = procs::free_udp_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg_path = dir.join("aggregator.toml");
+    let extra = format!("[credit]\nsession_window_batches = {}\n", opts.window_batches.max(1));
+    std::fs::write(&cfg_path, procs::aggregator_toml(&pki, &dir.join("aggregator"), addr, None, &extra))?;
+    let agg_bin = procs::bin("ferrule-aggregator")?;
+    let mut agg = Proc::start("aggregator", &agg_bin, &cfg_path, &dir.join("aggregator.log"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if !agg.is_running() {
+        bail!("aggregator did not start: see its log");
+    }
+
+    let mut agent = None;
+    if opts.agent_rss {
+        let spec = AgentSpec {
+            site: "bench".into(),
+            id: "agent-rss".into(),
+            spool: dir.join("agent"),
+            endpoints: vec![addr.to_string()],
+            rate_hz: 2857,
+            total_samples: None,
+            fsync: "interval",
+            metrics: None,
+            extra: String::new(),
+        };
+        let p = dir.join("agent.toml");
+        std::fs::write(&p, procs::agent_toml(&pki, &spec)?)?;
+        agent = Some(Proc::start("agent", &procs::bin("ferrule-agent")?, &p, &dir.join("agent.log"))?);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    // Issue certificates one at a time (the CA directory takes one writer).
+    for i in 0..opts.connections {
+        pki.agent("bench", &format!("blast-{i}"))?;
+    }
+    let mut clients = Vec::new();
+    for i in 0..opts.connections {
+        clients.push(tokio::spawn(blast(
+            pki.clone(),
+            addr,
+            "bench".into(),
+            format!("blast-{i}"),
+            opts.batch_samples,
+            1000 + i as u64,
+            opts.rate / opts.connections.max(1) as u64,
+            stop.clone(),
+            measuring.clone(),
+            tally.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu0 = agg.cpu_secs().unwrap_or(0.0);
+    let t0 = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(opts.secs)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = agg.cpu_secs().unwrap_or(0.0);
+    let rss = agg.rss_kib().unwrap_or(0) as f64 / 1024.0;
+    let agent_rss = agent.as_ref().and_then(Proc::rss_kib).map(|k| k as f64 / 1024.0);
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for c in clients {
+        latencies.extend(c.await.context("blast client panicked")??);
+    }
+    if let Some(mut a) = agent {
+        a.term(Duration::from_secs(10));
+    }
+    agg.term(Duration::from_secs(15));
+    latencies.sort_unstable();
+    let samples = tally.acked_samples.load(Ordering::Relaxed) as f64;
+    let batches = tally.acked_batches.load(Ordering::Relaxed) as f64;
+    let cpu = cpu1 - cpu0;
+    Ok(Report {
+        events_per_sec: samples / elapsed,
+        batches_per_sec: batches / elapsed,
+        ack_p50_ms: percentile(&latencies, 0.50),
+        ack_p99_ms: percentile(&latencies, 0.99),
+        cpu_secs_per_million: if samples > 0.0 { cpu / (samples / 1e6) } else { f64::NAN },
+        aggregator_cores: cpu / elapsed,
+        aggregator_rss_mib: rss,
+        agent_rss_mib: agent_rss,
+    })
+}
+
