@@ -196,6 +196,11 @@ pub async fn run(
                 }
             },
             _ = flush_tick.tick() => {
+                // Settled batches free their space here at the latest (a blocked
+                // spool waits for this).
+                if pending.is_some() {
+                    let _ = tokio::task::block_in_place(|| spool.release());
+                }
                 if let Some((input, series)) = pending.take() {
                     if !append(&mut spool, &input, &series, &mut frame) {
                         pending = Some((input, series));
@@ -244,6 +249,9 @@ pub async fn run(
             while let Some(Settle::Done(seqs)) = io.settles.recv().await {
                 let _ = tokio::task::block_in_place(|| spool.settle(&seqs));
                 publish(&spool, &io.state);
+            }
+            if let Err(e) = tokio::task::block_in_place(|| spool.release()) {
+                tracing::warn!(error = %e, "releasing acknowledged batches at shutdown failed");
             }
             return;
         }

@@ -69,6 +69,9 @@ pub struct Spool {
     /// Settled seqs; its floor is everything released.
     settled: SeqSet,
     released_through: u64,
+    /// When settled batches were last released from disk (release costs fsyncs,
+    /// so it is coalesced).
+    last_release: std::time::Instant,
     c: Counters,
 }
 
@@ -144,6 +147,7 @@ impl Spool {
             fsync: cfg.fsync,
             settled: SeqSet::with_floor(Some(Seq(first))),
             released_through: first,
+            last_release: std::time::Instant::now(),
             log,
             c,
         };
@@ -278,22 +282,34 @@ impl Spool {
         Ok(true)
     }
 
-    /// Marks batches acknowledged (or refused for good) and releases the settled
-    /// prefix from disk.
+    /// Marks batches acknowledged (or refused for good). The settled prefix is
+    /// released from disk at most once a second (each release costs fsyncs); a
+    /// batch settled but not yet released is resent after a crash, and dropped as
+    /// a duplicate by the aggregator.
     pub fn settle(&mut self, seqs: &[Seq]) -> Result<(), SpoolError> {
         for s in seqs {
             if self.settled.insert(*s) {
                 self.c.acked_batches.inc();
             }
         }
+        if self.last_release.elapsed() >= std::time::Duration::from_secs(1) {
+            self.release()?;
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Releases the settled prefix from disk now.
+    pub fn release(&mut self) -> Result<(), SpoolError> {
+        self.last_release = std::time::Instant::now();
         if let Some(t) = self.settled.through() {
             if t.0 > self.released_through {
                 // seq t is offset t - 1: release offsets up to it.
                 self.log.release_through(Offset(t.0 - 1))?;
                 self.released_through = t.0;
+                self.update_gauges();
             }
         }
-        self.update_gauges();
         Ok(())
     }
 

@@ -33,8 +33,16 @@ fn wrong_types_and_values_name_their_line() {
     let text = std::fs::read_to_string(example()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (from, to, key) in [
-        ("max_bytes = 1073741824", "max_bytes = \"1GB\"", "spool.max_bytes"),
-        ("full_policy = \"block\"", "full_policy = \"sometimes\"", "spool.full_policy"),
+        (
+            "max_bytes = 1073741824",
+            "max_bytes = \"1GB\"",
+            "spool.max_bytes",
+        ),
+        (
+            "full_policy = \"block\"",
+            "full_policy = \"sometimes\"",
+            "spool.full_policy",
+        ),
         ("rate_hz = 100", "rate_hz = 0", "rate_hz"),
     ] {
         let broken = text.replace(from, to);

@@ -32,7 +32,11 @@ fn the_example_is_valid() {
 fn a_misspelled_key_names_file_line_and_key() {
     let text = std::fs::read_to_string(example()).unwrap();
     let broken = text.replace("frame_timeout_secs = 10", "frame_timeout_sec = 10");
-    let line = broken.lines().position(|l| l.starts_with("frame_timeout_sec =")).unwrap() + 1;
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("frame_timeout_sec ="))
+        .unwrap()
+        + 1;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agg.toml");
     std::fs::write(&path, broken).unwrap();
