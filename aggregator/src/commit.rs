@@ -17,7 +17,7 @@ use ferrule_wire::record::decode_record_header;
 use ferrule_wire::Seq;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
@@ -56,16 +56,108 @@ pub enum CommitOutcome {
     Failed(String),
 }
 
+/// Whether the sink can make batches durable right now, and if not, why
+/// (served at `/healthz`; while unready, credit is withheld).
+#[derive(Debug, Default)]
+pub struct Health {
+    unready: Mutex<Option<String>>,
+    bad: AtomicBool,
+}
+
+impl Health {
+    /// Marks the sink unable to commit, with a reason for operators.
+    pub fn set_unready(&self, why: impl Into<String>) {
+        let why = why.into();
+        let mut u = self.unready.lock().unwrap_or_else(PoisonError::into_inner);
+        if u.as_deref() != Some(why.as_str()) {
+            tracing::error!(reason = %why, "sink unready");
+        }
+        *u = Some(why);
+        self.bad.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the sink working again.
+    pub fn set_ready(&self) {
+        let mut u = self.unready.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = u.take() {
+            tracing::info!(was = %old, "sink ready again");
+        }
+        self.bad.store(false, Ordering::Relaxed);
+    }
+
+    /// `Ok` when ready, else the reason.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.bad.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self
+            .unready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn is_ok(&self) -> bool {
+        !self.bad.load(Ordering::Relaxed)
+    }
+}
+
 /// The handle sessions submit through. Cloning shares it.
 #[derive(Debug, Clone)]
 pub struct Sink {
     tx: mpsc::Sender<CommitRequest>,
     queued_bytes: Arc<AtomicU64>,
     high_water_bytes: u64,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// The backend's side of a [`Sink`]: requests to commit, and the shared state it
+/// keeps current.
+#[derive(Debug)]
+pub struct SinkBackend {
+    /// Requests from the sessions.
+    pub rx: mpsc::Receiver<CommitRequest>,
+    /// Bytes submitted and not yet answered.
+    pub queued_bytes: Arc<AtomicU64>,
+    /// Readiness.
+    pub health: Arc<Health>,
+}
+
+impl SinkBackend {
+    /// Records that `bytes` of requests were answered.
+    pub fn answered(&self, bytes: u64) -> u64 {
+        self.queued_bytes
+            .fetch_sub(bytes, Ordering::Relaxed)
+            .saturating_sub(bytes)
+    }
 }
 
 impl Sink {
+    /// A sink whose queue holds `capacity` requests; credit is withheld above
+    /// `high_water_bytes` outstanding.
+    pub fn new(capacity: usize, high_water_bytes: u64) -> (Sink, SinkBackend) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let health = Arc::new(Health::default());
+        (
+            Sink {
+                tx,
+                queued_bytes: queued_bytes.clone(),
+                high_water_bytes,
+                health: health.clone(),
+            },
+            SinkBackend {
+                rx,
+                queued_bytes,
+                health,
+            },
+        )
+    }
+
     /// Submits a request, waiting while the queue is full (backpressure).
     pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitRequest> {
         let bytes = req.record.len() as u64;
@@ -76,15 +168,14 @@ impl Sink {
         })
     }
 
-    /// True when the sink is behind enough that credit should be withheld.
+    /// True when the sink is behind enough, or failing, that credit should be withheld.
     pub fn under_pressure(&self) -> bool {
-        self.queued_bytes.load(Ordering::Relaxed) > self.high_water_bytes
-            || !self.healthy.load(Ordering::Relaxed)
+        self.queued_bytes.load(Ordering::Relaxed) > self.high_water_bytes || !self.health.is_ok()
     }
 
-    /// False after the store failed a write or sync and has not recovered.
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+    /// Readiness, for `/healthz`.
+    pub fn health(&self) -> Result<(), String> {
+        self.health.check()
     }
 }
 
@@ -194,30 +285,12 @@ impl Embedded {
                 &[],
             ),
         };
-        let (tx, rx) = mpsc::channel(opts.group_max.max(1) * 4);
-        let queued_bytes = Arc::new(AtomicU64::new(0));
-        let healthy = Arc::new(AtomicBool::new(true));
-        let sink = Sink {
-            tx,
-            queued_bytes: queued_bytes.clone(),
-            high_water_bytes: opts.high_water_bytes,
-            healthy: healthy.clone(),
-        };
+        let (sink, backend) = Sink::new(opts.group_max.max(1) * 4, opts.high_water_bytes);
         let stats_path = opts.dir.join(STATS_FILE);
+        let group_max = opts.group_max.max(1);
         let thread = std::thread::Builder::new()
             .name("ferrule-commit".into())
-            .spawn(move || {
-                run(
-                    log,
-                    ledger,
-                    rx,
-                    opts.group_max.max(1),
-                    queued_bytes,
-                    healthy,
-                    counters,
-                    stats_path,
-                )
-            })?;
+            .spawn(move || run(log, ledger, backend, group_max, counters, stats_path))?;
         Ok(Self {
             sink,
             thread: Some(thread),
@@ -262,23 +335,20 @@ fn rebuild_ledger(log: &Log, ledger: &mut Ledger) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run(
     mut log: Log,
     mut ledger: Ledger,
-    mut rx: mpsc::Receiver<CommitRequest>,
+    mut backend: SinkBackend,
     group_max: usize,
-    queued_bytes: Arc<AtomicU64>,
-    healthy: Arc<AtomicBool>,
     c: Counters,
     stats_path: PathBuf,
 ) {
     let mut last_housekeeping = Instant::now();
     let mut group: Vec<CommitRequest> = Vec::with_capacity(group_max);
-    while let Some(first) = rx.blocking_recv() {
+    while let Some(first) = backend.rx.blocking_recv() {
         group.push(first);
         while group.len() < group_max {
-            match rx.try_recv() {
+            match backend.rx.try_recv() {
                 Ok(r) => group.push(r),
                 Err(_) => break,
             }
@@ -305,7 +375,10 @@ fn run(
                 Err(e) => error = Some(format!("fsync: {e}")),
             }
         }
-        healthy.store(error.is_none(), Ordering::Relaxed);
+        match &error {
+            None => backend.health.set_ready(),
+            Some(e) => backend.health.set_unready(format!("embedded log: {e}")),
+        }
         let mut bytes_done = 0u64;
         for (i, req) in group.drain(..).enumerate() {
             let bytes = req.record.len() as u64;
@@ -330,25 +403,22 @@ fn run(
                 bytes,
             });
         }
-        if let Some(e) = &error {
-            tracing::error!(error = %e, "embedded log write failed; batches stay unacknowledged");
+        if error.is_some() {
             // Give a failing disk a moment instead of spinning on it.
             std::thread::park_timeout(Duration::from_millis(100));
         }
-        let left = queued_bytes
-            .fetch_sub(bytes_done, Ordering::Relaxed)
-            .saturating_sub(bytes_done);
+        let left = backend.answered(bytes_done);
         c.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             last_housekeeping = Instant::now();
-            housekeeping(&mut log, &ledger, &c, &stats_path);
+            housekeeping(&mut log, &mut ledger, &c, &stats_path);
         }
     }
     // Queue closed: everything written was synced in its group; save the stats.
-    housekeeping(&mut log, &ledger, &c, &stats_path);
+    housekeeping(&mut log, &mut ledger, &c, &stats_path);
 }
 
-fn housekeeping(log: &mut Log, ledger: &Ledger, c: &Counters, stats_path: &Path) {
+fn housekeeping(log: &mut Log, ledger: &mut Ledger, c: &Counters, stats_path: &Path) {
     match log.enforce_retention(SystemTime::now()) {
         Ok(report) => {
             let n = report.records();

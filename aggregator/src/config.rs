@@ -23,6 +23,10 @@ pub struct Config {
     /// The embedded durable log (used when no Kafka is configured).
     #[serde(default)]
     pub log: LogSection,
+    /// Kafka: when present, batches are committed to Kafka instead of the
+    /// embedded log.
+    #[serde(default)]
+    pub kafka: Option<KafkaSection>,
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
@@ -141,6 +145,90 @@ impl Default for LogSection {
     }
 }
 
+/// How a topic's records are encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordFormat {
+    /// One record per batch in the compact encoding (`wire/README.md`).
+    #[default]
+    Compact,
+    /// One JSON object per sample, one record each.
+    Json,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap servers, `host:port,host:port`. Required.
+    pub brokers: String,
+    /// Topic for batches no route matches. Required.
+    pub topic: String,
+    /// Encoding of the default topic. Default `compact`.
+    #[serde(default)]
+    pub format: RecordFormat,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`. Default `lz4`.
+    #[serde(default = "d_compression")]
+    pub compression: String,
+    /// How long the producer waits to fill a batch, milliseconds. Default 5.
+    #[serde(default = "d_linger")]
+    pub linger_ms: u64,
+    /// Producer batch size, bytes. Default 1 MiB.
+    #[serde(default = "d_batch_bytes")]
+    pub batch_bytes: u64,
+    /// librdkafka gives up on a record after this long, milliseconds; the batch is
+    /// then not acknowledged (the agent keeps it) and the failure counted. Default 300000.
+    #[serde(default = "d_message_timeout")]
+    pub message_timeout_ms: u64,
+    /// librdkafka's local queue limit, KiB. Default 262144 (256 MiB).
+    #[serde(default = "d_queue_kbytes")]
+    pub queue_max_kbytes: u64,
+    /// Client id the brokers see. Default `ferrule-aggregator`.
+    #[serde(default = "d_client_id")]
+    pub client_id: String,
+    /// Topic routes, first match wins.
+    #[serde(default)]
+    pub routes: Vec<KafkaRoute>,
+    /// librdkafka properties passed through as is (TLS and SASL for managed
+    /// clusters: `security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ...).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+fn d_compression() -> String {
+    "lz4".into()
+}
+fn d_linger() -> u64 {
+    5
+}
+fn d_batch_bytes() -> u64 {
+    1 << 20
+}
+fn d_message_timeout() -> u64 {
+    300_000
+}
+fn d_queue_kbytes() -> u64 {
+    262_144
+}
+fn d_client_id() -> String {
+    "ferrule-aggregator".into()
+}
+
+/// `[[kafka.routes]]`: batches from matching sites, or using sensors under a
+/// prefix, go to `topic`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaRoute {
+    /// Site pattern (`*` matches anything), if any.
+    pub site: Option<String>,
+    /// Sensor name prefix (a sensor class such as `breaker/`), if any.
+    pub sensor_prefix: Option<String>,
+    /// Destination topic.
+    pub topic: String,
+    /// Encoding; the section's `format` if absent.
+    pub format: Option<RecordFormat>,
+}
+
 /// `[metrics]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -182,6 +270,37 @@ impl Validate for Config {
                 "server.idle_timeout_secs",
                 "timeouts must be at least 1 second",
             ));
+        }
+        if let Some(k) = &self.kafka {
+            if k.brokers.trim().is_empty() {
+                bad.push(Invalid::new(
+                    "kafka.brokers",
+                    "needs at least one host:port",
+                ));
+            }
+            if !matches!(
+                k.compression.as_str(),
+                "none" | "gzip" | "snappy" | "lz4" | "zstd"
+            ) {
+                bad.push(Invalid::new(
+                    "kafka.compression",
+                    "one of none, gzip, snappy, lz4, zstd",
+                ));
+            }
+            if k.message_timeout_ms < 1000 {
+                bad.push(Invalid::new(
+                    "kafka.message_timeout_ms",
+                    "must be at least 1000",
+                ));
+            }
+            for (i, r) in k.routes.iter().enumerate() {
+                if r.site.is_none() && r.sensor_prefix.is_none() {
+                    bad.push(Invalid::new(
+                        format!("kafka.routes[{i}]"),
+                        "needs site or sensor_prefix",
+                    ));
+                }
+            }
         }
         if self.log.group_commit_max_batches == 0 {
             bad.push(Invalid::new(

@@ -49,6 +49,9 @@ pub struct IngestContext {
     pub alternate: Option<String>,
 }
 
+/// How long a closing session waits for its last Error message to reach the peer.
+const ERROR_FLUSH: Duration = Duration::from_millis(500);
+
 /// How long a drained session waits for the agent to close before closing itself.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -214,7 +217,9 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
                         ctx.metrics.samples_received.add(b.sample_count() as u64);
                     }
                     if let Err(e) = session.handle(msg, n as u64, now_ns()) {
+                        // The session queued an Error for the peer: deliver it, then close.
                         flush(&mut session, &mut ctl, ctx).await;
+                        ctl.finish_and_wait(ERROR_FLUSH).await;
                         conn.close(close_code(e.code()), e.to_string().as_bytes());
                         return Err((e.code().name(), e.to_string()));
                     }
@@ -223,6 +228,7 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
                     let (reason, code) = stream_reason(&e);
                     let msg = Message::Error(ErrorMessage { code, message: e.to_string() });
                     let _ = ctl.send(&msg).await;
+                    ctl.finish_and_wait(ERROR_FLUSH).await;
                     conn.close(close_code(code), reason.as_bytes());
                     return Err((reason, e.to_string()));
                 }
@@ -239,6 +245,7 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
                         let msg = Message::Error(ErrorMessage { code: ErrorCode::INTERNAL, message: format!("sink failed: {why}") });
                         flush(&mut session, &mut ctl, ctx).await;
                         let _ = ctl.send(&msg).await;
+                        ctl.finish_and_wait(ERROR_FLUSH).await;
                         conn.close(close_code(ErrorCode::INTERNAL), b"sink failed");
                         return Err(("sink_failed", why));
                     }

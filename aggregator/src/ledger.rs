@@ -99,14 +99,16 @@ impl Ledger {
     }
 
     /// Writes the counters atomically (temp file, rename) if they changed.
-    pub fn save_stats(&self, path: &Path) -> std::io::Result<()> {
+    pub fn save_stats(&mut self, path: &Path) -> std::io::Result<()> {
         if !self.dirty && path.exists() {
             return Ok(());
         }
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(&self.stats).map_err(std::io::Error::other)?;
         std::fs::write(&tmp, body)?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        self.dirty = false;
+        Ok(())
     }
 }
 

@@ -87,13 +87,7 @@ pub async fn run(
             tokio::spawn(ferrule_telemetry::serve(
                 listener,
                 registry.clone(),
-                move || {
-                    if health_sink.is_healthy() {
-                        Ok(())
-                    } else {
-                        Err("embedded log write failing".into())
-                    }
-                },
+                move || health_sink.health(),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -11,7 +11,9 @@
 use crate::devpki::DevPki;
 use crate::procs::{self, AgentSpec, Proc};
 use anyhow::{bail, Context as _};
-use ferrule_transport::{client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender};
+use ferrule_transport::{
+    client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
+};
 use ferrule_wire::example::{FeedOptions, ThreePhaseFeed, SENSORS, UNITS};
 use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession};
 use ferrule_wire::*;
@@ -72,7 +74,8 @@ struct FrameMaker {
 
 impl FrameMaker {
     fn new(epoch: Epoch, samples: usize, seed: u64) -> anyhow::Result<Self> {
-        let series = ThreePhaseFeed::new(seed, 1_767_225_600_000_000_000, FeedOptions::default()).next_batch(samples);
+        let series = ThreePhaseFeed::new(seed, 1_767_225_600_000_000_000, FeedOptions::default())
+            .next_batch(samples);
         let mut frame = Vec::new();
         encode(
             &Message::Batch(Batch {
@@ -86,7 +89,11 @@ impl FrameMaker {
         )?;
         let header = postcard::to_stdvec(&(epoch.0, 1u64, 0i64))?;
         let block = frame[5 + header.len()..].to_vec();
-        let maker = Self { block, epoch, samples };
+        let maker = Self {
+            block,
+            epoch,
+            samples,
+        };
         // The splice must give exactly what the encoder gives.
         let mut check = Vec::new();
         maker.make(Seq(1), &mut check)?;
@@ -134,7 +141,11 @@ async fn blast(
         key,
         server_ca: pki.ca_bundle(),
     })?;
-    let ep = client_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), crypto, &EndpointLimits::default())?;
+    let ep = client_endpoint(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        crypto,
+        &EndpointLimits::default(),
+    )?;
     let conn = ep.connect(addr, "localhost")?.await?;
     let (send, recv) = conn.open_bi().await?;
     let limits = Limits::default();
@@ -211,7 +222,9 @@ async fn blast(
             Err(_) if interval.is_some() => continue,
             Err(_) => bail!("no ack or credit for 10 s"),
         };
-        let Some((m, _)) = msg else { bail!("aggregator closed the control stream") };
+        let Some((m, _)) = msg else {
+            bail!("aggregator closed the control stream")
+        };
         s.handle(m, 0)?;
         while let Some(ev) = s.poll_event() {
             if let AgentEvent::Acked(seqs) = ev {
@@ -219,9 +232,14 @@ async fn blast(
                 for q in seqs {
                     if let Some(t) = sent_at.remove(&q) {
                         if measuring.load(Ordering::Relaxed) {
-                            latencies_us.push(u32::try_from(now.duration_since(t).as_micros()).unwrap_or(u32::MAX));
+                            latencies_us.push(
+                                u32::try_from(now.duration_since(t).as_micros())
+                                    .unwrap_or(u32::MAX),
+                            );
                             tally.acked_batches.fetch_add(1, Ordering::Relaxed);
-                            tally.acked_samples.fetch_add(maker.samples as u64, Ordering::Relaxed);
+                            tally
+                                .acked_samples
+                                .fetch_add(maker.samples as u64, Ordering::Relaxed);
                         }
                     }
                 }
@@ -256,10 +274,21 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     let port = procs::free_udp_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let cfg_path = dir.join("aggregator.toml");
-    let extra = format!("[credit]\nsession_window_batches = {}\n", opts.window_batches.max(1));
-    std::fs::write(&cfg_path, procs::aggregator_toml(&pki, &dir.join("aggregator"), addr, None, &extra))?;
+    let extra = format!(
+        "[credit]\nsession_window_batches = {}\n",
+        opts.window_batches.max(1)
+    );
+    std::fs::write(
+        &cfg_path,
+        procs::aggregator_toml(&pki, &dir.join("aggregator"), addr, None, &extra),
+    )?;
     let agg_bin = procs::bin("ferrule-aggregator")?;
-    let mut agg = Proc::start("aggregator", &agg_bin, &cfg_path, &dir.join("aggregator.log"))?;
+    let mut agg = Proc::start(
+        "aggregator",
+        &agg_bin,
+        &cfg_path,
+        &dir.join("aggregator.log"),
+    )?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     if !agg.is_running() {
         bail!("aggregator did not start: see its log");
@@ -280,7 +309,12 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         };
         let p = dir.join("agent.toml");
         std::fs::write(&p, procs::agent_toml(&pki, &spec)?)?;
-        agent = Some(Proc::start("agent", &procs::bin("ferrule-agent")?, &p, &dir.join("agent.log"))?);
+        agent = Some(Proc::start(
+            "agent",
+            &procs::bin("ferrule-agent")?,
+            &p,
+            &dir.join("agent.log"),
+        )?);
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -314,7 +348,10 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = agg.cpu_secs().unwrap_or(0.0);
     let rss = agg.rss_kib().unwrap_or(0) as f64 / 1024.0;
-    let agent_rss = agent.as_ref().and_then(Proc::rss_kib).map(|k| k as f64 / 1024.0);
+    let agent_rss = agent
+        .as_ref()
+        .and_then(Proc::rss_kib)
+        .map(|k| k as f64 / 1024.0);
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
     for c in clients {
@@ -333,10 +370,13 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         batches_per_sec: batches / elapsed,
         ack_p50_ms: percentile(&latencies, 0.50),
         ack_p99_ms: percentile(&latencies, 0.99),
-        cpu_secs_per_million: if samples > 0.0 { cpu / (samples / 1e6) } else { f64::NAN },
+        cpu_secs_per_million: if samples > 0.0 {
+            cpu / (samples / 1e6)
+        } else {
+            f64::NAN
+        },
         aggregator_cores: cpu / elapsed,
         aggregator_rss_mib: rss,
         agent_rss_mib: agent_rss,
     })
 }
-

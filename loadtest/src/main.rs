@@ -76,20 +76,32 @@ fn main() -> Result<()> {
             window_batches,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
-            let r = rt.block_on(ferrule_loadtest::bench::transport(ferrule_loadtest::bench::Options {
-                secs,
-                connections,
-                batch_samples,
-                agent_rss: !no_agent,
-                rate,
-                window_batches,
-            }))?;
-            let offered = if rate == 0 { "as fast as credit allows".to_string() } else { format!("{rate} events/s offered") };
+            let r = rt.block_on(ferrule_loadtest::bench::transport(
+                ferrule_loadtest::bench::Options {
+                    secs,
+                    connections,
+                    batch_samples,
+                    agent_rss: !no_agent,
+                    rate,
+                    window_batches,
+                },
+            ))?;
+            let offered = if rate == 0 {
+                "as fast as credit allows".to_string()
+            } else {
+                format!("{rate} events/s offered")
+            };
             println!(
                 "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, window {window_batches} batches, embedded log (fsync per group commit)"
             );
-            println!("  committed and acknowledged: {:.0} events/s ({:.0} batches/s)", r.events_per_sec, r.batches_per_sec);
-            println!("  ack latency: p50 {:.2} ms, p99 {:.2} ms", r.ack_p50_ms, r.ack_p99_ms);
+            println!(
+                "  committed and acknowledged: {:.0} events/s ({:.0} batches/s)",
+                r.events_per_sec, r.batches_per_sec
+            );
+            println!(
+                "  ack latency: p50 {:.2} ms, p99 {:.2} ms",
+                r.ack_p50_ms, r.ack_p99_ms
+            );
             println!(
                 "  aggregator: {:.3} CPU-s per million events ({:.2} cores busy), RSS {:.1} MiB",
                 r.cpu_secs_per_million, r.aggregator_cores, r.aggregator_rss_mib

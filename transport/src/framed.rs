@@ -119,4 +119,12 @@ impl FrameSender {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// Finishes the stream and waits (at most `max`) until the peer has received
+    /// everything on it. Closing a connection discards unsent stream data, so a
+    /// last Error message must be flushed this way before the close.
+    pub async fn finish_and_wait(&mut self, max: std::time::Duration) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(max, self.send.stopped()).await;
+    }
 }

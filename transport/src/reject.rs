@@ -23,7 +23,14 @@ pub fn classify(err: &ConnectionError) -> &'static str {
         ConnectionError::ConnectionClosed(c) => {
             classify_text(&String::from_utf8_lossy(&c.reason), u64::from(c.error_code))
         }
-        ConnectionError::ApplicationClosed(_) => "application_closed",
+        ConnectionError::ApplicationClosed(c) => match u16::try_from(c.error_code.into_inner()) {
+            // Our close codes are wire error codes; 0 is a normal close.
+            Ok(0) | Err(_) => "application_closed",
+            Ok(code) => match ErrorCode(code).name() {
+                "unknown" => "application_closed",
+                name => name,
+            },
+        },
         ConnectionError::Reset => "reset",
         ConnectionError::TimedOut => "timed_out",
         ConnectionError::LocallyClosed => "locally_closed",

@@ -1,0 +1,361 @@
+//! The Kafka sink: every batch becomes one Kafka record (or, for topics in JSON
+//! format, one record per sample), acknowledged to the agent only after Kafka's
+//! delivery report with `acks=all` and an idempotent producer.
+//!
+//! Invariants: a batch is reported committed only once every record it produced is
+//! delivered; a delivery failure (including librdkafka's local
+//! `message.timeout.ms`) is reported failed and counted, never acknowledged, so the
+//! agent keeps the batch and sends it again; while Kafka is unreachable or slow,
+//! what is outstanding grows to the high-water mark and credit is withheld (agents
+//! spool) instead of the aggregator buffering without bound. Fatal errors
+//! (authorization, a missing topic) make the aggregator unready with the reason.
+//!
+//! The record key is `site/agent`, so an agent's batches, and each sensor's
+//! samples, stay in order within one partition. Headers carry the agent, epoch,
+//! sequence number, sample count and the record encoding version.
+
+use crate::commit::{CommitDone, CommitOutcome, CommitRequest, Health, Sink, SinkBackend};
+use crate::config::{KafkaSection, RecordFormat};
+use crate::ledger::Ledger;
+use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_wire::record::{decode_record, decode_record_header, RecordHeader, RECORD_VERSION};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// The running Kafka sink.
+pub struct Kafka {
+    sink: Sink,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Counters {
+    committed_batches: Counter,
+    committed_samples: Counter,
+    duplicates: Counter,
+    failures: Registry,
+    records: Counter,
+    queued: Gauge,
+}
+
+/// Where a batch goes and in what form.
+fn route<'a>(cfg: &'a KafkaSection, header: &RecordHeader) -> (&'a str, RecordFormat) {
+    for r in &cfg.routes {
+        let site_ok = r.site.as_deref().is_none_or(|p| glob(p, &header.site));
+        let sensor_ok = r
+            .sensor_prefix
+            .as_deref()
+            .is_none_or(|p| header.sensors.iter().any(|s| s.name.as_str().starts_with(p)));
+        if site_ok && sensor_ok {
+            return (&r.topic, r.format.unwrap_or(cfg.format));
+        }
+    }
+    (&cfg.topic, cfg.format)
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || !s[first.len()..].ends_with(last) || s.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Builds the producer: idempotent, `acks=all`, compression and batching from
+/// config, then the pass-through properties (TLS, SASL) on top.
+fn producer(cfg: &KafkaSection) -> anyhow::Result<FutureProducer> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("compression.type", &cfg.compression)
+        .set("linger.ms", cfg.linger_ms.to_string())
+        .set("batch.size", cfg.batch_bytes.to_string())
+        .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
+        .set("queue.buffering.max.kbytes", cfg.queue_max_kbytes.to_string())
+        .set("client.id", &cfg.client_id);
+    for (k, v) in &cfg.properties {
+        if matches!(k.as_str(), "enable.idempotence" | "acks") {
+            anyhow::bail!("kafka.properties may not weaken durability: {k} is always set by ferrule");
+        }
+        c.set(k, v);
+    }
+    Ok(c.create()?)
+}
+
+impl Kafka {
+    /// Connects the producer, checks the topics, and starts the sink task.
+    pub fn start(cfg: KafkaSection, high_water_bytes: u64, registry: &Registry) -> anyhow::Result<Self> {
+        let producer = producer(&cfg)?;
+        let (sink, backend) = Sink::new(1024, high_water_bytes);
+        let c = Counters {
+            committed_batches: registry.counter("ferrule_aggregator_committed_batches_total", "Batches made durable", &[]),
+            committed_samples: registry.counter("ferrule_aggregator_committed_samples_total", "Samples made durable", &[]),
+            duplicates: registry.counter(
+                "ferrule_aggregator_duplicates_dropped_total",
+                "Retransmitted batches already durable, not written again",
+                &[],
+            ),
+            failures: registry.clone(),
+            records: registry.counter("ferrule_aggregator_kafka_records_total", "Kafka records delivered", &[]),
+            queued: registry.gauge("ferrule_aggregator_sink_queued_bytes", "Bytes waiting for the sink", &[]),
+        };
+        let cfg = Arc::new(cfg);
+        // Check the topics once now (and again on every failure) so a missing topic
+        // or a denied one shows up as unready with the reason, not as silence.
+        check_topics(&producer, &cfg, &backend.health);
+        let task = tokio::spawn(run(producer, cfg, backend, c));
+        Ok(Self { sink, task })
+    }
+
+    /// The handle sessions submit through.
+    pub fn sink(&self) -> Sink {
+        self.sink.clone()
+    }
+
+    /// Waits for outstanding deliveries after every [`Sink`] clone is dropped.
+    pub async fn join(self) {
+        drop(self.sink);
+        let _ = self.task.await;
+    }
+}
+
+fn topics(cfg: &KafkaSection) -> Vec<&str> {
+    let mut t: Vec<&str> = std::iter::once(cfg.topic.as_str())
+        .chain(cfg.routes.iter().map(|r| r.topic.as_str()))
+        .collect();
+    t.sort_unstable();
+    t.dedup();
+    t
+}
+
+fn check_topics(producer: &FutureProducer, cfg: &KafkaSection, health: &Health) {
+    for t in topics(cfg) {
+        match producer.client().fetch_metadata(Some(t), Duration::from_secs(5)) {
+            Ok(md) => {
+                let missing = md.topics().iter().find(|m| m.name() == t).is_none_or(|m| m.error().is_some());
+                if missing {
+                    health.set_unready(format!(
+                        "kafka topic {t:?} does not exist or is not readable (auto-create is off in production clusters: create it)"
+                    ));
+                    return;
+                }
+            }
+            Err(e) => {
+                health.set_unready(format!("kafka metadata for {t:?}: {e}"));
+                return;
+            }
+        }
+    }
+    health.set_ready();
+}
+
+fn headers(h: &RecordHeader) -> OwnedHeaders {
+    let agent = format!("{}/{}", h.site, h.agent);
+    let epoch = h.epoch.0.to_string();
+    let seq = h.seq.0.to_string();
+    let count = h.samples.to_string();
+    let version = RECORD_VERSION.to_string();
+    OwnedHeaders::new()
+        .insert(Header { key: "ferrule-agent", value: Some(agent.as_str()) })
+        .insert(Header { key: "ferrule-epoch", value: Some(epoch.as_str()) })
+        .insert(Header { key: "ferrule-seq", value: Some(seq.as_str()) })
+        .insert(Header { key: "ferrule-count", value: Some(count.as_str()) })
+        .insert(Header { key: "ferrule-encoding", value: Some(version.as_str()) })
+}
+
+/// One JSON object per sample, for topics configured `format = "json"`.
+fn json_samples(record: &[u8]) -> Result<Vec<String>, String> {
+    let rec = decode_record(record, u64::MAX).map_err(|e| e.to_string())?;
+    let h = &rec.header;
+    let mut out = Vec::with_capacity(h.samples as usize);
+    for s in &rec.series {
+        let info = h.sensors.iter().find(|i| i.id == s.sensor());
+        let (name, unit) = info.map_or(("", ""), |i| (i.name.as_str(), i.unit.as_str()));
+        for (t, v, q) in s.iter() {
+            let value = if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };
+            out.push(
+                serde_json::json!({
+                    "site": h.site, "agent": h.agent, "epoch": h.epoch.0, "seq": h.seq.0,
+                    "sensor": name, "unit": unit, "ts_ns": t, "value": value,
+                    "quality": format!("{q:?}").to_lowercase(),
+                })
+                .to_string(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn failure_reason(e: &KafkaError) -> &'static str {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => "message_timeout",
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => "unknown_topic",
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => {
+            "authorization"
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => "message_too_large",
+        _ => "delivery_error",
+    }
+}
+
+async fn run(producer: FutureProducer, cfg: Arc<KafkaSection>, mut backend: SinkBackend, c: Counters) {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let backend_shared = Arc::new(SharedBackend {
+        queued_bytes: backend.queued_bytes.clone(),
+        health: backend.health.clone(),
+    });
+    let c = Arc::new(c);
+    let mut deliveries = tokio::task::JoinSet::new();
+    while let Some(req) = backend.rx.recv().await {
+        // Reap finished deliveries so the set does not grow.
+        while deliveries.try_join_next().is_some() {}
+        let header = match decode_record_header(&req.record) {
+            Ok(h) => h,
+            Err(e) => {
+                reply(&backend_shared, &c, req, CommitOutcome::Failed(format!("undecodable record: {e}")), "bad_record");
+                continue;
+            }
+        };
+        if ledger.lock().unwrap_or_else(PoisonError::into_inner).contains(&req.key) {
+            c.duplicates.inc();
+            reply(&backend_shared, &c, req, CommitOutcome::Duplicate, "");
+            continue;
+        }
+        let (topic, format) = route(&cfg, &header);
+        let key = format!("{}/{}", header.site, header.agent);
+        let payloads: Vec<Vec<u8>> = match format {
+            RecordFormat::Compact => vec![req.record.clone()],
+            RecordFormat::Json => match json_samples(&req.record) {
+                Ok(v) => v.into_iter().map(String::into_bytes).collect(),
+                Err(e) => {
+                    reply(&backend_shared, &c, req, CommitOutcome::Failed(e), "bad_record");
+                    continue;
+                }
+            },
+        };
+        let mut futures = Vec::with_capacity(payloads.len());
+        let hdrs = headers(&header);
+        for p in &payloads {
+            // librdkafka's queue is full: wait for deliveries to drain it.
+            loop {
+                let rec = FutureRecord::to(topic).key(key.as_bytes()).payload(p.as_slice()).headers(hdrs.clone());
+                match producer.send_result(rec) {
+                    Ok(f) => {
+                        futures.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => {
+                        futures.clear();
+                        let why = e.to_string();
+                        let reason = failure_reason(&e);
+                        backend_shared.health.set_unready(format!("kafka produce to {topic:?}: {why}"));
+                        reply(&backend_shared, &c, req, CommitOutcome::Failed(why), reason);
+                        break;
+                    }
+                }
+            }
+            if futures.is_empty() {
+                break;
+            }
+        }
+        if futures.len() != payloads.len() {
+            continue;
+        }
+        let (shared, counters, ledger) = (backend_shared.clone(), c.clone(), ledger.clone());
+        let n = futures.len() as u64;
+        deliveries.spawn(async move {
+            let mut failed: Option<(String, &'static str)> = None;
+            for f in futures {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => failed = Some((e.to_string(), failure_reason(&e))),
+                    Err(_) => failed = Some(("producer dropped the delivery".into(), "delivery_error")),
+                }
+            }
+            match failed {
+                None => {
+                    ledger.lock().unwrap_or_else(PoisonError::into_inner).insert(&req.key);
+                    counters.records.add(n);
+                    counters.committed_batches.inc();
+                    counters.committed_samples.add(u64::from(req.samples));
+                    shared.health.set_ready();
+                    reply(&shared, &counters, req, CommitOutcome::Committed, "");
+                }
+                Some((why, reason)) => {
+                    if matches!(reason, "unknown_topic" | "authorization") {
+                        shared.health.set_unready(format!("kafka: {why}"));
+                    }
+                    reply(&shared, &counters, req, CommitOutcome::Failed(why), reason);
+                }
+            }
+        });
+    }
+    // Queue closed: wait for what is in flight, then flush librdkafka.
+    while deliveries.join_next().await.is_some() {}
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+}
+
+struct SharedBackend {
+    queued_bytes: Arc<std::sync::atomic::AtomicU64>,
+    health: Arc<Health>,
+}
+
+fn reply(b: &SharedBackend, c: &Counters, req: CommitRequest, outcome: CommitOutcome, reason: &str) {
+    let bytes = req.record.len() as u64;
+    if let CommitOutcome::Failed(why) = &outcome {
+        c.failures
+            .counter(
+                "ferrule_aggregator_commit_failures_total",
+                "Batches the sink failed to make durable, by reason",
+                &[("reason", reason)],
+            )
+            .inc();
+        tracing::warn!(seq = %req.key.seq, agent = %req.key.agent, reason, error = %why, "kafka did not take a batch; it stays with the agent");
+    }
+    let left = b
+        .queued_bytes
+        .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(bytes);
+    c.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
+    let _ = req.reply.send(CommitDone {
+        seq: req.key.seq,
+        outcome,
+        bytes,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_shells() {
+        assert!(glob("substation-*", "substation-7"));
+        assert!(!glob("substation-*", "plant-7"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(!glob("a*c*e", "abde"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("ab*ba", "aba"));
+    }
+}
