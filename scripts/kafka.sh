@@ -37,6 +37,7 @@ TOOL_LOG4J="$KAFKA_SH_DIR/kafka/log4j2-tools.xml"
 BROKER_LOG4J="$KAFKA_SH_DIR/kafka/log4j2-broker.xml"
 
 log() { printf '%s\n' "$*" >&2; }
+elapsed() { local d=$(( ($(date +%s%N) - $1) / 1000000 )); printf '%d.%03d' $((d / 1000)) $((d % 1000)); }
 
 # --- jars -------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ launch() {
 # Waits until every broker dir given is alive and BOOTSTRAP reports all their ids as
 # registered brokers. Args: DEADLINE BOOTSTRAP BROKERDIR...
 wait_ready() {
-  local deadline="$1" bootstrap="$2" bdir id out
+  local deadline="$1" bootstrap="$2" bdir id out pid
   shift 2
   local want=()
   for bdir in "$@"; do want+=("$(sed -n 's/^node.id=//p' "$bdir/server.properties")"); done
@@ -178,7 +179,12 @@ wait_ready() {
     for bdir in "$@"; do
       if ! broker_pid "$bdir" >/dev/null; then
         show_logs "$bdir"
-        die "broker in $bdir exited during start-up"
+        local other
+        for other in "$@"; do
+          if pid="$(broker_pid "$other")"; then kill -KILL "$pid" 2>/dev/null || true; fi
+          rm -f "$other/kafka.pid"
+        done
+        die "broker in $bdir exited during start-up (the others of this start were killed)"
       fi
     done
     local ok=1
@@ -196,10 +202,23 @@ wait_ready() {
     fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
       for bdir in "$@"; do show_logs "$bdir"; done
-      die "brokers not ready after ${START_TIMEOUT}s (bootstrap $bootstrap); they are left running: scripts/kafka.sh stop DIR"
+      for bdir in "$@"; do
+        if pid="$(broker_pid "$bdir")"; then kill -KILL "$pid" 2>/dev/null || true; fi
+        rm -f "$bdir/kafka.pid"
+      done
+      die "brokers not ready after ${START_TIMEOUT}s (bootstrap $bootstrap): killed them; logs in $*"
     fi
     sleep 0.5
   done
+}
+
+# Fails unless every port given is free on 127.0.0.1.
+check_ports_free() {
+  local p
+  for p in "$@"; do
+    port_open "$p" && die "port $p on 127.0.0.1 is already in use (another broker still running? scripts/kafka.sh stop DIR)"
+  done
+  return 0
 }
 
 check_fresh_dir() {
@@ -214,9 +233,10 @@ abs_dir() { mkdir -p "$1" && (cd "$1" && pwd); }
 start_single() {
   local dir port cport t0
   [ $# -ge 1 ] || die "usage: kafka.sh start-single DIR [PORT]"
-  t0="$(date +%s.%N)"
+  t0="$(date +%s%N)"
   need_java17; fetch
   dir="$(abs_dir "$1")"; port="${2:-19092}"; cport=$((port + CONTROLLER_OFFSET))
+  check_ports_free "$port" "$cport"
   check_fresh_dir "$dir"
   write_config "$dir" 1 "$port" "$cport" "1@127.0.0.1:$cport" <<EOF
 offsets.topic.replication.factor=1
@@ -232,16 +252,18 @@ EOF
   launch "$dir"
   wait_ready $(( $(date +%s) + START_TIMEOUT )) "127.0.0.1:$port" "$dir"
   echo "127.0.0.1:$port" >"$dir/bootstrap"
-  log "kafka: single broker up in $dir (pid $(cat "$dir/kafka.pid")) in $(echo "$(date +%s.%N) - $t0" | bc) s"
+  log "kafka: single broker up in $dir (pid $(cat "$dir/kafka.pid")) in $(elapsed "$t0") s"
   echo "bootstrap=127.0.0.1:$port"
 }
 
 start_cluster() {
   local dir base t0 i voters="" bootstrap="" cid
   [ $# -ge 1 ] || die "usage: kafka.sh start-cluster DIR [BASEPORT]"
-  t0="$(date +%s.%N)"
+  t0="$(date +%s%N)"
   need_java17; fetch
   dir="$(abs_dir "$1")"; base="${2:-29092}"
+  check_ports_free "$base" $((base + 1)) $((base + 2)) \
+    $((base + CONTROLLER_OFFSET)) $((base + 1 + CONTROLLER_OFFSET)) $((base + 2 + CONTROLLER_OFFSET))
   for i in 1 2 3; do
     check_fresh_dir "$dir/broker-$i"
     voters="${voters:+$voters,}$i@127.0.0.1:$((base + i - 1 + CONTROLLER_OFFSET))"
@@ -268,14 +290,14 @@ EOF
   for i in 1 2 3; do launch "$dir/broker-$i"; done
   wait_ready $(( $(date +%s) + START_TIMEOUT )) "$bootstrap" "$dir/broker-1" "$dir/broker-2" "$dir/broker-3"
   echo "$bootstrap" >"$dir/bootstrap"
-  log "kafka: 3-broker cluster up in $dir in $(echo "$(date +%s.%N) - $t0" | bc) s"
+  log "kafka: 3-broker cluster up in $dir in $(elapsed "$t0") s"
   echo "bootstrap=$bootstrap"
 }
 
 restart_broker() {
   local bdir t0 port
   [ $# -eq 1 ] || die "usage: kafka.sh restart BROKERDIR"
-  t0="$(date +%s.%N)"
+  t0="$(date +%s%N)"
   need_java17
   bdir="$(cd "$1" && pwd)" || die "no such directory: $1"
   [ -f "$bdir/server.properties" ] || die "$bdir holds no broker (no server.properties)"
@@ -283,13 +305,14 @@ restart_broker() {
   launch "$bdir"
   port="$(sed -n 's#^listeners=PLAINTEXT://[^:]*:\([0-9]*\),.*#\1#p' "$bdir/server.properties")"
   wait_ready $(( $(date +%s) + START_TIMEOUT )) "127.0.0.1:$port" "$bdir"
-  log "kafka: broker in $bdir restarted (pid $(cat "$bdir/kafka.pid")) in $(echo "$(date +%s.%N) - $t0" | bc) s"
+  log "kafka: broker in $bdir restarted (pid $(cat "$bdir/kafka.pid")) in $(elapsed "$t0") s"
   echo "bootstrap=127.0.0.1:$port"
 }
 
-broker_dirs() { # DIR -> broker dirs under it (DIR itself, or DIR/broker-*)
+broker_dirs() { # DIR -> broker dirs under it (DIR itself, DIR/broker-*, or deeper)
   local f
-  find "$1" -maxdepth 2 -name server.properties 2>/dev/null | sort | while read -r f; do dirname "$f"; done
+  find "$1" -maxdepth 4 -name data -prune -o -name server.properties -print 2>/dev/null \
+    | sort | while read -r f; do dirname "$f"; done
 }
 
 stop_dir() {

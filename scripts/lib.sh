@@ -42,3 +42,27 @@ need_cargo_fuzz() {
   step "installing cargo-fuzz from crates.io (first run only)"
   cargo install cargo-fuzz --locked >&2 || die "cargo install cargo-fuzz failed"
 }
+
+# Ensures Java 17+ (Kafka 4.x brokers need it) and Maven (to fetch Kafka's jars).
+need_java() {
+  need_apt java openjdk-17-jre-headless mvn maven
+  local v
+  v="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')"
+  [ "${v%%.*}" -ge 17 ] 2>/dev/null || die "java $v found; Kafka needs Java 17+"
+}
+
+# Ensures what the Kafka tests need: Java, the Kafka jars (scripts/kafka.sh fetch, cached
+# under ${FERRULE_CACHE:-~/.cache/ferrule}), kcat, and Python's confluent-kafka for
+# scripts/kafka/consume.py and produce.py.
+need_kafka() {
+  need_java
+  need_apt kcat kcat python3 python3
+  "$(dirname "${BASH_SOURCE[0]}")/kafka.sh" fetch
+  if ! python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
+    step "installing confluent-kafka from PyPI"
+    # A Debian python3 refuses pip installs (PEP 668): fall back to its own package.
+    python3 -m pip install --quiet 'confluent-kafka>=2.6,<3' >&2 \
+      || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-confluent-kafka >&2 \
+      || die "could not install confluent-kafka (pip or apt python3-confluent-kafka)"
+  fi
+}

@@ -23,6 +23,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test"
 cargo test --workspace --locked
 
+step "python: the record decoder other teams copy, against the golden vector"
+python3 -m pytest -q -p no:cacheprovider wire/python
+
 step "cargo test: long and randomized runs"
 cargo test --workspace --locked -- --ignored
 

@@ -191,18 +191,27 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
         seed,
     );
     let mut preferred: Option<String> = None;
+    // The aggregator that last sent GoAway is tried last, so agents move away.
+    let mut avoid: Option<SocketAddr> = None;
     let mut shutdown = deps.shutdown.clone();
     let mut clock = ClockFilter::default();
     'outer: loop {
         if *shutdown.borrow() && nothing_unsent(&deps) {
             break;
         }
-        let addrs = resolve(&deps.cfg.uplink.endpoints, preferred.as_deref()).await;
+        let mut addrs = resolve(&deps.cfg.uplink.endpoints, preferred.as_deref()).await;
+        if let Some(a) = avoid.take() {
+            if let Some(i) = addrs.iter().position(|(_, x)| *x == a) {
+                let moved = addrs.remove(i);
+                addrs.push(moved);
+            }
+        }
         for (name, addr) in addrs {
             match session(&endpoint, addr, &deps, &m, &mut clock, &mut backoff).await {
                 Ok(End::GoAway(alt)) => {
                     tracing::info!(endpoint = %name, %addr, alternate = ?alt, "aggregator sent GoAway; moving");
                     preferred = alt;
+                    avoid = Some(addr);
                     continue 'outer;
                 }
                 Ok(End::Shutdown) => break 'outer,

@@ -71,7 +71,9 @@ pub async fn run(
         max_pending_handshakes: cfg.server.max_pending_handshakes,
         ..EndpointLimits::default()
     };
-    let endpoint = server_endpoint(cfg.server.listen, crypto, &limits)
+    let reset_secret = std::fs::read(&cfg.tls.key)
+        .with_context(|| format!("reading {}", cfg.tls.key.display()))?;
+    let endpoint = server_endpoint(cfg.server.listen, crypto, &limits, &reset_secret)
         .context("starting the QUIC endpoint")?;
     let quic_addr = endpoint.local_addr().context("reading the QUIC address")?;
 

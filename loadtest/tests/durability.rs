@@ -351,7 +351,8 @@ impl Cluster {
         }
     }
 
-    /// Adds an agent (not started) sending to `endpoints`, in order.
+    /// Adds an agent (not started) sending to `endpoints`, in order; `extra` is
+    /// appended to its configuration.
     fn add_agent(
         &mut self,
         id: &str,
@@ -359,6 +360,7 @@ impl Cluster {
         rate_hz: u32,
         total_samples: Option<u64>,
         fsync: &'static str,
+        extra: &str,
     ) {
         let spec = AgentSpec {
             site: SITE.to_string(),
@@ -369,7 +371,7 @@ impl Cluster {
             total_samples,
             fsync,
             metrics: None,
-            extra: String::new(),
+            extra: extra.to_string(),
         };
         let config = self.dir.join(format!("{id}.toml"));
         std::fs::write(&config, procs::agent_toml(&self.pki, &spec).unwrap()).unwrap();
@@ -506,6 +508,7 @@ fn aggregator_sigkill_twice_under_load_loses_and_duplicates_nothing() {
             RATE_HZ,
             Some(TOTAL),
             "interval",
+            "",
         );
     }
     c.aggs[0].start();
@@ -597,7 +600,14 @@ fn aggregator_down_60s_agents_spool_with_bounded_memory_then_drain() {
     let mut c = Cluster::new(&["agg"]);
     let endpoint = c.aggs[0].endpoint();
     for id in ["b1", "b2"] {
-        c.add_agent(id, vec![endpoint.clone()], RATE_HZ, Some(TOTAL), "interval");
+        c.add_agent(
+            id,
+            vec![endpoint.clone()],
+            RATE_HZ,
+            Some(TOTAL),
+            "interval",
+            "",
+        );
     }
     c.aggs[0].start();
     let t0 = Instant::now();
@@ -715,7 +725,16 @@ fn agent_sigkill_mid_send_with_fsync_always_resends_everything_same_epoch() {
     let _serial = serial();
     let mut c = Cluster::new(&["agg"]);
     let endpoint = c.aggs[0].endpoint();
-    c.add_agent("k1", vec![endpoint], 1000, None, "always");
+    // Small batches (70 a second, each fsynced) so that batches are in flight at
+    // any moment and the kill lands mid-send.
+    c.add_agent(
+        "k1",
+        vec![endpoint],
+        1000,
+        None,
+        "always",
+        "[batch]\nmax_samples = 100\nmax_delay_ms = 10\n",
+    );
     c.aggs[0].start();
     c.agents[0].start();
     c.aggs[0].wait_sessions(1, Duration::from_secs(60));
@@ -760,6 +779,10 @@ fn agent_sigkill_mid_send_with_fsync_always_resends_everything_same_epoch() {
     assert_eq!(s.epochs, 1, "epochs in the log");
     assert_eq!(s.epoch, opens[0].0, "the log's epoch is the spool's");
     let spooled_before_kill = opens[1].2 - 1;
+    println!(
+        "at the kill: {spooled_before_kill} batches spooled, {} of them not yet released (unacknowledged, or acknowledged less than a second before: the spool coalesces releases)",
+        opens[1].2 - opens[1].1
+    );
     assert!(
         spooled_before_kill > 0,
         "nothing was spooled before the kill"
@@ -794,7 +817,7 @@ fn goaway_moves_agents_to_the_second_aggregator_losing_nothing() {
     let mut c = Cluster::new(&["agg-a", "agg-b"]);
     let endpoints = vec![c.aggs[0].endpoint(), c.aggs[1].endpoint()];
     for id in ["g1", "g2"] {
-        c.add_agent(id, endpoints.clone(), RATE_HZ, Some(TOTAL), "interval");
+        c.add_agent(id, endpoints.clone(), RATE_HZ, Some(TOTAL), "interval", "");
     }
     c.aggs[0].start();
     c.aggs[1].start();

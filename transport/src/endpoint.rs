@@ -57,17 +57,45 @@ fn transport(limits: &EndpointLimits, keep_alive: bool) -> Result<TransportConfi
 }
 
 /// Binds a server endpoint with `crypto` (from [`crate::server_crypto`]).
+///
+/// `reset_secret` (the server's private key bytes will do: only a keyed hash of it
+/// is used) fixes the stateless-reset and connection-id keys across restarts.
+/// quinn's defaults are random per process, with which a restarted aggregator
+/// drops the packets of its predecessor's connections instead of resetting them,
+/// and agents wait out their idle timeout before reconnecting.
 pub fn server_endpoint(
     bind: SocketAddr,
     crypto: rustls::ServerConfig,
     limits: &EndpointLimits,
+    reset_secret: &[u8],
 ) -> Result<Endpoint, TlsError> {
     let quic = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport(limits, false)?));
     cfg.max_incoming(limits.max_pending_handshakes);
     cfg.migration(false);
-    Endpoint::server(cfg, bind).map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))
+    let label = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"ferrule stateless reset v1");
+    let derived = ring::hmac::sign(&label, reset_secret);
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
+    let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // The connection-id generator signs its ids with a key too; a restarted process
+    // must accept the old ids as its own, or it drops their packets instead of
+    // answering with a reset.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derived.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(bind)
+        .map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))?;
+    Endpoint::new(
+        endpoint_cfg,
+        Some(cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))
 }
 
 /// Binds a client endpoint whose connections use `crypto` (from

@@ -232,3 +232,99 @@ fn hostile_vectors_are_refused_with_their_error() {
         assert_eq!(got, Err(want), "{name}");
     }
 }
+
+/// A committed record with its decoded content as JSON: the cross-language vector
+/// other teams' decoders (see `wire/python/`) are tested against.
+fn record_vector() -> (Vec<u8>, serde_json::Value) {
+    use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
+    let series =
+        ThreePhaseFeed::new(11, 1_767_225_600_000_000_000, FeedOptions::default()).next_batch(70);
+    let mut specials = Series::new(SensorId(7));
+    for (i, v) in [1.5, -0.0, f64::NAN, 1e-300, 230.17].iter().enumerate() {
+        let q = [Quality::Good, Quality::Uncertain, Quality::Bad][i % 3];
+        specials.push(1_767_225_600_000_000_000 + i as i64 * 999_937, *v, q);
+    }
+    let mut all = series;
+    all.push(specials);
+    let mut sensors: Vec<SensorInfo> = ferrule_wire::example::SENSORS
+        .iter()
+        .zip(ferrule_wire::example::UNITS)
+        .enumerate()
+        .map(|(i, (n, u))| SensorInfo {
+            id: SensorId(i as u32),
+            name: SensorName::new(format!("feeder-1/{n}")).unwrap(),
+            unit: u.to_string(),
+            kind: SensorKind::Gauge,
+        })
+        .collect();
+    sensors.push(SensorInfo {
+        id: SensorId(7),
+        name: SensorName::new("breaker-3/state").unwrap(),
+        unit: "".into(),
+        kind: SensorKind::State,
+    });
+    let samples: usize = all.iter().map(Series::len).sum();
+    let header = RecordHeader {
+        site: "substation-7".into(),
+        agent: "rtu-3".into(),
+        epoch: Epoch(1_767_225_600),
+        seq: Seq(42),
+        clock_offset_ns: -1_250_000,
+        received_ns: 1_767_225_600_500_000_000,
+        samples: samples as u32,
+        sensors: sensors.clone(),
+    };
+    let mut bytes = Vec::new();
+    encode_record(&header, &all, &mut bytes).unwrap();
+    let mut rows = Vec::new();
+    for s in &all {
+        let name = sensors
+            .iter()
+            .find(|i| i.id == s.sensor())
+            .unwrap()
+            .name
+            .to_string();
+        for (t, v, q) in s.iter() {
+            rows.push(serde_json::json!({
+                "sensor": name,
+                "ts_ns": t,
+                "value_bits": format!("{:016x}", v.to_bits()),
+                "quality": format!("{q:?}").to_lowercase(),
+            }));
+        }
+    }
+    let json = serde_json::json!({
+        "site": header.site, "agent": header.agent, "epoch": header.epoch.0, "seq": header.seq.0,
+        "clock_offset_ns": header.clock_offset_ns, "received_ns": header.received_ns,
+        "samples": rows,
+    });
+    (bytes, json)
+}
+
+#[test]
+fn record_vector_matches_and_decodes() {
+    let (bytes, json) = record_vector();
+    let hex_path = dir().join("record_three_phase.hex");
+    let json_path = dir().join("record_three_phase.json");
+    if std::env::var_os("FERRULE_BLESS_VECTORS").is_some() {
+        let text = format!(
+            "# ferrule committed record v{}, sample encoding v{SAMPLE_ENCODING_V1} ({} bytes); decoded in record_three_phase.json\n{}",
+            ferrule_wire::record::RECORD_VERSION,
+            bytes.len(),
+            to_hex(&bytes)
+        );
+        std::fs::write(&hex_path, text).unwrap();
+        std::fs::write(
+            &json_path,
+            serde_json::to_string_pretty(&json).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+    let golden = from_hex(&std::fs::read_to_string(&hex_path).unwrap());
+    assert_eq!(to_hex(&bytes), to_hex(&golden), "record encoding drifted");
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(json, want, "decoded content drifted");
+    let rec = ferrule_wire::record::decode_record(&golden, 10_000).unwrap();
+    assert_eq!(rec.header.seq, Seq(42));
+}
