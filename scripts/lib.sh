@@ -27,6 +27,19 @@ need_apt() {
     || die "apt-get install ${missing[*]} failed"
 }
 
+# Installs Debian packages for missing C headers (build dependencies).
+# Usage: need_header HEADER PACKAGE [HEADER PACKAGE ...]   (HEADER relative to an include dir)
+need_header() {
+  local args=()
+  while [ $# -ge 2 ]; do
+    if [ ! -f "/usr/include/$1" ] && [ ! -f "/usr/include/$(uname -m)-linux-gnu/$1" ]; then
+      args+=("__missing_$2" "$2")
+    fi
+    shift 2
+  done
+  [ ${#args[@]} -eq 0 ] || need_apt "${args[@]}"
+}
+
 # Ensures cargo, rustfmt and clippy exist.
 need_rust() {
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs)"

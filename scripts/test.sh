@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 
 step "checking tools"
 need_rust
-need_apt openssl openssl xxd xxd
+need_apt openssl openssl xxd xxd cmake cmake
+# librdkafka (built once from source by rdkafka's cmake-build) needs these headers.
+need_header openssl/ssl.h libssl-dev curl/curl.h libcurl4-openssl-dev zlib.h zlib1g-dev
+python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -45,10 +45,12 @@ struct Counters {
 fn route<'a>(cfg: &'a KafkaSection, header: &RecordHeader) -> (&'a str, RecordFormat) {
     for r in &cfg.routes {
         let site_ok = r.site.as_deref().is_none_or(|p| glob(p, &header.site));
-        let sensor_ok = r
-            .sensor_prefix
-            .as_deref()
-            .is_none_or(|p| header.sensors.iter().any(|s| s.name.as_str().starts_with(p)));
+        let sensor_ok = r.sensor_prefix.as_deref().is_none_or(|p| {
+            header
+                .sensors
+                .iter()
+                .any(|s| s.name.as_str().starts_with(p))
+        });
         if site_ok && sensor_ok {
             return (&r.topic, r.format.unwrap_or(cfg.format));
         }
@@ -63,7 +65,10 @@ pub fn glob(pattern: &str, s: &str) -> bool {
         return pattern == s;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !s.starts_with(first) || !s[first.len()..].ends_with(last) || s.len() < first.len() + last.len() {
+    if !s.starts_with(first)
+        || !s[first.len()..].ends_with(last)
+        || s.len() < first.len() + last.len()
+    {
         return false;
     }
     let mut rest = &s[first.len()..s.len() - last.len()];
@@ -88,33 +93,64 @@ fn producer(cfg: &KafkaSection) -> anyhow::Result<FutureProducer> {
         .set("linger.ms", cfg.linger_ms.to_string())
         .set("batch.size", cfg.batch_bytes.to_string())
         .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
-        .set("queue.buffering.max.kbytes", cfg.queue_max_kbytes.to_string())
+        .set(
+            "queue.buffering.max.kbytes",
+            cfg.queue_max_kbytes.to_string(),
+        )
         .set("client.id", &cfg.client_id);
     for (k, v) in &cfg.properties {
         if matches!(k.as_str(), "enable.idempotence" | "acks") {
-            anyhow::bail!("kafka.properties may not weaken durability: {k} is always set by ferrule");
+            anyhow::bail!(
+                "kafka.properties may not weaken durability: {k} is always set by ferrule"
+            );
         }
-        c.set(k, v);
+        // Secrets stay out of the file: `"sasl.password" = "env:KAFKA_PASSWORD"`.
+        let value = match v.strip_prefix("env:") {
+            Some(var) => std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("kafka.properties.{k} names environment variable {var}, which is not set"))?,
+            None => v.clone(),
+        };
+        c.set(k, value);
     }
     Ok(c.create()?)
 }
 
 impl Kafka {
     /// Connects the producer, checks the topics, and starts the sink task.
-    pub fn start(cfg: KafkaSection, high_water_bytes: u64, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn start(
+        cfg: KafkaSection,
+        high_water_bytes: u64,
+        registry: &Registry,
+    ) -> anyhow::Result<Self> {
         let producer = producer(&cfg)?;
         let (sink, backend) = Sink::new(1024, high_water_bytes);
         let c = Counters {
-            committed_batches: registry.counter("ferrule_aggregator_committed_batches_total", "Batches made durable", &[]),
-            committed_samples: registry.counter("ferrule_aggregator_committed_samples_total", "Samples made durable", &[]),
+            committed_batches: registry.counter(
+                "ferrule_aggregator_committed_batches_total",
+                "Batches made durable",
+                &[],
+            ),
+            committed_samples: registry.counter(
+                "ferrule_aggregator_committed_samples_total",
+                "Samples made durable",
+                &[],
+            ),
             duplicates: registry.counter(
                 "ferrule_aggregator_duplicates_dropped_total",
                 "Retransmitted batches already durable, not written again",
                 &[],
             ),
             failures: registry.clone(),
-            records: registry.counter("ferrule_aggregator_kafka_records_total", "Kafka records delivered", &[]),
-            queued: registry.gauge("ferrule_aggregator_sink_queued_bytes", "Bytes waiting for the sink", &[]),
+            records: registry.counter(
+                "ferrule_aggregator_kafka_records_total",
+                "Kafka records delivered",
+                &[],
+            ),
+            queued: registry.gauge(
+                "ferrule_aggregator_sink_queued_bytes",
+                "Bytes waiting for the sink",
+                &[],
+            ),
         };
         let cfg = Arc::new(cfg);
         // Check the topics once now (and again on every failure) so a missing topic
@@ -147,9 +183,16 @@ fn topics(cfg: &KafkaSection) -> Vec<&str> {
 
 fn check_topics(producer: &FutureProducer, cfg: &KafkaSection, health: &Health) {
     for t in topics(cfg) {
-        match producer.client().fetch_metadata(Some(t), Duration::from_secs(5)) {
+        match producer
+            .client()
+            .fetch_metadata(Some(t), Duration::from_secs(5))
+        {
             Ok(md) => {
-                let missing = md.topics().iter().find(|m| m.name() == t).is_none_or(|m| m.error().is_some());
+                let missing = md
+                    .topics()
+                    .iter()
+                    .find(|m| m.name() == t)
+                    .is_none_or(|m| m.error().is_some());
                 if missing {
                     health.set_unready(format!(
                         "kafka topic {t:?} does not exist or is not readable (auto-create is off in production clusters: create it)"
@@ -173,11 +216,26 @@ fn headers(h: &RecordHeader) -> OwnedHeaders {
     let count = h.samples.to_string();
     let version = RECORD_VERSION.to_string();
     OwnedHeaders::new()
-        .insert(Header { key: "ferrule-agent", value: Some(agent.as_str()) })
-        .insert(Header { key: "ferrule-epoch", value: Some(epoch.as_str()) })
-        .insert(Header { key: "ferrule-seq", value: Some(seq.as_str()) })
-        .insert(Header { key: "ferrule-count", value: Some(count.as_str()) })
-        .insert(Header { key: "ferrule-encoding", value: Some(version.as_str()) })
+        .insert(Header {
+            key: "ferrule-agent",
+            value: Some(agent.as_str()),
+        })
+        .insert(Header {
+            key: "ferrule-epoch",
+            value: Some(epoch.as_str()),
+        })
+        .insert(Header {
+            key: "ferrule-seq",
+            value: Some(seq.as_str()),
+        })
+        .insert(Header {
+            key: "ferrule-count",
+            value: Some(count.as_str()),
+        })
+        .insert(Header {
+            key: "ferrule-encoding",
+            value: Some(version.as_str()),
+        })
 }
 
 /// One JSON object per sample, for topics configured `format = "json"`.
@@ -189,7 +247,11 @@ fn json_samples(record: &[u8]) -> Result<Vec<String>, String> {
         let info = h.sensors.iter().find(|i| i.id == s.sensor());
         let (name, unit) = info.map_or(("", ""), |i| (i.name.as_str(), i.unit.as_str()));
         for (t, v, q) in s.iter() {
-            let value = if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };
+            let value = if v.is_finite() {
+                serde_json::json!(v)
+            } else {
+                serde_json::Value::Null
+            };
             out.push(
                 serde_json::json!({
                     "site": h.site, "agent": h.agent, "epoch": h.epoch.0, "seq": h.seq.0,
@@ -206,16 +268,22 @@ fn json_samples(record: &[u8]) -> Result<Vec<String>, String> {
 fn failure_reason(e: &KafkaError) -> &'static str {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => "message_timeout",
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => "unknown_topic",
-        Some(RDKafkaErrorCode::TopicAuthorizationFailed) | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => {
-            "authorization"
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => {
+            "unknown_topic"
         }
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+        | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => "authorization",
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => "message_too_large",
         _ => "delivery_error",
     }
 }
 
-async fn run(producer: FutureProducer, cfg: Arc<KafkaSection>, mut backend: SinkBackend, c: Counters) {
+async fn run(
+    producer: FutureProducer,
+    cfg: Arc<KafkaSection>,
+    mut backend: SinkBackend,
+    c: Counters,
+) {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let backend_shared = Arc::new(SharedBackend {
         queued_bytes: backend.queued_bytes.clone(),
@@ -223,17 +291,42 @@ async fn run(producer: FutureProducer, cfg: Arc<KafkaSection>, mut backend: Sink
     });
     let c = Arc::new(c);
     let mut deliveries = tokio::task::JoinSet::new();
-    while let Some(req) = backend.rx.recv().await {
+    let mut recheck = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let req = tokio::select! {
+            r = backend.rx.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            _ = recheck.tick() => {
+                // While unready, look again: a created topic or granted ACL heals it.
+                if backend_shared.health.check().is_err() {
+                    let (p, cfg, h) = (producer.clone(), cfg.clone(), backend_shared.health.clone());
+                    let _ = tokio::task::spawn_blocking(move || check_topics(&p, &cfg, &h)).await;
+                }
+                continue;
+            }
+        };
         // Reap finished deliveries so the set does not grow.
         while deliveries.try_join_next().is_some() {}
         let header = match decode_record_header(&req.record) {
             Ok(h) => h,
             Err(e) => {
-                reply(&backend_shared, &c, req, CommitOutcome::Failed(format!("undecodable record: {e}")), "bad_record");
+                reply(
+                    &backend_shared,
+                    &c,
+                    req,
+                    CommitOutcome::Failed(format!("undecodable record: {e}")),
+                    "bad_record",
+                );
                 continue;
             }
         };
-        if ledger.lock().unwrap_or_else(PoisonError::into_inner).contains(&req.key) {
+        if ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&req.key)
+        {
             c.duplicates.inc();
             reply(&backend_shared, &c, req, CommitOutcome::Duplicate, "");
             continue;
@@ -245,17 +338,27 @@ async fn run(producer: FutureProducer, cfg: Arc<KafkaSection>, mut backend: Sink
             RecordFormat::Json => match json_samples(&req.record) {
                 Ok(v) => v.into_iter().map(String::into_bytes).collect(),
                 Err(e) => {
-                    reply(&backend_shared, &c, req, CommitOutcome::Failed(e), "bad_record");
+                    reply(
+                        &backend_shared,
+                        &c,
+                        req,
+                        CommitOutcome::Failed(e),
+                        "bad_record",
+                    );
                     continue;
                 }
             },
         };
         let mut futures = Vec::with_capacity(payloads.len());
         let hdrs = headers(&header);
-        for p in &payloads {
+        let mut refused: Option<KafkaError> = None;
+        'records: for p in &payloads {
             // librdkafka's queue is full: wait for deliveries to drain it.
             loop {
-                let rec = FutureRecord::to(topic).key(key.as_bytes()).payload(p.as_slice()).headers(hdrs.clone());
+                let rec = FutureRecord::to(topic)
+                    .key(key.as_bytes())
+                    .payload(p.as_slice())
+                    .headers(hdrs.clone());
                 match producer.send_result(rec) {
                     Ok(f) => {
                         futures.push(f);
@@ -265,20 +368,26 @@ async fn run(producer: FutureProducer, cfg: Arc<KafkaSection>, mut backend: Sink
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((e, _)) => {
-                        futures.clear();
-                        let why = e.to_string();
-                        let reason = failure_reason(&e);
-                        backend_shared.health.set_unready(format!("kafka produce to {topic:?}: {why}"));
-                        reply(&backend_shared, &c, req, CommitOutcome::Failed(why), reason);
-                        break;
+                        refused = Some(e);
+                        break 'records;
                     }
                 }
             }
-            if futures.is_empty() {
-                break;
-            }
         }
-        if futures.len() != payloads.len() {
+        if let Some(e) = refused {
+            // Records already queued for this batch may still be delivered; the batch
+            // is not acknowledged, so the agent resends it and consumers dedupe.
+            let why = e.to_string();
+            backend_shared
+                .health
+                .set_unready(format!("kafka produce to {topic:?}: {why}"));
+            reply(
+                &backend_shared,
+                &c,
+                req,
+                CommitOutcome::Failed(why),
+                failure_reason(&e),
+            );
             continue;
         }
         let (shared, counters, ledger) = (backend_shared.clone(), c.clone(), ledger.clone());
@@ -289,12 +398,17 @@ async fn run(producer: FutureProducer, cfg: Arc<KafkaSection>, mut backend: Sink
                 match f.await {
                     Ok(Ok(_)) => {}
                     Ok(Err((e, _))) => failed = Some((e.to_string(), failure_reason(&e))),
-                    Err(_) => failed = Some(("producer dropped the delivery".into(), "delivery_error")),
+                    Err(_) => {
+                        failed = Some(("producer dropped the delivery".into(), "delivery_error"))
+                    }
                 }
             }
             match failed {
                 None => {
-                    ledger.lock().unwrap_or_else(PoisonError::into_inner).insert(&req.key);
+                    ledger
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(&req.key);
                     counters.records.add(n);
                     counters.committed_batches.inc();
                     counters.committed_samples.add(u64::from(req.samples));
@@ -320,7 +434,13 @@ struct SharedBackend {
     health: Arc<Health>,
 }
 
-fn reply(b: &SharedBackend, c: &Counters, req: CommitRequest, outcome: CommitOutcome, reason: &str) {
+fn reply(
+    b: &SharedBackend,
+    c: &Counters,
+    req: CommitRequest,
+    outcome: CommitOutcome,
+    reason: &str,
+) {
     let bytes = req.record.len() as u64;
     if let CommitOutcome::Failed(why) = &outcome {
         c.failures

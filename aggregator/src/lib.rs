@@ -15,6 +15,7 @@ pub mod config;
 pub mod credit;
 pub mod ingest;
 pub mod inspect;
+pub mod kafka;
 pub mod ledger;
 pub mod metrics;
 pub mod server;

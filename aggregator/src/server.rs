@@ -9,6 +9,7 @@
 use crate::commit::{Embedded, EmbeddedOptions};
 use crate::config::Config;
 use crate::ingest::{self, IngestContext};
+use crate::kafka::Kafka;
 use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
@@ -25,6 +26,31 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+/// The sink behind the ingest path: the embedded log, or Kafka.
+enum Committer {
+    Embedded(Embedded),
+    Kafka(Kafka),
+}
+
+impl Committer {
+    fn sink(&self) -> crate::commit::Sink {
+        match self {
+            Committer::Embedded(e) => e.sink(),
+            Committer::Kafka(k) => k.sink(),
+        }
+    }
+
+    /// Lets the committer finish what is queued (every session is gone by now).
+    async fn join(self) {
+        match self {
+            Committer::Embedded(e) => {
+                let _ = tokio::task::spawn_blocking(move || e.join()).await;
+            }
+            Committer::Kafka(k) => k.join().await,
+        }
+    }
+}
 
 /// A started aggregator: where it listens, and its metrics.
 #[derive(Debug, Clone)]
@@ -45,19 +71,30 @@ pub async fn run(
     on_ready: impl FnOnce(Running),
 ) -> anyhow::Result<()> {
     let registry = Registry::new();
-    let embedded = Embedded::start(
-        EmbeddedOptions {
-            dir: cfg.log.dir.clone(),
-            segment_bytes: cfg.log.segment_bytes,
-            max_total_bytes: cfg.log.max_total_bytes,
-            max_age: cfg.log.max_age_secs.map(Duration::from_secs),
-            group_max: cfg.log.group_commit_max_batches,
-            high_water_bytes: cfg.credit.sink_high_water_bytes,
-        },
-        &registry,
-    )
-    .with_context(|| format!("opening the embedded log in {}", cfg.log.dir.display()))?;
-    let sink = embedded.sink();
+    let committer = match &cfg.kafka {
+        Some(k) => {
+            tracing::info!(brokers = %k.brokers, topic = %k.topic, "committing to Kafka");
+            Committer::Kafka(
+                Kafka::start(k.clone(), cfg.credit.sink_high_water_bytes, &registry)
+                    .context("starting the Kafka producer")?,
+            )
+        }
+        None => Committer::Embedded(
+            Embedded::start(
+                EmbeddedOptions {
+                    dir: cfg.log.dir.clone(),
+                    segment_bytes: cfg.log.segment_bytes,
+                    max_total_bytes: cfg.log.max_total_bytes,
+                    max_age: cfg.log.max_age_secs.map(Duration::from_secs),
+                    group_max: cfg.log.group_commit_max_batches,
+                    high_water_bytes: cfg.credit.sink_high_water_bytes,
+                },
+                &registry,
+            )
+            .with_context(|| format!("opening the embedded log in {}", cfg.log.dir.display()))?,
+        ),
+    };
+    let sink = committer.sink();
 
     let crypto = server_crypto(&ServerTls {
         cert: cfg.tls.cert.clone(),
@@ -172,9 +209,7 @@ pub async fn run(
     endpoint.close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     drop(ctx);
-    tokio::task::spawn_blocking(move || embedded.join())
-        .await
-        .context("joining the committer")?;
+    committer.join().await;
     tracing::info!("aggregator stopped");
     Ok(())
 }
