@@ -33,21 +33,6 @@ enum Command {
     },
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -64,12 +49,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
+            ferrule_telemetry::init_logging();
             let result = (|| -> anyhow::Result<()> {
                 let loaded = ferrule_config::load_validated::<Config>(&config, "FERRULE")?;
                 for var in &loaded.overrides {
@@ -78,7 +58,7 @@ fn main() -> ExitCode {
                 let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
                 rt.block_on(ferrule_agent::run(
                     loaded.value,
-                    shutdown_signal(),
+                    ferrule_telemetry::shutdown_signal(),
                     ferrule_telemetry::Registry::new(),
                 ))
             })();

@@ -106,6 +106,66 @@ impl Health {
     }
 }
 
+/// The counters every sink keeps, whatever its store.
+#[derive(Debug, Clone)]
+pub struct SinkCounters {
+    /// Batches made durable.
+    pub committed_batches: Counter,
+    /// Samples made durable.
+    pub committed_samples: Counter,
+    /// Retransmits recognised as durable already and not written again.
+    pub duplicates: Counter,
+    /// Bytes submitted and not yet answered.
+    pub queued: Gauge,
+    registry: Registry,
+}
+
+impl SinkCounters {
+    /// Registers the sink counters.
+    pub fn new(registry: &Registry) -> Self {
+        Self {
+            committed_batches: registry.counter(
+                "ferrule_aggregator_committed_batches_total",
+                "Batches made durable",
+                &[],
+            ),
+            committed_samples: registry.counter(
+                "ferrule_aggregator_committed_samples_total",
+                "Samples made durable",
+                &[],
+            ),
+            duplicates: registry.counter(
+                "ferrule_aggregator_duplicates_dropped_total",
+                "Retransmitted batches already durable, not written again",
+                &[],
+            ),
+            queued: registry.gauge(
+                "ferrule_aggregator_sink_queued_bytes",
+                "Bytes waiting for the sink",
+                &[],
+            ),
+            registry: registry.clone(),
+        }
+    }
+
+    /// Counts a batch the sink failed to make durable, by reason.
+    pub fn failure(&self, reason: &str) {
+        self.registry
+            .counter(
+                "ferrule_aggregator_commit_failures_total",
+                "Batches the sink failed to make durable (the agent keeps and resends them), by reason",
+                &[("reason", reason)],
+            )
+            .inc();
+    }
+
+    /// Counts a durable batch of `samples` samples.
+    pub fn committed(&self, samples: u32) {
+        self.committed_batches.inc();
+        self.committed_samples.add(u64::from(samples));
+    }
+}
+
 /// The handle sessions submit through. Cloning shares it.
 #[derive(Debug, Clone)]
 pub struct Sink {
@@ -208,12 +268,8 @@ pub const STATS_FILE: &str = "stats.json";
 pub const LOG_SUBDIR: &str = "log";
 
 struct Counters {
-    committed_batches: Counter,
-    committed_samples: Counter,
-    duplicates: Counter,
-    failures: Counter,
+    sink: SinkCounters,
     group_commits: Counter,
-    queued: Gauge,
     log_bytes: Gauge,
     retention_deleted: Counter,
 }
@@ -244,34 +300,10 @@ impl Embedded {
             "embedded log open"
         );
         let counters = Counters {
-            committed_batches: registry.counter(
-                "ferrule_aggregator_committed_batches_total",
-                "Batches made durable",
-                &[],
-            ),
-            committed_samples: registry.counter(
-                "ferrule_aggregator_committed_samples_total",
-                "Samples made durable",
-                &[],
-            ),
-            duplicates: registry.counter(
-                "ferrule_aggregator_duplicates_dropped_total",
-                "Retransmitted batches already durable, not written again",
-                &[],
-            ),
-            failures: registry.counter(
-                "ferrule_aggregator_commit_failures_total",
-                "Batches the sink failed to make durable",
-                &[],
-            ),
+            sink: SinkCounters::new(registry),
             group_commits: registry.counter(
                 "ferrule_aggregator_group_commits_total",
                 "fsyncs of the embedded log",
-                &[],
-            ),
-            queued: registry.gauge(
-                "ferrule_aggregator_sink_queued_bytes",
-                "Bytes waiting for the sink",
                 &[],
             ),
             log_bytes: registry.gauge(
@@ -384,16 +416,15 @@ fn run(
             let bytes = req.record.len() as u64;
             bytes_done += bytes;
             let outcome = if dups.contains(&i) {
-                c.duplicates.inc();
+                c.sink.duplicates.inc();
                 ledger.count_duplicate(&req.key);
                 CommitOutcome::Duplicate
             } else if let (true, None) = (written.contains(&i), &error) {
                 ledger.insert(&req.key);
-                c.committed_batches.inc();
-                c.committed_samples.add(u64::from(req.samples));
+                c.sink.committed(req.samples);
                 CommitOutcome::Committed
             } else {
-                c.failures.inc();
+                c.sink.failure("embedded_log");
                 CommitOutcome::Failed(error.clone().unwrap_or_else(|| "not written".into()))
             };
             // A closed reply channel means the session is gone; the agent will resend.
@@ -408,7 +439,7 @@ fn run(
             std::thread::park_timeout(Duration::from_millis(100));
         }
         let left = backend.answered(bytes_done);
-        c.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
+        c.sink.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             last_housekeeping = Instant::now();
             housekeeping(&mut log, &mut ledger, &c, &stats_path);

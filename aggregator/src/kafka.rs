@@ -14,10 +14,12 @@
 //! samples, stay in order within one partition. Headers carry the agent, epoch,
 //! sequence number, sample count and the record encoding version.
 
-use crate::commit::{CommitDone, CommitOutcome, CommitRequest, Health, Sink, SinkBackend};
+use crate::commit::{
+    CommitDone, CommitOutcome, CommitRequest, Health, Sink, SinkBackend, SinkCounters,
+};
 use crate::config::{KafkaSection, RecordFormat};
 use crate::ledger::Ledger;
-use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_telemetry::{Counter, Registry};
 use ferrule_wire::record::{decode_record, decode_record_header, RecordHeader, RECORD_VERSION};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -33,12 +35,8 @@ pub struct Kafka {
 }
 
 struct Counters {
-    committed_batches: Counter,
-    committed_samples: Counter,
-    duplicates: Counter,
-    failures: Registry,
+    sink: SinkCounters,
     records: Counter,
-    queued: Gauge,
 }
 
 /// Where a batch goes and in what form.
@@ -106,8 +104,11 @@ fn producer(cfg: &KafkaSection) -> anyhow::Result<FutureProducer> {
         }
         // Secrets stay out of the file: `"sasl.password" = "env:KAFKA_PASSWORD"`.
         let value = match v.strip_prefix("env:") {
-            Some(var) => std::env::var(var)
-                .map_err(|_| anyhow::anyhow!("kafka.properties.{k} names environment variable {var}, which is not set"))?,
+            Some(var) => std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "kafka.properties.{k} names environment variable {var}, which is not set"
+                )
+            })?,
             None => v.clone(),
         };
         c.set(k, value);
@@ -125,30 +126,10 @@ impl Kafka {
         let producer = producer(&cfg)?;
         let (sink, backend) = Sink::new(1024, high_water_bytes);
         let c = Counters {
-            committed_batches: registry.counter(
-                "ferrule_aggregator_committed_batches_total",
-                "Batches made durable",
-                &[],
-            ),
-            committed_samples: registry.counter(
-                "ferrule_aggregator_committed_samples_total",
-                "Samples made durable",
-                &[],
-            ),
-            duplicates: registry.counter(
-                "ferrule_aggregator_duplicates_dropped_total",
-                "Retransmitted batches already durable, not written again",
-                &[],
-            ),
-            failures: registry.clone(),
+            sink: SinkCounters::new(registry),
             records: registry.counter(
                 "ferrule_aggregator_kafka_records_total",
                 "Kafka records delivered",
-                &[],
-            ),
-            queued: registry.gauge(
-                "ferrule_aggregator_sink_queued_bytes",
-                "Bytes waiting for the sink",
                 &[],
             ),
         };
@@ -327,7 +308,7 @@ async fn run(
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&req.key)
         {
-            c.duplicates.inc();
+            c.sink.duplicates.inc();
             reply(&backend_shared, &c, req, CommitOutcome::Duplicate, "");
             continue;
         }
@@ -410,8 +391,7 @@ async fn run(
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(&req.key);
                     counters.records.add(n);
-                    counters.committed_batches.inc();
-                    counters.committed_samples.add(u64::from(req.samples));
+                    counters.sink.committed(req.samples);
                     shared.health.set_ready();
                     reply(&shared, &counters, req, CommitOutcome::Committed, "");
                 }
@@ -443,20 +423,14 @@ fn reply(
 ) {
     let bytes = req.record.len() as u64;
     if let CommitOutcome::Failed(why) = &outcome {
-        c.failures
-            .counter(
-                "ferrule_aggregator_commit_failures_total",
-                "Batches the sink failed to make durable, by reason",
-                &[("reason", reason)],
-            )
-            .inc();
+        c.sink.failure(reason);
         tracing::warn!(seq = %req.key.seq, agent = %req.key.agent, reason, error = %why, "kafka did not take a batch; it stays with the agent");
     }
     let left = b
         .queued_bytes
         .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed)
         .saturating_sub(bytes);
-    c.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
+    c.sink.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
     let _ = req.reply.send(CommitDone {
         seq: req.key.seq,
         outcome,

@@ -39,15 +39,6 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     let loaded = ferrule_config::load_validated::<Config>(path, "FERRULE")?;
     for var in &loaded.overrides {
@@ -57,28 +48,6 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
         tracing::warn!(var, "environment variable looks like an override but is not one (use FERRULE_<SECTION>__<KEY>)");
     }
     Ok(loaded.value)
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn main() -> ExitCode {
@@ -107,13 +76,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            init_tracing();
+            ferrule_telemetry::init_logging();
             let result = (|| -> anyhow::Result<()> {
                 let cfg = load(&config)?;
                 let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
                 rt.block_on(ferrule_aggregator::server::run(
                     cfg,
-                    shutdown_signal(),
+                    ferrule_telemetry::shutdown_signal(),
                     |_| {},
                 ))
             })();

@@ -41,6 +41,9 @@ pub struct Options {
     /// Per-agent credit window in batches the aggregator grants (its
     /// `credit.session_window_batches`).
     pub window_batches: u32,
+    /// Commit to a real Kafka broker started with `scripts/kafka.sh` (on this
+    /// port) instead of the embedded log.
+    pub kafka_port: Option<u16>,
 }
 
 /// What the benchmark measured.
@@ -251,6 +254,61 @@ async fn blast(
     Ok(latencies_us)
 }
 
+/// A single Kafka broker for the benchmark, stopped on drop.
+struct Broker {
+    dir: std::path::PathBuf,
+}
+
+fn kafka_script() -> anyhow::Result<std::path::PathBuf> {
+    let p = std::path::PathBuf::from("scripts/kafka.sh");
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!("scripts/kafka.sh not found: run the benchmark from the repository root")
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let script = kafka_script()?;
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let st = std::process::Command::new("bash")
+                .arg(&script)
+                .args(args)
+                .status()?;
+            if !st.success() {
+                bail!("scripts/kafka.sh {} failed", args.join(" "));
+            }
+            Ok(())
+        };
+        run(&["fetch"])?;
+        let d = dir.display().to_string();
+        run(&["start-single", &d, &port.to_string()])?;
+        let broker = Broker {
+            dir: dir.to_path_buf(),
+        };
+        run(&[
+            "create-topic",
+            &format!("127.0.0.1:{port}"),
+            "ferrule.bench",
+            "4",
+            "1",
+        ])?;
+        Ok(broker)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(script) = kafka_script() {
+            let _ = std::process::Command::new("bash")
+                .arg(script)
+                .arg("stop")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -274,10 +332,20 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     let port = procs::free_udp_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let cfg_path = dir.join("aggregator.toml");
-    let extra = format!(
+    let mut extra = format!(
         "[credit]\nsession_window_batches = {}\n",
         opts.window_batches.max(1)
     );
+    let _broker = match opts.kafka_port {
+        Some(port) => {
+            let broker = Broker::start(&dir.join("kafka"), port)?;
+            extra.push_str(&format!(
+                "[kafka]\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"ferrule.bench\"\n"
+            ));
+            Some(broker)
+        }
+        None => None,
+    };
     std::fs::write(
         &cfg_path,
         procs::aggregator_toml(&pki, &dir.join("aggregator"), addr, None, &extra),

@@ -57,6 +57,10 @@ enum Scenario {
         /// Credit window per agent, in batches.
         #[arg(long, default_value_t = 256)]
         window_batches: u32,
+        /// Commit to a real Kafka broker (started with scripts/kafka.sh on this port,
+        /// e.g. 39092) instead of the embedded log. Run from the repository root.
+        #[arg(long)]
+        kafka_port: Option<u16>,
     },
 }
 
@@ -74,6 +78,7 @@ fn main() -> Result<()> {
             no_agent,
             rate,
             window_batches,
+            kafka_port,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let r = rt.block_on(ferrule_loadtest::bench::transport(
@@ -84,6 +89,7 @@ fn main() -> Result<()> {
                     agent_rss: !no_agent,
                     rate,
                     window_batches,
+                    kafka_port,
                 },
             ))?;
             let offered = if rate == 0 {
@@ -92,7 +98,8 @@ fn main() -> Result<()> {
                 format!("{rate} events/s offered")
             };
             println!(
-                "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, window {window_batches} batches, embedded log (fsync per group commit)"
+                "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, window {window_batches} batches, {}",
+                if kafka_port.is_some() { "Kafka (1 broker on this machine, acks=all, idempotent, lz4)" } else { "embedded log (fsync per group commit)" }
             );
             println!(
                 "  committed and acknowledged: {:.0} events/s ({:.0} batches/s)",

@@ -268,3 +268,11 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A `[kafka]` section for an aggregator configuration (append it to
+/// [`aggregator_toml`]'s `extra`, after any other section): batches go to `topic`
+/// on `brokers`; `more` holds further keys of the section, one per line
+/// (`message_timeout_ms = 60000`), and may end with `[kafka.properties]`.
+pub fn kafka_section(brokers: &str, topic: &str, more: &str) -> String {
+    format!("[kafka]\nbrokers = {brokers:?}\ntopic = {topic:?}\n{more}\n")
+}

@@ -21,3 +21,30 @@ mod registry;
 
 pub use http::serve;
 pub use registry::{Counter, Gauge, Registry};
+
+/// Logs to stderr with the filter in `FERRULE_LOG` (`info` when unset), the way
+/// every ferrule binary does.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on SIGTERM or Ctrl-C: what every ferrule daemon stops on.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
