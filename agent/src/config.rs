@@ -165,6 +165,14 @@ impl Default for BatchSection {
 pub struct InputsSection {
     /// Synthetic three-phase feeds.
     pub synthetic: Vec<SyntheticInput>,
+    /// Modbus TCP devices to poll.
+    pub modbus: Vec<crate::inputs::modbus::ModbusConfig>,
+    /// MQTT subscriptions.
+    pub mqtt: Vec<crate::inputs::mqtt::MqttConfig>,
+    /// Influx line protocol listeners (TCP and UDP).
+    pub line: Vec<crate::inputs::line::LineConfig>,
+    /// The box's own health.
+    pub host: Option<crate::inputs::host::HostConfig>,
 }
 
 /// `[[inputs.synthetic]]`: a deterministic three-phase feed (voltage, current,

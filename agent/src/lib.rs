@@ -37,17 +37,19 @@ pub async fn run(
     let (spool, reader) = spool::Spool::open(&cfg.spool, &registry)
         .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
     let catalog = Arc::new(Mutex::new(catalog::Catalog::open(&cfg.spool.dir)?));
-    let mut synthetic = Vec::new();
-    {
-        let mut cat = catalog
-            .lock()
-            .map_err(|_| anyhow::anyhow!("catalog lock poisoned"))?;
-        for s in &cfg.inputs.synthetic {
-            synthetic.push(inputs::synthetic::Synthetic::new(s.clone(), &mut cat)?);
-        }
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (chunk_tx, chunk_rx) = mpsc::channel(64);
+    // Inputs register their sensors before anything runs, so a bad name fails the start.
+    let input_tasks = inputs::start_all(&cfg.inputs, |name| {
+        inputs::InputContext::new(
+            name,
+            chunk_tx.clone(),
+            catalog.clone(),
+            registry.clone(),
+            stop_rx.clone(),
+        )
+    })?;
+    drop(chunk_tx);
     let (settle_tx, settle_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(batcher::initial_state(&spool));
     let clock_offset = Arc::new(AtomicI64::new(0));
@@ -81,15 +83,6 @@ pub async fn run(
         Duration::from_millis(cfg.spool.fsync_interval_ms),
         registry.clone(),
     ));
-    let mut input_tasks = Vec::new();
-    for s in synthetic {
-        input_tasks.push(tokio::spawn(s.run(
-            chunk_tx.clone(),
-            stop_rx.clone(),
-            registry.clone(),
-        )));
-    }
-    drop(chunk_tx);
     let uplink = tokio::spawn(uplink::run(uplink::UplinkDeps {
         cfg: cfg.clone(),
         reader,

@@ -1,5 +1,174 @@
-//! Inputs: every source of samples on the agent feeds the batcher's bounded channel
-//! and waits when it is full (the spool's backpressure). Each input registers its
-//! sensors in the catalog before producing, and counts what it produced.
+//! Inputs: every source of samples on the agent.
+//!
+//! One interface for all of them: an input gets an [`InputContext`], registers its
+//! sensors in the catalog through it, sends chunks of samples into the batcher's
+//! bounded channel (waiting when it is full: that wait is the spool's
+//! backpressure, so polling inputs poll later and push inputs stop reading their
+//! sockets), and reports bad data with [`InputContext::bad`], which counts every
+//! occurrence by input and reason and logs at most once per reason every
+//! [`LOG_EVERY`]. Bad data never stops another input or the agent.
 
+pub mod host;
+pub mod line;
+pub mod modbus;
+pub mod mqtt;
 pub mod synthetic;
+
+use crate::batcher::Chunk;
+use crate::catalog::Catalog;
+use crate::config::InputsSection;
+use ferrule_telemetry::Registry;
+use ferrule_wire::{SensorId, SensorKind, SensorName, Series};
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+
+/// Longest silence between two log lines about the same kind of bad data.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What an input is given.
+#[derive(Clone)]
+pub struct InputContext {
+    name: Arc<str>,
+    tx: mpsc::Sender<Chunk>,
+    catalog: Arc<Mutex<Catalog>>,
+    registry: Registry,
+    shutdown: watch::Receiver<bool>,
+    last_log: Arc<Mutex<HashMap<&'static str, (Instant, u64)>>>,
+}
+
+impl InputContext {
+    /// A context for the input called `name`.
+    pub fn new(
+        name: &str,
+        tx: mpsc::Sender<Chunk>,
+        catalog: Arc<Mutex<Catalog>>,
+        registry: Registry,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            tx,
+            catalog,
+            registry,
+            shutdown,
+            last_log: Arc::default(),
+        }
+    }
+
+    /// The input's name (counter label, log field).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The metrics registry, for input-specific series.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A receiver that turns true when the agent stops.
+    pub fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// True once the agent is stopping.
+    pub fn is_stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// The id of sensor `name`, registering it (and saving the catalog) on first
+    /// use. A name that is not a valid sensor name is an error to count as bad data.
+    pub fn sensor(&self, name: &str, unit: &str, kind: SensorKind) -> anyhow::Result<SensorId> {
+        let name = SensorName::new(name)?;
+        let mut cat = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
+        cat.intern(name, unit, kind)
+    }
+
+    /// Sends samples to the batcher, waiting while its queue is full. Returns false
+    /// once the agent is stopping (the input should return).
+    pub async fn send(&self, series: Vec<Series>) -> bool {
+        let samples: usize = series.iter().map(Series::len).sum();
+        if samples == 0 {
+            return true;
+        }
+        if self
+            .tx
+            .send(Chunk {
+                input: self.name.clone(),
+                series,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.registry
+            .counter(
+                "ferrule_agent_input_samples_total",
+                "Samples read from each input",
+                &[("input", &self.name)],
+            )
+            .add(samples as u64);
+        true
+    }
+
+    /// Counts one piece of bad data (a malformed line, a non-numeric payload, an
+    /// exception response, a timeout, an unreachable device) and logs it, at most
+    /// once per reason every [`LOG_EVERY`] with the number suppressed meanwhile.
+    pub fn bad(&self, reason: &'static str, detail: impl Display) {
+        self.registry
+            .counter(
+                "ferrule_agent_input_errors_total",
+                "Bad data and failures per input and reason (the input goes on)",
+                &[("input", &self.name), ("reason", reason)],
+            )
+            .inc();
+        let mut logs = self.last_log.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = logs
+            .entry(reason)
+            .or_insert((Instant::now() - LOG_EVERY * 2, 0));
+        if entry.0.elapsed() >= LOG_EVERY {
+            tracing::warn!(input = %self.name, reason, suppressed = entry.1, "{detail}");
+            *entry = (Instant::now(), 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+/// Nanoseconds since the Unix epoch now: the timestamp of a sample whose source
+/// gives none.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Registers every configured input's sensors and starts them. `ctx` makes the
+/// context of the input with the given name.
+pub fn start_all(
+    cfg: &InputsSection,
+    ctx: impl Fn(&str) -> InputContext,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for s in &cfg.synthetic {
+        let c = ctx(&s.name);
+        let input = synthetic::Synthetic::new(s.clone(), &c)?;
+        tasks.push(tokio::spawn(input.run(c)));
+    }
+    for m in &cfg.modbus {
+        tasks.push(tokio::spawn(modbus::run(m.clone(), ctx(&m.name))));
+    }
+    for m in &cfg.mqtt {
+        tasks.push(tokio::spawn(mqtt::run(m.clone(), ctx(&m.name))));
+    }
+    for l in &cfg.line {
+        tasks.push(tokio::spawn(line::run(l.clone(), ctx(&l.name))));
+    }
+    if let Some(h) = &cfg.host {
+        tasks.push(tokio::spawn(host::run(h.clone(), ctx(&h.name))));
+    }
+    Ok(tasks)
+}

@@ -1,15 +1,11 @@
 //! The synthetic input: a deterministic three-phase electrical feed paced in real
 //! time (see `ferrule_wire::example`), for the demo and the load tests.
 
-use crate::batcher::Chunk;
-use crate::catalog::Catalog;
+use super::{now_ns, InputContext};
 use crate::config::SyntheticInput;
-use ferrule_telemetry::Registry;
 use ferrule_wire::example::{FeedOptions, ThreePhaseFeed, SENSORS, UNITS};
-use ferrule_wire::{SensorKind, SensorName, Series};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use ferrule_wire::{SensorKind, Series};
+use std::time::Duration;
 
 /// A configured synthetic input, with its sensors registered.
 pub struct Synthetic {
@@ -19,34 +15,20 @@ pub struct Synthetic {
 
 impl Synthetic {
     /// Registers the feed's seven sensors (`<prefix>/va` ... `<prefix>/f`).
-    pub fn new(cfg: SyntheticInput, catalog: &mut Catalog) -> anyhow::Result<Self> {
+    pub fn new(cfg: SyntheticInput, ctx: &InputContext) -> anyhow::Result<Self> {
         let mut ids = Vec::new();
         for (name, unit) in SENSORS.iter().zip(UNITS) {
-            let full = SensorName::new(format!("{}/{name}", cfg.prefix))?;
-            ids.push(catalog.intern(full, unit, SensorKind::Gauge)?);
+            ids.push(ctx.sensor(&format!("{}/{name}", cfg.prefix), unit, SensorKind::Gauge)?);
         }
         Ok(Self { cfg, ids })
     }
 
     /// Produces samples until shutdown or `total_samples`.
-    pub async fn run(
-        self,
-        tx: mpsc::Sender<Chunk>,
-        mut shutdown: watch::Receiver<bool>,
-        registry: Registry,
-    ) {
-        let input: Arc<str> = Arc::from(self.cfg.name.as_str());
-        let produced = registry.counter(
-            "ferrule_agent_input_samples_total",
-            "Samples read from each input",
-            &[("input", &self.cfg.name)],
-        );
-        let start_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    pub async fn run(self, ctx: InputContext) {
+        let mut shutdown = ctx.shutdown();
         let mut feed = ThreePhaseFeed::new(
             self.cfg.seed,
-            start_ns,
+            now_ns(),
             FeedOptions {
                 rate_hz: self.cfg.rate_hz,
                 sag_every_secs: self.cfg.sag_every_secs,
@@ -81,6 +63,7 @@ impl Synthetic {
                 .into_iter()
                 .filter(|s| !s.is_empty())
                 .map(|s| {
+                    // The feed numbers its seven series 0..7; map them to catalog ids.
                     let id = self.ids[s.sensor().0 as usize];
                     let mut out = Series::with_capacity(id, s.len());
                     for (t, v, q) in s.iter() {
@@ -89,20 +72,16 @@ impl Synthetic {
                     out
                 })
                 .collect();
-            if tx
-                .send(Chunk {
-                    input: input.clone(),
-                    series,
-                })
-                .await
-                .is_err()
-            {
+            if !ctx.send(series).await {
                 return;
             }
-            produced.add(samples);
             total += samples;
             if total >= limit {
-                tracing::info!(input = %input, samples = total, "synthetic input reached total_samples; stopping");
+                tracing::info!(
+                    input = ctx.name(),
+                    samples = total,
+                    "synthetic input reached total_samples; stopping"
+                );
                 return;
             }
         }
