@@ -13,6 +13,11 @@ need_apt openssl openssl xxd xxd cmake cmake
 # librdkafka (built once from source by rdkafka's cmake-build) needs these headers.
 need_header openssl/ssl.h libssl-dev curl/curl.h libcurl4-openssl-dev zlib.h zlib1g-dev
 python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
+# Real peers for the agent's inputs: Mosquitto, socat and nc, a pymodbus simulator.
+need_apt mosquitto mosquitto mosquitto_pub mosquitto-clients socat socat nc netcat-openbsd
+python3 -c 'import pymodbus' >/dev/null 2>&1 || python3 -m pip install -q 'pymodbus>=3.6,<4'
+# Kafka brokers from Apache's jars, kcat and confluent-kafka for the independent consumer.
+need_kafka
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

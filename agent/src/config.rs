@@ -256,6 +256,38 @@ impl Validate for Config {
                 ));
             }
         }
+        for (i, m) in self.inputs.modbus.iter().enumerate() {
+            m.validate(&format!("inputs.modbus[{i}]"), &mut bad);
+        }
+        for (i, m) in self.inputs.mqtt.iter().enumerate() {
+            m.validate(&format!("inputs.mqtt[{i}]"), &mut bad);
+        }
+        for (i, l) in self.inputs.line.iter().enumerate() {
+            l.validate(&format!("inputs.line[{i}]"), &mut bad);
+        }
+        if let Some(h) = &self.inputs.host {
+            h.validate("inputs.host", &mut bad);
+        }
+        // Input names label counters and spool records: they must be unique.
+        let mut names: Vec<&str> = self
+            .inputs
+            .synthetic
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.inputs.modbus.iter().map(|m| m.name.as_str()))
+            .chain(self.inputs.mqtt.iter().map(|m| m.name.as_str()))
+            .chain(self.inputs.line.iter().map(|l| l.name.as_str()))
+            .chain(self.inputs.host.iter().map(|h| h.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        for w in names.windows(2) {
+            if w[0] == w[1] {
+                bad.push(Invalid::new(
+                    "inputs",
+                    format!("two inputs are named {:?}", w[0]),
+                ));
+            }
+        }
         for (key, v) in [
             ("agent.site", &self.agent.site),
             ("agent.id", &self.agent.id),

@@ -290,6 +290,12 @@ async fn run(
         };
         // Reap finished deliveries so the set does not grow.
         while deliveries.try_join_next().is_some() {}
+        // The queue grew by this request; `reply` lowers the gauge on answers. Without
+        // this the gauge stayed at its last answered value (0) through an outage.
+        let queued = backend_shared
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        c.sink.queued.set(i64::try_from(queued).unwrap_or(i64::MAX));
         let header = match decode_record_header(&req.record) {
             Ok(h) => h,
             Err(e) => {

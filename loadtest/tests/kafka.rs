@@ -747,11 +747,13 @@ impl Rig {
                 .contains("aggregator listening")
                 .then_some(true)
         });
-        assert_eq!(
-            up,
-            Some(true),
-            "the aggregator did not start listening within 60 s (see its log below)"
-        );
+        match up {
+            Some(true) => {}
+            Some(false) => panic!("the aggregator exited at start (see its log below)"),
+            None => {
+                panic!("the aggregator did not start listening within 60 s (see its log below)")
+            }
+        }
     }
 
     /// Starts every agent and waits until each has a session; the start time.
@@ -849,6 +851,7 @@ impl Rig {
             withheld: metric_sum(&am, "ferrule_aggregator_credit_withheld_total"),
             queued: metric_sum(&am, "ferrule_aggregator_sink_queued_bytes"),
             failures: metric_sum(&am, "ferrule_aggregator_commit_failures_total"),
+            sent: sum("ferrule_agent_sent_batches_total"),
             acked: sum("ferrule_agent_acked_batches_total"),
             unacked: sum("ferrule_agent_spool_unacked_batches"),
             spool_bytes: self.agents.iter().map(|a| dir_bytes(&a.spool)).sum(),
@@ -1022,6 +1025,8 @@ struct Snap {
     withheld: u64,
     queued: u64,
     failures: u64,
+    /// Batches sent (retransmits included), all agents.
+    sent: u64,
     /// Batches acknowledged, all agents.
     acked: u64,
     /// Batches in the spools not yet acknowledged, all agents.
@@ -1035,8 +1040,9 @@ struct Snap {
 impl Snap {
     fn line(&self) -> String {
         format!(
-            "t={:5.1}s acked={} unacked={} spool={:.1}MiB committed={} acks={} withheld={} queued={:.1}MiB failures={} rss={:.1}MiB healthz={:?}",
+            "t={:5.1}s sent={} acked={} unacked={} spool={:.1}MiB committed={} acks={} withheld={} queued={:.1}MiB failures={} rss={:.1}MiB healthz={:?}",
             self.t,
+            self.sent,
             self.acked,
             self.unacked,
             mib(self.spool_bytes),
@@ -1120,7 +1126,10 @@ fn basic_every_sample_in_kafka_in_order_one_partition_per_agent() {
 fn single_broker_stopped_10s_mid_stream_loses_nothing() {
     let _serial = serial();
     const OUTAGE: Duration = Duration::from_secs(10);
-    let mut rig = Rig::new(Setup::Single, 3, "", "");
+    // A low high-water mark (64 KiB; the default is 256 MiB) so that what piles up
+    // during the outage (~300 batches, a few hundred KiB) is above it when the
+    // broker returns: returned credit is withheld until the sink drains, then paid.
+    let mut rig = Rig::new(Setup::Single, 3, "sink_high_water_bytes = 65536", "");
     for id in ["r1", "r2"] {
         rig.add_agent(id, 1000, 1000 * SENSORS * 20);
     }
@@ -1166,9 +1175,25 @@ fn single_broker_stopped_10s_mid_stream_loses_nothing() {
         "acks stalled {stall:.1} s from t={stall_at:.1} s; at the end of the outage: {}",
         during.line()
     );
+    let end = snaps.last().unwrap().clone();
+    println!("at the end: {}", end.line());
     println!("commit failures: [{}]", rig.failures());
     let dups = rig.assert_complete(&k);
     println!("duplicates in Kafka: {dups}");
+    assert!(
+        stall >= 5.0,
+        "acks went on while the broker was down (longest stall {stall:.1} s)"
+    );
+    assert!(
+        during.queued > 0,
+        "ferrule_aggregator_sink_queued_bytes showed nothing outstanding during the outage: {}",
+        during.line()
+    );
+    assert!(
+        end.withheld > 0,
+        "no credit was withheld although more than the high-water mark was outstanding when the broker returned: {}",
+        end.line()
+    );
     rig.assert_alive("after the run");
     rig.assert_no_losses();
     rig.stop_all();
@@ -1418,6 +1443,20 @@ fn aggregator_memory_bounded_through_2_minute_kafka_outage() {
         "batches were acknowledged while Kafka was down ({} at 30 s, {} at the end)",
         s30.acked,
         s120.acked
+    );
+    // Backpressure: once their credit is used up the agents send nothing more (the
+    // aggregator returns no credit while nothing becomes durable) and spool instead.
+    assert!(
+        s120.sent == s30.sent,
+        "the agents kept sending while Kafka was down ({} batches at 30 s, {} at the end): credit was not withheld",
+        s30.sent,
+        s120.sent
+    );
+    assert!(
+        s120.unacked > s30.unacked + 1000,
+        "the agents' unacknowledged batches did not grow while they could not send ({} at 30 s, {} at the end)",
+        s30.unacked,
+        s120.unacked
     );
     rig.assert_alive("after the run");
     rig.assert_no_losses();
