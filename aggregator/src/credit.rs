@@ -15,6 +15,12 @@ pub struct CreditGate {
 }
 
 impl CreditGate {
+    /// A gate that already owes `credit`: a session that starts while the sink is
+    /// under pressure gets its window only once the pressure is gone.
+    pub fn owing(credit: Credit) -> Self {
+        Self { owed: credit }
+    }
+
     /// A batch of `bytes` left the sink's hands (durable, duplicate or failed):
     /// returns the grant to send now, if any.
     pub fn returned(&mut self, bytes: u64, sink_under_pressure: bool) -> Option<Credit> {

@@ -186,8 +186,18 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
     }
 
     let agent_key = agent.key();
+    // A session starting while the sink is under pressure is welcomed with no
+    // credit; its window is owed and paid when the pressure is gone, so new
+    // sessions cannot add to a backlog the sink cannot absorb.
+    let mut session_cfg = ctx.session.clone();
+    let mut gate = CreditGate::default();
+    if ctx.sink.under_pressure() {
+        gate = CreditGate::owing(session_cfg.initial_credit);
+        session_cfg.initial_credit = ferrule_wire::Credit::default();
+        ctx.metrics.credit_withheld.inc();
+    }
     let mut session = IngestSession::new(
-        ctx.session.clone(),
+        session_cfg,
         PeerIdentity {
             site: agent.site().to_string(),
             agent: agent.agent().to_string(),
@@ -195,7 +205,6 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
     );
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CommitDone>();
     let mut frame_bytes: HashMap<Seq, u64> = HashMap::new();
-    let mut gate = CreditGate::default();
     let mut shutdown = ctx.shutdown.clone();
     let mut draining = *shutdown.borrow();
     let mut tick = tokio::time::interval(Duration::from_millis(20));

@@ -28,6 +28,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// Outstanding batches with no delivery report for this long make the sink unready.
+const STALL: Duration = Duration::from_secs(10);
+
 /// The running Kafka sink.
 pub struct Kafka {
     sink: Sink,
@@ -273,6 +276,7 @@ async fn run(
     let c = Arc::new(c);
     let mut deliveries = tokio::task::JoinSet::new();
     let mut recheck = tokio::time::interval(Duration::from_secs(5));
+    let last_delivery = Arc::new(Mutex::new(std::time::Instant::now()));
     loop {
         let req = tokio::select! {
             r = backend.rx.recv() => match r {
@@ -280,6 +284,17 @@ async fn run(
                 None => break,
             },
             _ = recheck.tick() => {
+                // Batches outstanding and no delivery report for a while: the brokers
+                // are unreachable or below min.insync.replicas. Say so at /healthz;
+                // the next delivery makes the sink ready again.
+                let outstanding = backend_shared.queued_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                let quiet = last_delivery.lock().unwrap_or_else(PoisonError::into_inner).elapsed();
+                if outstanding > 0 && quiet >= STALL {
+                    backend_shared.health.set_unready(format!(
+                        "kafka: no delivery report for {} s with {outstanding} bytes outstanding (brokers down or below min.insync.replicas?)",
+                        quiet.as_secs()
+                    ));
+                }
                 // While unready, look again: a created topic or granted ACL heals it.
                 if backend_shared.health.check().is_err() {
                     let (p, cfg, h) = (producer.clone(), cfg.clone(), backend_shared.health.clone());
@@ -378,6 +393,7 @@ async fn run(
             continue;
         }
         let (shared, counters, ledger) = (backend_shared.clone(), c.clone(), ledger.clone());
+        let last_delivery = last_delivery.clone();
         let n = futures.len() as u64;
         deliveries.spawn(async move {
             let mut failed: Option<(String, &'static str)> = None;
@@ -396,6 +412,8 @@ async fn run(
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(&req.key);
+                    *last_delivery.lock().unwrap_or_else(PoisonError::into_inner) =
+                        std::time::Instant::now();
                     counters.records.add(n);
                     counters.sink.committed(req.samples);
                     shared.health.set_ready();

@@ -7,4 +7,5 @@
 
 pub mod bench;
 pub mod devpki;
+pub mod footprint;
 pub mod procs;

@@ -4,6 +4,8 @@
 //!   on this machine, which bounds every hop after it.
 //! - `transport`: events per second one aggregator process commits durably, ack
 //!   latency, aggregator CPU per million events and agent memory (see `bench`).
+//! - `footprint`: one real agent's CPU and RSS while it reads 1 000 sensors at
+//!   10 Hz from Modbus TCP and MQTT together (see `footprint`).
 
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand};
@@ -62,6 +64,26 @@ enum Scenario {
         #[arg(long)]
         kafka_port: Option<u16>,
     },
+    /// One real agent reading Modbus (pymodbus) and MQTT (Mosquitto) sensors and
+    /// forwarding to an aggregator: print its CPU and RSS. Build the release
+    /// binaries first; needs python3 with pymodbus and Debian's mosquitto.
+    Footprint {
+        /// Measured seconds (after the warm-up).
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Warm-up seconds.
+        #[arg(long, default_value_t = 10)]
+        warmup_secs: u64,
+        /// Holding registers polled on one Modbus device, one sensor each; 0 for none.
+        #[arg(long, default_value_t = 500)]
+        modbus_registers: usize,
+        /// MQTT topics published, one sensor each; 0 for none.
+        #[arg(long, default_value_t = 500)]
+        mqtt_topics: usize,
+        /// Samples per second of every sensor.
+        #[arg(long, default_value_t = 10)]
+        hz: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -116,6 +138,24 @@ fn main() -> Result<()> {
             if let Some(rss) = r.agent_rss_mib {
                 println!("  agent at 20 000 events/s: RSS {rss:.1} MiB");
             }
+            Ok(())
+        }
+        Scenario::Footprint {
+            secs,
+            warmup_secs,
+            modbus_registers,
+            mqtt_topics,
+            hz,
+        } => {
+            let opts = ferrule_loadtest::footprint::Options {
+                secs,
+                warmup_secs,
+                modbus_registers,
+                mqtt_topics,
+                hz,
+            };
+            let r = ferrule_loadtest::footprint::footprint(&opts)?;
+            print!("{}", r.render(&opts));
             Ok(())
         }
     }

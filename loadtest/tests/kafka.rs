@@ -1458,6 +1458,12 @@ fn aggregator_memory_bounded_through_2_minute_kafka_outage() {
         s30.unacked,
         s120.unacked
     );
+    // Operators see the outage: /healthz turns unready while Kafka answers nothing.
+    assert!(
+        outage.iter().any(|s| s.health.starts_with("unready")),
+        "/healthz never reported the outage: {:?}",
+        outage.iter().map(|s| s.health.as_str()).collect::<Vec<_>>()
+    );
     rig.assert_alive("after the run");
     rig.assert_no_losses();
     rig.stop_all();
