@@ -47,6 +47,9 @@ pub struct Options {
     pub mqtt_topics: usize,
     /// Samples per second of every sensor: the poll rate and the publish rate.
     pub hz: u32,
+    /// Mosquitto's `max_inflight_messages`: QoS 1 messages sent to the agent and
+    /// not yet acknowledged (Mosquitto's default is 20; 0 for no limit).
+    pub broker_max_inflight: u32,
 }
 
 /// What the benchmark measured.
@@ -216,7 +219,7 @@ fn tool(name: &str, hint: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("`{name}` not found: {hint}"))
 }
 
-fn start_mosquitto(dir: &Path, port: u16) -> anyhow::Result<Peer> {
+fn start_mosquitto(dir: &Path, port: u16, max_inflight: u32) -> anyhow::Result<Peer> {
     let bin = tool(
         "mosquitto",
         "the footprint benchmark needs Debian's MQTT broker (apt-get install -y mosquitto)",
@@ -230,7 +233,7 @@ fn start_mosquitto(dir: &Path, port: u16) -> anyhow::Result<Peer> {
     std::fs::write(
         &conf,
         format!(
-            "user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages {max_inflight}\nlog_dest stderr\nlog_type error\nlog_type warning\n"
         ),
     )?;
     let mut peer = Peer::start(
@@ -521,7 +524,7 @@ fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     };
     let broker = if opts.mqtt_topics > 0 {
         let port = procs::free_tcp_port()?;
-        Some((start_mosquitto(dir, port)?, port))
+        Some((start_mosquitto(dir, port, opts.broker_max_inflight)?, port))
     } else {
         None
     };

@@ -83,6 +83,10 @@ enum Scenario {
         /// Samples per second of every sensor.
         #[arg(long, default_value_t = 10)]
         hz: u32,
+        /// Mosquitto's max_inflight_messages towards the agent (its default is 20;
+        /// 0 for no limit).
+        #[arg(long, default_value_t = 20)]
+        broker_max_inflight: u32,
     },
 }
 
@@ -146,6 +150,7 @@ fn main() -> Result<()> {
             modbus_registers,
             mqtt_topics,
             hz,
+            broker_max_inflight,
         } => {
             let opts = ferrule_loadtest::footprint::Options {
                 secs,
@@ -153,6 +158,7 @@ fn main() -> Result<()> {
                 modbus_registers,
                 mqtt_topics,
                 hz,
+                broker_max_inflight,
             };
             let r = ferrule_loadtest::footprint::footprint(&opts)?;
             print!("{}", r.render(&opts));
