@@ -467,6 +467,108 @@ mod tests {
     use super::*;
 
     #[test]
+    fn json_topics_get_one_object_per_sample() {
+        use ferrule_wire::record::{encode_record, SensorInfo};
+        use ferrule_wire::{Epoch, Quality, SensorId, SensorKind, SensorName, Seq, Series};
+        let mut s = Series::new(SensorId(3));
+        s.push(1_000, 230.5, Quality::Good);
+        s.push(2_000, f64::NAN, Quality::Bad);
+        let header = RecordHeader {
+            site: "s1".into(),
+            agent: "a1".into(),
+            epoch: Epoch(7),
+            seq: Seq(9),
+            clock_offset_ns: 0,
+            received_ns: 5,
+            samples: 2,
+            sensors: vec![SensorInfo {
+                id: SensorId(3),
+                name: SensorName::new("feeder/va").unwrap_or_else(|e| panic!("{e}")),
+                unit: "V".into(),
+                kind: SensorKind::Gauge,
+            }],
+        };
+        let mut rec = Vec::new();
+        encode_record(&header, &[s], &mut rec).unwrap_or_else(|e| panic!("{e}"));
+        let lines = json_samples(&rec).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lines.len(), 2);
+        let first: serde_json::Value =
+            serde_json::from_str(&lines[0]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first["sensor"], "feeder/va");
+        assert_eq!(first["unit"], "V");
+        assert_eq!(first["value"], 230.5);
+        assert_eq!(first["ts_ns"], 1_000);
+        assert_eq!(first["seq"], 9);
+        assert_eq!(first["quality"], "good");
+        // JSON has no NaN: a non-finite value becomes null, its quality says why.
+        let second: serde_json::Value =
+            serde_json::from_str(&lines[1]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(second["value"].is_null());
+        assert_eq!(second["quality"], "bad");
+        assert!(json_samples(&rec[..rec.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn routes_pick_topic_and_format_by_site_and_sensor_class() {
+        use crate::config::KafkaRoute;
+        use ferrule_wire::record::SensorInfo;
+        use ferrule_wire::{Epoch, SensorId, SensorKind, SensorName, Seq};
+        let cfg: KafkaSection = KafkaSection {
+            brokers: "b".into(),
+            topic: "default".into(),
+            format: RecordFormat::Compact,
+            compression: "lz4".into(),
+            linger_ms: 5,
+            batch_bytes: 1,
+            message_timeout_ms: 1000,
+            queue_max_kbytes: 1,
+            client_id: "c".into(),
+            routes: vec![
+                KafkaRoute {
+                    site: None,
+                    sensor_prefix: Some("breaker".into()),
+                    topic: "breakers".into(),
+                    format: Some(RecordFormat::Json),
+                },
+                KafkaRoute {
+                    site: Some("plant-*".into()),
+                    sensor_prefix: None,
+                    topic: "plants".into(),
+                    format: None,
+                },
+            ],
+            properties: Default::default(),
+        };
+        let header = |site: &str, sensor: &str| RecordHeader {
+            site: site.into(),
+            agent: "a".into(),
+            epoch: Epoch(1),
+            seq: Seq(1),
+            clock_offset_ns: 0,
+            received_ns: 0,
+            samples: 0,
+            sensors: vec![SensorInfo {
+                id: SensorId(0),
+                name: SensorName::new(sensor).unwrap_or_else(|e| panic!("{e}")),
+                unit: String::new(),
+                kind: SensorKind::State,
+            }],
+        };
+        assert_eq!(
+            route(&cfg, &header("substation-1", "breaker-3/state")),
+            ("breakers", RecordFormat::Json)
+        );
+        assert_eq!(
+            route(&cfg, &header("plant-9", "feeder/va")),
+            ("plants", RecordFormat::Compact)
+        );
+        assert_eq!(
+            route(&cfg, &header("substation-1", "feeder/va")),
+            ("default", RecordFormat::Compact)
+        );
+    }
+
+    #[test]
     fn globs_match_like_shells() {
         assert!(glob("substation-*", "substation-7"));
         assert!(!glob("substation-*", "plant-7"));
