@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
+# Test output is also kept here, to print one closing count at the end.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+
 step "checking tools"
 need_rust
 need_apt openssl openssl xxd xxd cmake cmake
@@ -29,13 +33,13 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee -a "$results"
 
 step "python: the record decoder other teams copy, against the golden vector"
-python3 -m pytest -q -p no:cacheprovider wire/python
+python3 -m pytest -q -p no:cacheprovider wire/python 2>&1 | tee -a "$results"
 
 step "cargo test: long and randomized runs"
-cargo test --workspace --locked -- --ignored
+cargo test --workspace --locked -- --ignored 2>&1 | tee -a "$results"
 
 fuzz_secs="${FERRULE_FUZZ_SECS:-30}"
 if [ "$fuzz_secs" != 0 ]; then
@@ -44,3 +48,9 @@ if [ "$fuzz_secs" != 0 ]; then
 fi
 
 step "all checks passed"
+# One closing line over every runner: cargo's "test result" lines and pytest's summary.
+awk '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+  /^[0-9]+ passed/ { p += $1; if (match($0, /[0-9]+ failed/)) f += substr($0, RSTART, RLENGTH) + 0 }
+  END { printf "ferrule: %d passed, %d failed\n", p, f }
+' "$results"
