@@ -59,31 +59,11 @@ fn sleep_until(t: Instant) {
     }
 }
 
-/// Removes ANSI escape sequences (tracing colours its output even into files).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        if chars.next() == Some('[') {
-            for d in chars.by_ref() {
-                if ('@'..='~').contains(&d) {
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A log file's text from byte `from` on, without colours.
 fn read_log(path: &Path, from: u64) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
-    strip_ansi(&String::from_utf8_lossy(&bytes[from..]))
+    procs::strip_ansi(&String::from_utf8_lossy(&bytes[from..]))
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -106,21 +86,6 @@ fn field(line: &str, key: &str) -> Option<u64> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
-}
-
-/// Bytes of every file under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn mib(kib: u64) -> f64 {
@@ -625,7 +590,11 @@ fn aggregator_down_60s_agents_spool_with_bounded_memory_then_drain() {
         "the aggregator did not stop cleanly on SIGTERM ({took:?})"
     );
     let outage_start = Instant::now();
-    let spool_start: Vec<u64> = c.agents.iter().map(|a| dir_bytes(&a.spec.spool)).collect();
+    let spool_start: Vec<u64> = c
+        .agents
+        .iter()
+        .map(|a| procs::dir_bytes(&a.spec.spool))
+        .collect();
     let n = c.agents.len();
     let mut rss_max = vec![0u64; n];
     let mut rss_10s = vec![0u64; n];
@@ -643,7 +612,7 @@ fn aggregator_down_60s_agents_spool_with_bounded_memory_then_drain() {
                 rss_10s[i] = rss;
             }
             rss_end[i] = rss;
-            spool_end[i] = dir_bytes(&a.spec.spool);
+            spool_end[i] = procs::dir_bytes(&a.spec.spool);
         }
     }
     c.aggs[0].start();

@@ -154,28 +154,8 @@ fn free_port_block(offsets: &[u16]) -> u16 {
     panic!("no block of free TCP ports found on 127.0.0.1")
 }
 
-/// Removes ANSI escape sequences (tracing colours its output even into files).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        if chars.next() == Some('[') {
-            for d in chars.by_ref() {
-                if ('@'..='~').contains(&d) {
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
 fn read_log(path: &Path) -> String {
-    strip_ansi(&String::from_utf8_lossy(
+    procs::strip_ansi(&String::from_utf8_lossy(
         &std::fs::read(path).unwrap_or_default(),
     ))
 }
@@ -185,21 +165,6 @@ fn tail(path: &Path, n: usize) -> String {
     let text = read_log(path);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Bytes of every file under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -854,7 +819,7 @@ impl Rig {
             sent: sum("ferrule_agent_sent_batches_total"),
             acked: sum("ferrule_agent_acked_batches_total"),
             unacked: sum("ferrule_agent_spool_unacked_batches"),
-            spool_bytes: self.agents.iter().map(|a| dir_bytes(&a.spool)).sum(),
+            spool_bytes: self.agents.iter().map(|a| procs::dir_bytes(&a.spool)).sum(),
             rss_kib: self.agg.rss_kib(),
             health: self.agg.healthz(),
         }

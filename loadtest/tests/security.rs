@@ -97,25 +97,7 @@ impl Agg {
 }
 
 fn read_log(path: &Path) -> String {
-    strip_ansi(&std::fs::read_to_string(path).unwrap_or_default())
-}
-
-/// The logs go to files with ANSI colours on; drop the escape sequences.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    procs::strip_ansi(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// The aggregator process (killed on drop) and how to reach it.
