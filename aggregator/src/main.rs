@@ -54,16 +54,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
-            match ferrule_config::load_validated::<Config>(&config, "FERRULE") {
-                Ok(_) => {
-                    println!("{}: ok", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+            ferrule_config::check_command::<Config>(&config, "FERRULE")
         }
         Command::Inspect { data } => match ferrule_aggregator::inspect::inspect(&data) {
             Ok(report) => {

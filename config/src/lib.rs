@@ -394,3 +394,22 @@ impl<'a> Document<'a> {
         }
     }
 }
+
+/// What a binary's `check-config` subcommand does: load and validate `path`,
+/// print `PATH: ok` on success, or each problem (file, line, key or variable) on
+/// stderr and fail.
+pub fn check_command<T: DeserializeOwned + Validate>(
+    path: &Path,
+    env_prefix: &str,
+) -> std::process::ExitCode {
+    match load_validated::<T>(path, env_prefix) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
