@@ -47,10 +47,11 @@ pub struct SpoolState {
     pub first_unacked: Seq,
 }
 
+/// The samples of one input since its last batch.
+#[derive(Default)]
 struct Builder {
     series: BTreeMap<SensorId, Series>,
     samples: usize,
-    since: Instant,
 }
 
 /// Channels and shared state around the batcher.
@@ -89,10 +90,248 @@ pub fn initial_state(spool: &Spool) -> SpoolState {
     }
 }
 
+/// Runs `f` off the async worker if the runtime can hand the worker over
+/// (multi-threaded), else inline. For work that fsyncs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// How soon a batch that found the spool full (block policy) is tried again,
+/// besides right after each ack.
+const RETRY_FULL: Duration = Duration::from_millis(50);
+
+/// The batcher's state, owned by its task.
+struct Batcher {
+    spool: Spool,
+    io: BatcherIo,
+    cfg: BatchSection,
+    fsync: FsyncMode,
+    fsync_interval: Duration,
+    limits: Limits,
+    registry: Registry,
+    blocked_total: ferrule_telemetry::Counter,
+    write_errors: ferrule_telemetry::Counter,
+    builders: HashMap<Arc<str>, Builder>,
+    /// A cut batch waiting for room (block policy).
+    pending: Option<(Arc<str>, Vec<Series>)>,
+    /// When the current window closes: every builder is cut then. Set by the
+    /// first sample after a cut, so an idle agent arms no timer.
+    cut_at: Option<Instant>,
+    /// When batches appended outside a window's close (cut by size) are synced.
+    sync_at: Option<Instant>,
+    /// When `pending` is tried again.
+    retry_at: Option<Instant>,
+    /// Chunks still come in.
+    open: bool,
+    frame: Vec<u8>,
+}
+
+impl Batcher {
+    /// Adds a chunk to its input's builder; cuts that builder at `max_samples`.
+    fn take(&mut self, c: Chunk) {
+        let b = self.builders.entry(c.input.clone()).or_default();
+        for s in c.series {
+            b.samples += s.len();
+            let into = b
+                .series
+                .entry(s.sensor())
+                .or_insert_with(|| Series::new(s.sensor()));
+            for (t, v, q) in s.iter() {
+                into.push(t, v, q);
+            }
+        }
+        let full = b.samples >= self.cfg.max_samples;
+        if self.cut_at.is_none() {
+            self.cut_at = Some(Instant::now() + Duration::from_millis(self.cfg.max_delay_ms));
+        }
+        if full {
+            self.cut(&c.input);
+            if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
+                self.sync_at = Some(Instant::now() + self.fsync_interval);
+            }
+        }
+    }
+
+    /// Cuts `input`'s builder into a batch and appends it; false if the spool
+    /// is full (the batch waits in `pending`).
+    fn cut(&mut self, input: &Arc<str>) -> bool {
+        let Some(b) = self.builders.get_mut(input) else {
+            return true;
+        };
+        if b.samples == 0 {
+            return true;
+        }
+        let series: Vec<Series> = std::mem::take(&mut b.series).into_values().collect();
+        b.samples = 0;
+        if self.append(input, &series) {
+            return true;
+        }
+        self.blocked_total.inc();
+        self.pending = Some((input.clone(), series));
+        self.retry_at = Some(Instant::now() + RETRY_FULL);
+        false
+    }
+
+    /// Closes the window: cuts every builder, then syncs them together (one
+    /// fsync for the window under `fsync = "interval"`). Stops at a full spool;
+    /// the rest is cut once `pending` got in.
+    fn close_window(&mut self) {
+        let inputs: Vec<Arc<str>> = self
+            .builders
+            .iter()
+            .filter(|(_, b)| b.samples > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for input in inputs {
+            if self.pending.is_some() || !self.cut(&input) {
+                return;
+            }
+        }
+        self.cut_at = None;
+        self.sync();
+    }
+
+    /// Appends a batch; false if it must wait (spool full or a write error).
+    fn append(&mut self, input: &Arc<str>, series: &[Series]) -> bool {
+        let samples: usize = series.iter().map(Series::len).sum();
+        let batch = Message::Batch(Batch {
+            epoch: self.spool.epoch(),
+            seq: self.spool.next_seq(),
+            clock_offset_ns: self.io.clock_offset_ns.load(Ordering::Relaxed),
+            series: series.to_vec(),
+        });
+        self.frame.clear();
+        if let Err(e) = encode(&batch, &self.limits, &mut self.frame) {
+            // Cannot happen below the batch size limit checked in config; count it.
+            tracing::error!(error = %e, input = %input, "batch does not encode; dropped");
+            self.registry
+                .counter(
+                    "ferrule_agent_dropped_samples_total",
+                    "Samples dropped unacknowledged, by reason and input",
+                    &[("reason", "encode_failed"), ("input", input)],
+                )
+                .add(samples as u64);
+            return true;
+        }
+        // Under `fsync = "interval"` an append only fills a memory buffer (or
+        // writes it to the page cache): inline. Under "always" it fsyncs.
+        let (spool, frame) = (&mut self.spool, &self.frame);
+        let result = if self.fsync == FsyncMode::Always {
+            blocking(|| spool.append(input, samples as u32, frame))
+        } else {
+            spool.append(input, samples as u32, frame)
+        };
+        match result {
+            Ok(_) => true,
+            Err(SpoolError::Full) => false,
+            Err(e) => {
+                self.write_errors.inc();
+                tracing::error!(error = %e, "spool write failed; retrying");
+                false
+            }
+        }
+    }
+
+    /// Makes every append so far durable.
+    fn sync(&mut self) {
+        self.sync_at = None;
+        if self.fsync != FsyncMode::Interval {
+            // "always": every append was synced as it was written.
+            return;
+        }
+        let spool = &mut self.spool;
+        if let Err(e) = blocking(|| spool.sync()) {
+            self.write_errors.inc();
+            tracing::error!(error = %e, "spool fsync failed");
+        }
+    }
+
+    /// Tries the batch that found the spool full again, first releasing what
+    /// was acknowledged; then the rest of a window that closed meanwhile.
+    fn retry(&mut self, release: bool) {
+        let Some((input, series)) = self.pending.take() else {
+            self.retry_at = None;
+            return;
+        };
+        if release {
+            let spool = &mut self.spool;
+            let _ = blocking(|| spool.release());
+        }
+        if self.append(&input, &series) {
+            self.retry_at = None;
+            if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
+                self.sync_at = Some(Instant::now() + self.fsync_interval);
+            }
+            if self.cut_at.is_some_and(|at| at <= Instant::now()) {
+                self.close_window();
+            }
+        } else {
+            self.pending = Some((input, series));
+            self.retry_at = Some(Instant::now() + RETRY_FULL);
+        }
+    }
+
+    /// Releases acknowledged batches, then lets a blocked batch try the room.
+    fn settle(&mut self, seqs: &[Seq]) {
+        // Bookkeeping, unless a release (fsyncs) is due.
+        let spool = &mut self.spool;
+        let result = if spool.release_due() {
+            blocking(|| spool.settle(seqs))
+        } else {
+            spool.settle(seqs)
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "releasing acknowledged batches failed");
+        }
+        if self.pending.is_some() {
+            self.retry(false);
+        }
+    }
+
+    /// The next timer to wake for: the window's close, a sync, a retry.
+    fn next_wake(&self) -> Option<Instant> {
+        // While a batch waits for room, the window cannot close anyway.
+        let cut = self.cut_at.filter(|_| self.pending.is_none());
+        [cut, self.sync_at, self.retry_at].into_iter().flatten().min()
+    }
+
+    /// Does whatever is due at `now`.
+    fn wake(&mut self, now: Instant) {
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry(true);
+        }
+        if self.pending.is_none() && self.cut_at.is_some_and(|at| at <= now) {
+            self.close_window();
+        }
+        if self.sync_at.is_some_and(|at| at <= now) {
+            self.sync();
+        }
+    }
+
+    fn publish(&self) {
+        publish(&self.spool, &self.io.state);
+    }
+
+    /// True once nothing is left to cut or append.
+    fn drained(&self) -> bool {
+        self.pending.is_none() && self.builders.values().all(|b| b.samples == 0)
+    }
+}
+
 /// Runs the batcher until the chunk channel closes or shutdown.
+///
+/// Batches are cut in windows: the first sample after a cut opens a window of
+/// `batch.max_delay_ms`, and when it closes every input's builder is cut and
+/// the batches are synced with one fsync. An input reaching
+/// `batch.max_samples` is cut at once and synced within `fsync_interval_ms`.
+/// So no sample waits longer than `max_delay_ms` for its batch, and a steady
+/// agent wakes for the window and its fsync once per window, not per input.
 pub async fn run(
-    mut spool: Spool,
-    mut io: BatcherIo,
+    spool: Spool,
+    io: BatcherIo,
     cfg: BatchSection,
     fsync: FsyncMode,
     fsync_interval: Duration,
@@ -108,149 +347,63 @@ pub async fn run(
         "Spool writes that failed",
         &[],
     );
-    let mut builders: HashMap<Arc<str>, Builder> = HashMap::new();
-    // A cut batch waiting for room (block policy).
-    let mut pending: Option<(Arc<str>, Vec<Series>)> = None;
-    let mut flush_tick = tokio::time::interval(Duration::from_millis(
-        cfg.max_delay_ms.clamp(1, 1000) / 2 + 1,
-    ));
-    let mut sync_tick = tokio::time::interval(fsync_interval.max(Duration::from_millis(1)));
-    let limits = Limits::default();
-    let mut frame = Vec::new();
-    let mut open = true;
-
-    // Appends a batch; false if it must wait (spool full).
-    let append =
-        |spool: &mut Spool, input: &Arc<str>, series: &[Series], frame: &mut Vec<u8>| -> bool {
-            let samples: usize = series.iter().map(Series::len).sum();
-            let batch = Message::Batch(Batch {
-                epoch: spool.epoch(),
-                seq: spool.next_seq(),
-                clock_offset_ns: io.clock_offset_ns.load(Ordering::Relaxed),
-                series: series.to_vec(),
-            });
-            frame.clear();
-            if let Err(e) = encode(&batch, &limits, frame) {
-                // Cannot happen below the batch size limit checked in config; count it.
-                tracing::error!(error = %e, input = %input, "batch does not encode; dropped");
-                registry
-                    .counter(
-                        "ferrule_agent_dropped_samples_total",
-                        "Samples dropped unacknowledged, by reason and input",
-                        &[("reason", "encode_failed"), ("input", input)],
-                    )
-                    .add(samples as u64);
-                return true;
-            }
-            match tokio::task::block_in_place(|| spool.append(input, samples as u32, frame)) {
-                Ok(_) => true,
-                Err(SpoolError::Full) => false,
-                Err(e) => {
-                    write_errors.inc();
-                    tracing::error!(error = %e, "spool write failed; retrying");
-                    false
-                }
-            }
-        };
-
+    let mut b = Batcher {
+        spool,
+        io,
+        cfg,
+        fsync,
+        fsync_interval: fsync_interval.max(Duration::from_millis(1)),
+        limits: Limits::default(),
+        registry,
+        blocked_total,
+        write_errors,
+        builders: HashMap::new(),
+        pending: None,
+        cut_at: None,
+        sync_at: None,
+        retry_at: None,
+        open: true,
+        frame: Vec::new(),
+    };
     loop {
+        let wake = b.next_wake();
         tokio::select! {
-            chunk = io.chunks.recv(), if pending.is_none() && open => match chunk {
-                Some(c) => {
-                    let b = builders.entry(c.input.clone()).or_insert_with(|| Builder {
-                        series: BTreeMap::new(),
-                        samples: 0,
-                        since: Instant::now(),
-                    });
-                    if b.samples == 0 {
-                        b.since = Instant::now();
-                    }
-                    for s in c.series {
-                        b.samples += s.len();
-                        let into = b.series.entry(s.sensor()).or_insert_with(|| Series::new(s.sensor()));
-                        for (t, v, q) in s.iter() {
-                            into.push(t, v, q);
-                        }
-                    }
-                    if b.samples >= cfg.max_samples {
-                        let series: Vec<Series> = std::mem::take(&mut b.series).into_values().collect();
-                        b.samples = 0;
-                        if !append(&mut spool, &c.input, &series, &mut frame) {
-                            blocked_total.inc();
-                            pending = Some((c.input.clone(), series));
-                        }
-                    }
+            chunk = b.io.chunks.recv(), if b.pending.is_none() && b.open => match chunk {
+                Some(c) => b.take(c),
+                None => {
+                    b.open = false;
+                    b.cut_at = Some(Instant::now());
                 }
-                None => open = false,
             },
-            settle = io.settles.recv() => {
+            settle = b.io.settles.recv() => {
                 if let Some(Settle::Done(seqs)) = settle {
-                    if let Err(e) = tokio::task::block_in_place(|| spool.settle(&seqs)) {
-                        tracing::error!(error = %e, "releasing acknowledged batches failed");
-                    }
-                    if let Some((input, series)) = pending.take() {
-                        if !append(&mut spool, &input, &series, &mut frame) {
-                            pending = Some((input, series));
-                        }
-                    }
+                    b.settle(&seqs);
                 }
             },
-            _ = flush_tick.tick() => {
-                // Settled batches free their space here at the latest (a blocked
-                // spool waits for this).
-                if pending.is_some() {
-                    let _ = tokio::task::block_in_place(|| spool.release());
-                }
-                if let Some((input, series)) = pending.take() {
-                    if !append(&mut spool, &input, &series, &mut frame) {
-                        pending = Some((input, series));
-                    }
-                }
-                let max_delay = Duration::from_millis(cfg.max_delay_ms);
-                let due: Vec<Arc<str>> = builders
-                    .iter()
-                    .filter(|(_, b)| b.samples > 0 && (b.since.elapsed() >= max_delay || !open))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for input in due {
-                    if pending.is_some() {
-                        break;
-                    }
-                    if let Some(b) = builders.get_mut(&input) {
-                        let series: Vec<Series> = std::mem::take(&mut b.series).into_values().collect();
-                        b.samples = 0;
-                        if !append(&mut spool, &input, &series, &mut frame) {
-                            pending = Some((input.clone(), series));
-                        }
-                    }
-                }
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                b.wake(Instant::now());
             },
-            _ = sync_tick.tick(), if fsync == FsyncMode::Interval => {
-                if let Err(e) = tokio::task::block_in_place(|| spool.sync()) {
-                    write_errors.inc();
-                    tracing::error!(error = %e, "spool fsync failed");
-                }
-            },
-            _ = io.shutdown.changed() => {
-                if *io.shutdown.borrow() {
-                    open = false;
-                    io.chunks.close();
+            _ = b.io.shutdown.changed(), if b.open => {
+                if *b.io.shutdown.borrow() {
+                    b.open = false;
+                    b.io.chunks.close();
+                    b.cut_at = Some(Instant::now());
                 }
             },
         }
-        publish(&spool, &io.state);
-        if !open && pending.is_none() && builders.values().all(|b| b.samples == 0) {
+        b.publish();
+        if !b.open && b.drained() {
             // Everything cut and appended: make it durable and stop.
-            if let Err(e) = tokio::task::block_in_place(|| spool.sync()) {
-                tracing::error!(error = %e, "final spool fsync failed");
-            }
-            publish(&spool, &io.state);
+            b.sync();
+            b.publish();
             // Keep settling acks while the uplink drains, until it lets go.
-            while let Some(Settle::Done(seqs)) = io.settles.recv().await {
-                let _ = tokio::task::block_in_place(|| spool.settle(&seqs));
-                publish(&spool, &io.state);
+            while let Some(Settle::Done(seqs)) = b.io.settles.recv().await {
+                let spool = &mut b.spool;
+                let _ = blocking(|| spool.settle(&seqs));
+                b.publish();
             }
-            if let Err(e) = tokio::task::block_in_place(|| spool.release()) {
+            let spool = &mut b.spool;
+            if let Err(e) = blocking(|| spool.release()) {
                 tracing::warn!(error = %e, "releasing acknowledged batches at shutdown failed");
             }
             return;

@@ -46,7 +46,14 @@ fn main() -> ExitCode {
                 for var in &loaded.overrides {
                     tracing::info!(var, "configuration override from the environment");
                 }
-                let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+                // Multi-threaded even with one worker: fsyncs leave it through
+                // `block_in_place`.
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(loaded.value.agent.worker_threads)
+                    .thread_name("ferrule-agent")
+                    .enable_all()
+                    .build()
+                    .context("starting the runtime")?;
                 rt.block_on(ferrule_agent::run(
                     loaded.value,
                     ferrule_telemetry::shutdown_signal(),

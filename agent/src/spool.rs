@@ -17,6 +17,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
+use std::time::Duration;
+
+/// How often settled batches are released from disk at most: a release costs
+/// fsyncs, so acks are coalesced; a crash resends at most this much of what
+/// was acked (the aggregator drops it as duplicates).
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
 /// What precedes the batch frame in a spool record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,11 +298,16 @@ impl Spool {
                 self.c.acked_batches.inc();
             }
         }
-        if self.last_release.elapsed() >= std::time::Duration::from_secs(1) {
+        if self.release_due() {
             self.release()?;
         }
         self.update_gauges();
         Ok(())
+    }
+
+    /// True if the next [`Spool::settle`] releases from disk (and so fsyncs).
+    pub fn release_due(&self) -> bool {
+        self.last_release.elapsed() >= RELEASE_EVERY
     }
 
     /// Releases the settled prefix from disk now.

@@ -504,7 +504,13 @@ async fn send_ready(
             }
             let reader = deps.reader.clone();
             let from = lane.cursor;
-            let batch = tokio::task::block_in_place(|| reader.read(from, 256))?;
+            // The live lane reads what was just written (page cache): inline.
+            // The replay lane may read a backlog from the disk.
+            let batch = if lane.until.is_none() {
+                reader.read(from, 256)?
+            } else {
+                tokio::task::block_in_place(|| reader.read(from, 256))?
+            };
             for b in batch {
                 if b.seq < end {
                     lane.buf.push_back(b);

@@ -289,7 +289,7 @@ fn agent_toml(
     aggregator: SocketAddr,
     metrics: SocketAddr,
     modbus: Option<(u16, usize)>,
-    mqtt: Option<u16>,
+    mqtt: Option<(u16, u32)>,
     hz: u32,
 ) -> anyhow::Result<String> {
     let (cert, key) = pki.agent("bench", "footprint")?;
@@ -318,10 +318,17 @@ fn agent_toml(
             );
         }
     }
-    if let Some(port) = mqtt {
+    if let Some((port, max_inflight)) = mqtt {
+        // The agent is told the broker's window, as a site operator would
+        // (Mosquitto's 0, no limit, is told as the largest value).
+        let inflight = if max_inflight == 0 {
+            u32::from(u16::MAX)
+        } else {
+            max_inflight.min(u32::from(u16::MAX))
+        };
         let _ = write!(
             t,
-            "[[inputs.mqtt]]\nname = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"ferrule-footprint\"\n\n\
+            "[[inputs.mqtt]]\nname = \"mqtt\"\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"ferrule-footprint\"\nbroker_max_inflight = {inflight}\n\n\
              [[inputs.mqtt.subscriptions]]\ntopic = \"site/+/value\"\nsensor = \"mqtt/{{1}}\"\nunit = \"A\"\n"
         );
     }
@@ -553,7 +560,9 @@ fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
             quic,
             agent_metrics,
             modbus.as_ref().map(|(_, p)| (*p, opts.modbus_registers)),
-            broker.as_ref().map(|(_, p)| *p),
+            broker
+                .as_ref()
+                .map(|(_, p)| (*p, opts.broker_max_inflight)),
             opts.hz,
         )?,
     )?;

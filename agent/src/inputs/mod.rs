@@ -94,6 +94,13 @@ impl InputContext {
         cat.intern(name, unit, kind)
     }
 
+    /// True if [`InputContext::send`] would wait now (the batcher's queue is
+    /// full): an input that holds something back until a hand-over (acks)
+    /// settles it first.
+    pub fn would_block(&self) -> bool {
+        self.tx.capacity() == 0
+    }
+
     /// Sends samples to the batcher, waiting while its queue is full. Returns false
     /// once the agent is stopping (the input should return).
     pub async fn send(&self, series: Vec<Series>) -> bool {
