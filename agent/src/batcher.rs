@@ -13,6 +13,7 @@ use crate::config::{BatchSection, FsyncMode};
 use crate::spool::{Spool, SpoolError};
 use ferrule_telemetry::Registry;
 use ferrule_wire::{encode, Batch, Epoch, Limits, Message, SensorId, Seq, Series};
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -135,12 +136,17 @@ impl Batcher {
         let b = self.builders.entry(c.input.clone()).or_default();
         for s in c.series {
             b.samples += s.len();
-            let into = b
-                .series
-                .entry(s.sensor())
-                .or_insert_with(|| Series::new(s.sensor()));
-            for (t, v, q) in s.iter() {
-                into.push(t, v, q);
+            // A sensor's first series in the batch is moved in, not copied.
+            match b.series.entry(s.sensor()) {
+                Entry::Vacant(v) => {
+                    v.insert(s);
+                }
+                Entry::Occupied(mut o) => {
+                    let into = o.get_mut();
+                    for (t, v, q) in s.iter() {
+                        into.push(t, v, q);
+                    }
+                }
             }
         }
         let full = b.samples >= self.cfg.max_samples;
@@ -166,13 +172,15 @@ impl Batcher {
         }
         let series: Vec<Series> = std::mem::take(&mut b.series).into_values().collect();
         b.samples = 0;
-        if self.append(input, &series) {
-            return true;
+        match self.append(input, series) {
+            Ok(()) => true,
+            Err(series) => {
+                self.blocked_total.inc();
+                self.pending = Some((input.clone(), series));
+                self.retry_at = Some(Instant::now() + RETRY_FULL);
+                false
+            }
         }
-        self.blocked_total.inc();
-        self.pending = Some((input.clone(), series));
-        self.retry_at = Some(Instant::now() + RETRY_FULL);
-        false
     }
 
     /// Closes the window: cuts every builder, then syncs them together (one
@@ -194,15 +202,20 @@ impl Batcher {
         self.sync();
     }
 
-    /// Appends a batch; false if it must wait (spool full or a write error).
-    fn append(&mut self, input: &Arc<str>, series: &[Series]) -> bool {
+    /// Appends a batch; gives the series back if it must wait (spool full or
+    /// a write error).
+    fn append(&mut self, input: &Arc<str>, series: Vec<Series>) -> Result<(), Vec<Series>> {
         let samples: usize = series.iter().map(Series::len).sum();
         let batch = Message::Batch(Batch {
             epoch: self.spool.epoch(),
             seq: self.spool.next_seq(),
             clock_offset_ns: self.io.clock_offset_ns.load(Ordering::Relaxed),
-            series: series.to_vec(),
+            series,
         });
+        let give_back = |m: Message| match m {
+            Message::Batch(b) => b.series,
+            _ => Vec::new(),
+        };
         self.frame.clear();
         if let Err(e) = encode(&batch, &self.limits, &mut self.frame) {
             // Cannot happen below the batch size limit checked in config; count it.
@@ -214,7 +227,7 @@ impl Batcher {
                     &[("reason", "encode_failed"), ("input", input)],
                 )
                 .add(samples as u64);
-            return true;
+            return Ok(());
         }
         // Under `fsync = "interval"` an append only fills a memory buffer (or
         // writes it to the page cache): inline. Under "always" it fsyncs.
@@ -225,12 +238,12 @@ impl Batcher {
             spool.append(input, samples as u32, frame)
         };
         match result {
-            Ok(_) => true,
-            Err(SpoolError::Full) => false,
+            Ok(_) => Ok(()),
+            Err(SpoolError::Full) => Err(give_back(batch)),
             Err(e) => {
                 self.write_errors.inc();
                 tracing::error!(error = %e, "spool write failed; retrying");
-                false
+                Err(give_back(batch))
             }
         }
     }
@@ -260,17 +273,20 @@ impl Batcher {
             let spool = &mut self.spool;
             let _ = blocking(|| spool.release());
         }
-        if self.append(&input, &series) {
-            self.retry_at = None;
-            if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
-                self.sync_at = Some(Instant::now() + self.fsync_interval);
+        match self.append(&input, series) {
+            Ok(()) => {
+                self.retry_at = None;
+                if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
+                    self.sync_at = Some(Instant::now() + self.fsync_interval);
+                }
+                if self.cut_at.is_some_and(|at| at <= Instant::now()) {
+                    self.close_window();
+                }
             }
-            if self.cut_at.is_some_and(|at| at <= Instant::now()) {
-                self.close_window();
+            Err(series) => {
+                self.pending = Some((input, series));
+                self.retry_at = Some(Instant::now() + RETRY_FULL);
             }
-        } else {
-            self.pending = Some((input, series));
-            self.retry_at = Some(Instant::now() + RETRY_FULL);
         }
     }
 
@@ -295,7 +311,10 @@ impl Batcher {
     fn next_wake(&self) -> Option<Instant> {
         // While a batch waits for room, the window cannot close anyway.
         let cut = self.cut_at.filter(|_| self.pending.is_none());
-        [cut, self.sync_at, self.retry_at].into_iter().flatten().min()
+        [cut, self.sync_at, self.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Does whatever is due at `now`.

@@ -731,6 +731,9 @@ struct Driver {
     ack_threshold: usize,
     ack_delay: Duration,
     sensors: Sensors,
+    /// Topics already routed to a registered sensor: (route index, sensor).
+    /// At most twice `max_sensors` entries (cleared when full).
+    topics: HashMap<String, (usize, SensorId)>,
     accept_retained: bool,
     metrics: Metrics,
 }
@@ -809,6 +812,7 @@ pub async fn run(cfg: MqttConfig, ctx: InputContext) {
             ids: HashMap::new(),
             max: cfg.max_sensors,
         },
+        topics: HashMap::new(),
         accept_retained: cfg.accept_retained,
         metrics,
     }
@@ -1052,6 +1056,7 @@ impl Driver {
             ctx,
             routes,
             sensors,
+            topics,
             metrics,
             accept_retained,
             ..
@@ -1064,12 +1069,18 @@ impl Driver {
                 metrics.retained.inc();
                 continue;
             }
-            let (route, name) = match route(routes, &p.topic) {
-                Ok(x) => x,
-                Err(rej) => {
-                    ctx.bad(rej.reason, rej.detail);
-                    continue;
-                }
+            // A topic seen before: its route and sensor without matching,
+            // rendering or validating the name again.
+            let cached = topics.get(p.topic.as_str()).copied();
+            let (route, name) = match cached {
+                Some((i, _)) => (&routes[i], None),
+                None => match route(routes, &p.topic) {
+                    Ok((r, name)) => (r, Some(name)),
+                    Err(rej) => {
+                        ctx.bad(rej.reason, rej.detail);
+                        continue;
+                    }
+                },
             };
             let decoded = payload::decode(&route.format, &p.payload, r.at_ns);
             for e in &decoded.errors {
@@ -1078,8 +1089,23 @@ impl Driver {
             if decoded.samples.is_empty() {
                 continue;
             }
-            let Some(id) = sensors.id(ctx, name, &route.unit, route.kind) else {
-                continue;
+            let id = match (cached, name) {
+                (Some((_, id)), _) => id,
+                (None, Some(name)) => {
+                    let Some(id) = sensors.id(ctx, name, &route.unit, route.kind) else {
+                        continue;
+                    };
+                    if topics.len() >= 2 * sensors.max {
+                        topics.clear();
+                    }
+                    let i = routes
+                        .iter()
+                        .position(|x| std::ptr::eq(x, route))
+                        .unwrap_or_default();
+                    topics.insert(p.topic.clone(), (i, id));
+                    id
+                }
+                (None, None) => continue,
             };
             let i = *index.entry(id).or_insert_with(|| {
                 out.push(Series::new(id));
