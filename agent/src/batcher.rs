@@ -11,6 +11,7 @@
 
 use crate::config::{BatchSection, FsyncMode};
 use crate::spool::{Spool, SpoolError};
+use ferrule_disklog::CompletedSync;
 use ferrule_telemetry::Registry;
 use ferrule_wire::{encode, Batch, Epoch, Limits, Message, SensorId, Seq, Series};
 use std::collections::btree_map::Entry;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Samples from one input.
@@ -100,6 +102,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// The output of the task in `h`; pending forever if there is none.
+async fn join<T>(h: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match h {
+        Some(h) => h.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How soon a batch that found the spool full (block policy) is tried again,
 /// besides right after each ack.
 const RETRY_FULL: Duration = Duration::from_millis(50);
@@ -125,6 +135,10 @@ struct Batcher {
     sync_at: Option<Instant>,
     /// When `pending` is tried again.
     retry_at: Option<Instant>,
+    /// The fsync running on a blocking thread.
+    syncing: Option<JoinHandle<CompletedSync>>,
+    /// Another sync was asked for while one ran.
+    sync_again: bool,
     /// Chunks still come in.
     open: bool,
     frame: Vec<u8>,
@@ -248,17 +262,70 @@ impl Batcher {
         }
     }
 
-    /// Makes every append so far durable.
+    /// Starts making every append so far durable: the fsync runs on a
+    /// blocking thread while the batcher goes on taking chunks, and
+    /// [`Batcher::synced`] publishes the result. One at a time: a sync asked
+    /// for meanwhile starts when the running one ends.
     fn sync(&mut self) {
         self.sync_at = None;
         if self.fsync != FsyncMode::Interval {
             // "always": every append was synced as it was written.
             return;
         }
-        let spool = &mut self.spool;
-        if let Err(e) = blocking(|| spool.sync()) {
+        if self.syncing.is_some() {
+            self.sync_again = true;
+            return;
+        }
+        match self.spool.begin_sync() {
+            Ok(Some(job)) => {
+                self.syncing = Some(tokio::task::spawn_blocking(move || job.run()));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.write_errors.inc();
+                tracing::error!(error = %e, "spool fsync failed");
+            }
+        }
+    }
+
+    /// Takes in a finished fsync.
+    fn synced(&mut self, done: Result<CompletedSync, tokio::task::JoinError>) {
+        self.syncing = None;
+        let result = match done {
+            Ok(done) => self.spool.finish_sync(done).map(|_| ()),
+            Err(e) => {
+                // The thread died before or during the fsync: try again.
+                tracing::error!(error = %e, "spool fsync thread failed");
+                self.sync_again = true;
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
             self.write_errors.inc();
             tracing::error!(error = %e, "spool fsync failed");
+        }
+        if std::mem::take(&mut self.sync_again) {
+            self.sync();
+        }
+    }
+
+    /// Waits for the running fsync, if any, and syncs the rest in place: the
+    /// last step before stopping.
+    async fn sync_now(&mut self) {
+        if let Some(h) = self.syncing.take() {
+            let done = h.await;
+            self.synced(done);
+            if let Some(h) = self.syncing.take() {
+                let done = h.await;
+                self.synced(done);
+            }
+        }
+        if self.fsync == FsyncMode::Interval {
+            let spool = &mut self.spool;
+            if let Err(e) = blocking(|| spool.sync()) {
+                self.write_errors.inc();
+                tracing::error!(error = %e, "final spool fsync failed");
+            }
         }
     }
 
@@ -381,6 +448,8 @@ pub async fn run(
         cut_at: None,
         sync_at: None,
         retry_at: None,
+        syncing: None,
+        sync_again: false,
         open: true,
         frame: Vec::new(),
     };
@@ -402,6 +471,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                 b.wake(Instant::now());
             },
+            done = join(&mut b.syncing), if b.syncing.is_some() => b.synced(done),
             _ = b.io.shutdown.changed(), if b.open => {
                 if *b.io.shutdown.borrow() {
                     b.open = false;
@@ -413,7 +483,7 @@ pub async fn run(
         b.publish();
         if !b.open && b.drained() {
             // Everything cut and appended: make it durable and stop.
-            b.sync();
+            b.sync_now().await;
             b.publish();
             // Keep settling acks while the uplink drains, until it lets go.
             while let Some(Settle::Done(seqs)) = b.io.settles.recv().await {

@@ -6,10 +6,12 @@
 //! deleting each only once acknowledged. The binary is a thin `main` over
 //! [`run`], so tests and the demo embed it.
 //!
-//! Needs a multi-threaded tokio runtime (one worker is enough): fsyncs run in
-//! `block_in_place`. Buffered spool appends and reads of just-written batches
-//! run inline, since handing the worker over to another thread costs more
-//! than they do.
+//! Needs a multi-threaded tokio runtime (one worker is enough). The spool's
+//! group-commit fsyncs run on the blocking pool while the batcher goes on;
+//! other fsyncing steps (releases, `fsync = "always"` appends, replay reads)
+//! run in `block_in_place`. Buffered appends and reads of just-written
+//! batches run inline, since handing the worker over to another thread costs
+//! more than they do.
 #![forbid(unsafe_code)]
 
 pub mod backoff;

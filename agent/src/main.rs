@@ -46,8 +46,8 @@ fn main() -> ExitCode {
                 for var in &loaded.overrides {
                     tracing::info!(var, "configuration override from the environment");
                 }
-                // Multi-threaded even with one worker: fsyncs leave it through
-                // `block_in_place`.
+                // Multi-threaded even with one worker: some fsyncs leave it
+                // through `block_in_place`.
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(loaded.value.agent.worker_threads)
                     .thread_name("ferrule-agent")

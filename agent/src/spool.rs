@@ -10,7 +10,7 @@
 //! oldest segment, counted per input.
 
 use crate::config::{FsyncMode, FullPolicy, SpoolSection};
-use ferrule_disklog::{FsyncPolicy, Log, LogReader, Offset, Options};
+use ferrule_disklog::{CompletedSync, FsyncPolicy, Log, LogReader, Offset, Options, PendingSync};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_wire::{Epoch, Seq, SeqSet};
 use serde::{Deserialize, Serialize};
@@ -226,6 +226,22 @@ impl Spool {
         if self.fsync == FsyncMode::Interval && self.log.durable_offset() < self.log.next_offset() {
             self.log.sync()?;
         }
+        Ok(self.durable_until())
+    }
+
+    /// Starts a group commit whose fsync runs elsewhere (see
+    /// [`ferrule_disklog::Log::begin_sync`]): `None` if nothing needs it.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, SpoolError> {
+        if self.fsync != FsyncMode::Interval || self.log.durable_offset() >= self.log.next_offset()
+        {
+            return Ok(None);
+        }
+        Ok(self.log.begin_sync()?)
+    }
+
+    /// Completes a [`Spool::begin_sync`]; returns the new `durable_until`.
+    pub fn finish_sync(&mut self, done: CompletedSync) -> Result<Seq, SpoolError> {
+        self.log.finish_sync(done)?;
         Ok(self.durable_until())
     }
 

@@ -45,7 +45,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use error::{Error, Result};
-pub use log::{DeletedSegment, Log, Recovery, RetentionReport};
+pub use log::{CompletedSync, DeletedSegment, Log, PendingSync, Recovery, RetentionReport};
 pub use read::{LogReader, Record};
 
 /// A record's position in the log: its index, counting from 0 over the log's lifetime.

@@ -112,13 +112,43 @@ impl RetentionReport {
 /// The active segment's writer side.
 #[derive(Debug)]
 struct Active {
-    file: File,
+    /// Shared with [`PendingSync`]s, which fsync it off the writer's thread.
+    file: Arc<File>,
     path: PathBuf,
     base: u64,
     /// Bytes of the file handed to the OS.
     written: u64,
     /// Framed records not yet written.
     pending: Vec<u8>,
+}
+
+/// An fsync of the active segment taken out of the log by [`Log::begin_sync`].
+#[derive(Debug)]
+pub struct PendingSync {
+    file: Arc<File>,
+    path: PathBuf,
+    next: u64,
+}
+
+impl PendingSync {
+    /// Fsyncs the segment (blocking: run it on a thread that may block).
+    pub fn run(self) -> CompletedSync {
+        let result = self
+            .file
+            .sync_data()
+            .map_err(io_err("fsync segment", &self.path));
+        CompletedSync {
+            next: self.next,
+            result,
+        }
+    }
+}
+
+/// The outcome of a [`PendingSync`], for [`Log::finish_sync`].
+#[derive(Debug)]
+pub struct CompletedSync {
+    next: u64,
+    result: Result<()>,
 }
 
 /// A crash-safe segmented log in one directory. One `Log` per directory and process:
@@ -344,7 +374,7 @@ impl Log {
             .open(path)
             .map_err(io_err("open segment for appending", path))?;
         Ok(Active {
-            file,
+            file: Arc::new(file),
             path: path.to_path_buf(),
             base: header.base,
             written: cut,
@@ -365,7 +395,7 @@ impl Log {
             .map_err(io_err("fsync new segment", path))?;
         floor::sync_dir(dir)?;
         Ok(Active {
-            file,
+            file: Arc::new(file),
             path: path.to_path_buf(),
             base: header.base,
             written: SEG_HEADER,
@@ -451,7 +481,7 @@ impl Log {
             return Ok(());
         }
         let a = &mut self.active;
-        a.file
+        (&*a.file)
             .write_all(&a.pending)
             .map_err(io_err("write segment", &a.path))?;
         a.written += a.pending.len() as u64;
@@ -465,6 +495,40 @@ impl Log {
             m.readable_end = a.written;
         }
         Ok(())
+    }
+
+    /// Starts a group commit that does not hold the log: writes the buffered
+    /// records to the active segment and returns the fsync still to do, or
+    /// `None` if everything is durable already. Run [`PendingSync::run`]
+    /// anywhere (a blocking thread), then hand the result to
+    /// [`Log::finish_sync`]; appends may go on meanwhile. Records appended
+    /// after this call are not covered by it.
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>> {
+        self.guarded(|log| {
+            log.write_pending()?;
+            let (next, durable) = {
+                let s = lock(&log.shared);
+                (s.next, s.durable)
+            };
+            Ok((durable < next).then(|| PendingSync {
+                file: log.active.file.clone(),
+                path: log.active.path.clone(),
+                next,
+            }))
+        })
+    }
+
+    /// Completes a [`Log::begin_sync`]: on success everything below its
+    /// offset is durable and the new durable offset is returned; a failed
+    /// fsync poisons the log, since what the OS dropped cannot be known.
+    pub fn finish_sync(&mut self, done: CompletedSync) -> Result<Offset> {
+        self.guarded(|log| {
+            done.result?;
+            let mut s = lock(&log.shared);
+            // A roll in between synced this segment already, maybe further.
+            s.durable = s.durable.max(done.next);
+            Ok(Offset(s.durable))
+        })
     }
 
     fn sync_inner(&mut self) -> Result<Offset> {

@@ -68,8 +68,12 @@ pub struct Report {
     pub committed_per_sec: f64,
     /// Messages per second the publisher had acknowledged by the broker.
     pub published_per_sec: f64,
-    /// Agent CPU, percent of one core.
+    /// Agent CPU, percent of one core, over the whole window.
     pub agent_cpu_pct: f64,
+    /// Agent CPU per 5-second slice of the window, percent of one core,
+    /// sorted: on a shared machine a neighbour's burst inflates some slices,
+    /// and the median slice is the steadier figure.
+    pub agent_cpu_slices: Vec<f64>,
     /// Agent RSS, highest per-second sample in the window, MiB.
     pub rss_max_mib: f64,
     /// Agent RSS at the end of the window, MiB.
@@ -108,6 +112,15 @@ impl Report {
             "  agent CPU: {:.2} % of one core; RSS max {:.1} MiB (end {:.1} MiB)",
             self.agent_cpu_pct, self.rss_max_mib, self.rss_end_mib
         );
+        if let (Some(lo), Some(hi)) = (self.agent_cpu_slices.first(), self.agent_cpu_slices.last())
+        {
+            let _ = writeln!(
+                out,
+                "  agent CPU per {SLICE_SECS} s slice: median {:.2} %, min {lo:.2} %, max {hi:.2} % ({} slices)",
+                median(&self.agent_cpu_slices),
+                self.agent_cpu_slices.len()
+            );
+        }
         let others: Vec<String> = self
             .others_cpu_pct
             .iter()
@@ -130,6 +143,18 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// Length of the slices the agent's CPU is also reported in.
+const SLICE_SECS: u64 = 5;
+
+/// The middle of sorted `v` (the mean of the middle two for an even length).
+fn median(v: &[f64]) -> f64 {
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -560,9 +585,7 @@ fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
             quic,
             agent_metrics,
             modbus.as_ref().map(|(_, p)| (*p, opts.modbus_registers)),
-            broker
-                .as_ref()
-                .map(|(_, p)| (*p, opts.broker_max_inflight)),
+            broker.as_ref().map(|(_, p)| (*p, opts.broker_max_inflight)),
             opts.hz,
         )?,
     )?;
@@ -625,6 +648,8 @@ fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         &other_pids,
     )?;
     let mut rss_max = agent.rss_kib().unwrap_or(0);
+    let mut slices = Vec::new();
+    let mut slice_start = (s0.at, s0.agent_cpu);
     let deadline = s0.at + Duration::from_secs(opts.secs);
     while Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -642,7 +667,16 @@ fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
             p.check()?;
         }
         rss_max = rss_max.max(agent.rss_kib().unwrap_or(0));
+        let now = Instant::now();
+        if now.duration_since(slice_start.0) >= Duration::from_secs(SLICE_SECS) {
+            if let Some(cpu) = agent.cpu_secs() {
+                let dt = now.duration_since(slice_start.0).as_secs_f64();
+                slices.push(100.0 * (cpu - slice_start.1) / dt);
+                slice_start = (now, cpu);
+            }
+        }
     }
+    slices.sort_by(f64::total_cmp);
     let s1 = snapshot(
         &agent,
         agent_metrics,
@@ -670,6 +704,7 @@ fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         committed_per_sec: rate(s0.committed, s1.committed),
         published_per_sec: (s1.acked - s0.acked) as f64 / secs,
         agent_cpu_pct: 100.0 * (s1.agent_cpu - s0.agent_cpu) / secs,
+        agent_cpu_slices: slices,
         rss_max_mib: rss_max as f64 / 1024.0,
         rss_end_mib: rss_end as f64 / 1024.0,
         input_errors: s1.errors - s0.errors,

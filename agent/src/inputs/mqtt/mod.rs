@@ -110,6 +110,9 @@ const REQUEST_CHANNEL: usize = 4 * MAX_BATCH_MESSAGES;
 /// the messages are redelivered on the next one.
 const ACK_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Shorter pauses between read rounds are not worth a timer.
+const MIN_READ_PAUSE: Duration = Duration::from_millis(1);
+
 /// Longest wait on shutdown for queued acks and the DISCONNECT to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -727,6 +730,10 @@ struct Driver {
     unacked: Vec<u16>,
     /// When `unacked` must be written at the latest.
     ack_at: Option<Instant>,
+    /// End of the last read round, and the average arrival rate over rounds
+    /// (messages/s): they size the pause between rounds.
+    last_read: Instant,
+    rate: f64,
     /// Write acks once this many wait (half the broker's in-flight window).
     ack_threshold: usize,
     ack_delay: Duration,
@@ -806,6 +813,8 @@ pub async fn run(cfg: MqttConfig, ctx: InputContext) {
         batch: Vec::new(),
         unacked: Vec::new(),
         ack_at: None,
+        last_read: Instant::now(),
+        rate: 0.0,
         ack_threshold: usize::from(cfg.broker_max_inflight / 2).max(1),
         ack_delay: Duration::from_millis(cfg.ack_delay_ms),
         sensors: Sensors {
@@ -841,8 +850,20 @@ impl Driver {
                     None => break,
                 }
             }
+            let read = self.batch.len();
             if !self.batch.is_empty() && !self.flush().await {
                 break;
+            }
+            if let Some(pause) = self.read_pause(read) {
+                // Let messages gather: the next read takes them all with one
+                // wake-up. The acks go out first, so the broker's whole window
+                // is open during the pause.
+                self.write_acks().await;
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
             }
         }
         self.close().await;
@@ -1007,6 +1028,29 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// How long to leave the socket alone after a read that brought `read`
+    /// messages, if at all. At thousands of messages per second a wake-up per
+    /// socket read costs more than the messages themselves, so the input
+    /// reads in rounds: the pause lets the broker send about half its
+    /// in-flight window (`ack_threshold`) at the current arrival rate, and is
+    /// at most `ack_delay_ms`. The rate is an average over rounds, so a burst
+    /// the window holds back shortens the next pauses instead of stalling.
+    fn read_pause(&mut self, read: usize) -> Option<Duration> {
+        let now = Instant::now();
+        let dt = now
+            .duration_since(self.last_read)
+            .as_secs_f64()
+            .max(0.000_1);
+        self.last_read = now;
+        self.rate = 0.7 * self.rate + 0.3 * (read as f64 / dt);
+        if read == 0 || self.ack_delay.is_zero() || self.eventloop.network.is_none() {
+            return None;
+        }
+        let pause = Duration::from_secs_f64(self.ack_threshold as f64 / self.rate.max(1.0))
+            .min(self.ack_delay);
+        (pause >= MIN_READ_PAUSE).then_some(pause)
     }
 
     /// Drops the queued acks of a connection that is gone.
