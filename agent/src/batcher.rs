@@ -499,3 +499,153 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::{FullPolicy, SpoolSection};
+    use crate::spool::SpoolReader;
+    use ferrule_wire::Quality;
+
+    struct Rig {
+        chunks: mpsc::Sender<Chunk>,
+        settles: mpsc::UnboundedSender<Settle>,
+        state: watch::Receiver<SpoolState>,
+        stop: watch::Sender<bool>,
+        reader: SpoolReader,
+        task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn spool_cfg(dir: &std::path::Path) -> SpoolSection {
+        SpoolSection {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 30,
+            full_policy: FullPolicy::Block,
+            fsync: FsyncMode::Interval,
+            fsync_interval_ms: 20,
+            segment_bytes: 1 << 20,
+        }
+    }
+
+    fn rig(max_samples: usize, max_delay_ms: u64) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new();
+        let (spool, reader) = Spool::open(&spool_cfg(dir.path()), &registry).unwrap();
+        let (chunk_tx, chunk_rx) = mpsc::channel(16);
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let (state_tx, state_rx) = watch::channel(initial_state(&spool));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            spool,
+            BatcherIo {
+                chunks: chunk_rx,
+                settles: settle_rx,
+                state: state_tx,
+                clock_offset_ns: Arc::new(AtomicI64::new(0)),
+                shutdown: stop_rx,
+            },
+            BatchSection {
+                max_samples,
+                max_delay_ms,
+            },
+            FsyncMode::Interval,
+            Duration::from_millis(20),
+            registry,
+        ));
+        Rig {
+            chunks: chunk_tx,
+            settles: settle_tx,
+            state: state_rx,
+            stop: stop_tx,
+            reader,
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn chunk(input: &str, sensor: u32, samples: usize) -> Chunk {
+        let mut s = Series::new(SensorId(sensor));
+        for i in 0..samples {
+            s.push(i as i64 * 1_000_000, i as f64, Quality::Good);
+        }
+        Chunk {
+            input: Arc::from(input),
+            series: vec![s],
+        }
+    }
+
+    /// Waits until the spool is durable below `seq`; the elapsed time.
+    async fn durable(rig: &mut Rig, seq: u64, within: Duration) -> Duration {
+        let t0 = Instant::now();
+        tokio::time::timeout(within, rig.state.wait_for(|s| s.durable_until >= Seq(seq)))
+            .await
+            .unwrap_or_else(|_| panic!("not durable below {seq} within {within:?}"))
+            .unwrap();
+        t0.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_window_cuts_every_input_and_syncs_them_together() {
+        let mut r = rig(10_000, 300);
+        r.chunks.send(chunk("modbus", 1, 5)).await.unwrap();
+        r.chunks.send(chunk("mqtt", 2, 3)).await.unwrap();
+        r.chunks.send(chunk("mqtt", 3, 2)).await.unwrap();
+        // Nothing is cut before the window closes...
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(r.state.borrow().durable_until, Seq(1));
+        // ...then both inputs' batches become sendable at once.
+        durable(&mut r, 3, Duration::from_secs(5)).await;
+        assert_eq!(r.state.borrow().durable_until, Seq(3));
+        let got = r.reader.read(Seq(1), 10).unwrap();
+        let mut inputs: Vec<(String, u32)> =
+            got.iter().map(|b| (b.input.clone(), b.samples)).collect();
+        inputs.sort();
+        assert_eq!(
+            inputs,
+            vec![("modbus".to_string(), 5), ("mqtt".to_string(), 5)]
+        );
+        // An idle batcher keeps nothing pending: a new sample opens a new window.
+        r.chunks.send(chunk("mqtt", 2, 1)).await.unwrap();
+        let waited = durable(&mut r, 4, Duration::from_secs(5)).await;
+        assert!(
+            waited >= Duration::from_millis(250),
+            "cut after {waited:?}, before the window closed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_full_batch_is_cut_at_once_and_synced_within_the_fsync_interval() {
+        let mut r = rig(100, 60_000);
+        r.chunks.send(chunk("line", 1, 150)).await.unwrap();
+        // The window is a minute long; the size cut does not wait for it.
+        durable(&mut r, 2, Duration::from_secs(5)).await;
+        let got = r.reader.read(Seq(1), 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].samples, 150);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn shutdown_cuts_and_syncs_what_is_left() {
+        let mut r = rig(10_000, 60_000);
+        r.chunks.send(chunk("a", 1, 7)).await.unwrap();
+        r.chunks.send(chunk("b", 2, 4)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        r.stop.send(true).unwrap();
+        // The window is a minute long: shutdown cuts it short, and syncs.
+        durable(&mut r, 3, Duration::from_secs(5)).await;
+        let got = r.reader.read(Seq(1), 10).unwrap();
+        let total: u32 = got.iter().map(|b| b.samples).sum();
+        assert_eq!((got.len(), total), (2, 11));
+        // The batcher settles acks until the uplink lets go, releases what was
+        // acknowledged from disk, then stops.
+        r.settles.send(Settle::Done(vec![Seq(1), Seq(2)])).unwrap();
+        drop(r.settles);
+        tokio::time::timeout(Duration::from_secs(5), r.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(r.reader.read(Seq(1), 10).unwrap().is_empty());
+    }
+}

@@ -19,6 +19,10 @@ use std::path::Path;
 enum Op {
     Append(u8, usize),
     Sync,
+    /// A group commit split as the batcher runs it: begin, append this batch
+    /// meanwhile, fsync (as if on another thread), finish. Only what was
+    /// appended before the begin may become durable (or more, by a roll).
+    SplitSync(u8, usize),
     Settle(Vec<usize>),
     Release,
     Restart,
@@ -30,6 +34,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (any::<u8>(), 1usize..300).prop_map(|(b, n)| Op::Append(b, n)),
         2 => Just(Op::Sync),
+        2 => (any::<u8>(), 1usize..300).prop_map(|(b, n)| Op::SplitSync(b, n)),
         3 => proptest::collection::vec(0usize..64, 1..8).prop_map(Op::Settle),
         1 => Just(Op::Release),
         1 => Just(Op::Restart),
@@ -118,6 +123,29 @@ fn run(ops: Vec<Op>, fsync: FsyncMode) -> Result<(), TestCaseError> {
                     .keys()
                     .next_back()
                     .map_or(m.durable_until, |s| s + 1);
+            }
+            Op::SplitSync(b, n) => {
+                let job = spool.begin_sync().unwrap();
+                let before = m.batches.keys().next_back().map_or(1, |s| s + 1);
+                let seq = spool.next_seq();
+                let frame = vec![b; n];
+                spool.append("in", n as u32, &frame).unwrap();
+                m.batches.insert(seq.0, frame);
+                if let Some(job) = job {
+                    spool.finish_sync(job.run()).unwrap();
+                }
+                let d = spool.durable_until().0;
+                if fsync == FsyncMode::Always {
+                    prop_assert_eq!(d, seq.0 + 1);
+                } else {
+                    // Everything before the begin is durable now; the batch
+                    // appended meanwhile only if a segment roll synced it.
+                    prop_assert!(
+                        d >= before && d <= seq.0 + 1,
+                        "durable {d}, before {before}"
+                    );
+                }
+                m.durable_until = d;
             }
             Op::Settle(picks) => {
                 let candidates: Vec<u64> = m

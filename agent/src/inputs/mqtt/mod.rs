@@ -19,13 +19,27 @@
 //!   the next connection if the agent dies. Delivery is therefore at least once:
 //!   a message can arrive twice (after a crash between hand-over and ack, or a
 //!   connection lost while acks were written), never zero times.
-//! - The PUBACKs of a chunk are written straight into the connection's buffer
-//!   and flushed with one write, not queued one by one through rumqttc's
-//!   request channel (which costs a `writev` per ack: at 5 000 messages/s that
-//!   was a fifth of the agent's CPU). A QoS 1 PUBACK carries no client state,
-//!   so nothing in rumqttc's bookkeeping is bypassed; a QoS 2 message (the
-//!   broker should never send one on a QoS 1 subscription) still goes through
-//!   the request channel.
+//! - PUBACKs are written straight into the connection's buffer and flushed
+//!   together, not queued one by one through rumqttc's request channel (which
+//!   costs a `writev` per ack: at 5 000 messages/s that was a fifth of the
+//!   agent's CPU). A QoS 1 PUBACK carries no client state, so nothing in
+//!   rumqttc's bookkeeping is bypassed; a QoS 2 message (the broker should
+//!   never send one on a QoS 1 subscription) still goes through the request
+//!   channel.
+//! - Acks wait to be written together: at most `ack_delay_ms`, and no longer
+//!   than until half the broker's in-flight window (`broker_max_inflight`)
+//!   waits, so the broker never stalls on them. Acks of an earlier connection
+//!   are dropped, never written on a new one (the broker redelivers those).
+//!
+//! # Reading in rounds
+//!
+//! At thousands of messages per second a wake-up per socket read costs more
+//! than the messages. After a round (everything readable, decoded, handed
+//! over, acks written) the input leaves the socket alone for as long as the
+//! broker needs to send about half its window at the current arrival rate, at
+//! most `ack_delay_ms`; the next read takes in everything that gathered. The
+//! rate is averaged over rounds, so a window-limited burst shortens the pauses
+//! instead of stalling. Samples wait at most `ack_delay_ms` longer for it.
 //! - A message that is bad data (not a number, bad JSON, a missing field, a
 //!   topic that gives no valid sensor name, no matching subscription) is still
 //!   acked: redelivering it would never make it better, and an unacked message
@@ -44,9 +58,9 @@
 //! broker's own limits: Mosquitto's `max_queued_messages`, default 1000 per
 //! client, drops QoS 1 messages beyond it; raise it on site brokers).
 //!
-//! A chunk's acks are written (and flushed) before the next chunk is read, so
-//! a long block, a crash during it or a broker restart does not redeliver what
-//! was already handed over.
+//! Before a hand-over that would wait (the batcher's queue is full), the acks
+//! of what was handed over already are written, so a long block, a crash
+//! during it or a broker restart does not redeliver it.
 //!
 //! Keep-alive: rumqttc pings only from inside `poll`, so a block longer than
 //! about 1.5 x `keep_alive_secs` makes the broker drop the connection. That is
