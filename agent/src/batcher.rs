@@ -1,21 +1,24 @@
 //! The batcher: the memory queue between the inputs and the spool.
 //!
 //! Inputs send chunks of samples through a bounded channel; the batcher groups
-//! them per input and sensor, cuts a batch at `batch.max_samples` or after
-//! `batch.max_delay_ms`, numbers it with the spool's next sequence number and
-//! appends it. It fsyncs per the spool's policy and publishes how far the spool is
-//! durable, which is what the uplink may send.
+//! them per sensor, whatever input they came from, cuts a batch at
+//! `batch.max_samples` or when `batch.max_delay_ms` is up, numbers it with the
+//! spool's next sequence number and appends it with the samples per input. It
+//! fsyncs per the spool's policy and publishes how far the spool is durable,
+//! which is what the uplink may send. One batch per window for all inputs:
+//! each batch costs an encode, a spool record, a QUIC frame and an ack,
+//! whatever its size.
 //!
 //! Backpressure: when the spool is full under the `block` policy the batcher stops
 //! reading the channel, the channel fills, and inputs wait.
 
 use crate::config::{BatchSection, FsyncMode};
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{count_dropped, Spool, SpoolError};
 use ferrule_disklog::CompletedSync;
 use ferrule_telemetry::Registry;
 use ferrule_wire::{encode, Batch, Epoch, Limits, Message, SensorId, Seq, Series};
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,12 +53,17 @@ pub struct SpoolState {
     pub first_unacked: Seq,
 }
 
-/// The samples of one input since its last batch.
+/// The samples since the last batch.
 #[derive(Default)]
 struct Builder {
     series: BTreeMap<SensorId, Series>,
     samples: usize,
+    /// Samples per input, for the spool record.
+    inputs: BTreeMap<Arc<str>, u32>,
 }
+
+/// A batch's samples per input.
+type Inputs = Vec<(Arc<str>, u32)>;
 
 /// Channels and shared state around the batcher.
 pub struct BatcherIo {
@@ -125,10 +133,10 @@ struct Batcher {
     registry: Registry,
     blocked_total: ferrule_telemetry::Counter,
     write_errors: ferrule_telemetry::Counter,
-    builders: HashMap<Arc<str>, Builder>,
+    builder: Builder,
     /// A cut batch waiting for room (block policy).
-    pending: Option<(Arc<str>, Vec<Series>)>,
-    /// When the current window closes: every builder is cut then. Set by the
+    pending: Option<(Inputs, Vec<Series>)>,
+    /// When the current window closes: the batch is cut then. Set by the
     /// first sample after a cut, so an idle agent arms no timer.
     cut_at: Option<Instant>,
     /// When batches appended outside a window's close (cut by size) are synced.
@@ -145,11 +153,12 @@ struct Batcher {
 }
 
 impl Batcher {
-    /// Adds a chunk to its input's builder; cuts that builder at `max_samples`.
+    /// Adds a chunk to the batch; cuts it at `max_samples`.
     fn take(&mut self, c: Chunk) {
-        let b = self.builders.entry(c.input.clone()).or_default();
+        let b = &mut self.builder;
+        let mut n = 0usize;
         for s in c.series {
-            b.samples += s.len();
+            n += s.len();
             // A sensor's first series in the batch is moved in, not copied.
             match b.series.entry(s.sensor()) {
                 Entry::Vacant(v) => {
@@ -163,54 +172,47 @@ impl Batcher {
                 }
             }
         }
+        if n == 0 {
+            return;
+        }
+        b.samples += n;
+        let per_input = b.inputs.entry(c.input).or_default();
+        *per_input = per_input.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         let full = b.samples >= self.cfg.max_samples;
         if self.cut_at.is_none() {
             self.cut_at = Some(Instant::now() + Duration::from_millis(self.cfg.max_delay_ms));
         }
-        if full {
-            self.cut(&c.input);
-            if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
-                self.sync_at = Some(Instant::now() + self.fsync_interval);
-            }
+        if full && self.cut() && self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
+            self.sync_at = Some(Instant::now() + self.fsync_interval);
         }
     }
 
-    /// Cuts `input`'s builder into a batch and appends it; false if the spool
-    /// is full (the batch waits in `pending`).
-    fn cut(&mut self, input: &Arc<str>) -> bool {
-        let Some(b) = self.builders.get_mut(input) else {
-            return true;
-        };
-        if b.samples == 0 {
+    /// Cuts the batch and appends it; false if the spool is full (the batch
+    /// waits in `pending`).
+    fn cut(&mut self) -> bool {
+        if self.builder.samples == 0 {
             return true;
         }
-        let series: Vec<Series> = std::mem::take(&mut b.series).into_values().collect();
-        b.samples = 0;
-        match self.append(input, series) {
+        let b = std::mem::take(&mut self.builder);
+        let series: Vec<Series> = b.series.into_values().collect();
+        let inputs: Inputs = b.inputs.into_iter().collect();
+        match self.append(&inputs, series) {
             Ok(()) => true,
             Err(series) => {
                 self.blocked_total.inc();
-                self.pending = Some((input.clone(), series));
+                self.pending = Some((inputs, series));
                 self.retry_at = Some(Instant::now() + RETRY_FULL);
                 false
             }
         }
     }
 
-    /// Closes the window: cuts every builder, then syncs them together (one
-    /// fsync for the window under `fsync = "interval"`). Stops at a full spool;
-    /// the rest is cut once `pending` got in.
+    /// Closes the window: cuts the batch and syncs (under `fsync =
+    /// "interval"`, one fsync for the window). With a batch waiting for room,
+    /// the window closes once it got in.
     fn close_window(&mut self) {
-        let inputs: Vec<Arc<str>> = self
-            .builders
-            .iter()
-            .filter(|(_, b)| b.samples > 0)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for input in inputs {
-            if self.pending.is_some() || !self.cut(&input) {
-                return;
-            }
+        if self.pending.is_some() || !self.cut() {
+            return;
         }
         self.cut_at = None;
         self.sync();
@@ -218,8 +220,11 @@ impl Batcher {
 
     /// Appends a batch; gives the series back if it must wait (spool full or
     /// a write error).
-    fn append(&mut self, input: &Arc<str>, series: Vec<Series>) -> Result<(), Vec<Series>> {
-        let samples: usize = series.iter().map(Series::len).sum();
+    fn append(
+        &mut self,
+        inputs: &[(Arc<str>, u32)],
+        series: Vec<Series>,
+    ) -> Result<(), Vec<Series>> {
         let batch = Message::Batch(Batch {
             epoch: self.spool.epoch(),
             seq: self.spool.next_seq(),
@@ -233,23 +238,19 @@ impl Batcher {
         self.frame.clear();
         if let Err(e) = encode(&batch, &self.limits, &mut self.frame) {
             // Cannot happen below the batch size limit checked in config; count it.
-            tracing::error!(error = %e, input = %input, "batch does not encode; dropped");
-            self.registry
-                .counter(
-                    "ferrule_agent_dropped_samples_total",
-                    "Samples dropped unacknowledged, by reason and input",
-                    &[("reason", "encode_failed"), ("input", input)],
-                )
-                .add(samples as u64);
+            tracing::error!(error = %e, "batch does not encode; dropped");
+            let inputs: Vec<(String, u32)> =
+                inputs.iter().map(|(i, n)| (i.to_string(), *n)).collect();
+            count_dropped(&self.registry, "encode_failed", &inputs);
             return Ok(());
         }
         // Under `fsync = "interval"` an append only fills a memory buffer (or
         // writes it to the page cache): inline. Under "always" it fsyncs.
         let (spool, frame) = (&mut self.spool, &self.frame);
         let result = if self.fsync == FsyncMode::Always {
-            blocking(|| spool.append(input, samples as u32, frame))
+            blocking(|| spool.append(inputs, frame))
         } else {
-            spool.append(input, samples as u32, frame)
+            spool.append(inputs, frame)
         };
         match result {
             Ok(_) => Ok(()),
@@ -332,7 +333,7 @@ impl Batcher {
     /// Tries the batch that found the spool full again, first releasing what
     /// was acknowledged; then the rest of a window that closed meanwhile.
     fn retry(&mut self, release: bool) {
-        let Some((input, series)) = self.pending.take() else {
+        let Some((inputs, series)) = self.pending.take() else {
             self.retry_at = None;
             return;
         };
@@ -340,7 +341,7 @@ impl Batcher {
             let spool = &mut self.spool;
             let _ = blocking(|| spool.release());
         }
-        match self.append(&input, series) {
+        match self.append(&inputs, series) {
             Ok(()) => {
                 self.retry_at = None;
                 if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
@@ -351,7 +352,7 @@ impl Batcher {
                 }
             }
             Err(series) => {
-                self.pending = Some((input, series));
+                self.pending = Some((inputs, series));
                 self.retry_at = Some(Instant::now() + RETRY_FULL);
             }
         }
@@ -403,7 +404,7 @@ impl Batcher {
 
     /// True once nothing is left to cut or append.
     fn drained(&self) -> bool {
-        self.pending.is_none() && self.builders.values().all(|b| b.samples == 0)
+        self.pending.is_none() && self.builder.samples == 0
     }
 }
 
@@ -443,7 +444,7 @@ pub async fn run(
         registry,
         blocked_total,
         write_errors,
-        builders: HashMap::new(),
+        builder: Builder::default(),
         pending: None,
         cut_at: None,
         sync_at: None,
@@ -587,7 +588,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn a_window_cuts_every_input_and_syncs_them_together() {
+    async fn a_window_takes_every_input_into_one_batch() {
         let mut r = rig(10_000, 300);
         r.chunks.send(chunk("modbus", 1, 5)).await.unwrap();
         r.chunks.send(chunk("mqtt", 2, 3)).await.unwrap();
@@ -595,20 +596,26 @@ mod tests {
         // Nothing is cut before the window closes...
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(r.state.borrow().durable_until, Seq(1));
-        // ...then both inputs' batches become sendable at once.
-        durable(&mut r, 3, Duration::from_secs(5)).await;
-        assert_eq!(r.state.borrow().durable_until, Seq(3));
+        // ...then one batch holds both inputs, counted per input.
+        durable(&mut r, 2, Duration::from_secs(5)).await;
         let got = r.reader.read(Seq(1), 10).unwrap();
-        let mut inputs: Vec<(String, u32)> =
-            got.iter().map(|b| (b.input.clone(), b.samples)).collect();
-        inputs.sort();
+        assert_eq!(got.len(), 1);
         assert_eq!(
-            inputs,
+            got[0].inputs,
             vec![("modbus".to_string(), 5), ("mqtt".to_string(), 5)]
         );
+        let Ok(Some((Message::Batch(b), _))) =
+            ferrule_wire::decode(&got[0].frame, &Limits::default())
+        else {
+            panic!("the spooled frame is not a batch");
+        };
+        let mut sensors: Vec<(u32, usize)> =
+            b.series.iter().map(|s| (s.sensor().0, s.len())).collect();
+        sensors.sort();
+        assert_eq!(sensors, vec![(1, 5), (2, 3), (3, 2)]);
         // An idle batcher keeps nothing pending: a new sample opens a new window.
         r.chunks.send(chunk("mqtt", 2, 1)).await.unwrap();
-        let waited = durable(&mut r, 4, Duration::from_secs(5)).await;
+        let waited = durable(&mut r, 3, Duration::from_secs(5)).await;
         assert!(
             waited >= Duration::from_millis(250),
             "cut after {waited:?}, before the window closed"
@@ -623,7 +630,7 @@ mod tests {
         durable(&mut r, 2, Duration::from_secs(5)).await;
         let got = r.reader.read(Seq(1), 10).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].samples, 150);
+        assert_eq!(got[0].samples(), 150);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -634,13 +641,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         r.stop.send(true).unwrap();
         // The window is a minute long: shutdown cuts it short, and syncs.
-        durable(&mut r, 3, Duration::from_secs(5)).await;
+        durable(&mut r, 2, Duration::from_secs(5)).await;
         let got = r.reader.read(Seq(1), 10).unwrap();
-        let total: u32 = got.iter().map(|b| b.samples).sum();
-        assert_eq!((got.len(), total), (2, 11));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].samples(), 11);
         // The batcher settles acks until the uplink lets go, releases what was
         // acknowledged from disk, then stops.
-        r.settles.send(Settle::Done(vec![Seq(1), Seq(2)])).unwrap();
+        r.settles.send(Settle::Done(vec![Seq(1)])).unwrap();
         drop(r.settles);
         tokio::time::timeout(Duration::from_secs(5), r.task)
             .await

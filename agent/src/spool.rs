@@ -14,7 +14,6 @@ use ferrule_disklog::{CompletedSync, FsyncPolicy, Log, LogReader, Offset, Option
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_wire::{Epoch, Seq, SeqSet};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -24,24 +23,79 @@ use std::time::Duration;
 /// was acked (the aggregator drops it as duplicates).
 const RELEASE_EVERY: Duration = Duration::from_secs(1);
 
-/// What precedes the batch frame in a spool record.
+/// What precedes the batch frame in a spool record written before batches
+/// held several inputs: still read, so an upgrade sends what an older agent
+/// spooled. Its postcard starts with the name's length, never 0.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct RecordHead {
+struct RecordHeadV1 {
     input: String,
     samples: u32,
 }
+
+/// What precedes the batch frame in a spool record, after the byte
+/// [`HEAD_V2`]: the samples of each input in the batch, for counting per
+/// input what is sent, acknowledged or dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RecordHead {
+    inputs: Vec<(String, u32)>,
+}
+
+/// First byte of a record with a [`RecordHead`].
+const HEAD_V2: u8 = 0;
+
+/// The per-input sample counts and the frame of a spool record.
+fn parse_record(payload: &[u8]) -> Result<(InputCounts, &[u8]), postcard::Error> {
+    match payload.split_first() {
+        Some((&HEAD_V2, rest)) => {
+            postcard::take_from_bytes::<RecordHead>(rest).map(|(h, frame)| (h.inputs, frame))
+        }
+        _ => postcard::take_from_bytes::<RecordHeadV1>(payload)
+            .map(|(h, frame)| (vec![(h.input, h.samples)], frame)),
+    }
+}
+
+/// Samples per input in one batch: the spool records it, the uplink counts
+/// sent, acknowledged and dropped batches with it.
+pub type InputCounts = Vec<(String, u32)>;
 
 /// A batch read back from the spool.
 #[derive(Debug, Clone)]
 pub struct Spooled {
     /// Its sequence number.
     pub seq: Seq,
-    /// The input it came from.
-    pub input: String,
-    /// Samples in it.
-    pub samples: u32,
+    /// The inputs whose samples it holds, with how many each.
+    pub inputs: InputCounts,
     /// The encoded Batch frame, ready to write to a lane.
     pub frame: Vec<u8>,
+}
+
+impl Spooled {
+    /// Samples in the batch.
+    pub fn samples(&self) -> u64 {
+        self.inputs.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+}
+
+/// Counts batches dropped unacknowledged for `reason`, per input: a batch
+/// counts once for every input with samples in it.
+pub fn count_dropped(registry: &Registry, reason: &str, inputs: &[(String, u32)]) {
+    for (input, samples) in inputs {
+        let labels = [("reason", reason), ("input", input.as_str())];
+        registry
+            .counter(
+                "ferrule_agent_dropped_batches_total",
+                "Batches dropped unacknowledged, by reason and input (a batch counts for each input in it)",
+                &labels,
+            )
+            .inc();
+        registry
+            .counter(
+                "ferrule_agent_dropped_samples_total",
+                "Samples dropped unacknowledged, by reason and input",
+                &labels,
+            )
+            .add(u64::from(*samples));
+    }
 }
 
 /// Why an append did not happen.
@@ -194,7 +248,11 @@ impl Spool {
 
     /// Appends a batch frame built for `self.next_seq()`; the caller encodes the
     /// frame with that seq. With `fsync = "always"` it is durable on return.
-    pub fn append(&mut self, input: &str, samples: u32, frame: &[u8]) -> Result<Seq, SpoolError> {
+    pub fn append<S: AsRef<str>>(
+        &mut self,
+        inputs: &[(S, u32)],
+        frame: &[u8],
+    ) -> Result<Seq, SpoolError> {
         while self.is_full() {
             match self.policy {
                 FullPolicy::Block => return Err(SpoolError::Full),
@@ -205,18 +263,23 @@ impl Spool {
                 }
             }
         }
-        let mut payload = Vec::with_capacity(frame.len() + 32);
-        // Postcard of a String and a u32 cannot fail.
-        if let Ok(head) = postcard::to_stdvec(&RecordHead {
-            input: input.to_string(),
-            samples,
-        }) {
+        let head = RecordHead {
+            inputs: inputs
+                .iter()
+                .map(|(i, n)| (i.as_ref().to_string(), *n))
+                .collect(),
+        };
+        let samples: u64 = inputs.iter().map(|(_, n)| u64::from(*n)).sum();
+        let mut payload = Vec::with_capacity(frame.len() + 64);
+        payload.push(HEAD_V2);
+        // Postcard of strings and integers into a Vec cannot fail.
+        if let Ok(head) = postcard::to_stdvec(&head) {
             payload.extend_from_slice(&head);
         }
         payload.extend_from_slice(frame);
         let off = self.log.append(&payload)?;
         self.c.spooled_batches.inc();
-        self.c.spooled_samples.add(u64::from(samples));
+        self.c.spooled_samples.add(samples);
         self.update_gauges();
         Ok(seq_of(off))
     }
@@ -257,38 +320,16 @@ impl Spool {
         let Some(seg) = self.log.drop_oldest_segment()? else {
             return Ok(false);
         };
-        let mut per_input: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for r in preview {
             if r.offset < seg.base || r.offset >= seg.end || self.settled.contains(seq_of(r.offset))
             {
                 continue;
             }
-            let (input, samples) = match postcard::take_from_bytes::<RecordHead>(&r.payload) {
-                Ok((h, _)) => (h.input, u64::from(h.samples)),
-                Err(_) => ("unknown".to_string(), 0),
+            let inputs = match parse_record(&r.payload) {
+                Ok((inputs, _)) => inputs,
+                Err(_) => vec![("unknown".to_string(), 0)],
             };
-            let e = per_input.entry(input).or_default();
-            e.0 += 1;
-            e.1 += samples;
-        }
-        for (input, (batches, samples)) in per_input {
-            let labels = [("reason", "spool_full"), ("input", input.as_str())];
-            self.c
-                .registry
-                .counter(
-                    "ferrule_agent_dropped_batches_total",
-                    "Batches dropped unacknowledged, by reason and input",
-                    &labels,
-                )
-                .add(batches);
-            self.c
-                .registry
-                .counter(
-                    "ferrule_agent_dropped_samples_total",
-                    "Samples dropped unacknowledged, by reason and input",
-                    &labels,
-                )
-                .add(samples);
+            count_dropped(&self.c.registry, "spool_full", &inputs);
         }
         tracing::warn!(
             records = seg.records,
@@ -361,11 +402,10 @@ impl SpoolReader {
             if r.offset >= self.reader.durable_offset() {
                 break;
             }
-            match postcard::take_from_bytes::<RecordHead>(&r.payload) {
-                Ok((head, frame)) => out.push(Spooled {
+            match parse_record(&r.payload) {
+                Ok((inputs, frame)) => out.push(Spooled {
                     seq: seq_of(r.offset),
-                    input: head.input,
-                    samples: head.samples,
+                    inputs,
                     frame: frame.to_vec(),
                 }),
                 // CRC-checked records that do not parse would be a bug of ours;
@@ -401,4 +441,55 @@ fn load_or_create_epoch(dir: &Path, fresh: bool) -> anyhow::Result<Epoch> {
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(Epoch(now))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::SpoolSection;
+
+    fn cfg(dir: &Path) -> SpoolSection {
+        SpoolSection {
+            dir: dir.to_path_buf(),
+            fsync: FsyncMode::Interval,
+            ..SpoolSection::default()
+        }
+    }
+
+    #[test]
+    fn records_spooled_by_an_older_agent_are_still_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What an agent before multi-input batches wrote: postcard of the
+            // input name and its sample count, then the frame.
+            let (mut log, _) = Log::open(dir.path().join("log"), Options::default()).unwrap();
+            let mut payload = vec![3, b'o', b'l', b'd', 7];
+            payload.extend_from_slice(b"frame-1");
+            log.append(&payload).unwrap();
+            log.sync().unwrap();
+        }
+        let reg = Registry::new();
+        let (mut spool, reader) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        spool
+            .append(&[("modbus", 2), ("mqtt", 5)], b"frame-2")
+            .unwrap();
+        spool.sync().unwrap();
+        let got = reader.read(Seq(1), 10).unwrap();
+        let got: Vec<(u64, InputCounts, &[u8])> = got
+            .iter()
+            .map(|b| (b.seq.0, b.inputs.clone(), b.frame.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, vec![("old".to_string(), 7)], &b"frame-1"[..]),
+                (
+                    2,
+                    vec![("modbus".to_string(), 2), ("mqtt".to_string(), 5)],
+                    &b"frame-2"[..]
+                ),
+            ]
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::batcher::{Settle, SpoolState};
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::spool::{SpoolReader, Spooled};
+use crate::spool::{count_dropped, InputCounts, SpoolReader, Spooled};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::quinn;
 use ferrule_transport::{
@@ -358,7 +358,7 @@ async fn drive(
     let mut hb = tokio::time::interval(Duration::from_millis(
         deps.cfg.uplink.heartbeat_interval_ms.max(100),
     ));
-    let mut sent_meta: HashMap<Seq, (String, u32)> = HashMap::new();
+    let mut sent_meta: HashMap<Seq, InputCounts> = HashMap::new();
     let mut settled = SeqSet::new();
     let mut goaway: Option<Option<String>> = None;
     let mut stopping = *shutdown.borrow();
@@ -418,25 +418,12 @@ async fn drive(
                     let _ = deps.settles.send(Settle::Done(seqs));
                 }
                 AgentEvent::Rejected { seqs, reason } => {
+                    let r = format!("rejected_{}", reason.0);
                     for q in &seqs {
-                        let (input, samples) =
-                            sent_meta.remove(q).unwrap_or_else(|| ("unknown".into(), 0));
-                        let r = format!("rejected_{}", reason.0);
-                        let labels = [("reason", r.as_str()), ("input", input.as_str())];
-                        m.registry
-                            .counter(
-                                "ferrule_agent_dropped_batches_total",
-                                "Batches dropped unacknowledged, by reason and input",
-                                &labels,
-                            )
-                            .inc();
-                        m.registry
-                            .counter(
-                                "ferrule_agent_dropped_samples_total",
-                                "Samples dropped unacknowledged, by reason and input",
-                                &labels,
-                            )
-                            .add(u64::from(samples));
+                        let inputs = sent_meta
+                            .remove(q)
+                            .unwrap_or_else(|| vec![("unknown".into(), 0)]);
+                        count_dropped(&m.registry, &r, &inputs);
                         settled.insert(*q);
                     }
                     tracing::warn!(
@@ -488,7 +475,7 @@ async fn send_ready(
     lane: &mut Lane,
     deps: &UplinkDeps,
     m: &Metrics,
-    sent_meta: &mut HashMap<Seq, (String, u32)>,
+    sent_meta: &mut HashMap<Seq, InputCounts>,
     settled: &SeqSet,
     server_max_frame: u32,
 ) -> Result<(), UplinkError> {
@@ -536,13 +523,7 @@ async fn send_ready(
         if len > u64::from(server_max_frame) {
             // Can never be accepted by this aggregator: count and release it.
             let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
-            m.registry
-                .counter(
-                    "ferrule_agent_dropped_samples_total",
-                    "Samples dropped unacknowledged, by reason and input",
-                    &[("reason", "frame_too_large"), ("input", b.input.as_str())],
-                )
-                .add(u64::from(b.samples));
+            count_dropped(&m.registry, "frame_too_large", &b.inputs);
             let _ = deps.settles.send(Settle::Done(vec![b.seq]));
             continue;
         }
@@ -566,6 +547,6 @@ async fn send_ready(
         lane.tx.send_frame(&b.frame).await?;
         m.sent_batches.inc();
         m.sent_bytes.add(len);
-        sent_meta.insert(b.seq, (b.input, b.samples));
+        sent_meta.insert(b.seq, b.inputs);
     }
 }

@@ -82,6 +82,14 @@ fn check(
         .range(m.released_floor + 1..m.durable_until)
         .map(|(s, f)| (*s, f))
         .collect();
+    for b in &got {
+        // The per-input counts come back with the frame.
+        prop_assert_eq!(b.inputs.first().map(|(i, _)| i.as_str()), Some("in"));
+        prop_assert_eq!(
+            b.samples() as usize,
+            b.frame.len() + usize::from(b.inputs.len() > 1)
+        );
+    }
     let got_pairs: Vec<(u64, &Vec<u8>)> = got.iter().map(|b| (b.seq.0, &b.frame)).collect();
     prop_assert_eq!(got_pairs, want);
     Ok(())
@@ -103,7 +111,7 @@ fn run(ops: Vec<Op>, fsync: FsyncMode) -> Result<(), TestCaseError> {
             Op::Append(b, n) => {
                 let seq = spool.next_seq();
                 let frame = vec![b; n];
-                let got = spool.append("in", n as u32, &frame).unwrap();
+                let got = spool.append(&[("in", n as u32)], &frame).unwrap();
                 prop_assert_eq!(got, seq);
                 m.batches.insert(seq.0, frame);
                 if fsync == FsyncMode::Always {
@@ -129,7 +137,9 @@ fn run(ops: Vec<Op>, fsync: FsyncMode) -> Result<(), TestCaseError> {
                 let before = m.batches.keys().next_back().map_or(1, |s| s + 1);
                 let seq = spool.next_seq();
                 let frame = vec![b; n];
-                spool.append("in", n as u32, &frame).unwrap();
+                spool
+                    .append(&[("in", n as u32), ("other", 1)], &frame)
+                    .unwrap();
                 m.batches.insert(seq.0, frame);
                 if let Some(job) = job {
                     spool.finish_sync(job.run()).unwrap();
