@@ -42,20 +42,17 @@ fn main() -> ExitCode {
         Command::Run { config } => {
             ferrule_telemetry::init_logging();
             let result = (|| -> anyhow::Result<()> {
-                let loaded = ferrule_config::load_validated::<Config>(&config, "FERRULE")?;
-                for var in &loaded.overrides {
-                    tracing::info!(var, "configuration override from the environment");
-                }
+                let cfg = ferrule_config::load_validated::<Config>(&config, "FERRULE")?.logged();
                 // Multi-threaded even with one worker: some fsyncs leave it
                 // through `block_in_place`.
                 let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(loaded.value.agent.worker_threads)
+                    .worker_threads(cfg.agent.worker_threads)
                     .thread_name("ferrule-agent")
                     .enable_all()
                     .build()
                     .context("starting the runtime")?;
                 rt.block_on(ferrule_agent::run(
-                    loaded.value,
+                    cfg,
                     ferrule_telemetry::shutdown_signal(),
                     ferrule_telemetry::Registry::new(),
                 ))

@@ -40,14 +40,7 @@ enum Command {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    let loaded = ferrule_config::load_validated::<Config>(path, "FERRULE")?;
-    for var in &loaded.overrides {
-        tracing::info!(var, "configuration override from the environment");
-    }
-    for var in &loaded.ignored {
-        tracing::warn!(var, "environment variable looks like an override but is not one (use FERRULE_<SECTION>__<KEY>)");
-    }
-    Ok(loaded.value)
+    Ok(ferrule_config::load_validated::<Config>(path, "FERRULE")?.logged())
 }
 
 fn main() -> ExitCode {

@@ -145,6 +145,24 @@ pub struct Loaded<T> {
     pub ignored: Vec<String>,
 }
 
+impl<T> Loaded<T> {
+    /// Logs what the environment changed, and warns about variables that
+    /// look like overrides and are not (a typo would otherwise be silently
+    /// ignored); then gives the config. Both binaries start this way.
+    pub fn logged(self) -> T {
+        for var in &self.overrides {
+            tracing::info!(var, "configuration override from the environment");
+        }
+        for var in &self.ignored {
+            tracing::warn!(
+                var,
+                "environment variable looks like an override but is not one (overrides are <PREFIX>_<SECTION>__<KEY>)"
+            );
+        }
+        self.value
+    }
+}
+
 /// Reads the TOML file at `path`, applies the overrides found in the
 /// process environment under `env_prefix` (e.g. `"FERRULE"`; see the crate
 /// docs for the naming rules) and deserializes the result into `T`.
