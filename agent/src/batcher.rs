@@ -182,7 +182,15 @@ impl Batcher {
         if self.cut_at.is_none() {
             self.cut_at = Some(Instant::now() + Duration::from_millis(self.cfg.max_delay_ms));
         }
-        if full && self.cut() && self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
+        if full && self.cut() {
+            self.sync_soon();
+        }
+    }
+
+    /// Arms the sync of a batch cut outside a window's close (by size, or
+    /// after waiting for room), unless one is armed already.
+    fn sync_soon(&mut self) {
+        if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
             self.sync_at = Some(Instant::now() + self.fsync_interval);
         }
     }
@@ -313,13 +321,12 @@ impl Batcher {
     /// Waits for the running fsync, if any, and syncs the rest in place: the
     /// last step before stopping.
     async fn sync_now(&mut self) {
-        if let Some(h) = self.syncing.take() {
+        // `synced` may start the one sync asked for meanwhile: wait for it
+        // too (no more: a thread that keeps failing must not hold shutdown).
+        for _ in 0..2 {
+            let Some(h) = self.syncing.take() else { break };
             let done = h.await;
             self.synced(done);
-            if let Some(h) = self.syncing.take() {
-                let done = h.await;
-                self.synced(done);
-            }
         }
         if self.fsync == FsyncMode::Interval {
             let spool = &mut self.spool;
@@ -344,9 +351,7 @@ impl Batcher {
         match self.append(&inputs, series) {
             Ok(()) => {
                 self.retry_at = None;
-                if self.fsync == FsyncMode::Interval && self.sync_at.is_none() {
-                    self.sync_at = Some(Instant::now() + self.fsync_interval);
-                }
+                self.sync_soon();
                 if self.cut_at.is_some_and(|at| at <= Instant::now()) {
                     self.close_window();
                 }
