@@ -11,20 +11,82 @@
 //!
 //! Backpressure: when the spool is full under the `block` policy the batcher stops
 //! reading the channel, the channel fills, and inputs wait.
+//!
+//! Durability for inputs: a chunk may carry a [`Durability`] ticket; once the
+//! batch holding it is durable in the spool, the ticket's input learns so (the
+//! MQTT input acknowledges a message to its broker only then). A chunk may also
+//! ask for its window to close at once (an input whose source waits for acks).
+//!
+//! Failures: a write or fsync that fails (a full disk, an I/O error) is logged once
+//! and counted; the batcher then calls [`Spool::recover`] with a backoff until it
+//! works, appends again whatever had not been made durable, and logs once more
+//! when the spool is writable again. Shutdown is bounded: a batch that cannot get
+//! into the spool within [`SHUTDOWN_WAIT`] is dropped and counted.
 
 use crate::config::{BatchSection, FsyncMode};
 use crate::spool::{count_dropped, Spool, SpoolError};
 use ferrule_disklog::CompletedSync;
 use ferrule_telemetry::Registry;
-use ferrule_wire::{encode, Batch, Epoch, Limits, Message, SensorId, Seq, Series};
+use ferrule_wire::{decode, encode, Batch, Epoch, Limits, Message, SensorId, Seq, Series};
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// Lets an input learn when what it handed over is durable in the spool.
+///
+/// The input numbers its chunks (1, 2, ...) and sends each with a
+/// [`Chunk::durability`] ticket; [`Durability::durable_through`] rises to the
+/// highest number whose samples are all on disk.
+#[derive(Debug, Default)]
+pub struct Durability {
+    done: AtomicU64,
+    notify: Notify,
+}
+
+impl Durability {
+    /// The highest chunk number whose samples are durable.
+    pub fn durable_through(&self) -> u64 {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`Durability::durable_through`] changes from `seen`.
+    pub async fn changed(&self, seen: u64) {
+        loop {
+            let notified = self.notify.notified();
+            if self.durable_through() != seen {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn mark(&self, n: u64) {
+        if self.done.fetch_max(n, Ordering::AcqRel) < n {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Durability tickets a batch carries: one per input that asked, at its highest number.
+type Marks = Vec<(Arc<Durability>, u64)>;
+
+fn add_mark(marks: &mut Marks, d: &Arc<Durability>, n: u64) {
+    match marks.iter_mut().find(|(m, _)| Arc::ptr_eq(m, d)) {
+        Some((_, k)) => *k = (*k).max(n),
+        None => marks.push((d.clone(), n)),
+    }
+}
+
+fn fire(marks: &Marks) {
+    for (d, n) in marks {
+        d.mark(*n);
+    }
+}
 
 /// Samples from one input.
 #[derive(Debug)]
@@ -33,6 +95,24 @@ pub struct Chunk {
     pub input: Arc<str>,
     /// One series per sensor.
     pub series: Vec<Series>,
+    /// Tell this input when these samples are durable: its ticket and the
+    /// chunk's number (increasing per input).
+    pub durability: Option<(Arc<Durability>, u64)>,
+    /// Close the batch window at once with this chunk in (its source waits for
+    /// the acknowledgement that durability brings).
+    pub flush: bool,
+}
+
+impl Chunk {
+    /// A chunk with no durability ticket.
+    pub fn new(input: Arc<str>, series: Vec<Series>) -> Self {
+        Self {
+            input,
+            series,
+            durability: None,
+            flush: false,
+        }
+    }
 }
 
 /// What the uplink reports back about sent batches.
@@ -40,12 +120,15 @@ pub struct Chunk {
 pub enum Settle {
     /// Acknowledged or refused for good: either way, release them.
     Done(Vec<Seq>),
+    /// A read found a record corrupt on disk: rescan the spool (the damaged
+    /// records are then counted and settled).
+    Rescan,
 }
 
 /// What the uplink needs to know about the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolState {
-    /// The epoch of every batch.
+    /// The epoch new batches are written in.
     pub epoch: Epoch,
     /// Every seq below this is durable and may be sent.
     pub durable_until: Seq,
@@ -60,10 +143,27 @@ struct Builder {
     samples: usize,
     /// Samples per input, for the spool record.
     inputs: BTreeMap<Arc<str>, u32>,
+    marks: Marks,
 }
 
 /// A batch's samples per input.
 type Inputs = Vec<(Arc<str>, u32)>;
+
+/// A cut batch that is not in the spool yet.
+struct Cut {
+    inputs: Inputs,
+    series: Vec<Series>,
+    marks: Marks,
+}
+
+/// A batch in the spool that is not durable yet: kept to tell its inputs when it
+/// is, and to append it again if a failed write takes it off the disk.
+struct Unsynced {
+    seq: Seq,
+    inputs: Inputs,
+    frame: Vec<u8>,
+    marks: Marks,
+}
 
 /// Channels and shared state around the batcher.
 pub struct BatcherIo {
@@ -77,14 +177,12 @@ pub struct BatcherIo {
     pub clock_offset_ns: Arc<AtomicI64>,
     /// Flips to true on shutdown: flush, sync, stop.
     pub shutdown: watch::Receiver<bool>,
+    /// Why the spool takes no writes, while it does not (for `/healthz`).
+    pub health: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 fn publish(spool: &Spool, tx: &watch::Sender<SpoolState>) {
-    let s = SpoolState {
-        epoch: spool.epoch(),
-        durable_until: spool.durable_until(),
-        first_unacked: spool.first_unacked(),
-    };
+    let s = initial_state(spool);
     tx.send_if_modified(|old| {
         let changed = *old != s;
         *old = s;
@@ -101,14 +199,7 @@ pub fn initial_state(spool: &Spool) -> SpoolState {
     }
 }
 
-/// Runs `f` off the async worker if the runtime can hand the worker over
-/// (multi-threaded), else inline. For work that fsyncs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
+use crate::blocking::run as blocking;
 
 /// The output of the task in `h`; pending forever if there is none.
 async fn join<T>(h: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
@@ -122,6 +213,16 @@ async fn join<T>(h: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinEr
 /// besides right after each ack.
 const RETRY_FULL: Duration = Duration::from_millis(50);
 
+/// First wait before trying to recover a spool whose writes failed; doubles up
+/// to [`RECOVER_MAX`].
+const RECOVER_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between recovery attempts.
+const RECOVER_MAX: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for a batch that cannot get into the spool (full
+/// under the block policy, or failing) before dropping it, counted.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
 /// The batcher's state, owned by its task.
 struct Batcher {
     spool: Spool,
@@ -134,8 +235,10 @@ struct Batcher {
     blocked_total: ferrule_telemetry::Counter,
     write_errors: ferrule_telemetry::Counter,
     builder: Builder,
-    /// A cut batch waiting for room (block policy).
-    pending: Option<(Inputs, Vec<Series>)>,
+    /// A cut batch waiting for room (block policy) or for the spool to recover.
+    pending: Option<Cut>,
+    /// Appended, not durable yet, oldest first.
+    unsynced: VecDeque<Unsynced>,
     /// When the current window closes: the batch is cut then. Set by the
     /// first sample after a cut, so an idle agent arms no timer.
     cut_at: Option<Instant>,
@@ -143,12 +246,20 @@ struct Batcher {
     sync_at: Option<Instant>,
     /// When `pending` is tried again.
     retry_at: Option<Instant>,
+    /// While the spool is broken: since when, and when to try recovering next.
+    broken_since: Option<Instant>,
+    recover_at: Option<Instant>,
+    recover_wait: Duration,
     /// The fsync running on a blocking thread.
     syncing: Option<JoinHandle<CompletedSync>>,
     /// Another sync was asked for while one ran.
     sync_again: bool,
     /// Chunks still come in.
     open: bool,
+    /// The uplink still reports settles.
+    settles_open: bool,
+    /// When shutdown began (bounds the wait for room).
+    stopping_since: Option<Instant>,
     frame: Vec<u8>,
 }
 
@@ -172,16 +283,26 @@ impl Batcher {
                 }
             }
         }
-        if n == 0 {
-            return;
+        if let Some((d, k)) = &c.durability {
+            if n == 0 && b.samples == 0 && self.pending.is_none() && self.unsynced.is_empty() {
+                // Nothing of this input waits anywhere: durable already.
+                d.mark(*k);
+            } else {
+                add_mark(&mut b.marks, d, *k);
+            }
         }
-        b.samples += n;
-        let per_input = b.inputs.entry(c.input).or_default();
-        *per_input = per_input.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-        let full = b.samples >= self.cfg.max_samples;
-        if self.cut_at.is_none() {
-            self.cut_at = Some(Instant::now() + Duration::from_millis(self.cfg.max_delay_ms));
+        if n > 0 {
+            b.samples += n;
+            let per_input = b.inputs.entry(c.input).or_default();
+            *per_input = per_input.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+            if self.cut_at.is_none() {
+                self.cut_at = Some(Instant::now() + Duration::from_millis(self.cfg.max_delay_ms));
+            }
         }
+        if c.flush && (b.samples > 0 || !b.marks.is_empty()) {
+            self.cut_at = Some(Instant::now());
+        }
+        let full = self.builder.samples >= self.cfg.max_samples;
         if full && self.cut() {
             self.sync_soon();
         }
@@ -195,21 +316,28 @@ impl Batcher {
         }
     }
 
-    /// Cuts the batch and appends it; false if the spool is full (the batch
-    /// waits in `pending`).
+    /// Cuts the batch and appends it; false if it must wait (the batch waits
+    /// in `pending`).
     fn cut(&mut self) -> bool {
         if self.builder.samples == 0 {
+            // Tickets with no samples of their own wait for what is unsynced.
+            let marks = std::mem::take(&mut self.builder.marks);
+            match self.unsynced.back_mut() {
+                Some(u) => u.marks.extend(marks),
+                None => fire(&marks),
+            }
             return true;
         }
         let b = std::mem::take(&mut self.builder);
-        let series: Vec<Series> = b.series.into_values().collect();
-        let inputs: Inputs = b.inputs.into_iter().collect();
-        match self.append(&inputs, series) {
+        let cut = Cut {
+            inputs: b.inputs.into_iter().collect(),
+            series: b.series.into_values().collect(),
+            marks: b.marks,
+        };
+        match self.append(cut) {
             Ok(()) => true,
-            Err(series) => {
-                self.blocked_total.inc();
-                self.pending = Some((inputs, series));
-                self.retry_at = Some(Instant::now() + RETRY_FULL);
+            Err(cut) => {
+                self.pending = Some(cut);
                 false
             }
         }
@@ -226,47 +354,194 @@ impl Batcher {
         self.sync();
     }
 
-    /// Appends a batch; gives the series back if it must wait (spool full or
-    /// a write error).
-    fn append(
-        &mut self,
-        inputs: &[(Arc<str>, u32)],
-        series: Vec<Series>,
-    ) -> Result<(), Vec<Series>> {
+    /// Encodes a batch for the spool's next seq and epoch into `self.frame`.
+    fn encode(&mut self, series: Vec<Series>) -> Result<(), (Vec<Series>, String)> {
         let batch = Message::Batch(Batch {
             epoch: self.spool.epoch(),
             seq: self.spool.next_seq(),
             clock_offset_ns: self.io.clock_offset_ns.load(Ordering::Relaxed),
             series,
         });
-        let give_back = |m: Message| match m {
-            Message::Batch(b) => b.series,
-            _ => Vec::new(),
-        };
         self.frame.clear();
-        if let Err(e) = encode(&batch, &self.limits, &mut self.frame) {
-            // Cannot happen below the batch size limit checked in config; count it.
-            tracing::error!(error = %e, "batch does not encode; dropped");
-            let inputs: Vec<(String, u32)> =
-                inputs.iter().map(|(i, n)| (i.to_string(), *n)).collect();
-            count_dropped(&self.registry, "encode_failed", &inputs);
-            return Ok(());
+        match encode(&batch, &self.limits, &mut self.frame) {
+            Ok(()) => Ok(()),
+            Err(e) => match batch {
+                Message::Batch(b) => Err((b.series, e.to_string())),
+                _ => Err((Vec::new(), e.to_string())),
+            },
         }
+    }
+
+    /// Appends a batch; gives it back if it must wait (spool full, or failing).
+    fn append(&mut self, cut: Cut) -> Result<(), Cut> {
+        if self.spool.broken().is_some() {
+            return Err(cut);
+        }
+        let Cut {
+            inputs,
+            series,
+            marks,
+        } = cut;
+        let series = match self.encode(series) {
+            Ok(()) => Vec::new(),
+            Err((_, e)) => {
+                // Cannot happen below the batch size limit checked in config; count it.
+                tracing::error!(error = %e, "batch does not encode; dropped");
+                let counts: Vec<(String, u32)> =
+                    inputs.iter().map(|(i, n)| (i.to_string(), *n)).collect();
+                count_dropped(&self.registry, "encode_failed", &counts);
+                fire(&marks);
+                return Ok(());
+            }
+        };
         // Under `fsync = "interval"` an append only fills a memory buffer (or
         // writes it to the page cache): inline. Under "always" it fsyncs.
         let (spool, frame) = (&mut self.spool, &self.frame);
         let result = if self.fsync == FsyncMode::Always {
-            blocking(|| spool.append(inputs, frame))
+            blocking(|| spool.append(&inputs, frame))
         } else {
-            spool.append(inputs, frame)
+            spool.append(&inputs, frame)
         };
         match result {
-            Ok(_) => Ok(()),
-            Err(SpoolError::Full) => Err(give_back(batch)),
+            Ok(seq) => {
+                if self.fsync == FsyncMode::Always {
+                    fire(&marks);
+                } else {
+                    self.unsynced.push_back(Unsynced {
+                        seq,
+                        inputs,
+                        frame: self.frame.clone(),
+                        marks,
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The frame can be decoded back: keep the samples for later.
+                let series = match decode(&self.frame, &self.limits) {
+                    Ok(Some((Message::Batch(b), _))) => b.series,
+                    _ => series,
+                };
+                let cut = Cut {
+                    inputs,
+                    series,
+                    marks,
+                };
+                match e {
+                    SpoolError::Full => {
+                        self.blocked_total.inc();
+                        self.retry_at = Some(Instant::now() + RETRY_FULL);
+                    }
+                    e => self.failed(&e),
+                }
+                Err(cut)
+            }
+        }
+    }
+
+    /// A write failed: log it once (not once per attempt), count it, and arm
+    /// the recovery.
+    fn failed(&mut self, e: &SpoolError) {
+        self.write_errors.inc();
+        if self.broken_since.is_none() {
+            tracing::error!(error = %e, "spool writes fail; the agent keeps trying to recover by itself");
+            self.broken_since = Some(Instant::now());
+            self.recover_wait = RECOVER_FIRST;
+            self.recover_at = Some(Instant::now() + RECOVER_FIRST);
+            *self
+                .io
+                .health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(format!("spool writes fail: {e}"));
+        }
+    }
+
+    /// Tries to bring a broken spool back; on success appends again what the
+    /// failure took off the disk, then lets a waiting batch in.
+    fn recover(&mut self) {
+        self.recover_at = None;
+        // A sync in flight holds the old file; let it finish first.
+        if self.syncing.is_some() {
+            self.recover_at = Some(Instant::now() + RECOVER_FIRST);
+            return;
+        }
+        let spool = &mut self.spool;
+        match blocking(|| spool.recover()) {
+            Ok(r) => {
+                let lost: Vec<Unsynced> = {
+                    let keep = self
+                        .unsynced
+                        .iter()
+                        .take_while(|u| u.seq < r.next_seq)
+                        .count();
+                    self.unsynced.drain(keep..).collect()
+                };
+                let since = self.broken_since.take();
+                tracing::info!(
+                    after = ?since.map(|t| t.elapsed()),
+                    epoch = %r.epoch,
+                    rewritten = lost.len(),
+                    "spool writable again"
+                );
+                *self
+                    .io
+                    .health
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                for u in lost {
+                    let series = match decode(&u.frame, &self.limits) {
+                        Ok(Some((Message::Batch(b), _))) => b.series,
+                        _ => Vec::new(),
+                    };
+                    let cut = Cut {
+                        inputs: u.inputs,
+                        series,
+                        marks: u.marks,
+                    };
+                    if let Err(cut) = self.append(cut) {
+                        // Failed again (or full): it waits first in line.
+                        self.requeue(cut);
+                        return;
+                    }
+                }
+                self.sync();
+                if self.pending.is_some() {
+                    self.retry(false);
+                }
+            }
             Err(e) => {
                 self.write_errors.inc();
-                tracing::error!(error = %e, "spool write failed; retrying");
-                Err(give_back(batch))
+                self.recover_wait = (self.recover_wait * 2).min(RECOVER_MAX);
+                self.recover_at = Some(Instant::now() + self.recover_wait);
+                tracing::debug!(error = %e, wait = ?self.recover_wait, "spool still failing");
+            }
+        }
+    }
+
+    /// Puts a batch back in line ahead of the pending one (by merging: the
+    /// pending batch, if any, is appended after it).
+    fn requeue(&mut self, cut: Cut) {
+        match self.pending.take() {
+            None => self.pending = Some(cut),
+            Some(mut later) => {
+                // Merge into one batch: both were cut already, order per sensor is kept.
+                let mut series = cut.series;
+                series.append(&mut later.series);
+                let mut inputs = cut.inputs;
+                for (i, n) in later.inputs {
+                    match inputs.iter_mut().find(|(j, _)| *j == i) {
+                        Some((_, m)) => *m = m.saturating_add(n),
+                        None => inputs.push((i, n)),
+                    }
+                }
+                let mut marks = cut.marks;
+                marks.extend(later.marks);
+                self.pending = Some(Cut {
+                    inputs,
+                    series,
+                    marks,
+                });
             }
         }
     }
@@ -289,10 +564,18 @@ impl Batcher {
             Ok(Some(job)) => {
                 self.syncing = Some(tokio::task::spawn_blocking(move || job.run()));
             }
-            Ok(None) => {}
-            Err(e) => {
-                self.write_errors.inc();
-                tracing::error!(error = %e, "spool fsync failed");
+            Ok(None) => self.durable(),
+            Err(SpoolError::Broken(_)) => {}
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Tells the inputs of every batch now durable.
+    fn durable(&mut self) {
+        let until = self.spool.durable_until();
+        while self.unsynced.front().is_some_and(|u| u.seq < until) {
+            if let Some(u) = self.unsynced.pop_front() {
+                fire(&u.marks);
             }
         }
     }
@@ -300,18 +583,16 @@ impl Batcher {
     /// Takes in a finished fsync.
     fn synced(&mut self, done: Result<CompletedSync, tokio::task::JoinError>) {
         self.syncing = None;
-        let result = match done {
-            Ok(done) => self.spool.finish_sync(done).map(|_| ()),
+        match done {
+            Ok(done) => match self.spool.finish_sync(done) {
+                Ok(_) => self.durable(),
+                Err(e) => self.failed(&e),
+            },
             Err(e) => {
                 // The thread died before or during the fsync: try again.
                 tracing::error!(error = %e, "spool fsync thread failed");
                 self.sync_again = true;
-                Ok(())
             }
-        };
-        if let Err(e) = result {
-            self.write_errors.inc();
-            tracing::error!(error = %e, "spool fsync failed");
         }
         if std::mem::take(&mut self.sync_again) {
             self.sync();
@@ -328,11 +609,11 @@ impl Batcher {
             let done = h.await;
             self.synced(done);
         }
-        if self.fsync == FsyncMode::Interval {
+        if self.fsync == FsyncMode::Interval && self.spool.broken().is_none() {
             let spool = &mut self.spool;
-            if let Err(e) = blocking(|| spool.sync()) {
-                self.write_errors.inc();
-                tracing::error!(error = %e, "final spool fsync failed");
+            match blocking(|| spool.sync()) {
+                Ok(_) => self.durable(),
+                Err(e) => self.failed(&e),
             }
         }
     }
@@ -340,26 +621,22 @@ impl Batcher {
     /// Tries the batch that found the spool full again, first releasing what
     /// was acknowledged; then the rest of a window that closed meanwhile.
     fn retry(&mut self, release: bool) {
-        let Some((inputs, series)) = self.pending.take() else {
-            self.retry_at = None;
+        self.retry_at = None;
+        let Some(cut) = self.pending.take() else {
             return;
         };
         if release {
             let spool = &mut self.spool;
             let _ = blocking(|| spool.release());
         }
-        match self.append(&inputs, series) {
+        match self.append(cut) {
             Ok(()) => {
-                self.retry_at = None;
                 self.sync_soon();
                 if self.cut_at.is_some_and(|at| at <= Instant::now()) {
                     self.close_window();
                 }
             }
-            Err(series) => {
-                self.pending = Some((inputs, series));
-                self.retry_at = Some(Instant::now() + RETRY_FULL);
-            }
+            Err(cut) => self.pending = Some(cut),
         }
     }
 
@@ -375,16 +652,21 @@ impl Batcher {
         if let Err(e) = result {
             tracing::error!(error = %e, "releasing acknowledged batches failed");
         }
-        if self.pending.is_some() {
+        if self.pending.is_some() && self.spool.broken().is_none() {
             self.retry(false);
         }
     }
 
-    /// The next timer to wake for: the window's close, a sync, a retry.
+    /// The next timer to wake for: the window's close, a sync, a retry, a
+    /// recovery, the end of the shutdown wait.
     fn next_wake(&self) -> Option<Instant> {
         // While a batch waits for room, the window cannot close anyway.
         let cut = self.cut_at.filter(|_| self.pending.is_none());
-        [cut, self.sync_at, self.retry_at]
+        let give_up = self
+            .stopping_since
+            .filter(|_| self.pending.is_some())
+            .map(|t| t + SHUTDOWN_WAIT);
+        [cut, self.sync_at, self.retry_at, self.recover_at, give_up]
             .into_iter()
             .flatten()
             .min()
@@ -392,6 +674,9 @@ impl Batcher {
 
     /// Does whatever is due at `now`.
     fn wake(&mut self, now: Instant) {
+        if self.recover_at.is_some_and(|at| at <= now) {
+            self.recover();
+        }
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry(true);
         }
@@ -401,6 +686,42 @@ impl Batcher {
         if self.sync_at.is_some_and(|at| at <= now) {
             self.sync();
         }
+        if self
+            .stopping_since
+            .is_some_and(|t| now >= t + SHUTDOWN_WAIT)
+        {
+            self.give_up();
+        }
+    }
+
+    /// Shutdown could not wait longer: what is not in the spool is dropped,
+    /// counted per input (an MQTT input's broker keeps those messages: their
+    /// tickets never fire).
+    fn give_up(&mut self) {
+        let mut dropped: Vec<Cut> = self.pending.take().into_iter().collect();
+        if self.builder.samples > 0 {
+            let b = std::mem::take(&mut self.builder);
+            dropped.push(Cut {
+                inputs: b.inputs.into_iter().collect(),
+                series: Vec::new(),
+                marks: Vec::new(),
+            });
+        }
+        for cut in dropped {
+            let counts: Vec<(String, u32)> = cut
+                .inputs
+                .iter()
+                .map(|(i, n)| (i.to_string(), *n))
+                .collect();
+            let samples: u64 = counts.iter().map(|(_, n)| u64::from(*n)).sum();
+            count_dropped(&self.registry, "shutdown_spool_unavailable", &counts);
+            tracing::warn!(
+                samples,
+                "stopping: the spool took no more; samples dropped and counted"
+            );
+        }
+        self.retry_at = None;
+        self.recover_at = None;
     }
 
     fn publish(&self) {
@@ -436,7 +757,7 @@ pub async fn run(
     );
     let write_errors = registry.counter(
         "ferrule_agent_spool_write_errors_total",
-        "Spool writes that failed",
+        "Spool writes, fsyncs and recovery attempts that failed",
         &[],
     );
     let mut b = Batcher {
@@ -451,12 +772,18 @@ pub async fn run(
         write_errors,
         builder: Builder::default(),
         pending: None,
+        unsynced: VecDeque::new(),
         cut_at: None,
         sync_at: None,
         retry_at: None,
+        broken_since: None,
+        recover_at: None,
+        recover_wait: RECOVER_FIRST,
         syncing: None,
         sync_again: false,
         open: true,
+        settles_open: true,
+        stopping_since: None,
         frame: Vec::new(),
     };
     loop {
@@ -466,13 +793,17 @@ pub async fn run(
                 Some(c) => b.take(c),
                 None => {
                     b.open = false;
+                    b.stopping_since.get_or_insert_with(Instant::now);
                     b.cut_at = Some(Instant::now());
                 }
             },
-            settle = b.io.settles.recv() => {
-                if let Some(Settle::Done(seqs)) = settle {
-                    b.settle(&seqs);
+            settle = b.io.settles.recv(), if b.settles_open => match settle {
+                Some(Settle::Done(seqs)) => b.settle(&seqs),
+                Some(Settle::Rescan) => {
+                    tracing::warn!("a spool record read back corrupt; rescanning the spool");
+                    b.recover();
                 }
+                None => b.settles_open = false,
             },
             _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                 b.wake(Instant::now());
@@ -481,6 +812,7 @@ pub async fn run(
             _ = b.io.shutdown.changed(), if b.open => {
                 if *b.io.shutdown.borrow() {
                     b.open = false;
+                    b.stopping_since.get_or_insert_with(Instant::now);
                     b.io.chunks.close();
                     b.cut_at = Some(Instant::now());
                 }
@@ -492,10 +824,12 @@ pub async fn run(
             b.sync_now().await;
             b.publish();
             // Keep settling acks while the uplink drains, until it lets go.
-            while let Some(Settle::Done(seqs)) = b.io.settles.recv().await {
-                let spool = &mut b.spool;
-                let _ = blocking(|| spool.settle(&seqs));
-                b.publish();
+            while let Some(settle) = b.io.settles.recv().await {
+                if let Settle::Done(seqs) = settle {
+                    let spool = &mut b.spool;
+                    let _ = blocking(|| spool.settle(&seqs));
+                    b.publish();
+                }
             }
             let spool = &mut b.spool;
             if let Err(e) = blocking(|| spool.release()) {
@@ -551,6 +885,7 @@ mod tests {
                 state: state_tx,
                 clock_offset_ns: Arc::new(AtomicI64::new(0)),
                 shutdown: stop_rx,
+                health: Arc::default(),
             },
             BatchSection {
                 max_samples,
@@ -576,10 +911,7 @@ mod tests {
         for i in 0..samples {
             s.push(i as i64 * 1_000_000, i as f64, Quality::Good);
         }
-        Chunk {
-            input: Arc::from(input),
-            series: vec![s],
-        }
+        Chunk::new(Arc::from(input), vec![s])
     }
 
     /// Waits until the spool is durable below `seq`; the elapsed time.

@@ -64,13 +64,24 @@ pub struct UplinkSection {
     /// Give up a connection attempt after this many seconds. Default 5.
     #[serde(default = "d_connect_timeout")]
     pub connect_timeout_secs: u64,
-    /// Heartbeat (and clock sample) interval, milliseconds. Default 2000.
+    /// Heartbeat (and clock sample) interval, milliseconds, until the aggregator
+    /// announces its own (it does in every Welcome). Default 1000.
     #[serde(default = "d_heartbeat")]
     pub heartbeat_interval_ms: u64,
+    /// The aggregator is taken for dead after this many seconds without a
+    /// message from it (it answers every heartbeat), and the agent fails over.
+    /// At least three heartbeat intervals. Default 5.
+    #[serde(default = "d_peer_timeout")]
+    pub peer_timeout_secs: u64,
+    /// A session is taken for stuck, closed and opened again (maybe elsewhere),
+    /// after this many seconds with batches in flight or waiting for credit and
+    /// neither an ack nor credit arriving. Default 60.
+    #[serde(default = "d_stall_timeout")]
+    pub stall_timeout_secs: u64,
     /// First reconnect delay, milliseconds; doubles up to the maximum, with jitter. Default 200.
     #[serde(default = "d_backoff_initial")]
     pub backoff_initial_ms: u64,
-    /// Longest reconnect delay, milliseconds. Default 30000.
+    /// Longest reconnect delay, milliseconds. Default 5000.
     #[serde(default = "d_backoff_max")]
     pub backoff_max_ms: u64,
 }
@@ -79,13 +90,19 @@ fn d_connect_timeout() -> u64 {
     5
 }
 fn d_heartbeat() -> u64 {
-    2000
+    1000
+}
+fn d_peer_timeout() -> u64 {
+    5
+}
+fn d_stall_timeout() -> u64 {
+    60
 }
 fn d_backoff_initial() -> u64 {
     200
 }
 fn d_backoff_max() -> u64 {
-    30_000
+    5_000
 }
 
 /// `[tls]`
@@ -250,6 +267,20 @@ impl Validate for Config {
                     format!("{e:?} is not host:port"),
                 ));
             }
+        }
+        if self.uplink.peer_timeout_secs.saturating_mul(1000)
+            < self.uplink.heartbeat_interval_ms.saturating_mul(3)
+        {
+            bad.push(Invalid::new(
+                "uplink.peer_timeout_secs",
+                "must be at least three heartbeat intervals (uplink.heartbeat_interval_ms)",
+            ));
+        }
+        if self.uplink.stall_timeout_secs == 0 {
+            bad.push(Invalid::new(
+                "uplink.stall_timeout_secs",
+                "must be at least 1",
+            ));
         }
         if self.spool.max_bytes < 4 * self.spool.segment_bytes {
             bad.push(Invalid::new(

@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod batcher;
+pub mod blocking;
 pub mod catalog;
 pub mod config;
 pub mod inputs;
@@ -59,15 +60,23 @@ pub async fn run(
     let (state_tx, state_rx) = watch::channel(batcher::initial_state(&spool));
     let clock_offset = Arc::new(AtomicI64::new(0));
 
+    let spool_health: Arc<Mutex<Option<String>>> = Arc::default();
     if let Some(addr) = cfg.metrics.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics listener {addr}"))?;
         let mut stop = stop_rx.clone();
+        let health = spool_health.clone();
         tokio::spawn(ferrule_telemetry::serve(
             listener,
             registry.clone(),
-            || Ok(()),
+            move || match &*health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                Some(why) => Err(why.clone()),
+                None => Ok(()),
+            },
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
@@ -82,6 +91,7 @@ pub async fn run(
             state: state_tx,
             clock_offset_ns: clock_offset.clone(),
             shutdown: stop_rx.clone(),
+            health: spool_health,
         },
         cfg.batch.clone(),
         cfg.spool.fsync,

@@ -2,12 +2,25 @@
 //! acknowledges it.
 //!
 //! One record per batch in a `ferrule-disklog` log, so a batch's sequence number
-//! is its offset + 1 and numbering survives restarts; the epoch is saved beside
-//! the log and changes only when the log starts empty. A batch is sent only once
-//! durable (fsynced), so a sequence number the aggregator saw is never reused for
-//! different data after a crash. Acknowledged batches are released as a prefix;
-//! when the byte cap is reached the policy either blocks the inputs or drops the
-//! oldest segment, counted per input.
+//! is its offset + 1 and numbering survives restarts. A batch is sent only once
+//! durable (fsynced). Acknowledged batches are released as a prefix; when the byte
+//! cap is reached the policy either blocks the inputs or drops the oldest segment,
+//! counted per input.
+//!
+//! Epochs: every record carries the epoch it was written in (and its frame says
+//! it too), so a spool may hold several and the uplink sends each batch under its
+//! own. The spool moves to a new epoch whenever a sequence number could otherwise
+//! be reused for different data: a fresh log, a tail cut by recovery (its records
+//! may have been sent already: media damage cuts synced data too), a lost or
+//! unreadable epoch file. A new epoch is always above every epoch the spool
+//! holds or the epoch file names, with random low bits, so a clock that jumps
+//! back cannot repeat one.
+//!
+//! Self-healing: records lost to damage are counted and settled (or the spool
+//! would wait for their acknowledgement for ever); a write or fsync that fails
+//! (a full disk, an I/O error) marks the spool broken, and [`Spool::recover`]
+//! (released space first, then a rescan of the disk) brings it back without a
+//! restart. The log's directory lock keeps a second agent out of the directory.
 
 use crate::config::{FsyncMode, FullPolicy, SpoolSection};
 use ferrule_disklog::{CompletedSync, FsyncPolicy, Log, LogReader, Offset, Options, PendingSync};
@@ -43,15 +56,36 @@ struct RecordHead {
 /// First byte of a record with a [`RecordHead`].
 const HEAD_V2: u8 = 0;
 
-/// The per-input sample counts and the frame of a spool record.
-fn parse_record(payload: &[u8]) -> Result<(InputCounts, &[u8]), postcard::Error> {
+/// What precedes the batch frame in a spool record, after the byte
+/// [`HEAD_V3`]: the epoch the batch was written in, and its samples per input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RecordHeadV3 {
+    epoch: u64,
+    inputs: Vec<(String, u32)>,
+}
+
+/// First byte of a record with a [`RecordHeadV3`]. A [`RecordHeadV1`] starts
+/// with its input name's length, which is never 255 for a valid input name.
+const HEAD_V3: u8 = 0xFF;
+
+/// The epoch (when the record names it), the per-input sample counts and the
+/// frame of a spool record.
+fn parse_record(payload: &[u8]) -> Result<(Option<Epoch>, InputCounts, &[u8]), postcard::Error> {
     match payload.split_first() {
+        Some((&HEAD_V3, rest)) => postcard::take_from_bytes::<RecordHeadV3>(rest)
+            .map(|(h, frame)| (Some(Epoch(h.epoch)), h.inputs, frame)),
         Some((&HEAD_V2, rest)) => {
-            postcard::take_from_bytes::<RecordHead>(rest).map(|(h, frame)| (h.inputs, frame))
+            postcard::take_from_bytes::<RecordHead>(rest).map(|(h, frame)| (None, h.inputs, frame))
         }
         _ => postcard::take_from_bytes::<RecordHeadV1>(payload)
-            .map(|(h, frame)| (vec![(h.input, h.samples)], frame)),
+            .map(|(h, frame)| (None, vec![(h.input, h.samples)], frame)),
     }
+}
+
+/// A record's epoch: from its head, or (records of older agents) from its frame.
+fn record_epoch(payload: &[u8]) -> Option<Epoch> {
+    let (epoch, _, frame) = parse_record(payload).ok()?;
+    epoch.or_else(|| ferrule_wire::peek_batch(frame).ok().map(|(e, _)| e))
 }
 
 /// Samples per input in one batch: the spool records it, the uplink counts
@@ -61,18 +95,29 @@ pub type InputCounts = Vec<(String, u32)>;
 /// A batch read back from the spool.
 #[derive(Debug, Clone)]
 pub struct Spooled {
+    /// Its epoch, as its frame says (a spool may hold batches of several).
+    pub epoch: Epoch,
     /// Its sequence number.
     pub seq: Seq,
     /// The inputs whose samples it holds, with how many each.
     pub inputs: InputCounts,
     /// The encoded Batch frame, ready to write to a lane.
     pub frame: Vec<u8>,
+    /// The record passed its checksums but does not parse: count it as dropped
+    /// and settle it; never send it.
+    pub unreadable: bool,
 }
 
 impl Spooled {
     /// Samples in the batch.
     pub fn samples(&self) -> u64 {
         self.inputs.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    /// What the batch costs of the session's credit: the batcher records every
+    /// sample it puts in a batch per input, so this is the aggregator's count too.
+    pub fn cost(&self) -> u64 {
+        ferrule_wire::batch_cost(self.frame.len() as u64, self.samples())
     }
 }
 
@@ -100,28 +145,48 @@ pub fn count_dropped(registry: &Registry, reason: &str, inputs: &[(String, u32)]
 
 /// Why an append did not happen.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpoolError {
     /// The spool is at its cap and the policy is to block.
     #[error("spool full")]
     Full,
-    /// The disk failed.
+    /// An earlier write failed and [`Spool::recover`] has not succeeded since.
+    #[error("spool unusable until it recovers: {0}")]
+    Broken(String),
+    /// The disk failed (the spool is broken from now on).
     #[error(transparent)]
     Log(#[from] ferrule_disklog::Error),
+}
+
+/// What [`Spool::recover`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// The sequence number the next append gets: batches appended at or after it
+    /// and not durable before the failure are gone from the disk.
+    pub next_seq: Seq,
+    /// The epoch from now on (new if the tail was cut).
+    pub epoch: Epoch,
 }
 
 struct Counters {
     spooled_batches: Counter,
     spooled_samples: Counter,
     acked_batches: Counter,
+    corrupt_records: Counter,
+    recoveries: Counter,
     bytes: Gauge,
     unacked: Gauge,
+    writable: Gauge,
     registry: Registry,
 }
 
 /// The writing side, owned by one task.
 pub struct Spool {
     log: Log,
+    dir: std::path::PathBuf,
     epoch: Epoch,
+    /// Why writes fail, while they do.
+    broken: Option<String>,
     max_bytes: u64,
     segment_bytes: u64,
     policy: FullPolicy,
@@ -146,7 +211,8 @@ fn seq_of(o: Offset) -> Seq {
 }
 
 impl Spool {
-    /// Opens (recovering) the spool in `cfg.dir`.
+    /// Opens (recovering) the spool in `cfg.dir`. Fails if another process holds
+    /// the directory.
     pub fn open(cfg: &SpoolSection, registry: &Registry) -> anyhow::Result<(Spool, SpoolReader)> {
         std::fs::create_dir_all(&cfg.dir)?;
         let mut opts = Options::default();
@@ -156,22 +222,6 @@ impl Spool {
             FsyncMode::Interval => FsyncPolicy::Batch,
         };
         let (log, recovery) = Log::open(cfg.dir.join("log"), opts)?;
-        if !recovery.is_clean() {
-            tracing::warn!(
-                ?recovery,
-                "spool recovered from damage (torn tail cut, corrupt records skipped and counted)"
-            );
-        }
-        registry
-            .counter(
-                "ferrule_agent_spool_corrupt_records_total",
-                "Spool records found corrupt at start and skipped",
-                &[],
-            )
-            .add(recovery.corrupt_records);
-        let fresh = log.next_offset().0 == 0 && log.first_offset().0 == 0;
-        let epoch = load_or_create_epoch(&cfg.dir, fresh)?;
-        let first = log.first_offset().0;
         let c = Counters {
             spooled_batches: registry.counter(
                 "ferrule_agent_spooled_batches_total",
@@ -188,19 +238,37 @@ impl Spool {
                 "Batches acknowledged by an aggregator",
                 &[],
             ),
+            corrupt_records: registry.counter(
+                "ferrule_agent_spool_corrupt_records_total",
+                "Spool records found corrupt (at start or on a rescan) and skipped; each also counts as a dropped batch",
+                &[],
+            ),
+            recoveries: registry.counter(
+                "ferrule_agent_spool_recoveries_total",
+                "Times the spool recovered by itself after writes failed",
+                &[],
+            ),
             bytes: registry.gauge("ferrule_agent_spool_bytes", "Bytes in the spool", &[]),
             unacked: registry.gauge(
                 "ferrule_agent_spool_unacked_batches",
                 "Batches in the spool not yet acknowledged",
                 &[],
             ),
+            writable: registry.gauge(
+                "ferrule_agent_spool_writable",
+                "1 while the spool takes writes, 0 while it recovers from a failed write",
+                &[],
+            ),
             registry: registry.clone(),
         };
+        let first = log.first_offset().0;
         let reader = SpoolReader {
             reader: log.reader(),
         };
-        let spool = Spool {
-            epoch,
+        let mut spool = Spool {
+            epoch: Epoch(0),
+            dir: cfg.dir.clone(),
+            broken: None,
             max_bytes: cfg.max_bytes,
             segment_bytes: cfg.segment_bytes,
             policy: cfg.full_policy,
@@ -211,9 +279,119 @@ impl Spool {
             log,
             c,
         };
-        tracing::info!(%epoch, first_unacked = %spool.first_unacked(), next = %spool.next_seq(), "spool open");
+        let fresh = spool.log.next_offset().0 == 0 && first == 0;
+        spool.after_recovery(&recovery, fresh, true)?;
+        tracing::info!(epoch = %spool.epoch, first_unacked = %spool.first_unacked(), next = %spool.next_seq(), "spool open");
+        spool.c.writable.set(1);
         spool.update_gauges();
         Ok((spool, reader))
+    }
+
+    /// What every recovery (at open, or by [`Spool::recover`]) is followed by:
+    /// counting and settling what damage took, and choosing the epoch.
+    fn after_recovery(
+        &mut self,
+        recovery: &ferrule_disklog::Recovery,
+        fresh: bool,
+        at_open: bool,
+    ) -> anyhow::Result<()> {
+        if !recovery.is_clean() {
+            tracing::warn!(
+                ?recovery,
+                "spool recovered from damage (torn tail cut, corrupt records skipped and counted)"
+            );
+        }
+        // Offsets lost to damage will never be acknowledged: settle them, counted.
+        for r in self.log.missing() {
+            let (a, b) = (r.start.0, r.end.0);
+            if b <= a {
+                continue;
+            }
+            let newly = self.settled.insert_range(Seq(a + 1), Seq(b));
+            self.c.corrupt_records.add(newly);
+            for _ in 0..newly {
+                count_dropped(&self.c.registry, "spool_corrupt", &[("unknown".into(), 0)]);
+            }
+        }
+        let saved = read_epoch_file(&self.dir);
+        let last = self.last_epoch_in_log();
+        let choice = choose_epoch(
+            if at_open {
+                saved
+            } else {
+                Ok(Some(self.epoch.0))
+            },
+            fresh,
+            recovery.truncated_tail_bytes > 0,
+            last,
+            now_ns(),
+            random_u64(),
+        );
+        if let Some(why) = choice.why_new {
+            if !fresh {
+                tracing::warn!(epoch = %choice.epoch, reason = why, "spool starts a new epoch so no sequence number is reused; batches already spooled keep theirs");
+            }
+            write_epoch_file(&self.dir, choice.epoch)?;
+        }
+        self.epoch = choice.epoch;
+        Ok(())
+    }
+
+    /// The epoch of the newest record, if it can be read.
+    fn last_epoch_in_log(&self) -> Option<Epoch> {
+        let next = self.log.next_offset().0;
+        let first = self.log.first_offset().0;
+        if next == 0 || next <= first {
+            return None;
+        }
+        let recs = self
+            .log
+            .read_records(Offset(next - 1), 1, usize::MAX)
+            .ok()?;
+        recs.first().and_then(|r| record_epoch(&r.payload))
+    }
+
+    /// True while writes fail and [`Spool::recover`] has not succeeded since.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Brings a broken spool back: releases what was acknowledged (freeing space
+    /// on a full disk), drops the oldest segment if the disk is full and the
+    /// policy allows, then rescans the disk. Records appended but not durable
+    /// before the failure may be gone ([`Recovered::next_seq`] says from where);
+    /// the caller appends them again.
+    pub fn recover(&mut self) -> Result<Recovered, SpoolError> {
+        let _ = self.release();
+        let full = self
+            .broken
+            .as_deref()
+            .is_some_and(|b| b.contains("No space left") || b.contains("quota"));
+        if full && self.policy == FullPolicy::DropOldest {
+            // Only if releasing freed nothing that a rescan could use; cheap to try.
+            let _ = self.drop_oldest();
+        }
+        let recovery = self.log.reopen()?;
+        self.after_recovery(&recovery, false, false)
+            .map_err(|e| SpoolError::Broken(format!("{e:#}")))?;
+        if self.broken.take().is_some() {
+            self.c.recoveries.inc();
+        }
+        self.c.writable.set(1);
+        self.update_gauges();
+        Ok(Recovered {
+            next_seq: self.next_seq(),
+            epoch: self.epoch,
+        })
+    }
+
+    /// Records a failed write: the spool is broken until [`Spool::recover`].
+    fn fail(&mut self, e: ferrule_disklog::Error) -> SpoolError {
+        if self.broken.is_none() {
+            self.broken = Some(e.to_string());
+            self.c.writable.set(0);
+        }
+        SpoolError::Log(e)
     }
 
     /// The epoch batches are numbered in.
@@ -253,6 +431,9 @@ impl Spool {
         inputs: &[(S, u32)],
         frame: &[u8],
     ) -> Result<Seq, SpoolError> {
+        if let Some(cause) = &self.broken {
+            return Err(SpoolError::Broken(cause.clone()));
+        }
         while self.is_full() {
             match self.policy {
                 FullPolicy::Block => return Err(SpoolError::Full),
@@ -263,7 +444,8 @@ impl Spool {
                 }
             }
         }
-        let head = RecordHead {
+        let head = RecordHeadV3 {
+            epoch: self.epoch.0,
             inputs: inputs
                 .iter()
                 .map(|(i, n)| (i.as_ref().to_string(), *n))
@@ -271,13 +453,23 @@ impl Spool {
         };
         let samples: u64 = inputs.iter().map(|(_, n)| u64::from(*n)).sum();
         let mut payload = Vec::with_capacity(frame.len() + 64);
-        payload.push(HEAD_V2);
+        payload.push(HEAD_V3);
         // Postcard of strings and integers into a Vec cannot fail.
         if let Ok(head) = postcard::to_stdvec(&head) {
             payload.extend_from_slice(&head);
         }
         payload.extend_from_slice(frame);
-        let off = self.log.append(&payload)?;
+        let off = match self.log.append(&payload) {
+            Ok(o) => o,
+            Err(ferrule_disklog::Error::RecordTooLarge { len, max }) => {
+                // Not a disk failure: the log goes on. Cannot happen below the batch limits.
+                return Err(SpoolError::Log(ferrule_disklog::Error::RecordTooLarge {
+                    len,
+                    max,
+                }));
+            }
+            Err(e) => return Err(self.fail(e)),
+        };
         self.c.spooled_batches.inc();
         self.c.spooled_samples.add(samples);
         self.update_gauges();
@@ -286,8 +478,13 @@ impl Spool {
 
     /// Makes every append so far durable; returns the new `durable_until`.
     pub fn sync(&mut self) -> Result<Seq, SpoolError> {
+        if let Some(cause) = &self.broken {
+            return Err(SpoolError::Broken(cause.clone()));
+        }
         if self.fsync == FsyncMode::Interval && self.log.durable_offset() < self.log.next_offset() {
-            self.log.sync()?;
+            if let Err(e) = self.log.sync() {
+                return Err(self.fail(e));
+            }
         }
         Ok(self.durable_until())
     }
@@ -295,16 +492,21 @@ impl Spool {
     /// Starts a group commit whose fsync runs elsewhere (see
     /// [`ferrule_disklog::Log::begin_sync`]): `None` if nothing needs it.
     pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, SpoolError> {
+        if let Some(cause) = &self.broken {
+            return Err(SpoolError::Broken(cause.clone()));
+        }
         if self.fsync != FsyncMode::Interval || self.log.durable_offset() >= self.log.next_offset()
         {
             return Ok(None);
         }
-        Ok(self.log.begin_sync()?)
+        self.log.begin_sync().map_err(|e| self.fail(e))
     }
 
     /// Completes a [`Spool::begin_sync`]; returns the new `durable_until`.
     pub fn finish_sync(&mut self, done: CompletedSync) -> Result<Seq, SpoolError> {
-        self.log.finish_sync(done)?;
+        if let Err(e) = self.log.finish_sync(done) {
+            return Err(self.fail(e));
+        }
         Ok(self.durable_until())
     }
 
@@ -326,7 +528,7 @@ impl Spool {
                 continue;
             }
             let inputs = match parse_record(&r.payload) {
-                Ok((inputs, _)) => inputs,
+                Ok((_, inputs, _)) => inputs,
                 Err(_) => vec![("unknown".to_string(), 0)],
             };
             count_dropped(&self.c.registry, "spool_full", &inputs);
@@ -402,45 +604,131 @@ impl SpoolReader {
             if r.offset >= self.reader.durable_offset() {
                 break;
             }
-            match parse_record(&r.payload) {
-                Ok((inputs, frame)) => out.push(Spooled {
+            let parsed = parse_record(&r.payload)
+                .ok()
+                .and_then(|(epoch, inputs, frame)| {
+                    let epoch =
+                        epoch.or_else(|| ferrule_wire::peek_batch(frame).ok().map(|(e, _)| e))?;
+                    Some((epoch, inputs, frame))
+                });
+            match parsed {
+                Some((epoch, inputs, frame)) => out.push(Spooled {
+                    epoch,
                     seq: seq_of(r.offset),
                     inputs,
                     frame: frame.to_vec(),
+                    unreadable: false,
                 }),
-                // CRC-checked records that do not parse would be a bug of ours;
-                // skip rather than send garbage.
-                Err(e) => {
-                    tracing::error!(offset = r.offset.0, error = %e, "unparseable spool record skipped")
-                }
+                // A CRC-checked record that does not parse would be a bug of ours:
+                // never send garbage; the uplink counts it as dropped and settles it
+                // (or the spool would wait for its acknowledgement for ever).
+                None => out.push(Spooled {
+                    epoch: Epoch(0),
+                    seq: seq_of(r.offset),
+                    inputs: vec![("unknown".into(), 0)],
+                    frame: Vec::new(),
+                    unreadable: true,
+                }),
             }
         }
         Ok(out)
     }
 }
 
-/// Reads the epoch saved beside the log, or creates one when the log is fresh
-/// (a fresh log restarts numbering at 1, which needs a new epoch).
-fn load_or_create_epoch(dir: &Path, fresh: bool) -> anyhow::Result<Epoch> {
-    let path = dir.join("epoch");
-    if !fresh {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(e) = text.trim().parse::<u64>() {
-                return Ok(Epoch(e));
-            }
-            tracing::warn!(path = %path.display(), "epoch file unreadable; starting a new epoch");
-        }
+/// The epoch file, if it is there and says a number; `Err` if it is there but
+/// unreadable.
+fn read_epoch_file(dir: &Path) -> Result<Option<u64>, ()> {
+    match std::fs::read_to_string(dir.join("epoch")) {
+        Ok(text) => text.trim().parse::<u64>().map(Some).map_err(|_| ()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(_) => Err(()),
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+}
+
+/// Saves the epoch beside the log, durably (temp file, fsync, rename, fsync dir).
+fn write_epoch_file(dir: &Path, epoch: Epoch) -> anyhow::Result<()> {
+    let path = dir.join("epoch");
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{now}")?;
+    writeln!(f, "{}", epoch.0)?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
-    Ok(Epoch(now))
+    Ok(())
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Bits of the OS's randomness (through `RandomState`'s seed).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns());
+    h.finish()
+}
+
+/// The epoch a spool writes in, and why it is new (if it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochChoice {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// Why a new one was started, if one was.
+    pub why_new: Option<&'static str>,
+}
+
+/// Low bits of a new epoch that come from randomness, not the clock.
+const RANDOM_EPOCH_BITS: u32 = 20;
+
+/// Decides the epoch after a recovery. Pure: the caller reads the epoch file
+/// (`saved`: `Ok(None)` missing, `Err` unreadable), the newest epoch in the log,
+/// the clock and some randomness.
+///
+/// The saved epoch is kept unless a sequence number could be reused under it: a
+/// fresh log numbers from 1 again, a cut tail numbers again from where it was
+/// cut, and without a readable epoch file the current epoch is unknown. A new
+/// epoch is the clock's time with random low bits, raised above the saved epoch
+/// and the newest one in the log, so neither a clock that jumps back nor a box
+/// that boots with the same time every time can repeat one.
+pub fn choose_epoch(
+    saved: Result<Option<u64>, ()>,
+    fresh: bool,
+    tail_cut: bool,
+    last_in_log: Option<Epoch>,
+    now_ns: u64,
+    random: u64,
+) -> EpochChoice {
+    let why_new = if fresh {
+        Some("fresh spool")
+    } else if tail_cut {
+        Some("the spool's tail was cut by recovery")
+    } else {
+        match saved {
+            Ok(Some(_)) => None,
+            Ok(None) => Some("the epoch file is missing"),
+            Err(()) => Some("the epoch file is unreadable"),
+        }
+    };
+    if let (None, Ok(Some(e))) = (why_new, saved) {
+        return EpochChoice {
+            epoch: Epoch(e),
+            why_new: None,
+        };
+    }
+    let mask = (1u64 << RANDOM_EPOCH_BITS) - 1;
+    let candidate = ((now_ns & !mask) | (random & mask)).max(1);
+    let floor = [saved.ok().flatten(), last_in_log.map(|e| e.0)]
+        .into_iter()
+        .flatten()
+        .max()
+        .map_or(0, |e| e.saturating_add(1));
+    EpochChoice {
+        epoch: Epoch(candidate.max(floor)),
+        why_new,
+    }
 }
 
 #[cfg(test)]
@@ -457,39 +745,232 @@ mod tests {
         }
     }
 
+    fn frame(epoch: u64, seq: u64, samples: usize) -> Vec<u8> {
+        let mut series = ferrule_wire::Series::new(ferrule_wire::SensorId(0));
+        for i in 0..samples {
+            series.push(i as i64, 1.0, ferrule_wire::Quality::Good);
+        }
+        let mut out = Vec::new();
+        ferrule_wire::encode(
+            &ferrule_wire::Message::Batch(ferrule_wire::Batch {
+                epoch: Epoch(epoch),
+                seq: Seq(seq),
+                clock_offset_ns: 0,
+                series: vec![series],
+            }),
+            &ferrule_wire::Limits::default(),
+            &mut out,
+        )
+        .unwrap();
+        out
+    }
+
     #[test]
-    fn records_spooled_by_an_older_agent_are_still_sent() {
+    fn records_spooled_by_older_agents_are_still_sent_under_their_epoch() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("epoch"), "5\n").unwrap();
+        let (f1, f2) = (frame(5, 1, 7), frame(5, 2, 3));
         {
-            // What an agent before multi-input batches wrote: postcard of the
-            // input name and its sample count, then the frame.
             let (mut log, _) = Log::open(dir.path().join("log"), Options::default()).unwrap();
+            // Before multi-input batches: postcard of the input name and its
+            // sample count, then the frame.
             let mut payload = vec![3, b'o', b'l', b'd', 7];
-            payload.extend_from_slice(b"frame-1");
+            payload.extend_from_slice(&f1);
+            log.append(&payload).unwrap();
+            // Before records named their epoch: 0, postcard of the inputs, frame.
+            let mut payload = vec![HEAD_V2];
+            payload.extend(
+                postcard::to_stdvec(&RecordHead {
+                    inputs: vec![("mid".into(), 3)],
+                })
+                .unwrap(),
+            );
+            payload.extend_from_slice(&f2);
+            log.append(&payload).unwrap();
+            // A record that passes its checksums but holds no batch.
+            let mut payload = vec![HEAD_V2];
+            payload.extend(
+                postcard::to_stdvec(&RecordHead {
+                    inputs: vec![("bad".into(), 1)],
+                })
+                .unwrap(),
+            );
+            payload.extend_from_slice(b"not a frame");
             log.append(&payload).unwrap();
             log.sync().unwrap();
         }
         let reg = Registry::new();
         let (mut spool, reader) = Spool::open(&cfg(dir.path()), &reg).unwrap();
-        spool
-            .append(&[("modbus", 2), ("mqtt", 5)], b"frame-2")
-            .unwrap();
+        assert_eq!(spool.epoch(), Epoch(5), "a clean spool keeps its epoch");
+        let f4 = frame(5, 4, 2);
+        spool.append(&[("modbus", 2)], &f4).unwrap();
         spool.sync().unwrap();
         let got = reader.read(Seq(1), 10).unwrap();
-        let got: Vec<(u64, InputCounts, &[u8])> = got
+        let got: Vec<(u64, u64, InputCounts, bool)> = got
             .iter()
-            .map(|b| (b.seq.0, b.inputs.clone(), b.frame.as_slice()))
+            .map(|b| (b.epoch.0, b.seq.0, b.inputs.clone(), b.unreadable))
             .collect();
         assert_eq!(
             got,
             vec![
-                (1, vec![("old".to_string(), 7)], &b"frame-1"[..]),
-                (
-                    2,
-                    vec![("modbus".to_string(), 2), ("mqtt".to_string(), 5)],
-                    &b"frame-2"[..]
-                ),
+                (5, 1, vec![("old".to_string(), 7)], false),
+                (5, 2, vec![("mid".to_string(), 3)], false),
+                (0, 3, vec![("unknown".to_string(), 0)], true),
+                (5, 4, vec![("modbus".to_string(), 2)], false),
             ]
         );
+    }
+
+    #[test]
+    fn a_second_agent_cannot_open_the_same_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new();
+        let (_spool, _reader) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        let err = Spool::open(&cfg(dir.path()), &reg).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("in use by another process"),
+            "{err:#}"
+        );
+    }
+
+    /// Appends `n` real batches and syncs; their seqs.
+    fn fill(spool: &mut Spool, n: u64) -> Vec<Seq> {
+        (0..n)
+            .map(|_| {
+                let f = frame(spool.epoch().0, spool.next_seq().0, 5);
+                let seq = spool.append(&[("in", 5)], &f).unwrap();
+                spool.sync().unwrap();
+                seq
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_epoch_file_starts_a_higher_epoch_and_keeps_the_old_batches_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new();
+        let old = {
+            let (mut spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+            fill(&mut spool, 3);
+            spool.epoch()
+        };
+        std::fs::remove_file(dir.path().join("epoch")).unwrap();
+        let (mut spool, reader) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        assert!(spool.epoch() > old, "{} after {old}", spool.epoch());
+        fill(&mut spool, 1);
+        let got: Vec<(Epoch, Seq)> = reader
+            .read(Seq(1), 10)
+            .unwrap()
+            .iter()
+            .map(|b| (b.epoch, b.seq))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (old, Seq(1)),
+                (old, Seq(2)),
+                (old, Seq(3)),
+                (spool.epoch(), Seq(4))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cut_tail_moves_to_a_new_epoch_so_no_seq_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new();
+        let old = {
+            let (mut spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+            fill(&mut spool, 3);
+            spool.epoch()
+        };
+        // Media damage cuts the last record, acknowledged or not.
+        let seg = std::fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let (mut spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        assert_eq!(spool.next_seq(), Seq(3), "seq 3 is numbered again...");
+        assert!(spool.epoch() > old, "...under a new epoch");
+        fill(&mut spool, 1);
+        // And a clean restart keeps it.
+        let e = spool.epoch();
+        drop(spool);
+        let (spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        assert_eq!(spool.epoch(), e);
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_is_counted_and_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new();
+        {
+            let (mut spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+            fill(&mut spool, 5);
+        }
+        // Flip a byte in the third record's payload.
+        let seg = std::fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let rec = (bytes.len() - 32) / 5;
+        bytes[32 + 2 * rec + 40] ^= 0xFF;
+        std::fs::write(&seg, bytes).unwrap();
+        let reg = Registry::new();
+        let (mut spool, reader) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        let seqs: Vec<Seq> = reader
+            .read(Seq(1), 10)
+            .unwrap()
+            .iter()
+            .map(|b| b.seq)
+            .collect();
+        assert_eq!(seqs, vec![Seq(1), Seq(2), Seq(4), Seq(5)]);
+        // Once the others are acknowledged, nothing is left waiting.
+        spool.settle(&seqs).unwrap();
+        assert_eq!(spool.first_unacked(), Seq(6));
+        let text = reg.render();
+        assert!(
+            text.contains("ferrule_agent_spool_corrupt_records_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferrule_agent_dropped_batches_total{reason=\"spool_corrupt\",input=\"unknown\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn epochs_rise_above_everything_known_whatever_the_clock_says() {
+        let e = |saved, fresh, cut, last: Option<u64>, now| {
+            choose_epoch(saved, fresh, cut, last.map(Epoch), now, 0xABCDE)
+        };
+        // Kept while nothing could repeat a seq.
+        assert_eq!(
+            e(Ok(Some(7)), false, false, Some(7), 1 << 40).epoch,
+            Epoch(7)
+        );
+        assert_eq!(e(Ok(Some(7)), false, false, Some(7), 1 << 40).why_new, None);
+        // New otherwise, from the clock with random low bits...
+        let c = e(Ok(None), false, false, Some(7), 5 << 30);
+        assert_eq!(c.epoch, Epoch((5 << 30) | 0xABCDE));
+        assert!(c.why_new.is_some());
+        // ...but above the saved and the logged epochs when the clock is behind.
+        let c = e(Ok(Some(9 << 40)), false, true, Some(3 << 40), 5);
+        assert_eq!(c.epoch, Epoch((9 << 40) + 1));
+        let c = e(Err(()), false, false, Some(u64::MAX - 1), 5);
+        assert_eq!(c.epoch, Epoch(u64::MAX));
+        assert!(e(Ok(Some(3)), true, false, None, 0).epoch.0 > 3);
     }
 }

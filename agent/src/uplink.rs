@@ -23,15 +23,13 @@ use ferrule_transport::{
     classify, client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
 };
 use ferrule_wire::clock::ClockFilter;
-use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession};
-use ferrule_wire::{
-    Capabilities, Limits, Message, Seq, SeqSet, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-};
+use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession, SendError};
+use ferrule_wire::{Limits, Message, Seq, SeqSet};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
 /// What the uplink needs.
@@ -98,7 +96,7 @@ impl UplinkError {
             Self::Connect(_) => "connect",
             Self::Connection { reason, .. } => reason,
             Self::Timeout(_) => "timeout",
-            Self::Session(e) => e.code().name(),
+            Self::Session(e) => e.label(),
             Self::Stream(_) => "stream",
             Self::Spool(_) => "spool_read",
             Self::Closed => "closed",
@@ -250,10 +248,15 @@ fn nothing_unsent(deps: &UplinkDeps) -> bool {
     s.first_unacked >= s.durable_until
 }
 
-/// A lane: its stream, how many catalog Defines it has carried, and prefetched batches.
+/// The live lane's id in the session (its Defines are tracked per lane).
+const LIVE: usize = 0;
+/// The replay lane's id.
+const REPLAY: usize = 1;
+
+/// A lane: its id, its stream, and prefetched batches.
 struct Lane {
+    id: usize,
     tx: FrameSender,
-    defined: usize,
     cursor: Seq,
     until: Option<Seq>,
     buf: VecDeque<Spooled>,
@@ -275,7 +278,7 @@ async fn session(
         Ok(Err(e)) => return Err(conn_err(e)),
         Err(_) => return Err(UplinkError::Timeout("QUIC handshake")),
     };
-    let result = drive(&conn, deps, m, clock, backoff, connect_timeout).await;
+    let result = drive(&conn, deps, m, clock, backoff).await;
     match &result {
         Ok(End::Shutdown) | Ok(End::GoAway(_)) => conn.close(0u32.into(), b"bye"),
         Err(e) => conn.close(1u32.into(), e.reason().as_bytes()),
@@ -290,63 +293,73 @@ async fn drive(
     m: &Metrics,
     clock: &mut ClockFilter,
     backoff: &mut Backoff,
-    connect_timeout: Duration,
 ) -> Result<End, UplinkError> {
     let limits = Limits::default();
     let (send, recv) = conn.open_bi().await.map_err(conn_err)?;
     let mut ctl = FrameSender::new(send, limits);
     let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
     let start = *deps.state.borrow();
-    let mut s = AgentSession::new(
-        AgentConfig {
-            site: deps.cfg.agent.site.clone(),
-            agent: deps.cfg.agent.id.clone(),
-            software: env!("CARGO_PKG_VERSION").to_string(),
-            epoch: start.epoch,
-            min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            capabilities: Capabilities::ALL,
-        },
-        start.first_unacked,
+    let up = &deps.cfg.uplink;
+    let mut cfg = AgentConfig::new(
+        deps.cfg.agent.site.clone(),
+        deps.cfg.agent.id.clone(),
+        env!("CARGO_PKG_VERSION"),
     );
+    cfg.handshake_timeout = Duration::from_secs(up.connect_timeout_secs);
+    cfg.heartbeat_interval = Duration::from_millis(up.heartbeat_interval_ms.max(100));
+    cfg.peer_timeout = Duration::from_secs(up.peer_timeout_secs);
+    cfg.stall_timeout = Duration::from_secs(up.stall_timeout_secs);
+    let mut s = AgentSession::new(cfg, (start.epoch, start.first_unacked), Instant::now());
+    let mut catalog_seen = 0usize;
     flush(&mut s, &mut ctl).await?;
-    // Up only on Welcome.
-    let deadline = tokio::time::Instant::now() + connect_timeout;
+    // Up only on Welcome (or the session's handshake deadline passes).
     while !s.is_established() {
-        let next = tokio::time::timeout_at(deadline, ctl_rx.next()).await;
-        match next {
-            Err(_) => return Err(UplinkError::Timeout("Welcome")),
-            Ok(Err(e)) => return Err(stream_or_conn(e, conn)),
-            Ok(Ok(None)) => return Err(closed_or_conn(conn)),
-            Ok(Ok(Some((msg, _)))) => s.handle(msg, now_ns())?,
+        let deadline = s.poll_timeout();
+        tokio::select! {
+            next = ctl_rx.next() => match next {
+                Err(e) => return Err(stream_or_conn(e, conn)),
+                Ok(None) => return Err(closed_or_conn(conn)),
+                Ok(Some((msg, _))) => s.handle(msg, now())?,
+            },
+            _ = sleep_until(deadline) => s.handle_timeout(now())?,
         }
     }
-    let server_limits = s
-        .limits()
-        .map(|l| l.max_frame_bytes)
-        .unwrap_or(limits.max_frame_bytes);
     let mut server_name = String::new();
+    let mut server_limits = None;
     while let Some(ev) = s.poll_event() {
-        if let AgentEvent::Established { server, .. } = ev {
+        if let AgentEvent::Established { server, limits, .. } = ev {
             server_name = server;
+            server_limits = Some(limits);
         }
     }
+    let max_frame = server_limits.map_or(limits.max_frame_bytes, |l| l.max_frame_bytes);
     m.up.set(1);
     m.sessions.inc();
     backoff.reset();
     tracing::info!(server = %server_name, version = s.version(), resume_from = %start.first_unacked, "uplink session up");
+    if let Some(l) = server_limits {
+        let sensors = deps
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .defines()
+            .len();
+        if sensors > l.max_sensors as usize {
+            tracing::error!(sensors, server_limit = l.max_sensors, "this agent knows more sensors than the aggregator accepts (server.max_sensors_per_agent): batches naming the extra ones will be refused");
+        }
+    }
 
     let mut live = Lane {
+        id: LIVE,
         tx: FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits),
-        defined: 0,
         cursor: start.durable_until,
         until: None,
         buf: VecDeque::new(),
     };
     live.tx.set_priority(10);
     let mut replay = Lane {
+        id: REPLAY,
         tx: FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits),
-        defined: 0,
         cursor: start.first_unacked,
         until: Some(start.durable_until),
         buf: VecDeque::new(),
@@ -355,9 +368,6 @@ async fn drive(
 
     let mut state = deps.state.clone();
     let mut shutdown = deps.shutdown.clone();
-    let mut hb = tokio::time::interval(Duration::from_millis(
-        deps.cfg.uplink.heartbeat_interval_ms.max(100),
-    ));
     let mut sent_meta: HashMap<Seq, InputCounts> = HashMap::new();
     let mut settled = SeqSet::new();
     let mut goaway: Option<Option<String>> = None;
@@ -365,18 +375,13 @@ async fn drive(
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     loop {
         if goaway.is_none() && !stopping {
+            catalog_seen = sync_defines(&mut s, deps, catalog_seen);
+            let mut blocked = false;
             for lane in [&mut live, &mut replay] {
-                send_ready(
-                    &mut s,
-                    lane,
-                    deps,
-                    m,
-                    &mut sent_meta,
-                    &settled,
-                    server_limits,
-                )
-                .await?;
+                blocked |=
+                    send_ready(&mut s, lane, deps, m, &mut sent_meta, &settled, max_frame).await?;
             }
+            s.set_blocked(blocked, Instant::now());
         }
         flush(&mut s, &mut ctl).await?;
         if let Some(alt) = &goaway {
@@ -390,14 +395,15 @@ async fn drive(
         {
             return Ok(End::Shutdown);
         }
+        let deadline = s.poll_timeout();
         tokio::select! {
             next = ctl_rx.next() => match next {
-                Ok(Some((msg, _))) => s.handle(msg, now_ns())?,
+                Ok(Some((msg, _))) => s.handle(msg, now())?,
                 Ok(None) => return Err(closed_or_conn(conn)),
                 Err(e) => return Err(stream_or_conn(e, conn)),
             },
             _ = state.changed() => {}
-            _ = hb.tick() => s.heartbeat(now_ns()),
+            _ = sleep_until(deadline) => s.handle_timeout(now())?,
             _ = shutdown.changed() => {
                 if *shutdown.borrow() && !stopping {
                     stopping = true;
@@ -409,7 +415,7 @@ async fn drive(
         }
         while let Some(ev) = s.poll_event() {
             match ev {
-                AgentEvent::Acked(seqs) => {
+                AgentEvent::Acked { seqs, .. } => {
                     m.acked.add(seqs.len() as u64);
                     for q in &seqs {
                         sent_meta.remove(q);
@@ -417,8 +423,12 @@ async fn drive(
                     }
                     let _ = deps.settles.send(Settle::Done(seqs));
                 }
-                AgentEvent::Rejected { seqs, reason } => {
-                    let r = format!("rejected_{}", reason.0);
+                AgentEvent::Rejected {
+                    epoch,
+                    seqs,
+                    reason,
+                } => {
+                    let r = format!("rejected_{}", reason.name());
                     for q in &seqs {
                         let inputs = sent_meta
                             .remove(q)
@@ -427,8 +437,9 @@ async fn drive(
                         settled.insert(*q);
                     }
                     tracing::warn!(
+                        %epoch,
                         ?seqs,
-                        reason = reason.0,
+                        reason = reason.name(),
                         "aggregator refused batches for good; dropped and counted"
                     );
                     let _ = deps.settles.send(Settle::Done(seqs));
@@ -445,6 +456,26 @@ async fn drive(
                 _ => {}
             }
         }
+    }
+}
+
+/// Hands the session the catalog's Defines it does not carry yet; returns how
+/// many the catalog holds now.
+fn sync_defines(s: &mut AgentSession, deps: &UplinkDeps, seen: usize) -> usize {
+    let cat = deps.catalog.lock().unwrap_or_else(PoisonError::into_inner);
+    let all = cat.defines();
+    for d in &all[seen.min(all.len())..] {
+        s.define(d.clone());
+    }
+    all.len()
+}
+
+use ferrule_transport::session_now as now;
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -469,7 +500,8 @@ async fn flush(s: &mut AgentSession, ctl: &mut FrameSender) -> Result<(), Uplink
     Ok(())
 }
 
-/// Sends durable batches on `lane` while credit allows.
+/// Sends durable batches on `lane` while credit allows; true if a batch is ready
+/// that the credit does not cover (the session counts that wait towards a stall).
 async fn send_ready(
     s: &mut AgentSession,
     lane: &mut Lane,
@@ -478,7 +510,7 @@ async fn send_ready(
     sent_meta: &mut HashMap<Seq, InputCounts>,
     settled: &SeqSet,
     server_max_frame: u32,
-) -> Result<(), UplinkError> {
+) -> Result<bool, UplinkError> {
     loop {
         if lane.buf.is_empty() {
             let st = *deps.state.borrow();
@@ -487,16 +519,27 @@ async fn send_ready(
                 .map_or(st.durable_until, |u| u.min(st.durable_until));
             lane.cursor = lane.cursor.max(st.first_unacked);
             if lane.cursor >= end {
-                return Ok(());
+                return Ok(false);
             }
             let reader = deps.reader.clone();
             let from = lane.cursor;
             // The live lane reads what was just written (page cache): inline.
             // The replay lane may read a backlog from the disk.
-            let batch = if lane.until.is_none() {
-                reader.read(from, 256)?
+            let read = if lane.until.is_none() {
+                reader.read(from, 256)
             } else {
-                tokio::task::block_in_place(|| reader.read(from, 256))?
+                crate::blocking::run(|| reader.read(from, 256))
+            };
+            let batch = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    if matches!(e, ferrule_disklog::Error::Corrupt { .. }) {
+                        // Damaged on disk after the spool opened: a rescan counts
+                        // and settles it; the next session reads past it.
+                        let _ = deps.settles.send(Settle::Rescan);
+                    }
+                    return Err(e.into());
+                }
             };
             for b in batch {
                 if b.seq < end {
@@ -508,15 +551,22 @@ async fn send_ready(
                 None => {
                     // Nothing readable in [cursor, end): released or lost to damage.
                     lane.cursor = end;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         let Some(front) = lane.buf.front() else {
-            return Ok(());
+            return Ok(false);
         };
         if settled.contains(front.seq) {
             lane.buf.pop_front();
+            continue;
+        }
+        if front.unreadable {
+            // Never sent as garbage; counted, and settled so the spool moves on.
+            let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
+            count_dropped(&m.registry, "spool_unreadable", &b.inputs);
+            let _ = deps.settles.send(Settle::Done(vec![b.seq]));
             continue;
         }
         let len = front.frame.len() as u64;
@@ -527,22 +577,20 @@ async fn send_ready(
             let _ = deps.settles.send(Settle::Done(vec![b.seq]));
             continue;
         }
-        if !s.can_send(len) {
-            return Ok(());
-        }
-        // Defines first, so the lane never carries a batch naming an unknown sensor.
-        let defines: Vec<_> = {
-            let cat = deps.catalog.lock().unwrap_or_else(PoisonError::into_inner);
-            cat.defines()[lane.defined.min(cat.defines().len())..].to_vec()
-        };
-        for d in defines {
-            lane.tx.send(&Message::Define(d)).await?;
-            lane.defined += 1;
+        let cost = front.cost();
+        if !s.can_send(cost) {
+            return Ok(true);
         }
         let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
-        if s.on_send(b.seq, len).is_err() {
-            // Already in flight on this session (a lane overlap); skip it.
-            continue;
+        let defines = match s.on_send(lane.id, b.epoch, b.seq, cost, Instant::now()) {
+            Ok(d) => d,
+            // In flight on the other lane, or settled already: skip it.
+            Err(SendError::AlreadyInFlight | SendError::AlreadySettled) => continue,
+            Err(_) => return Ok(false),
+        };
+        // Defines first, so the lane never carries a batch naming an unknown sensor.
+        for d in defines {
+            lane.tx.send(&Message::Define(d)).await?;
         }
         lane.tx.send_frame(&b.frame).await?;
         m.sent_batches.inc();

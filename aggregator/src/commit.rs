@@ -14,7 +14,7 @@ use crate::ledger::{Ledger, LedgerKey};
 use ferrule_disklog::{FsyncPolicy, Log, Offset, Options};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_wire::record::decode_record_header;
-use ferrule_wire::Seq;
+use ferrule_wire::{Epoch, Seq};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,11 +37,13 @@ pub struct CommitRequest {
 /// The outcome of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitDone {
+    /// The batch's epoch.
+    pub epoch: Epoch,
     /// The batch.
     pub seq: Seq,
     /// What happened.
     pub outcome: CommitOutcome,
-    /// Record bytes, returned so the session can return the credit.
+    /// Record bytes the request took in the sink's queue.
     pub bytes: u64,
 }
 
@@ -429,6 +431,7 @@ fn run(
             };
             // A closed reply channel means the session is gone; the agent will resend.
             let _ = req.reply.send(CommitDone {
+                epoch: req.key.epoch,
                 seq: req.key.seq,
                 outcome,
                 bytes,

@@ -52,10 +52,29 @@ pub struct ServerSection {
     pub hello_timeout_secs: u64,
     /// Largest frame accepted, bytes. Default 1 MiB.
     pub max_frame_bytes: u32,
-    /// Most sensors one agent session may define. Default 100 000.
+    /// Most sensors one agent session may define; Defines beyond it are refused
+    /// (counted in `ferrule_aggregator_defines_refused_total`) and batches naming
+    /// those sensors refused, without ending the session. Keep agents'
+    /// `agent.max_sensors` at or below it. Default 10 000.
     pub max_sensors_per_agent: u32,
-    /// Heartbeat interval asked of agents, milliseconds. Default 2000.
+    /// Heartbeat interval asked of agents, milliseconds (agents that hear nothing
+    /// for about five intervals fail over). Default 1000.
     pub heartbeat_interval_ms: u32,
+    /// Close a session whose agent sent nothing (not even a heartbeat) for this
+    /// long. Default 10.
+    pub peer_timeout_secs: u64,
+    /// Close a session whose batches at the sink have not moved for this long, so
+    /// its agent reconnects, maybe to an aggregator whose sink works. Counted as
+    /// `stalled`. Default 60.
+    pub stall_timeout_secs: u64,
+    /// Close a session whose agent takes no data on its control stream (acks,
+    /// credit) for this long. Default 10.
+    pub control_send_timeout_secs: u64,
+    /// Sessions held at once; more are refused (`too_many_sessions`). Default 20 000.
+    pub max_sessions: usize,
+    /// Sessions one agent identity may hold at once; a newer one closes the
+    /// oldest beyond this (`superseded`). Default 2.
+    pub max_sessions_per_agent: usize,
     /// On SIGTERM, wait this long for in-flight commits and agents to leave. Default 10.
     pub drain_timeout_secs: u64,
     /// Endpoint suggested to agents in GoAway (`host:port`), if any.
@@ -73,8 +92,13 @@ impl Default for ServerSection {
             frame_timeout_secs: 10,
             hello_timeout_secs: 10,
             max_frame_bytes: 1 << 20,
-            max_sensors_per_agent: 100_000,
-            heartbeat_interval_ms: 2000,
+            max_sensors_per_agent: 10_000,
+            heartbeat_interval_ms: 1000,
+            peer_timeout_secs: 10,
+            stall_timeout_secs: 60,
+            control_send_timeout_secs: 10,
+            max_sessions: 20_000,
+            max_sessions_per_agent: 2,
             drain_timeout_secs: 10,
             alternate: None,
         }
@@ -99,11 +123,16 @@ pub struct TlsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CreditSection {
-    /// Bytes one agent may have in flight towards the sink. Default 16 MiB.
+    /// The window: bytes one agent may have in flight towards the sink, each batch
+    /// counted at its frame size or its decoded size (17 bytes a sample),
+    /// whichever is more. With the batch window below and `server.max_sessions`,
+    /// it bounds what agents can make the aggregator hold. Default 16 MiB.
     pub session_window_bytes: u64,
     /// Batches one agent may have in flight towards the sink. Default 256.
     pub session_window_batches: u32,
-    /// Above this many bytes queued at the sink, credit is withheld. Default 256 MiB.
+    /// Above this many bytes queued at the sink (or while the sink is unready),
+    /// credit that batches return is withheld and owed, so agents spool instead of
+    /// adding to the queue (`ferrule_aggregator_credit_withheld_total`). Default 256 MiB.
     pub sink_high_water_bytes: u64,
 }
 
@@ -263,6 +292,30 @@ impl Validate for Config {
             bad.push(Invalid::new(
                 "credit.session_window_batches",
                 "must be at least 1",
+            ));
+        }
+        for (key, v) in [
+            ("server.peer_timeout_secs", self.server.peer_timeout_secs),
+            ("server.stall_timeout_secs", self.server.stall_timeout_secs),
+            (
+                "server.control_send_timeout_secs",
+                self.server.control_send_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                bad.push(Invalid::new(key, "must be at least 1 second"));
+            }
+        }
+        if u64::from(self.server.heartbeat_interval_ms) * 3 > self.server.peer_timeout_secs * 1000 {
+            bad.push(Invalid::new(
+                "server.peer_timeout_secs",
+                "must be at least three heartbeat intervals (server.heartbeat_interval_ms)",
+            ));
+        }
+        if self.server.max_sessions == 0 || self.server.max_sessions_per_agent == 0 {
+            bad.push(Invalid::new(
+                "server.max_sessions",
+                "max_sessions and max_sessions_per_agent must be at least 1",
             ));
         }
         if self.server.idle_timeout_secs == 0 || self.server.frame_timeout_secs == 0 {

@@ -1,19 +1,24 @@
 //! Ingest: one task per agent connection, driving a `wire::session::IngestSession`
 //! from the connection's streams.
 //!
-//! The agent opens one bidirectional control stream (Hello, Define, Heartbeat one
-//! way; Welcome, Ack, Credit, GoAway back) and unidirectional lanes for batches
-//! (live data at high priority, replayed backlog at low). Readers decode frames
-//! and feed one loop that owns the session: frames in, commits out to the sink,
-//! outcomes back, acks and credit out on the control stream.
+//! The agent opens one bidirectional control stream (Hello and Heartbeat one way;
+//! Welcome, Ack, Credit, GoAway back) and unidirectional lanes for batches and
+//! the Defines they need (live data at high priority, replayed backlog at low).
+//! Readers decode frames and feed one loop that owns the session: frames in,
+//! commits out to the sink, outcomes back, acks and credit out on the control
+//! stream, and the session's timers in between.
 //!
-//! Invariants kept here: the agent's identity is the verified certificate's; an
-//! Ack follows the sink's report; credit is returned only as the sink absorbs
-//! batches, and held back while it is under pressure; a frame that fails to decode
-//! or trickles in too slowly ends the connection, counted by reason.
+//! The driver is thin: credit (returned for every batch whatever its fate, held
+//! back while the sink is under pressure), dedupe, acks and every deadline (Hello,
+//! a silent agent, commits that stall, the drain after GoAway) are the session's.
+//! What stays here is I/O and its bounds: readers decode at most
+//! [`READ_AHEAD_FRAMES`] frames ahead of the session (which then charges each batch
+//! its decoded size against the credit), a control stream the agent does not read
+//! is given up after `control_send_timeout`, and a frame that fails to decode or
+//! trickles in too slowly ends the connection. Every end is counted by reason.
 
+use crate::admission::{Admission, Ticket};
 use crate::commit::{CommitDone, CommitOutcome, CommitRequest, Sink};
-use crate::credit::CreditGate;
 use crate::ledger::LedgerKey;
 use crate::metrics::IngestMetrics;
 use ferrule_transport::quinn;
@@ -22,23 +27,22 @@ use ferrule_transport::{
 };
 use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
 use ferrule_wire::session::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
-use ferrule_wire::{DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message, Seq};
-use std::collections::HashMap;
+use ferrule_wire::{Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// What every connection task shares.
 #[derive(Debug)]
 pub struct IngestContext {
-    /// The session configuration offered to every agent.
+    /// The session configuration (limits, window, deadlines) for every agent.
     pub session: IngestConfig,
     /// Decoder limits (matching what Welcome announces).
     pub limits: Limits,
     /// Deadline for a frame from its first byte.
     pub frame_timeout: Duration,
-    /// Deadline for the control stream and Hello after the handshake.
-    pub hello_timeout: Duration,
+    /// Give up on an agent whose control stream takes no data for this long.
+    pub control_send_timeout: Duration,
     /// Where batches are committed.
     pub sink: Sink,
     /// Counters.
@@ -47,13 +51,20 @@ pub struct IngestContext {
     pub shutdown: watch::Receiver<bool>,
     /// Endpoint suggested in GoAway.
     pub alternate: Option<String>,
+    /// Sessions held, bounded in total and per agent.
+    pub admission: Arc<Admission<quinn::Connection>>,
 }
+
+/// Frames decoded ahead of the session per connection. With the credit (which
+/// charges decoded size) this bounds what one connection can make us hold: a
+/// decoded frame is at most about `server.max_frame_bytes`.
+pub const READ_AHEAD_FRAMES: usize = 8;
 
 /// How long a closing session waits for its last Error message to reach the peer.
 const ERROR_FLUSH: Duration = Duration::from_millis(500);
 
-/// How long a drained session waits for the agent to close before closing itself.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How often a session owed credit looks at the sink's pressure.
+const PRESSURE_POLL: Duration = Duration::from_millis(20);
 
 enum Inbound {
     Frame(Message, usize),
@@ -61,11 +72,7 @@ enum Inbound {
     ControlClosed,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+use ferrule_transport::session_now as now;
 
 /// Serves one incoming connection to its end.
 pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
@@ -95,6 +102,28 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
             tracing::warn!(%remote, error = %e, "agent certificate names no usable identity");
             conn.close(
                 close_code(ErrorCode::UNAUTHORIZED),
+                e.to_string().as_bytes(),
+            );
+            return;
+        }
+    };
+    let _ticket: Ticket<quinn::Connection> = match ctx.admission.admit(&agent.key(), conn.clone()) {
+        Ok((ticket, superseded)) => {
+            for old in superseded {
+                ctx.metrics.refused("superseded");
+                tracing::info!(agent = %agent.key(), old = %old.remote_address(), "a newer session of this agent supersedes an older one");
+                old.close(
+                    close_code(ErrorCode::LIMIT_EXCEEDED),
+                    b"superseded by a newer session of this agent",
+                );
+            }
+            ticket
+        }
+        Err(e) => {
+            ctx.metrics.refused("too_many_sessions");
+            tracing::warn!(%remote, agent = %agent.key(), error = %e, "session refused");
+            conn.close(
+                close_code(ErrorCode::LIMIT_EXCEEDED),
                 e.to_string().as_bytes(),
             );
             return;
@@ -155,17 +184,28 @@ fn spawn_reader(mut rx: FrameReceiver, tx: mpsc::Sender<Inbound>, control: bool)
     });
 }
 
+/// Why the loop stops: a graceful end, or an error to count (and tell the agent).
+enum Stop {
+    Done(&'static str),
+    Cut(&'static str, String, ErrorCode),
+}
+
 async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestContext) -> End {
-    let (send, recv) = match tokio::time::timeout(ctx.hello_timeout, conn.accept_bi()).await {
+    let hello_timeout = ctx.session.hello_timeout;
+    let (send, recv) = match tokio::time::timeout(hello_timeout, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err((classify(&e), e.to_string())),
         Err(_) => {
             conn.close(close_code(ErrorCode::TIMEOUT), b"no control stream");
-            return Err(("hello_timeout", "no control stream opened".into()));
+            return Err(("handshake_timeout", "no control stream opened".into()));
         }
     };
+    if *ctx.shutdown.borrow() {
+        conn.close(close_code(ErrorCode::INTERNAL), b"shutting down");
+        return Ok("refused while shutting down");
+    }
     let mut ctl = FrameSender::new(send, ctx.limits);
-    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(64);
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(READ_AHEAD_FRAMES);
     spawn_reader(
         FrameReceiver::new(recv, ctx.limits, ctx.frame_timeout),
         in_tx.clone(),
@@ -186,38 +226,26 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
     }
 
     let agent_key = agent.key();
-    // A session starting while the sink is under pressure is welcomed with no
-    // credit; its window is owed and paid when the pressure is gone, so new
-    // sessions cannot add to a backlog the sink cannot absorb.
-    let mut session_cfg = ctx.session.clone();
-    let mut gate = CreditGate::default();
-    if ctx.sink.under_pressure() {
-        gate = CreditGate::owing(session_cfg.initial_credit);
-        session_cfg.initial_credit = ferrule_wire::Credit::default();
-        ctx.metrics.credit_withheld.inc();
-    }
     let mut session = IngestSession::new(
-        session_cfg,
+        ctx.session.clone(),
         PeerIdentity {
             site: agent.site().to_string(),
             agent: agent.agent().to_string(),
         },
+        Instant::now(),
     );
+    session.set_sink_pressure(ctx.sink.under_pressure());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CommitDone>();
-    let mut frame_bytes: HashMap<Seq, u64> = HashMap::new();
     let mut shutdown = ctx.shutdown.clone();
-    let mut draining = *shutdown.borrow();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let hello_deadline = tokio::time::Instant::now() + ctx.hello_timeout;
-    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut draining = false;
+    let mut pressure_poll = tokio::time::interval(PRESSURE_POLL);
+    pressure_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut record = Vec::new();
-    if draining {
-        // Shutting down already: accept nothing.
-        conn.close(close_code(ErrorCode::INTERNAL), b"shutting down");
-        return Ok("refused while shutting down");
-    }
+    let mut refused_defines_logged = false;
 
-    loop {
+    let stop = loop {
+        let deadline = session.poll_timeout();
+        let owed = session.owed_credit() != Credit::default();
         tokio::select! {
             inbound = in_rx.recv() => match inbound {
                 Some(Inbound::Frame(msg, n)) => {
@@ -225,167 +253,220 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
                         ctx.metrics.batches_received.inc();
                         ctx.metrics.samples_received.add(b.sample_count() as u64);
                     }
-                    if let Err(e) = session.handle(msg, n as u64, now_ns()) {
-                        // The session queued an Error for the peer: deliver it, then close.
-                        flush(&mut session, &mut ctl, ctx).await;
-                        ctl.finish_and_wait(ERROR_FLUSH).await;
-                        conn.close(close_code(e.code()), e.to_string().as_bytes());
-                        return Err((e.code().name(), e.to_string()));
+                    session.set_sink_pressure(ctx.sink.under_pressure());
+                    if let Err(e) = session.handle(msg, n as u64, now()) {
+                        break Stop::Cut(e.label(), e.to_string(), e.code());
                     }
                 }
                 Some(Inbound::Error(e)) => {
                     let (reason, code) = stream_reason(&e);
                     let msg = Message::Error(ErrorMessage { code, message: e.to_string() });
-                    let _ = ctl.send(&msg).await;
-                    ctl.finish_and_wait(ERROR_FLUSH).await;
-                    conn.close(close_code(code), reason.as_bytes());
-                    return Err((reason, e.to_string()));
+                    let _ = tokio::time::timeout(ERROR_FLUSH, ctl.send(&msg)).await;
+                    break Stop::Cut(reason, e.to_string(), code);
                 }
                 Some(Inbound::ControlClosed) | None => {
-                    return Ok("agent closed the control stream");
+                    break Stop::Done("agent closed the control stream");
                 }
             },
             Some(done) = done_rx.recv() => {
-                let bytes = frame_bytes.remove(&done.seq).unwrap_or(0);
                 match done.outcome {
-                    CommitOutcome::Committed | CommitOutcome::Duplicate => session.committed(done.seq),
+                    CommitOutcome::Committed | CommitOutcome::Duplicate => {
+                        session.set_sink_pressure(ctx.sink.under_pressure());
+                        session.committed(done.epoch, done.seq, Instant::now());
+                    }
                     CommitOutcome::Failed(why) => {
-                        // Not durable: end the session so the agent resends elsewhere or later.
-                        let msg = Message::Error(ErrorMessage { code: ErrorCode::INTERNAL, message: format!("sink failed: {why}") });
-                        flush(&mut session, &mut ctl, ctx).await;
-                        let _ = ctl.send(&msg).await;
-                        ctl.finish_and_wait(ERROR_FLUSH).await;
-                        conn.close(close_code(ErrorCode::INTERNAL), b"sink failed");
-                        return Err(("sink_failed", why));
-                    }
-                }
-                if !draining {
-                    let pressure = ctx.sink.under_pressure();
-                    match gate.returned(bytes, pressure) {
-                        Some(c) => session.grant(c),
-                        None => ctx.metrics.credit_withheld.inc(),
+                        // Not durable: end the session so the agent resends it
+                        // elsewhere or later.
+                        let e = session.sink_failed(why);
+                        break Stop::Cut(e.label(), e.to_string(), e.code());
                     }
                 }
             },
-            changed = shutdown.changed() => {
-                if (changed.is_err() || *shutdown.borrow()) && !draining {
+            changed = shutdown.changed(), if !draining => {
+                if changed.is_err() || *shutdown.borrow() {
                     draining = true;
-                    session.go_away(GoAwayReason::SHUTDOWN, ctx.alternate.clone());
+                    session.go_away(GoAwayReason::SHUTDOWN, ctx.alternate.clone(), Instant::now());
                 }
             },
-            _ = tick.tick() => {
-                if !session.is_established() && tokio::time::Instant::now() >= hello_deadline {
-                    conn.close(close_code(ErrorCode::TIMEOUT), b"no hello");
-                    return Err(("hello_timeout", "no Hello in time".into()));
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                if let Err(e) = session.handle_timeout(Instant::now()) {
+                    break Stop::Cut(e.label(), e.to_string(), e.code());
                 }
-                if !draining {
-                    if let Some(c) = gate.poll(ctx.sink.under_pressure()) {
-                        session.grant(c);
-                    }
-                }
-                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    conn.close(close_code(ErrorCode(0)), b"goaway");
-                    return Ok("drained");
-                }
+            },
+            _ = pressure_poll.tick(), if owed => {
+                session.set_sink_pressure(ctx.sink.under_pressure());
             },
             e = conn.closed() => {
-                return match e {
-                    quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => Ok("closed"),
-                    other => Err((classify(&other), other.to_string())),
+                break match e {
+                    quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => Stop::Done("closed"),
+                    other => Stop::Cut(classify(&other), other.to_string(), ErrorCode(0)),
                 };
             }
         }
 
         // Hand new batches to the sink (waiting if its queue is full).
-        while let Some(ev) = session.poll_event() {
-            match ev {
-                IngestEvent::Established {
-                    epoch,
-                    version,
-                    resume_from,
-                    software,
-                } => {
-                    tracing::info!(agent = %agent_key, %epoch, version, %resume_from, software, "session established");
-                }
-                IngestEvent::Defined(d) => {
-                    tracing::debug!(agent = %agent_key, sensor = %d.name, id = %d.sensor, "sensor defined")
-                }
-                IngestEvent::Commit {
-                    batch,
-                    frame_bytes: n,
-                } => {
-                    let sensors: Vec<SensorInfo> = batch
-                        .series
-                        .iter()
-                        .filter_map(|s| session.sensor(s.sensor()))
-                        .map(|d| SensorInfo {
-                            id: d.sensor,
-                            name: d.name.clone(),
-                            unit: d.unit.clone(),
-                            kind: d.kind,
-                        })
-                        .collect();
-                    let samples = u32::try_from(batch.sample_count()).unwrap_or(u32::MAX);
-                    let header = RecordHeader {
-                        site: agent.site().to_string(),
-                        agent: agent.agent().to_string(),
-                        epoch: batch.epoch,
-                        seq: batch.seq,
-                        clock_offset_ns: batch.clock_offset_ns,
-                        received_ns: now_ns(),
-                        samples,
-                        sensors,
-                    };
-                    record.clear();
-                    if let Err(e) = encode_record(&header, &batch.series, &mut record) {
-                        return Err(("encode_failed", e.to_string()));
-                    }
-                    ctx.metrics.clock_offset(&agent_key, batch.clock_offset_ns);
-                    frame_bytes.insert(batch.seq, n);
-                    let req = CommitRequest {
-                        key: LedgerKey::new(agent.site(), agent.agent(), batch.epoch, batch.seq),
-                        record: std::mem::take(&mut record),
-                        samples,
-                        reply: done_tx.clone(),
-                    };
-                    if ctx.sink.submit(req).await.is_err() {
-                        conn.close(close_code(ErrorCode::INTERNAL), b"sink closed");
-                        return Err(("sink_closed", "the committer has stopped".into()));
+        if let Err(stop) = take_events(
+            &mut session,
+            agent,
+            &agent_key,
+            ctx,
+            &done_tx,
+            &mut record,
+            &mut refused_defines_logged,
+        )
+        .await
+        {
+            break stop;
+        }
+        if !send_queued(&mut session, &mut ctl, ctx).await {
+            break Stop::Cut(
+                "control_not_read",
+                format!(
+                    "the agent took no control data for {:?}",
+                    ctx.control_send_timeout
+                ),
+                ErrorCode::TIMEOUT,
+            );
+        }
+        if session.is_finished() {
+            break Stop::Done("drained");
+        }
+    };
+    match stop {
+        Stop::Done(why) => {
+            conn.close(close_code(ErrorCode(0)), why.as_bytes());
+            Ok(why)
+        }
+        Stop::Cut(reason, detail, code) => {
+            // Deliver the Error the session queued (if the agent reads), then close.
+            let _ = tokio::time::timeout(ERROR_FLUSH, async {
+                while let Some(m) = session.poll_transmit() {
+                    if ctl.send(&m).await.is_err() {
+                        break;
                     }
                 }
-                IngestEvent::Duplicate(seq) => {
-                    tracing::debug!(agent = %agent_key, %seq, "retransmit within session")
-                }
-                IngestEvent::Rejected { seq, reason } => {
-                    ctx.metrics.rejected(&format!("{}", reason.0));
-                    tracing::warn!(agent = %agent_key, %seq, reason = reason.0, "batch rejected");
-                }
-                _ => {}
-            }
-        }
-        if !flush(&mut session, &mut ctl, ctx).await {
-            return Err(("control_write_failed", "control stream closed".into()));
-        }
-        // Once everything handed over is acknowledged, the agent leaves on GoAway;
-        // give it a grace period to do so, then close.
-        if draining && session.pending_commits() == 0 {
-            drain_deadline.get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_GRACE);
-        } else {
-            drain_deadline = None;
+                ctl.finish_and_wait(ERROR_FLUSH).await;
+            })
+            .await;
+            conn.close(close_code(code), reason.as_bytes());
+            Err((reason, detail))
         }
     }
 }
 
-/// Sends everything the session queued; false if the control stream is gone.
-async fn flush(session: &mut IngestSession, ctl: &mut FrameSender, ctx: &IngestContext) -> bool {
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+    }
+}
+
+/// Acts on the session's events: commits go to the sink (waiting while its queue
+/// is full: the sink's backpressure), the rest are counted and logged.
+async fn take_events(
+    session: &mut IngestSession,
+    agent: &VerifiedAgent,
+    agent_key: &str,
+    ctx: &IngestContext,
+    done_tx: &mpsc::UnboundedSender<CommitDone>,
+    record: &mut Vec<u8>,
+    refused_defines_logged: &mut bool,
+) -> Result<(), Stop> {
+    while let Some(ev) = session.poll_event() {
+        match ev {
+            IngestEvent::Established {
+                epoch,
+                version,
+                resume_from,
+                software,
+            } => {
+                tracing::info!(agent = %agent_key, %epoch, version, %resume_from, software, "session established");
+            }
+            IngestEvent::Defined(d) => {
+                tracing::debug!(agent = %agent_key, sensor = %d.name, id = %d.sensor, "sensor defined")
+            }
+            IngestEvent::DefineRefused { define, limit } => {
+                ctx.metrics.defines_refused.inc();
+                if !std::mem::replace(refused_defines_logged, true) {
+                    tracing::warn!(agent = %agent_key, sensor = %define.name, limit, "agent defines more sensors than server.max_sensors_per_agent; batches naming the extra ones are refused");
+                }
+            }
+            IngestEvent::Commit { batch, .. } => {
+                let sensors: Vec<SensorInfo> = batch
+                    .series
+                    .iter()
+                    .filter_map(|s| session.sensor(s.sensor()))
+                    .map(|d| SensorInfo {
+                        id: d.sensor,
+                        name: d.name.clone(),
+                        unit: d.unit.clone(),
+                        kind: d.kind,
+                    })
+                    .collect();
+                let samples = u32::try_from(batch.sample_count()).unwrap_or(u32::MAX);
+                let header = RecordHeader {
+                    site: agent.site().to_string(),
+                    agent: agent.agent().to_string(),
+                    epoch: batch.epoch,
+                    seq: batch.seq,
+                    clock_offset_ns: batch.clock_offset_ns,
+                    received_ns: now().wall_ns,
+                    samples,
+                    sensors,
+                };
+                record.clear();
+                if let Err(e) = encode_record(&header, &batch.series, record) {
+                    return Err(Stop::Cut(
+                        "encode_failed",
+                        e.to_string(),
+                        ErrorCode::INTERNAL,
+                    ));
+                }
+                ctx.metrics.clock_offset(agent_key, batch.clock_offset_ns);
+                let req = CommitRequest {
+                    key: LedgerKey::new(agent.site(), agent.agent(), batch.epoch, batch.seq),
+                    record: std::mem::take(record),
+                    samples,
+                    reply: done_tx.clone(),
+                };
+                if ctx.sink.submit(req).await.is_err() {
+                    return Err(Stop::Cut(
+                        "sink_closed",
+                        "the committer has stopped".into(),
+                        ErrorCode::INTERNAL,
+                    ));
+                }
+            }
+            IngestEvent::Duplicate { epoch, seq } => {
+                ctx.metrics.session_duplicates.inc();
+                tracing::debug!(agent = %agent_key, %epoch, %seq, "retransmit within session")
+            }
+            IngestEvent::Rejected { epoch, seq, reason } => {
+                ctx.metrics.rejected(reason.name());
+                tracing::warn!(agent = %agent_key, %epoch, %seq, reason = reason.name(), "batch rejected");
+            }
+            IngestEvent::CreditWithheld { .. } => ctx.metrics.credit_withheld.inc(),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sends everything the session queued; false if the agent took none of it for
+/// `control_send_timeout` (it does not read) or the stream is gone.
+async fn send_queued(
+    session: &mut IngestSession,
+    ctl: &mut FrameSender,
+    ctx: &IngestContext,
+) -> bool {
     while let Some(m) = session.poll_transmit() {
         match &m {
             Message::Ack(_) => ctx.metrics.acks.inc(),
             Message::Credit(_) => ctx.metrics.credit_grants.inc(),
             _ => {}
         }
-        if ctl.send(&m).await.is_err() {
-            return false;
+        match tokio::time::timeout(ctx.control_send_timeout, ctl.send(&m)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => return false,
         }
     }
     true

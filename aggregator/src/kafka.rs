@@ -456,6 +456,7 @@ fn reply(
         .saturating_sub(bytes);
     c.sink.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
     let _ = req.reply.send(CommitDone {
+        epoch: req.key.epoch,
         seq: req.key.seq,
         outcome,
         bytes,

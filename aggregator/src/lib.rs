@@ -5,14 +5,14 @@
 //! binary is a thin `main` over this library so tests and the demo embed it.
 //!
 //! Modules: [`config`] (the TOML file), [`ingest`] (one task per agent
-//! connection), [`commit`] (the sink and its embedded log), [`ledger`] (dedupe),
-//! [`credit`] (credit sizing), [`inspect`] (what the log holds), [`server`] (the
+//! connection), [`admission`] (how many sessions, in total and per agent), [`commit`] (the sink and its embedded log), [`ledger`] (dedupe),
+//! [`inspect`] (what the log holds), [`server`] (the
 //! main job and its shutdown).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod commit;
 pub mod config;
-pub mod credit;
 pub mod ingest;
 pub mod inspect;
 pub mod kafka;

@@ -22,6 +22,10 @@ pub struct IngestMetrics {
     pub credit_grants: Counter,
     /// Credit withheld because the sink was under pressure (each time it happens).
     pub credit_withheld: Counter,
+    /// Defines refused beyond `server.max_sensors_per_agent`.
+    pub defines_refused: Counter,
+    /// Batches an agent sent twice on one session (acknowledged again, not committed).
+    pub session_duplicates: Counter,
 }
 
 impl IngestMetrics {
@@ -54,6 +58,16 @@ impl IngestMetrics {
             credit_withheld: registry.counter(
                 "ferrule_aggregator_credit_withheld_total",
                 "Times returned credit was held back because the sink was under pressure",
+                &[],
+            ),
+            defines_refused: registry.counter(
+                "ferrule_aggregator_defines_refused_total",
+                "Sensor definitions refused beyond server.max_sensors_per_agent",
+                &[],
+            ),
+            session_duplicates: registry.counter(
+                "ferrule_aggregator_session_duplicates_total",
+                "Batches sent twice on one session: acknowledged again, not committed again",
                 &[],
             ),
         }

@@ -6,6 +6,7 @@
 //! the drain period to leave, close the endpoint, then let the committer finish
 //! its last group. Agents move elsewhere with nothing lost.
 
+use crate::admission::Admission;
 use crate::commit::{Embedded, EmbeddedOptions};
 use crate::config::Config;
 use crate::ingest::{self, IngestContext};
@@ -17,9 +18,7 @@ use ferrule_transport::{
     accept_validated, server_crypto, server_endpoint, EndpointLimits, ServerTls,
 };
 use ferrule_wire::session::IngestConfig;
-use ferrule_wire::{
-    Capabilities, Credit, Limits, ServerLimits, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-};
+use ferrule_wire::{Credit, Limits, ServerLimits};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -140,30 +139,32 @@ pub async fn run(
         max_frame_bytes: cfg.server.max_frame_bytes,
         max_batch_samples: Limits::for_frame_bytes(cfg.server.max_frame_bytes).max_batch_samples,
     };
-    let ctx = Arc::new(IngestContext {
-        session: IngestConfig {
-            server: cfg.server.name.clone(),
-            min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            capabilities: Capabilities::ALL,
-            limits: ServerLimits {
-                max_frame_bytes: wire_limits.max_frame_bytes,
-                max_batch_samples: wire_limits.max_batch_samples,
-                max_sensors: cfg.server.max_sensors_per_agent,
-                heartbeat_interval_ms: cfg.server.heartbeat_interval_ms,
-            },
-            initial_credit: Credit {
-                bytes: cfg.credit.session_window_bytes,
-                batches: cfg.credit.session_window_batches,
-            },
+    let mut session = IngestConfig::new(
+        cfg.server.name.clone(),
+        ServerLimits {
+            max_frame_bytes: wire_limits.max_frame_bytes,
+            max_batch_samples: wire_limits.max_batch_samples,
+            max_sensors: cfg.server.max_sensors_per_agent,
+            heartbeat_interval_ms: cfg.server.heartbeat_interval_ms,
         },
+        Credit {
+            bytes: cfg.credit.session_window_bytes,
+            batches: cfg.credit.session_window_batches,
+        },
+    );
+    session.hello_timeout = Duration::from_secs(cfg.server.hello_timeout_secs);
+    session.peer_timeout = Duration::from_secs(cfg.server.peer_timeout_secs);
+    session.stall_timeout = Duration::from_secs(cfg.server.stall_timeout_secs);
+    let ctx = Arc::new(IngestContext {
+        session,
         limits: wire_limits,
         frame_timeout: cfg.server.frame_timeout(),
-        hello_timeout: Duration::from_secs(cfg.server.hello_timeout_secs),
+        control_send_timeout: Duration::from_secs(cfg.server.control_send_timeout_secs),
         sink: sink.clone(),
         metrics: IngestMetrics::new(&registry),
         shutdown: stop_rx.clone(),
         alternate: cfg.server.alternate.clone(),
+        admission: Admission::new(cfg.server.max_sessions, cfg.server.max_sessions_per_agent),
     });
     drop(sink);
     tracing::info!(%quic_addr, metrics = ?metrics_addr, data = %cfg.log.dir.display(), "aggregator listening");

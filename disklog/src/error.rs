@@ -45,8 +45,8 @@ pub enum Error {
     },
     /// An earlier write or fsync failed, so what is on disk is unknown (after a failed
     /// fsync Linux may drop the dirty pages and a retried fsync can falsely succeed).
-    /// The log refuses further writes; drop it and [`crate::Log::open`] again, which
-    /// recovers from what actually reached the disk.
+    /// The log refuses further writes; [`crate::Log::reopen`] it (or drop it and
+    /// [`crate::Log::open`] again), which recovers from what actually reached the disk.
     #[error("log in {dir} is unusable after an earlier write failure ({cause}); reopen it")]
     Poisoned {
         /// The log directory.
@@ -54,9 +54,33 @@ pub enum Error {
         /// The first failure, as text.
         cause: String,
     },
+    /// Another `Log` (in this process or another) holds the directory: two writers
+    /// would interleave records in one segment.
+    #[error("log directory {dir} is in use by another process (lock file {dir}/LOCK); stop it or point this one at another directory")]
+    Locked {
+        /// The log directory.
+        dir: PathBuf,
+    },
     /// The u64 offset space is exhausted (2^64 records); cannot happen in practice.
     #[error("offset space exhausted")]
     OffsetsExhausted,
+}
+
+impl Error {
+    /// True if the error is the file system being full (ENOSPC or a quota): space
+    /// freed by releasing acknowledged records lets the log go on.
+    pub fn is_storage_full(&self) -> bool {
+        let io = match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        };
+        io.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            )
+        }) || matches!(self, Error::Poisoned { cause, .. } if cause.contains("No space left") || cause.contains("quota"))
+    }
 }
 
 /// Shorthand for `Result<T, Error>`.

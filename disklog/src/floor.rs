@@ -1,8 +1,10 @@
 //! The `floor` file: the first offset still needed, and the log's salt.
 //!
-//! Written when a log is created and on every [`crate::Log::release_through`], always
+//! Written when a log is created and on every [`crate::Log::release_through`],
 //! atomically: write `floor.tmp`, fsync it, rename it over `floor`, fsync the directory.
-//! So a reader of `floor` sees either the old or the new content, never a mix. If the
+//! So a reader of `floor` sees either the old or the new content, never a mix. On a
+//! full disk, where no new file can be made, it is overwritten in place instead (see
+//! [`write`]). If the
 //! file is missing or damaged anyway (bit rot, an operator), recovery falls back to the
 //! first segment's base (released records may be read again: duplicates, never loss)
 //! and to the salt in the segment headers.
@@ -85,8 +87,36 @@ pub(crate) fn read(dir: &Path) -> Result<FloorState> {
     }
 }
 
-/// Atomically replaces the floor file in `dir` and makes the change durable.
+/// Replaces the floor file in `dir` and makes the change durable: atomically
+/// (temp file, rename) when it can, else in place.
+///
+/// The atomic way needs a new file, which a full disk refuses, and releasing
+/// records is exactly what frees a full disk: so when it fails, the 32 bytes are
+/// overwritten in place (no new block is needed). A write torn by a crash there
+/// leaves a damaged floor, which recovery rebuilds from the segments (released
+/// records may be read again: duplicates, never loss).
 pub(crate) fn write(dir: &Path, floor: Floor) -> Result<()> {
+    match write_atomic(dir, floor) {
+        Ok(()) => Ok(()),
+        Err(atomic) => {
+            let _ = fs::remove_file(dir.join(FLOOR_TMP));
+            let path = dir.join(FLOOR_FILE);
+            let in_place = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| {
+                    f.write_all(&floor.encode())?;
+                    f.sync_all()
+                });
+            match in_place {
+                Ok(()) => Ok(()),
+                Err(_) => Err(atomic),
+            }
+        }
+    }
+}
+
+fn write_atomic(dir: &Path, floor: Floor) -> Result<()> {
     let tmp = dir.join(FLOOR_TMP);
     let path = dir.join(FLOOR_FILE);
     let mut f = OpenOptions::new()

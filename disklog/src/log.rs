@@ -151,8 +151,10 @@ pub struct CompletedSync {
     result: Result<()>,
 }
 
-/// A crash-safe segmented log in one directory. One `Log` per directory and process:
-/// the log does not lock the directory against a second writer.
+/// A crash-safe segmented log in one directory. One `Log` per directory: it holds
+/// an advisory lock on `LOCK` in the directory while it lives, and a second
+/// [`Log::open`] of the directory, in this process or another, fails with
+/// [`Error::Locked`].
 ///
 /// Dropping a `Log` does no I/O: records still in the write buffer (not yet returned
 /// by [`Log::flush`] or [`Log::sync`]) are lost, as they would be in a crash.
@@ -164,6 +166,37 @@ pub struct Log {
     shared: Arc<Mutex<Shared>>,
     active: Active,
     poisoned: Option<String>,
+    /// Holds the directory's lock for as long as the log lives.
+    _lock: File,
+}
+
+/// What recovery builds: everything a `Log` holds but its directory and options.
+struct Recovered {
+    salt: u32,
+    shared: Shared,
+    active: Active,
+}
+
+/// Name of the lock file inside the log directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes the directory's lock (an advisory `flock` on `LOCK`, released by the OS
+/// when the process dies, so a crash never leaves it stuck).
+fn take_lock(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open lock file", &path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
+    }
 }
 
 fn time_ns(t: SystemTime) -> u64 {
@@ -210,6 +243,38 @@ impl Log {
                 .unwrap_or(Path::new("."));
             floor::sync_dir(parent)?;
         }
+        let lock = take_lock(&dir)?;
+        let (r, rec) = Self::recover(&dir)?;
+        let log = Log {
+            dir,
+            opts,
+            salt: r.salt,
+            shared: Arc::new(Mutex::new(r.shared)),
+            active: r.active,
+            poisoned: None,
+            _lock: lock,
+        };
+        Ok((log, rec))
+    }
+
+    /// Recovers the log from what is on disk, in place: after a write or fsync
+    /// failed ([`Error::Poisoned`]), a full disk, or a corrupt record found while
+    /// reading, this rescans every segment as [`Log::open`] does and the log (and
+    /// every [`LogReader`] of it) goes on from what actually reached the disk.
+    /// Records appended but not yet durable may be gone: compare
+    /// [`Log::next_offset`] before and after.
+    pub fn reopen(&mut self) -> Result<Recovery> {
+        let (r, rec) = Self::recover(&self.dir)?;
+        *lock(&self.shared) = r.shared;
+        self.active = r.active;
+        self.salt = r.salt;
+        self.poisoned = None;
+        Ok(rec)
+    }
+
+    /// The recovery [`Log::open`] and [`Log::reopen`] share.
+    fn recover(dir: &Path) -> Result<(Recovered, Recovery)> {
+        let dir = dir.to_path_buf();
         let mut bases = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list log directory", &dir))? {
             let entry = entry.map_err(io_err("list log directory", &dir))?;
@@ -315,15 +380,14 @@ impl Log {
             segments: metas,
         };
         let salt = shared.segments.last().map_or(salt, |m| m.salt);
-        let log = Log {
-            dir,
-            opts,
-            salt,
-            shared: Arc::new(Mutex::new(shared)),
-            active,
-            poisoned: None,
-        };
-        Ok((log, rec))
+        Ok((
+            Recovered {
+                salt,
+                shared,
+                active,
+            },
+            rec,
+        ))
     }
 
     /// With neither the floor file nor any segment header intact, the salt is solved
@@ -764,6 +828,20 @@ impl Log {
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         lock(&self.shared).segments.len()
+    }
+
+    /// Offsets at or above the floor that hold no valid record: lost to damage and
+    /// counted by recovery ([`Recovery::corrupt_records`]). A consumer that waits
+    /// for every offset in turn (the agent's spool waits for acknowledgements)
+    /// settles these, or it would wait for ever.
+    pub fn missing(&self) -> Vec<std::ops::Range<Offset>> {
+        let s = lock(&self.shared);
+        s.segments
+            .iter()
+            .flat_map(|m| m.missing.iter())
+            .filter(|r| r.end > s.floor)
+            .map(|r| Offset(r.start.max(s.floor))..Offset(r.end))
+            .collect()
     }
 }
 

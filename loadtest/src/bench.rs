@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrule_transport::session_now as now;
+
 /// Benchmark settings.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -156,35 +158,27 @@ async fn blast(
     let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
     let epoch = Epoch(seed);
     let mut s = AgentSession::new(
-        AgentConfig {
-            site,
-            agent: id,
-            software: "bench".into(),
-            epoch,
-            min_version: MIN_PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            capabilities: Capabilities::ALL,
-        },
-        Seq(1),
+        AgentConfig::new(site, id, "bench"),
+        (epoch, Seq(1)),
+        Instant::now(),
     );
     while let Some(m) = s.poll_transmit() {
         ctl.send(&m).await?;
     }
     while !s.is_established() {
         match ctl_rx.next().await? {
-            Some((m, _)) => s.handle(m, 0)?,
+            Some((m, _)) => s.handle(m, now())?,
             None => bail!("aggregator closed before Welcome"),
         }
     }
     let mut lane = FrameSender::new(conn.open_uni().await?, limits);
     for (i, (name, unit)) in SENSORS.iter().zip(UNITS).enumerate() {
-        lane.send(&Message::Define(Define {
+        s.define(Define {
             sensor: SensorId(i as u32),
             name: SensorName::new(format!("bench/{name}"))?,
             unit: unit.into(),
             kind: SensorKind::Gauge,
-        }))
-        .await?;
+        });
     }
     let maker = FrameMaker::new(epoch, samples, seed)?;
     let mut frame = Vec::new();
@@ -204,33 +198,41 @@ async fn blast(
                 due += iv;
             }
             maker.make(next, &mut frame)?;
-            if !s.can_send(frame.len() as u64) {
+            let cost = batch_cost(frame.len() as u64, maker.samples as u64);
+            if !s.can_send(cost) {
                 break;
             }
-            s.on_send(next, frame.len() as u64)?;
+            for d in s.on_send(0, epoch, next, cost, Instant::now())? {
+                lane.send(&Message::Define(d)).await?;
+            }
             lane.send_frame(&frame).await?;
             sent_at.insert(next, Instant::now());
             next = next.next();
         }
+        s.handle_timeout(now())?;
         while let Some(m) = s.poll_transmit() {
             ctl.send(&m).await?;
         }
-        // Then wait for acks and credit, or the next batch's turn.
+        // Then wait for acks and credit, the next batch's turn, or a heartbeat.
         let wait_until = match interval {
             Some(_) => due,
             None => tokio::time::Instant::now() + Duration::from_secs(10),
         };
+        let wait_until = match s.poll_timeout() {
+            Some(t) => wait_until.min(tokio::time::Instant::from_std(t)),
+            None => wait_until,
+        };
         let msg = match tokio::time::timeout_at(wait_until, ctl_rx.next()).await {
             Ok(m) => m?,
-            Err(_) if interval.is_some() => continue,
-            Err(_) => bail!("no ack or credit for 10 s"),
+            // The session's own deadlines say when the aggregator is dead or stuck.
+            Err(_) => continue,
         };
         let Some((m, _)) = msg else {
             bail!("aggregator closed the control stream")
         };
-        s.handle(m, 0)?;
+        s.handle(m, now())?;
         while let Some(ev) = s.poll_event() {
-            if let AgentEvent::Acked(seqs) = ev {
+            if let AgentEvent::Acked { seqs, .. } = ev {
                 let now = Instant::now();
                 for q in seqs {
                     if let Some(t) = sent_at.remove(&q) {

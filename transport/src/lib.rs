@@ -26,3 +26,14 @@ pub use tls::{client_crypto, server_crypto, ClientTls, ServerTls, ALPN};
 
 /// Re-exported so drivers name the same quinn the endpoints were built with.
 pub use quinn;
+
+/// The time for a session input: the monotonic clock for its timers and the
+/// wall clock for the stamps it carries. Drivers read clocks; sessions do not.
+pub fn session_now() -> ferrule_wire::session::Now {
+    ferrule_wire::session::Now {
+        mono: std::time::Instant::now(),
+        wall_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+    }
+}

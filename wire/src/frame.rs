@@ -45,6 +45,35 @@ impl Default for Limits {
     }
 }
 
+/// What a batch costs of a session's credit: its frame bytes or the memory its
+/// samples take once decoded, whichever is more.
+///
+/// Credit bounds what the aggregator holds for an agent. Counting wire bytes alone
+/// let a peer send tiny frames that decode to tens of thousands of samples each
+/// (the sample encoding compresses constant series to almost nothing), so both
+/// sides charge this instead; the agent computes it from what it spooled, the
+/// aggregator from what it decoded, and the two agree.
+///
+/// ```
+/// use ferrule_wire::{batch_cost, DECODED_BYTES_PER_SAMPLE};
+/// assert_eq!(batch_cost(5000, 10), 5000);
+/// assert_eq!(batch_cost(100, 10_000), 10_000 * u64::from(DECODED_BYTES_PER_SAMPLE));
+/// ```
+pub fn batch_cost(frame_bytes: u64, samples: u64) -> u64 {
+    frame_bytes.max(samples.saturating_mul(u64::from(DECODED_BYTES_PER_SAMPLE)))
+}
+
+/// The (epoch, seq) of a batch frame, read from its header without decoding the
+/// samples: the agent names the batches in its spool by it.
+pub fn peek_batch(frame: &[u8]) -> Result<(crate::Epoch, crate::Seq), DecodeError> {
+    let ty = *frame.get(4).ok_or(DecodeError::Truncated)?;
+    if ty != 4 {
+        return Err(DecodeError::UnknownType(ty));
+    }
+    let (h, _): (BatchHeader, _) = postcard::take_from_bytes(&frame[5..])?;
+    Ok((h.epoch, h.seq))
+}
+
 /// Appends `msg` as one frame to `out`. On error `out` is left as it was.
 ///
 /// ```

@@ -218,12 +218,25 @@ pub struct RejectReason(pub u16);
 impl RejectReason {
     /// A series used a sensor id with no [`Define`] in this session.
     pub const UNKNOWN_SENSOR: RejectReason = RejectReason(1);
-    /// The batch's epoch is not the session's.
+    /// The batch's epoch is not the session's. No longer sent: one session carries
+    /// batches of any epoch. Kept so the code keeps its meaning.
     pub const WRONG_EPOCH: RejectReason = RejectReason(2);
     /// The sink refused the batch permanently (too large for the topic, say).
     pub const SINK_REFUSED: RejectReason = RejectReason(3);
     /// A sensor belongs to a site the agent's certificate does not name.
     pub const FORBIDDEN: RejectReason = RejectReason(4);
+
+    /// A short name for logs and metric labels (`unknown` for codes this build
+    /// does not know, so a peer cannot create new labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::UNKNOWN_SENSOR => "unknown_sensor",
+            Self::WRONG_EPOCH => "wrong_epoch",
+            Self::SINK_REFUSED => "sink_refused",
+            Self::FORBIDDEN => "forbidden",
+            _ => "unknown",
+        }
+    }
 }
 
 /// The fate of the batches an [`Ack`] names.

@@ -103,6 +103,34 @@ impl SeqSet {
         (b0 - a0).saturating_add(1) - overlap
     }
 
+    /// Forgets the lowest seqs (the floor first, then the lowest ranges) until at
+    /// most `max_ranges` ranges remain; returns how many ranges were forgotten
+    /// (the floor counts as one).
+    ///
+    /// For bookkeeping where forgetting is safe because a forgotten seq seen again
+    /// is merely handled again (a duplicate written, never a batch lost): it keeps
+    /// a peer that settles scattered seqs from growing the set without bound.
+    ///
+    /// ```
+    /// use ferrule_wire::{Seq, SeqSet};
+    /// let mut s = SeqSet::with_floor(Some(Seq(3)));
+    /// for q in [10, 20, 30] { s.insert(Seq(q)); }
+    /// assert_eq!(s.forget_oldest(2), 2);
+    /// assert!(!s.contains(Seq(1)) && !s.contains(Seq(10)));
+    /// assert!(s.contains(Seq(20)) && s.contains(Seq(30)));
+    /// ```
+    pub fn forget_oldest(&mut self, max_ranges: usize) -> usize {
+        if self.ranges.len() <= max_ranges {
+            return 0;
+        }
+        let mut forgotten = usize::from(self.through.take().is_some());
+        while self.ranges.len() > max_ranges {
+            self.ranges.pop_first();
+            forgotten += 1;
+        }
+        forgotten
+    }
+
     /// Folds a range that starts right after the floor into the floor.
     fn compact(&mut self) {
         let next = self.through.map_or(0, |t| t + 1);

@@ -3,36 +3,47 @@
 
 use ferrule_wire::session::*;
 use ferrule_wire::*;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A fixed origin for the fake clock, so every test reads the same times.
+fn t0() -> Instant {
+    static T0: OnceLock<Instant> = OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+/// The fake clock at `ms` milliseconds (both clocks move together).
+fn at(ms: u64) -> Now {
+    Now {
+        mono: t0() + Duration::from_millis(ms),
+        wall_ns: 1_700_000_000_000_000_000 + ms as i64 * 1_000_000,
+    }
+}
 
 fn agent_cfg(site: &str, agent: &str) -> AgentConfig {
-    AgentConfig {
-        site: site.into(),
-        agent: agent.into(),
-        software: "test".into(),
-        epoch: Epoch(9),
-        min_version: MIN_PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        capabilities: Capabilities::ALL,
+    AgentConfig::new(site, agent, "test")
+}
+
+const E: Epoch = Epoch(9);
+
+fn limits() -> ServerLimits {
+    ServerLimits {
+        max_frame_bytes: 1 << 20,
+        max_batch_samples: 10_000,
+        max_sensors: 4,
+        heartbeat_interval_ms: 1000,
     }
 }
 
 fn ingest_cfg() -> IngestConfig {
-    IngestConfig {
-        server: "agg-test".into(),
-        min_version: MIN_PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        capabilities: Capabilities::ALL,
-        limits: ServerLimits {
-            max_frame_bytes: 1 << 20,
-            max_batch_samples: 10_000,
-            max_sensors: 4,
-            heartbeat_interval_ms: 1000,
-        },
-        initial_credit: Credit {
+    IngestConfig::new(
+        "agg-test",
+        limits(),
+        Credit {
             bytes: 10_000,
             batches: 3,
         },
-    }
+    )
 }
 
 fn peer() -> PeerIdentity {
@@ -44,16 +55,20 @@ fn peer() -> PeerIdentity {
 
 /// Delivers everything each side has queued to the other until both are quiet.
 fn pump(a: &mut AgentSession, i: &mut IngestSession) -> Vec<Result<(), SessionError>> {
+    pump_at(a, i, at(0))
+}
+
+fn pump_at(a: &mut AgentSession, i: &mut IngestSession, now: Now) -> Vec<Result<(), SessionError>> {
     let mut results = Vec::new();
     loop {
         let mut moved = false;
         while let Some(m) = a.poll_transmit() {
             moved = true;
-            results.push(i.handle(m, 100, 1_000));
+            results.push(i.handle(m, 100, now));
         }
         while let Some(m) = i.poll_transmit() {
             moved = true;
-            results.push(a.handle(m, 2_000));
+            results.push(a.handle(m, now));
         }
         if !moved {
             return results;
@@ -70,23 +85,41 @@ fn define(id: u32, name: &str) -> Define {
     }
 }
 
-fn batch(seq: u64, sensor: u32) -> Batch {
+fn batch_in(epoch: Epoch, seq: u64, sensor: u32) -> Batch {
     let mut s = Series::new(SensorId(sensor));
     s.push(1, 2.0, Quality::Good);
     Batch {
-        epoch: Epoch(9),
+        epoch,
         seq: Seq(seq),
         clock_offset_ns: 0,
         series: vec![s],
     }
 }
 
-fn established() -> (AgentSession, IngestSession) {
-    let mut a = AgentSession::new(agent_cfg("s1", "a1"), Seq(1));
-    let mut i = IngestSession::new(ingest_cfg(), peer());
+fn batch(seq: u64, sensor: u32) -> Batch {
+    batch_in(E, seq, sensor)
+}
+
+/// Sends batch `seq` (sensor 0) from the agent to the ingest side, as the
+/// drivers do: spend on the agent, write the lane's Defines, then the frame.
+fn send(a: &mut AgentSession, i: &mut IngestSession, epoch: Epoch, seq: u64) {
+    let defines = a.on_send(0, epoch, Seq(seq), 100, at(0).mono).unwrap();
+    for d in defines {
+        i.handle(Message::Define(d), 20, at(0)).unwrap();
+    }
+    i.handle(Message::Batch(batch_in(epoch, seq, 0)), 100, at(0))
+        .unwrap();
+}
+
+fn established_with(cfg: IngestConfig) -> (AgentSession, IngestSession) {
+    let mut a = AgentSession::new(agent_cfg("s1", "a1"), (E, Seq(1)), at(0).mono);
+    let mut i = IngestSession::new(cfg, peer(), at(0).mono);
     a.define(define(0, "va"));
     assert!(!a.is_established(), "up only after Welcome");
-    assert_eq!(a.on_send(Seq(1), 100), Err(SendError::NotEstablished));
+    assert_eq!(
+        a.on_send(0, E, Seq(1), 100, at(0).mono),
+        Err(SendError::NotEstablished)
+    );
     assert!(pump(&mut a, &mut i).iter().all(Result::is_ok));
     assert!(a.is_established());
     assert!(matches!(
@@ -98,13 +131,38 @@ fn established() -> (AgentSession, IngestSession) {
     ));
     assert!(matches!(
         i.poll_event(),
-        Some(IngestEvent::Established {
-            epoch: Epoch(9),
-            ..
-        })
+        Some(IngestEvent::Established { epoch: E, .. })
     ));
-    assert!(matches!(i.poll_event(), Some(IngestEvent::Defined(_))));
     (a, i)
+}
+
+fn established() -> (AgentSession, IngestSession) {
+    established_with(ingest_cfg())
+}
+
+fn acked(a: &mut AgentSession) -> Vec<(Epoch, Seq)> {
+    let mut out = Vec::new();
+    while let Some(e) = a.poll_event() {
+        if let AgentEvent::Acked { epoch, seqs } = e {
+            out.extend(seqs.into_iter().map(|s| (epoch, s)));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Commits every batch the ingest side handed over.
+fn commit_all(i: &mut IngestSession) -> Vec<(Epoch, Seq)> {
+    let mut done = Vec::new();
+    while let Some(e) = i.poll_event() {
+        if let IngestEvent::Commit { batch, .. } = e {
+            done.push((batch.epoch, batch.seq));
+        }
+    }
+    for (e, s) in &done {
+        i.committed(*e, *s, at(0).mono);
+    }
+    done
 }
 
 #[test]
@@ -122,32 +180,31 @@ fn handshake_grants_initial_credit() {
 
 #[test]
 fn hello_claiming_another_site_is_refused() {
-    let mut a = AgentSession::new(agent_cfg("other-site", "a1"), Seq(1));
-    let mut i = IngestSession::new(ingest_cfg(), peer());
+    let mut a = AgentSession::new(agent_cfg("other-site", "a1"), (E, Seq(1)), at(0).mono);
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
     let hello = a.poll_transmit().unwrap();
-    let err = i.handle(hello, 50, 0).unwrap_err();
+    let err = i.handle(hello, 50, at(0)).unwrap_err();
     assert_eq!(err.code(), ErrorCode::IDENTITY_MISMATCH);
     match i.poll_transmit() {
         Some(Message::Error(e)) => assert_eq!(e.code, ErrorCode::IDENTITY_MISMATCH),
         other => panic!("expected an Error to the peer, got {other:?}"),
     }
     assert!(!i.is_established());
+    assert!(i.is_finished());
 }
 
 #[test]
 fn define_claiming_another_site_is_refused() {
-    let (mut a, mut i) = established();
-    a.define(define(1, "site/s2/feeder/va"));
-    let m = a.poll_transmit().unwrap();
-    assert_eq!(
-        i.handle(m, 50, 0).unwrap_err().code(),
-        ErrorCode::IDENTITY_MISMATCH
-    );
+    let (_, mut i) = established();
+    let err = i
+        .handle(Message::Define(define(1, "site/s2/feeder/va")), 50, at(0))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::IDENTITY_MISMATCH);
     // The agent's own site is fine.
-    let (mut a, mut i) = established();
-    a.define(define(1, "site/s1/feeder/va"));
-    let m = a.poll_transmit().unwrap();
-    assert!(i.handle(m, 50, 0).is_ok());
+    let (_, mut i) = established();
+    assert!(i
+        .handle(Message::Define(define(1, "site/s1/feeder/va")), 50, at(0))
+        .is_ok());
 }
 
 #[test]
@@ -155,9 +212,9 @@ fn no_common_version_is_an_error() {
     let mut cfg = agent_cfg("s1", "a1");
     cfg.min_version = 7;
     cfg.max_version = 9;
-    let mut a = AgentSession::new(cfg, Seq(1));
-    let mut i = IngestSession::new(ingest_cfg(), peer());
-    let err = i.handle(a.poll_transmit().unwrap(), 10, 0).unwrap_err();
+    let mut a = AgentSession::new(cfg, (E, Seq(1)), at(0).mono);
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    let err = i.handle(a.poll_transmit().unwrap(), 10, at(0)).unwrap_err();
     assert_eq!(err.code(), ErrorCode::UNSUPPORTED_VERSION);
 }
 
@@ -165,85 +222,227 @@ fn no_common_version_is_an_error() {
 fn batches_beyond_credit_are_refused_on_both_sides() {
     let (mut a, mut i) = established();
     for seq in 1..=3 {
-        a.on_send(Seq(seq), 100).unwrap();
-        i.handle(Message::Batch(batch(seq, 0)), 100, 0).unwrap();
+        send(&mut a, &mut i, E, seq);
     }
-    assert_eq!(a.on_send(Seq(4), 100), Err(SendError::NoCredit));
+    assert_eq!(
+        a.on_send(0, E, Seq(4), 100, at(0).mono),
+        Err(SendError::NoCredit)
+    );
     // A misbehaving agent that sends anyway is cut off.
-    let err = i.handle(Message::Batch(batch(4, 0)), 100, 0).unwrap_err();
+    let err = i
+        .handle(Message::Batch(batch(4, 0)), 100, at(0))
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::CREDIT_EXCEEDED);
 }
 
 #[test]
-fn acks_follow_commits_and_credit_follows_grants() {
+fn credit_counts_decoded_size_not_just_wire_bytes() {
+    // A tiny frame of a constant series decodes to many samples: it costs what
+    // it takes in memory once decoded.
+    let mut s = Series::new(SensorId(0));
+    for k in 0..500 {
+        s.push(k, 1.0, Quality::Good);
+    }
+    let b = Batch {
+        epoch: E,
+        seq: Seq(1),
+        clock_offset_ns: 0,
+        series: vec![s],
+    };
+    let mut frame = Vec::new();
+    encode(&Message::Batch(b.clone()), &Limits::default(), &mut frame).unwrap();
+    assert!(frame.len() < 200, "{} bytes", frame.len());
+    let cost = batch_cost(frame.len() as u64, 500);
+    assert_eq!(cost, 500 * u64::from(DECODED_BYTES_PER_SAMPLE));
+    // The window is 10 000 bytes: one such batch fits, a second does not.
     let (mut a, mut i) = established();
-    for seq in 1..=3 {
-        a.on_send(Seq(seq), 100).unwrap();
-        i.handle(Message::Batch(batch(seq, 0)), 100, 0).unwrap();
-    }
-    for seq in 1..=3 {
-        assert!(
-            matches!(i.poll_event(), Some(IngestEvent::Commit { batch, .. }) if batch.seq == Seq(seq))
-        );
-    }
-    // Nothing is acknowledged before the sink says durable.
-    assert!(i.poll_transmit().is_none());
-    i.committed(Seq(3));
-    i.committed(Seq(1));
-    i.grant(Credit {
-        bytes: 200,
-        batches: 2,
-    });
-    pump(&mut a, &mut i);
-    let mut acked = Vec::new();
-    while let Some(e) = a.poll_event() {
-        if let AgentEvent::Acked(s) = e {
-            acked.extend(s);
-        }
-    }
-    acked.sort();
-    assert_eq!(acked, vec![Seq(1), Seq(3)]);
-    assert_eq!(a.in_flight().collect::<Vec<_>>(), vec![Seq(2)]);
-    assert_eq!(a.credit().batches, 2);
+    i.handle(Message::Define(define(0, "va")), 20, at(0))
+        .unwrap();
+    assert!(a.can_send(cost));
+    a.on_send(0, E, Seq(1), cost, at(0).mono).unwrap();
+    i.handle(Message::Batch(b.clone()), frame.len() as u64, at(0))
+        .unwrap();
+    assert!(!a.can_send(cost));
+    let mut again = b;
+    again.seq = Seq(2);
+    let err = i
+        .handle(Message::Batch(again), frame.len() as u64, at(0))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CREDIT_EXCEEDED);
 }
 
 #[test]
-fn retransmits_are_not_committed_twice() {
+fn acks_follow_commits_and_credit_returns_with_them() {
     let (mut a, mut i) = established();
-    a.on_send(Seq(1), 100).unwrap();
-    i.handle(Message::Batch(batch(1, 0)), 100, 0).unwrap();
-    i.handle(Message::Batch(batch(1, 0)), 100, 0).unwrap();
-    assert!(matches!(i.poll_event(), Some(IngestEvent::Commit { .. })));
-    assert_eq!(i.poll_event(), Some(IngestEvent::Duplicate(Seq(1))));
-    i.committed(Seq(1));
-    i.handle(Message::Batch(batch(1, 0)), 100, 0).unwrap();
-    assert_eq!(i.poll_event(), Some(IngestEvent::Duplicate(Seq(1))));
-    // The duplicate of a committed batch is acknowledged again.
-    match i.poll_transmit() {
-        Some(Message::Ack(ack)) => {
-            assert_eq!(ack.outcome, Outcome::Committed);
-            assert_eq!(ack.through, Some(Seq(1)));
-        }
-        other => panic!("{other:?}"),
+    for seq in 1..=3 {
+        send(&mut a, &mut i, E, seq);
     }
+    let mut handed = Vec::new();
+    while let Some(e) = i.poll_event() {
+        if let IngestEvent::Commit { batch, .. } = e {
+            handed.push(batch.seq);
+        }
+    }
+    assert_eq!(handed, vec![Seq(1), Seq(2), Seq(3)]);
+    // Nothing is acknowledged, and no credit returned, before the sink says durable.
+    assert!(i.poll_transmit().is_none());
+    i.committed(E, Seq(3), at(0).mono);
+    i.committed(E, Seq(1), at(0).mono);
+    pump(&mut a, &mut i);
+    assert_eq!(acked(&mut a), vec![(E, Seq(1)), (E, Seq(3))]);
+    assert_eq!(a.in_flight().collect::<Vec<_>>(), vec![(E, Seq(2))]);
+    assert_eq!(a.credit().batches, 2);
+    assert_eq!(a.credit().bytes, 10_000 - 100);
+}
+
+/// The bug this issue started from: rejected and duplicate batches spent credit
+/// that never came back, and after one window the session stalled for good.
+#[test]
+fn rejected_and_duplicate_batches_return_their_credit() {
+    let (mut a, mut i) = established();
+    // Many windows' worth of batches that are all refused (unknown sensor 77)...
+    for seq in 1..=30u64 {
+        assert!(a.can_send(100), "credit ran out at batch {seq}");
+        for d in a.on_send(0, E, Seq(seq), 100, at(0).mono).unwrap() {
+            i.handle(Message::Define(d), 20, at(0)).unwrap();
+        }
+        i.handle(Message::Batch(batch(seq, 77)), 100, at(0))
+            .unwrap();
+        pump(&mut a, &mut i);
+    }
+    let mut rejected = 0;
+    while let Some(e) = a.poll_event() {
+        if let AgentEvent::Rejected { seqs, reason, .. } = e {
+            assert_eq!(reason, RejectReason::UNKNOWN_SENSOR);
+            rejected += seqs.len();
+        }
+    }
+    assert_eq!(rejected, 30);
+    // ...and retransmits of acknowledged batches: each is acknowledged again and
+    // its credit returned.
+    send(&mut a, &mut i, E, 31);
+    commit_all(&mut i);
+    pump(&mut a, &mut i);
+    assert_eq!(acked(&mut a), vec![(E, Seq(31))]);
+    for _ in 0..10 {
+        assert!(a.can_send(100), "credit leaked on duplicates");
+        // A resend of 31 (say, after the agent lost the ack): a misbehaving agent
+        // may do this on one session; the aggregator answers and returns credit.
+        i.handle(Message::Batch(batch(31, 0)), 100, at(0)).unwrap();
+        assert!(matches!(
+            i.poll_event(),
+            Some(IngestEvent::Duplicate { seq: Seq(31), .. })
+        ));
+        match i.poll_transmit() {
+            Some(Message::Ack(ack)) => {
+                assert_eq!(ack.outcome, Outcome::Committed);
+                assert!(
+                    ack.through >= Some(Seq(31))
+                        || ack
+                            .ranges
+                            .iter()
+                            .any(|r| r.first <= Seq(31) && Seq(31) <= r.last)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(i.poll_transmit(), Some(Message::Credit(c)) if c.batches == 1));
+    }
+    assert_eq!(i.outstanding_credit().batches, 3);
+}
+
+#[test]
+fn credit_is_owed_under_sink_pressure_and_paid_after() {
+    let (mut a, mut i) = established();
+    for seq in 1..=3 {
+        send(&mut a, &mut i, E, seq);
+    }
+    i.set_sink_pressure(true);
+    commit_all(&mut i);
+    let mut withheld = 0;
+    while let Some(e) = i.poll_event() {
+        if matches!(e, IngestEvent::CreditWithheld { .. }) {
+            withheld += 1;
+        }
+    }
+    assert_eq!(withheld, 3);
+    pump(&mut a, &mut i);
+    assert_eq!(acked(&mut a).len(), 3, "acks are never held back");
+    assert_eq!(a.credit().batches, 0, "credit is");
+    assert_eq!(i.owed_credit().batches, 3);
+    i.set_sink_pressure(false);
+    pump(&mut a, &mut i);
+    assert_eq!(a.credit().batches, 3);
+    assert_eq!(i.owed_credit(), Credit::default());
+}
+
+#[test]
+fn a_session_starting_under_pressure_is_owed_its_window() {
+    let mut a = AgentSession::new(agent_cfg("s1", "a1"), (E, Seq(1)), at(0).mono);
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    i.set_sink_pressure(true);
+    pump(&mut a, &mut i);
+    assert!(a.is_established());
+    assert_eq!(a.credit(), Credit::default());
+    i.set_sink_pressure(false);
+    pump(&mut a, &mut i);
+    assert_eq!(a.credit().batches, 3);
+}
+
+#[test]
+fn retransmits_within_a_session_are_not_committed_twice() {
+    let (mut a, mut i) = established();
+    send(&mut a, &mut i, E, 1);
+    i.handle(Message::Batch(batch(1, 0)), 100, at(0)).unwrap();
+    assert!(matches!(i.poll_event(), Some(IngestEvent::Defined(_))));
+    assert!(matches!(i.poll_event(), Some(IngestEvent::Commit { .. })));
+    assert_eq!(
+        i.poll_event(),
+        Some(IngestEvent::Duplicate {
+            epoch: E,
+            seq: Seq(1)
+        })
+    );
+    assert_eq!(i.pending_commits(), 1);
+}
+
+#[test]
+fn one_session_carries_several_epochs_in_order() {
+    // A spool holding the tail of an old epoch and the start of a new one (the
+    // epoch file was lost, or the tail was damaged): nothing is refused for its
+    // epoch, and each epoch is acknowledged on its own.
+    let old = Epoch(5);
+    let mut a = AgentSession::new(agent_cfg("s1", "a1"), (old, Seq(40)), at(0).mono);
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    a.define(define(0, "va"));
+    pump(&mut a, &mut i);
+    send(&mut a, &mut i, old, 40);
+    send(&mut a, &mut i, old, 41);
+    send(&mut a, &mut i, E, 42);
+    let done = commit_all(&mut i);
+    assert_eq!(done, vec![(old, Seq(40)), (old, Seq(41)), (E, Seq(42))]);
+    pump(&mut a, &mut i);
+    assert_eq!(
+        acked(&mut a),
+        vec![(old, Seq(40)), (old, Seq(41)), (E, Seq(42))]
+    );
+    assert_eq!(a.in_flight().count(), 0);
+    assert_eq!(a.credit().batches, 3);
 }
 
 #[test]
 fn resumed_session_acks_cumulatively_from_resume_point() {
-    let mut a = AgentSession::new(agent_cfg("s1", "a1"), Seq(50));
-    let mut i = IngestSession::new(ingest_cfg(), peer());
+    let mut a = AgentSession::new(agent_cfg("s1", "a1"), (E, Seq(50)), at(0).mono);
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
     a.define(define(0, "va"));
     pump(&mut a, &mut i);
     // A batch below the resume point was settled earlier: it is a duplicate.
-    a.on_send(Seq(50), 100).unwrap();
-    i.handle(Message::Batch(batch(49, 0)), 10, 0).unwrap();
-    i.handle(Message::Batch(batch(50, 0)), 10, 0).unwrap();
-    while let Some(e) = i.poll_event() {
-        if let IngestEvent::Commit { batch, .. } = e {
-            assert_eq!(batch.seq, Seq(50));
-            i.committed(batch.seq);
-        }
-    }
+    i.handle(Message::Define(define(0, "va")), 10, at(0))
+        .unwrap();
+    i.handle(Message::Batch(batch(49, 0)), 10, at(0)).unwrap();
+    a.on_send(0, E, Seq(50), 10, at(0).mono).unwrap();
+    i.handle(Message::Batch(batch(50, 0)), 10, at(0)).unwrap();
+    assert_eq!(commit_all(&mut i), vec![(E, Seq(50))]);
     pump(&mut a, &mut i);
     assert_eq!(a.in_flight().count(), 0);
 }
@@ -251,11 +450,12 @@ fn resumed_session_acks_cumulatively_from_resume_point() {
 #[test]
 fn unknown_sensors_are_rejected_and_reported() {
     let (mut a, mut i) = established();
-    a.on_send(Seq(1), 100).unwrap();
-    i.handle(Message::Batch(batch(1, 77)), 100, 0).unwrap();
+    a.on_send(0, E, Seq(1), 100, at(0).mono).unwrap();
+    i.handle(Message::Batch(batch(1, 77)), 100, at(0)).unwrap();
     assert_eq!(
         i.poll_event(),
         Some(IngestEvent::Rejected {
+            epoch: E,
             seq: Seq(1),
             reason: RejectReason::UNKNOWN_SENSOR
         })
@@ -264,6 +464,7 @@ fn unknown_sensors_are_rejected_and_reported() {
     assert_eq!(
         a.poll_event(),
         Some(AgentEvent::Rejected {
+            epoch: E,
             seqs: vec![Seq(1)],
             reason: RejectReason::UNKNOWN_SENSOR
         })
@@ -271,59 +472,103 @@ fn unknown_sensors_are_rejected_and_reported() {
 }
 
 #[test]
-fn too_many_sensors_and_redefinitions_are_bad_defines() {
+fn defines_beyond_the_limit_are_refused_without_ending_the_session() {
     let (mut a, mut i) = established();
-    a.define(define(0, "va"));
-    for id in 1..4 {
+    for id in 0..6 {
         a.define(define(id, &format!("s{id}")));
     }
-    assert!(pump(&mut a, &mut i).iter().all(Result::is_ok));
+    // Sent on the lane before the first batch.
+    let defines = a.on_send(0, E, Seq(1), 100, at(0).mono).unwrap();
+    assert_eq!(defines.len(), 6);
+    for d in defines {
+        i.handle(Message::Define(d), 20, at(0)).unwrap();
+    }
+    let refused: Vec<u32> = std::iter::from_fn(|| i.poll_event())
+        .filter_map(|e| match e {
+            IngestEvent::DefineRefused { define, limit: 4 } => Some(define.sensor.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec![4, 5]);
+    // A batch naming a refused sensor is refused; one within the limit commits.
+    i.handle(Message::Batch(batch(1, 5)), 100, at(0)).unwrap();
+    a.on_send(0, E, Seq(2), 100, at(0).mono).unwrap();
+    i.handle(Message::Batch(batch(2, 3)), 100, at(0)).unwrap();
+    assert_eq!(commit_all(&mut i), vec![(E, Seq(2))]);
+    assert!(i.is_established());
+    // Redefining an id with another meaning is still a protocol error.
     let err = i
-        .handle(Message::Define(define(9, "one-too-many")), 10, 0)
-        .unwrap_err();
-    assert_eq!(err.code(), ErrorCode::BAD_DEFINE);
-
-    let (_, mut i) = established();
-    let err = i
-        .handle(Message::Define(define(0, "renamed")), 10, 0)
+        .handle(Message::Define(define(0, "renamed")), 10, at(0))
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::BAD_DEFINE);
 }
 
 #[test]
-fn go_away_drains_without_new_credit() {
+fn each_lane_carries_every_define_once_before_its_batches() {
+    let (mut a, _) = established();
+    a.define(define(1, "vb"));
+    let d0 = a.on_send(0, E, Seq(1), 10, at(0).mono).unwrap();
+    let d1 = a.on_send(1, E, Seq(2), 10, at(0).mono).unwrap();
+    assert_eq!(d0.len(), 2);
+    assert_eq!(d1.len(), 2);
+    a.define(define(2, "vc"));
+    a.define(define(1, "vb")); // again: ignored
+    let d0 = a.on_send(0, E, Seq(3), 10, at(0).mono).unwrap();
+    assert_eq!(d0.iter().map(|d| d.sensor.0).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn go_away_drains_without_new_credit_then_finishes() {
     let (mut a, mut i) = established();
-    a.on_send(Seq(1), 100).unwrap();
-    i.handle(Message::Batch(batch(1, 0)), 100, 0).unwrap();
-    i.go_away(GoAwayReason::SHUTDOWN, Some("agg-2:4433".into()));
-    i.grant(Credit {
-        bytes: 1000,
-        batches: 10,
-    });
-    i.committed(Seq(1));
+    send(&mut a, &mut i, E, 1);
+    i.go_away(
+        GoAwayReason::SHUTDOWN,
+        Some("agg-2:4433".into()),
+        at(0).mono,
+    );
+    commit_all(&mut i);
     pump(&mut a, &mut i);
     assert!(a.is_draining());
-    assert_eq!(a.on_send(Seq(2), 10), Err(SendError::Draining));
+    assert_eq!(
+        a.on_send(0, E, Seq(2), 10, at(0).mono),
+        Err(SendError::Draining)
+    );
     let events: Vec<_> = std::iter::from_fn(|| a.poll_event()).collect();
     assert!(
-        events.contains(&AgentEvent::Acked(vec![Seq(1)])),
+        events.contains(&AgentEvent::Acked {
+            epoch: E,
+            seqs: vec![Seq(1)]
+        }),
         "{events:?}"
     );
     assert!(events.iter().any(
         |e| matches!(e, AgentEvent::GoAway(g) if g.alternate.as_deref() == Some("agg-2:4433"))
     ));
     assert_eq!(a.credit().batches, 2, "no grant after GoAway");
+    // Nothing pending: the agent has the grace period to leave, then it is closed.
+    assert!(!i.is_finished());
+    let deadline = i.poll_timeout().unwrap();
+    assert!(deadline <= at(5_000).mono);
+    i.handle_timeout(deadline).unwrap();
+    assert!(i.is_finished());
 }
 
 #[test]
-fn heartbeats_measure_the_clock_offset() {
+fn heartbeats_are_sent_on_time_and_measure_the_clock_offset() {
     let (mut a, mut i) = established();
-    a.heartbeat(1_000_000);
+    let due = a.poll_timeout().unwrap();
+    assert_eq!(due, at(1_000).mono, "heartbeat interval from Welcome");
+    let mut later = at(1_000);
+    a.handle_timeout(later).unwrap();
     let hb = a.poll_transmit().unwrap();
+    assert!(matches!(hb, Message::Heartbeat(_)));
     // Aggregator clock 5 ms ahead; 1 ms each way.
-    i.handle(hb, 20, 7_000_000).unwrap();
+    let mut agg = at(1_001);
+    agg.wall_ns += 5_000_000;
+    i.handle(hb, 20, agg).unwrap();
     let reply = i.poll_transmit().unwrap();
-    a.handle(reply, 3_000_000).unwrap();
+    later = at(1_002);
+    a.handle(reply, later).unwrap();
     match a.poll_event() {
         Some(AgentEvent::Clock(s)) => {
             assert_eq!(s.offset_ns, 5_000_000);
@@ -331,19 +576,182 @@ fn heartbeats_measure_the_clock_offset() {
         }
         other => panic!("{other:?}"),
     }
+    // The next one is an interval later.
+    assert_eq!(a.poll_timeout(), Some(at(2_000).mono));
+}
+
+#[test]
+fn a_silent_aggregator_is_noticed_within_the_peer_timeout() {
+    let (mut a, _) = established();
+    // Heartbeats go out, nothing comes back.
+    let mut now;
+    let err = loop {
+        let due = a.poll_timeout().unwrap();
+        now = (due - t0()).as_millis() as u64;
+        assert!(now <= 5_000, "not noticed by {now} ms");
+        if let Err(e) = a.handle_timeout(at(now)) {
+            break e;
+        }
+        while a.poll_transmit().is_some() {}
+    };
+    assert_eq!(err.label(), "peer_timeout");
+    assert_eq!(now, 5_000);
+    assert!(a.is_closed());
+}
+
+#[test]
+fn a_silent_agent_is_closed_by_the_aggregator() {
+    let (_, mut i) = established();
+    assert_eq!(i.poll_timeout(), Some(at(10_000).mono));
+    i.handle_timeout(at(9_999).mono).unwrap();
+    let err = i.handle_timeout(at(10_000).mono).unwrap_err();
+    assert_eq!(err.label(), "peer_timeout");
+    assert!(matches!(i.poll_transmit(), Some(Message::Error(e)) if e.code == ErrorCode::TIMEOUT));
+}
+
+#[test]
+fn a_hello_that_never_comes_times_out() {
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    assert_eq!(i.poll_timeout(), Some(at(10_000).mono));
+    assert_eq!(
+        i.handle_timeout(at(10_000).mono).unwrap_err().label(),
+        "handshake_timeout"
+    );
+    let mut a = AgentSession::new(agent_cfg("s1", "a1"), (E, Seq(1)), at(0).mono);
+    assert_eq!(
+        a.handle_timeout(at(5_000)).unwrap_err().label(),
+        "handshake_timeout"
+    );
+}
+
+#[test]
+fn batches_stuck_at_the_sink_stall_the_session() {
+    let (mut a, mut i) = established();
+    send(&mut a, &mut i, E, 1);
+    commit_all_but_keep(&mut i);
+    // The agent keeps heartbeating (so it is not silent), but nothing settles.
+    let mut ms = 0;
+    let err = loop {
+        ms += 1_000;
+        assert!(ms <= 61_000, "no stall noticed");
+        i.handle(
+            Message::Heartbeat(Heartbeat {
+                origin_ns: 0,
+                receive_ns: 0,
+                transmit_ns: 0,
+            }),
+            20,
+            at(ms),
+        )
+        .unwrap();
+        while i.poll_transmit().is_some() {}
+        if let Err(e) = i.handle_timeout(at(ms).mono) {
+            break e;
+        }
+    };
+    assert_eq!(err.label(), "stalled");
+    assert_eq!(ms, 60_000);
+}
+
+/// Takes the Commit events without reporting any outcome.
+fn commit_all_but_keep(i: &mut IngestSession) {
+    while i.poll_event().is_some() {}
+}
+
+#[test]
+fn an_agent_without_acks_or_credit_notices_the_stall() {
+    let (mut a, mut i) = established();
+    send(&mut a, &mut i, E, 1);
+    // The aggregator answers heartbeats but never acknowledges.
+    let mut ms = 0;
+    let err = loop {
+        ms += 1_000;
+        assert!(ms <= 61_000, "no stall noticed");
+        if let Err(e) = a.handle_timeout(at(ms)) {
+            break e;
+        }
+        while let Some(m) = a.poll_transmit() {
+            i.handle(m, 20, at(ms)).unwrap();
+        }
+        while let Some(m) = i.poll_transmit() {
+            a.handle(m, at(ms)).unwrap();
+        }
+    };
+    assert_eq!(err.label(), "stalled");
+
+    // Waiting for credit that never comes counts as well; an idle agent does not.
+    let (mut a, _) = established();
+    a.set_blocked(true, at(0).mono);
+    assert_eq!(a.poll_timeout(), Some(at(1_000).mono), "heartbeat first");
+    let mut now = at(0);
+    let err = loop {
+        let due = a.poll_timeout().unwrap();
+        now.mono = due;
+        // Keep the aggregator "alive" by feeding heartbeat replies.
+        if let Err(e) = a.handle_timeout(now) {
+            break e;
+        }
+        while a.poll_transmit().is_some() {}
+        a.handle(
+            Message::Heartbeat(Heartbeat {
+                origin_ns: 0,
+                receive_ns: 1,
+                transmit_ns: 1,
+            }),
+            now,
+        )
+        .unwrap();
+    };
+    assert_eq!(err.label(), "stalled");
+    assert_eq!(now.mono, at(60_000).mono);
 }
 
 #[test]
 fn messages_out_of_place_close_the_session() {
-    let mut i = IngestSession::new(ingest_cfg(), peer());
-    let err = i.handle(Message::Batch(batch(1, 0)), 10, 0).unwrap_err();
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    let err = i
+        .handle(Message::Batch(batch(1, 0)), 10, at(0))
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UNEXPECTED_MESSAGE);
     assert_eq!(
-        i.handle(Message::Credit(Credit::default()), 10, 0),
+        i.handle(Message::Credit(Credit::default()), 10, at(0)),
         Err(SessionError::Closed)
     );
 
-    let mut a = AgentSession::new(agent_cfg("s1", "a1"), Seq(1));
-    let err = a.handle(Message::Credit(Credit::default()), 0).unwrap_err();
+    let mut a = AgentSession::new(agent_cfg("s1", "a1"), (E, Seq(1)), at(0).mono);
+    let err = a
+        .handle(Message::Credit(Credit::default()), at(0))
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UNEXPECTED_MESSAGE);
+}
+
+#[test]
+fn scattered_seqs_do_not_grow_the_session_without_bound() {
+    let mut cfg = ingest_cfg();
+    cfg.max_seq_ranges = 8;
+    cfg.initial_credit = Credit {
+        bytes: u64::MAX / 2,
+        batches: 100_000,
+    };
+    let (mut a, mut i) = established_with(cfg);
+    i.handle(Message::Define(define(0, "va")), 20, at(0))
+        .unwrap();
+    // Every other seq, committed: each one its own range.
+    for k in 0..2000u64 {
+        let seq = 2 * k + 1;
+        a.on_send(0, E, Seq(seq), 100, at(0).mono).unwrap();
+        i.handle(Message::Batch(batch(seq, 0)), 100, at(0)).unwrap();
+        commit_all(&mut i);
+        pump(&mut a, &mut i);
+    }
+    assert_eq!(acked(&mut a).len(), 2000);
+    assert!(
+        i.tracked_ranges() <= 2 * 8 + 1,
+        "{} ranges kept",
+        i.tracked_ranges()
+    );
+    // A retransmit of an old, forgotten seq is handed to the sink again (whose
+    // ledger catches it), never refused or lost.
+    i.handle(Message::Batch(batch(1, 0)), 100, at(0)).unwrap();
+    assert!(matches!(i.poll_event(), Some(IngestEvent::Commit { .. })));
 }

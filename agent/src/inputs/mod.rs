@@ -14,7 +14,7 @@ pub mod modbus;
 pub mod mqtt;
 pub mod synthetic;
 
-use crate::batcher::Chunk;
+use crate::batcher::{Chunk, Durability};
 use crate::catalog::Catalog;
 use crate::config::InputsSection;
 use ferrule_telemetry::Registry;
@@ -87,11 +87,15 @@ impl InputContext {
     }
 
     /// The id of sensor `name`, registering it (and saving the catalog) on first
-    /// use. A name that is not a valid sensor name is an error to count as bad data.
+    /// use. A name that is not a valid sensor name, or a new sensor beyond the
+    /// catalog's cap (`agent.max_sensors`), is an error to count as bad data. The
+    /// save (an fsync) runs off the async worker.
     pub fn sensor(&self, name: &str, unit: &str, kind: SensorKind) -> anyhow::Result<SensorId> {
         let name = SensorName::new(name)?;
-        let mut cat = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
-        cat.intern(name, unit, kind)
+        crate::blocking::run(|| {
+            let mut cat = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
+            cat.intern(name, unit, kind)
+        })
     }
 
     /// True if [`InputContext::send`] would wait now (the batcher's queue is
@@ -108,15 +112,31 @@ impl InputContext {
         if samples == 0 {
             return true;
         }
-        if self
-            .tx
-            .send(Chunk {
-                input: self.name.clone(),
-                series,
-            })
+        self.send_chunk(Chunk::new(self.name.clone(), series), samples)
             .await
-            .is_err()
-        {
+    }
+
+    /// Like [`InputContext::send`], with a durability ticket: `ticket` learns
+    /// through [`Durability::durable_through`] when chunk number `n` (numbers
+    /// rise per input) is durable in the spool. With `flush` the batch window
+    /// closes at once, for a source that waits for acknowledgements. An empty
+    /// chunk is sent too: its ticket fires once everything before it is durable.
+    pub async fn send_durable(
+        &self,
+        series: Vec<Series>,
+        ticket: &Arc<Durability>,
+        n: u64,
+        flush: bool,
+    ) -> bool {
+        let samples: usize = series.iter().map(Series::len).sum();
+        let mut chunk = Chunk::new(self.name.clone(), series);
+        chunk.durability = Some((ticket.clone(), n));
+        chunk.flush = flush;
+        self.send_chunk(chunk, samples).await
+    }
+
+    async fn send_chunk(&self, chunk: Chunk, samples: usize) -> bool {
+        if self.tx.send(chunk).await.is_err() {
             return false;
         }
         self.samples.add(samples as u64);

@@ -1,17 +1,34 @@
 //! The agent's side of a session.
 //!
-//! Invariants: nothing but Hello and Define leaves before Welcome; a batch is
-//! sent only within credit; a batch leaves the in-flight set only on an Ack naming
-//! it. The driver deletes from its spool exactly the seqs reported in
-//! [`AgentEvent::Acked`] and [`AgentEvent::Rejected`].
+//! Invariants:
+//! - Nothing but Hello leaves before Welcome; a batch is sent only within credit,
+//!   charged [`crate::batch_cost`] as the aggregator charges it.
+//! - A batch leaves the in-flight set only on an Ack naming its (epoch, seq); the
+//!   driver deletes from its spool exactly what [`AgentEvent::Acked`] and
+//!   [`AgentEvent::Rejected`] report. One session carries batches of any epoch, so a
+//!   spool holding several drains in order.
+//! - Every lane (stream) carries the Define of each sensor before the first batch
+//!   that may use it: [`AgentSession::on_send`] hands the driver the Defines a lane
+//!   still lacks.
+//! - Deadlines ([`AgentSession::poll_timeout`]): Welcome within the handshake
+//!   timeout; a heartbeat every interval (the aggregator answers each); something
+//!   from the aggregator at least every `peer_timeout`, or it is dead; and while
+//!   batches are in flight or wait for credit, an Ack or a Credit at least every
+//!   `stall_timeout`, or the session is stuck. A missed deadline closes the session
+//!   with [`SessionError::Timeout`] so the driver reconnects, maybe elsewhere.
 
-use super::{negotiate, SessionError};
+use super::{earliest, negotiate, Now, SessionError, TimeoutKind};
 use crate::clock::{self, ClockSample};
 use crate::ids::{Epoch, SensorId, Seq};
 use crate::message::*;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use crate::seqset::SeqSet;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-/// Who the agent is and what it speaks.
+/// Ranges of settled seqs an agent session remembers per epoch.
+const MAX_SETTLED_RANGES: usize = 1024;
+use std::time::{Duration, Instant};
+
+/// Who the agent is, what it speaks, and the deadlines it keeps.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Site the agent's certificate names.
@@ -20,14 +37,46 @@ pub struct AgentConfig {
     pub agent: String,
     /// Software version for the aggregator's logs.
     pub software: String,
-    /// The boot epoch of the batches it sends.
-    pub epoch: Epoch,
     /// Oldest protocol version to offer.
     pub min_version: u16,
     /// Newest protocol version to offer.
     pub max_version: u16,
     /// Features to offer.
     pub capabilities: Capabilities,
+    /// Welcome must arrive within this of the session's start.
+    pub handshake_timeout: Duration,
+    /// Heartbeat interval until the aggregator announces its own in Welcome.
+    pub heartbeat_interval: Duration,
+    /// The aggregator is dead after this long without a message from it (it
+    /// answers every heartbeat); at least three heartbeat intervals.
+    pub peer_timeout: Duration,
+    /// The session is stuck after this long with batches in flight or waiting for
+    /// credit and neither an Ack nor a Credit arriving.
+    pub stall_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration for `site`/`agent` with default versions and deadlines:
+    /// Welcome within 5 s, a heartbeat every second, the aggregator dead after 5 s
+    /// of silence, stuck after 60 s without progress.
+    pub fn new(
+        site: impl Into<String>,
+        agent: impl Into<String>,
+        software: impl Into<String>,
+    ) -> Self {
+        Self {
+            site: site.into(),
+            agent: agent.into(),
+            software: software.into(),
+            min_version: crate::MIN_PROTOCOL_VERSION,
+            max_version: crate::PROTOCOL_VERSION,
+            capabilities: Capabilities::ALL,
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Something the agent's driver must act on.
@@ -44,10 +93,17 @@ pub enum AgentEvent {
         server: String,
     },
     /// These batches are durable: delete them from the spool.
-    Acked(Vec<Seq>),
+    Acked {
+        /// Their epoch.
+        epoch: Epoch,
+        /// Their seqs, ascending.
+        seqs: Vec<Seq>,
+    },
     /// These batches were refused for good: count them as dropped and delete them.
     Rejected {
-        /// The refused batches.
+        /// Their epoch.
+        epoch: Epoch,
+        /// Their seqs, ascending.
         seqs: Vec<Seq>,
         /// Why.
         reason: RejectReason,
@@ -71,9 +127,14 @@ pub enum SendError {
     /// Not enough credit; wait for a Credit message.
     #[error("insufficient credit")]
     NoCredit,
-    /// The seq is already in flight on this session.
+    /// The batch is already in flight on this session.
     #[error("batch already in flight")]
     AlreadyInFlight,
+    /// The batch was acknowledged or refused on this session already: its Ack
+    /// stands (a refused batch sent again could otherwise be covered by a later
+    /// cumulative Ack and taken for committed).
+    #[error("batch already settled on this session")]
+    AlreadySettled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,25 +153,41 @@ pub struct AgentSession {
     version: u16,
     limits: Option<ServerLimits>,
     credit: Credit,
-    in_flight: BTreeMap<Seq, u64>,
-    defined: HashSet<SensorId>,
+    in_flight: BTreeMap<(Epoch, Seq), u64>,
+    /// Acknowledged or refused on this session, per epoch (bounded: the lowest
+    /// ranges are forgotten beyond [`MAX_SETTLED_RANGES`]).
+    settled: HashMap<Epoch, SeqSet>,
+    /// Every Define to carry, in the order given; `lanes[i]` of them went on lane i.
+    defines: Vec<Define>,
+    define_ids: HashSet<SensorId>,
+    lanes: Vec<usize>,
+    handshake_deadline: Option<Instant>,
+    last_rx: Instant,
+    next_heartbeat: Option<Instant>,
+    heartbeat: Duration,
+    /// While work is outstanding: when something last moved.
+    progress_at: Option<Instant>,
+    blocked: bool,
     transmit: VecDeque<Message>,
     events: VecDeque<AgentEvent>,
 }
 
 impl AgentSession {
-    /// A session that will resume sending at `resume_from` (the oldest unacked seq).
-    pub fn new(cfg: AgentConfig, resume_from: Seq) -> Self {
+    /// A session starting at `now` that resumes at `resume` = (epoch, seq) of the
+    /// oldest unacknowledged batch (or the next one to be written, if none is).
+    pub fn new(cfg: AgentConfig, resume: (Epoch, Seq), now: Instant) -> Self {
         let hello = Hello {
             min_version: cfg.min_version,
             max_version: cfg.max_version,
-            epoch: cfg.epoch,
-            resume_from,
+            epoch: resume.0,
+            resume_from: resume.1,
             capabilities: cfg.capabilities,
             site: cfg.site.clone(),
             agent: cfg.agent.clone(),
             software: cfg.software.clone(),
         };
+        let handshake_deadline = Some(now + cfg.handshake_timeout);
+        let heartbeat = cfg.heartbeat_interval;
         Self {
             cfg,
             state: State::AwaitWelcome,
@@ -118,7 +195,16 @@ impl AgentSession {
             limits: None,
             credit: Credit::default(),
             in_flight: BTreeMap::new(),
-            defined: HashSet::new(),
+            settled: HashMap::new(),
+            defines: Vec::new(),
+            define_ids: HashSet::new(),
+            lanes: Vec::new(),
+            handshake_deadline,
+            last_rx: now,
+            next_heartbeat: None,
+            heartbeat,
+            progress_at: None,
+            blocked: false,
             transmit: VecDeque::from([Message::Hello(hello)]),
             events: VecDeque::new(),
         }
@@ -132,6 +218,11 @@ impl AgentSession {
     /// True after GoAway: finish what is in flight, send nothing new.
     pub fn is_draining(&self) -> bool {
         self.state == State::Draining
+    }
+
+    /// True once the session has ended (an error either way, or a deadline).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
     }
 
     /// The limits the aggregator announced, once established.
@@ -149,73 +240,103 @@ impl AgentSession {
         self.credit
     }
 
-    /// Batches sent and not yet acknowledged, ascending.
-    pub fn in_flight(&self) -> impl Iterator<Item = Seq> + '_ {
+    /// Batches sent and not yet acknowledged, ascending by (epoch, seq).
+    pub fn in_flight(&self) -> impl Iterator<Item = (Epoch, Seq)> + '_ {
         self.in_flight.keys().copied()
     }
 
-    /// Queues a Define unless this session has already sent one for the id.
+    /// True if (epoch, seq) is in flight on this session.
+    pub fn is_in_flight(&self, epoch: Epoch, seq: Seq) -> bool {
+        self.in_flight.contains_key(&(epoch, seq))
+    }
+
+    /// Adds a sensor definition to carry; each lane gets it before its next batch.
+    /// A second Define for the same id is ignored (ids never change meaning).
     pub fn define(&mut self, d: Define) {
-        if self.defined.insert(d.sensor) {
-            self.transmit.push_back(Message::Define(d));
+        if self.define_ids.insert(d.sensor) {
+            self.defines.push(d);
         }
     }
 
-    /// True if the sensor id has been defined on this session.
-    pub fn is_defined(&self, sensor: SensorId) -> bool {
-        self.defined.contains(&sensor)
+    /// Number of sensor definitions the session carries.
+    pub fn defined_count(&self) -> usize {
+        self.defines.len()
     }
 
-    /// True if a batch frame of `frame_bytes` fits the credit now.
-    pub fn can_send(&self, frame_bytes: u64) -> bool {
-        self.state == State::Established
-            && self.credit.batches >= 1
-            && self.credit.bytes >= frame_bytes
+    /// True if a batch costing `cost` ([`crate::batch_cost`]) fits the credit now.
+    pub fn can_send(&self, cost: u64) -> bool {
+        self.state == State::Established && self.credit.batches >= 1 && self.credit.bytes >= cost
     }
 
-    /// Records that the driver sends batch `seq` as a frame of `frame_bytes`,
-    /// spending credit. Call before writing it to the stream.
-    pub fn on_send(&mut self, seq: Seq, frame_bytes: u64) -> Result<(), SendError> {
+    /// Records that the driver sends batch (epoch, seq), costing `cost`, on `lane`,
+    /// spending credit. Returns the Defines the driver must write on that lane
+    /// first (those it has not carried yet), then the batch's frame.
+    pub fn on_send(
+        &mut self,
+        lane: usize,
+        epoch: Epoch,
+        seq: Seq,
+        cost: u64,
+        now: Instant,
+    ) -> Result<Vec<Define>, SendError> {
         match self.state {
             State::AwaitWelcome | State::Closed => return Err(SendError::NotEstablished),
             State::Draining => return Err(SendError::Draining),
             State::Established => {}
         }
-        if self.in_flight.contains_key(&seq) {
+        if self.in_flight.contains_key(&(epoch, seq)) {
             return Err(SendError::AlreadyInFlight);
         }
-        if !self.can_send(frame_bytes) {
+        if self.settled.get(&epoch).is_some_and(|s| s.contains(seq)) {
+            return Err(SendError::AlreadySettled);
+        }
+        if !self.can_send(cost) {
             return Err(SendError::NoCredit);
         }
-        self.credit.bytes -= frame_bytes;
+        self.credit.bytes -= cost;
         self.credit.batches -= 1;
-        self.in_flight.insert(seq, frame_bytes);
-        Ok(())
+        if self.in_flight.is_empty() && !self.blocked {
+            self.progress_at = Some(now);
+        }
+        self.in_flight.insert((epoch, seq), cost);
+        if self.lanes.len() <= lane {
+            self.lanes.resize(lane + 1, 0);
+        }
+        let from = self.lanes[lane].min(self.defines.len());
+        self.lanes[lane] = self.defines.len();
+        Ok(self.defines[from..].to_vec())
     }
 
-    /// Queues a heartbeat request stamped with the agent's clock.
-    pub fn heartbeat(&mut self, now_ns: i64) {
-        if self.state != State::Closed {
-            self.transmit.push_back(Message::Heartbeat(Heartbeat {
-                origin_ns: now_ns,
-                receive_ns: 0,
-                transmit_ns: 0,
-            }));
+    /// Tells the session whether the driver holds a batch ready to send that the
+    /// credit does not cover: waiting for credit counts as work outstanding, so a
+    /// session that never grants more is noticed as stuck.
+    pub fn set_blocked(&mut self, blocked: bool, now: Instant) {
+        if blocked && !self.blocked && self.in_flight.is_empty() {
+            self.progress_at = Some(now);
+        }
+        self.blocked = blocked;
+        if !blocked && self.in_flight.is_empty() {
+            self.progress_at = None;
         }
     }
 
-    /// Handles a message from the aggregator received at `now_ns` (agent clock).
-    /// On error the session is closed and an Error message is queued for the peer
-    /// (except when the peer itself sent the error).
-    pub fn handle(&mut self, msg: Message, now_ns: i64) -> Result<(), SessionError> {
-        let res = self.handle_inner(msg, now_ns);
+    /// Handles a message from the aggregator received at `now`. On error the
+    /// session is closed and an Error message is queued for the peer (except when
+    /// the peer itself sent the error).
+    pub fn handle(&mut self, msg: Message, now: Now) -> Result<(), SessionError> {
+        let res = self.handle_inner(msg, now);
         if let Err(e) = &res {
-            if !matches!(e, SessionError::Peer(_)) && self.state != State::Closed {
-                self.transmit.push_back(Message::Error(e.to_message()));
-            }
-            self.state = State::Closed;
+            self.close_with(e);
         }
         res
+    }
+
+    fn close_with(&mut self, e: &SessionError) {
+        if !matches!(e, SessionError::Peer(_) | SessionError::Closed) && self.state != State::Closed
+        {
+            self.transmit.push_back(Message::Error(e.to_message()));
+        }
+        self.state = State::Closed;
     }
 
     fn state_name(&self) -> &'static str {
@@ -227,10 +348,17 @@ impl AgentSession {
         }
     }
 
-    fn handle_inner(&mut self, msg: Message, now_ns: i64) -> Result<(), SessionError> {
+    fn progress(&mut self, now: Instant) {
+        if self.progress_at.is_some() {
+            self.progress_at = Some(now);
+        }
+    }
+
+    fn handle_inner(&mut self, msg: Message, now: Now) -> Result<(), SessionError> {
         if self.state == State::Closed {
             return Err(SessionError::Closed);
         }
+        self.last_rx = self.last_rx.max(now.mono);
         match (self.state, msg) {
             (_, Message::Error(e)) => Err(SessionError::Peer(e)),
             (State::AwaitWelcome, Message::Welcome(w)) => {
@@ -244,6 +372,12 @@ impl AgentSession {
                 self.limits = Some(w.limits);
                 self.credit = w.credit;
                 self.state = State::Established;
+                self.handshake_deadline = None;
+                if w.limits.heartbeat_interval_ms > 0 {
+                    self.heartbeat =
+                        Duration::from_millis(u64::from(w.limits.heartbeat_interval_ms.max(100)));
+                }
+                self.next_heartbeat = Some(now.mono + self.heartbeat);
                 self.events.push_back(AgentEvent::Established {
                     version: v,
                     limits: w.limits,
@@ -254,14 +388,15 @@ impl AgentSession {
             (State::Established | State::Draining, Message::Credit(c)) => {
                 self.credit.bytes = self.credit.bytes.saturating_add(c.bytes);
                 self.credit.batches = self.credit.batches.saturating_add(c.batches);
+                self.progress(now.mono);
                 Ok(())
             }
             (State::Established | State::Draining, Message::Ack(a)) => {
-                self.on_ack(a);
+                self.on_ack(a, now.mono);
                 Ok(())
             }
             (State::Established | State::Draining, Message::Heartbeat(hb)) => {
-                if let Some(s) = clock::sample(&hb, now_ns) {
+                if let Some(s) = clock::sample(&hb, now.wall_ns) {
                     self.events.push_back(AgentEvent::Clock(s));
                 }
                 Ok(())
@@ -278,37 +413,139 @@ impl AgentSession {
         }
     }
 
-    fn on_ack(&mut self, a: Ack) {
-        if a.epoch != self.cfg.epoch {
-            return;
-        }
+    fn on_ack(&mut self, a: Ack, now: Instant) {
+        let epoch = a.epoch;
         let mut settled = Vec::new();
         if let Some(t) = a.through {
-            settled.extend(self.in_flight.range(..=t).map(|(s, _)| *s));
+            settled.extend(
+                self.in_flight
+                    .range((epoch, Seq(0))..=(epoch, t))
+                    .map(|((_, s), _)| *s),
+            );
         }
         for r in &a.ranges {
             if r.first <= r.last {
-                settled.extend(self.in_flight.range(r.first..=r.last).map(|(s, _)| *s));
+                settled.extend(
+                    self.in_flight
+                        .range((epoch, r.first)..=(epoch, r.last))
+                        .map(|((_, s), _)| *s),
+                );
             }
         }
         settled.sort_unstable();
         settled.dedup();
-        for s in &settled {
-            self.in_flight.remove(s);
-        }
         if settled.is_empty() {
             return;
         }
+        let book = self.settled.entry(epoch).or_default();
+        for s in &settled {
+            self.in_flight.remove(&(epoch, *s));
+            book.insert(*s);
+        }
+        book.forget_oldest(MAX_SETTLED_RANGES);
+        if self.in_flight.is_empty() && !self.blocked {
+            self.progress_at = None;
+        } else {
+            self.progress(now);
+        }
         self.events.push_back(match a.outcome {
-            Outcome::Committed => AgentEvent::Acked(settled),
+            Outcome::Committed => AgentEvent::Acked {
+                epoch,
+                seqs: settled,
+            },
             Outcome::Rejected(reason) => AgentEvent::Rejected {
+                epoch,
                 seqs: settled,
                 reason,
             },
         });
     }
 
-    /// The next message to send, if any.
+    fn peer_timeout(&self) -> Duration {
+        self.cfg.peer_timeout.max(self.heartbeat * 3)
+    }
+
+    /// When [`AgentSession::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitWelcome => self.handshake_deadline,
+            State::Established | State::Draining => earliest([
+                self.next_heartbeat,
+                Some(self.last_rx + self.peer_timeout()),
+                self.progress_at.map(|t| t + self.cfg.stall_timeout),
+            ]),
+        }
+    }
+
+    /// Runs the timers due at `now`: queues a heartbeat when one is due; a missed
+    /// deadline closes the session (with an Error queued for the aggregator).
+    pub fn handle_timeout(&mut self, now: Now) -> Result<(), SessionError> {
+        let res = self.timeout_inner(now);
+        if let Err(e) = &res {
+            self.close_with(e);
+        }
+        res
+    }
+
+    fn timeout_inner(&mut self, now: Now) -> Result<(), SessionError> {
+        let t = now.mono;
+        match self.state {
+            State::Closed => Ok(()),
+            State::AwaitWelcome => {
+                if self.handshake_deadline.is_some_and(|d| t >= d) {
+                    return Err(SessionError::Timeout {
+                        kind: TimeoutKind::Handshake,
+                        detail: format!("no Welcome within {:?}", self.cfg.handshake_timeout),
+                    });
+                }
+                Ok(())
+            }
+            State::Established | State::Draining => {
+                if t >= self.last_rx + self.peer_timeout() {
+                    return Err(SessionError::Timeout {
+                        kind: TimeoutKind::PeerSilent,
+                        detail: format!(
+                            "nothing from the aggregator for {:?}",
+                            t.saturating_duration_since(self.last_rx)
+                        ),
+                    });
+                }
+                if let Some(p) = self.progress_at {
+                    if t >= p + self.cfg.stall_timeout {
+                        return Err(SessionError::Timeout {
+                            kind: TimeoutKind::Stalled,
+                            detail: format!(
+                                "{} batches in flight{}, no Ack or Credit for {:?}",
+                                self.in_flight.len(),
+                                if self.blocked {
+                                    " and more waiting for credit"
+                                } else {
+                                    ""
+                                },
+                                t.saturating_duration_since(p)
+                            ),
+                        });
+                    }
+                }
+                if let Some(h) = self.next_heartbeat {
+                    if t >= h {
+                        self.transmit.push_back(Message::Heartbeat(Heartbeat {
+                            origin_ns: now.wall_ns,
+                            receive_ns: 0,
+                            transmit_ns: 0,
+                        }));
+                        // From now, not from h: a driver that was late does not
+                        // send a burst to catch up.
+                        self.next_heartbeat = Some(t + self.heartbeat);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The next message to send on the control stream, if any.
     pub fn poll_transmit(&mut self) -> Option<Message> {
         self.transmit.pop_front()
     }

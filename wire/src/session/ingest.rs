@@ -1,16 +1,39 @@
 //! The aggregator's side of a session.
 //!
-//! Invariants: the agent's identity is what the TLS layer verified
-//! ([`PeerIdentity`]), and a Hello or Define claiming otherwise ends the session; a
-//! batch beyond the granted credit ends the session; a batch is acknowledged as
-//! committed only after the driver reports it durable ([`IngestSession::committed`]);
-//! a batch seen before in this session is never handed to the sink twice.
+//! Invariants:
+//! - The agent's identity is what the TLS layer verified ([`PeerIdentity`]); a
+//!   Hello or Define claiming otherwise ends the session.
+//! - Every batch is charged [`batch_cost`] (its frame bytes or its decoded size,
+//!   whichever is more) and one batch of credit; a batch beyond the granted credit
+//!   ends the session. So what an agent can make us hold is bounded by the window
+//!   we granted it, whatever its frames decode to.
+//! - Every batch that spent credit gives it back once its fate is known
+//!   (committed, refused, a duplicate), and the session grants it again at once
+//!   unless the sink is under pressure ([`IngestSession::set_sink_pressure`]): then
+//!   it is owed and paid when the pressure is gone. Nothing is granted while
+//!   draining. So no sequence of rejects or duplicates can leave an agent without
+//!   credit while the sink is fine.
+//! - A batch is acknowledged as committed only after the driver reports it durable
+//!   ([`IngestSession::committed`]); a batch pending or settled in this session is
+//!   never handed to the sink twice.
+//! - One session carries batches of any of the agent's epochs: each has its own
+//!   settled set, and Acks name one epoch each.
+//! - Memory is bounded: pending commits by the credit, settled ranges per epoch by
+//!   `max_seq_ranges`, epochs by `max_epochs` (plus those owed an Ack), sensors by
+//!   the announced `max_sensors`.
+//! - Deadlines ([`IngestSession::poll_timeout`]): Hello within `hello_timeout`;
+//!   then something from the agent at least every `peer_timeout` (it heartbeats);
+//!   and while batches are at the sink, one settles at least every
+//!   `stall_timeout`. A missed deadline closes the session with
+//!   [`SessionError::Timeout`].
 
-use super::{negotiate, SessionError};
+use super::{earliest, negotiate, Now, SessionError, TimeoutKind};
+use crate::frame::batch_cost;
 use crate::ids::{Epoch, SensorId, Seq};
 use crate::message::*;
 use crate::seqset::SeqSet;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 /// The identity the TLS layer verified from the agent's certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,7 +44,7 @@ pub struct PeerIdentity {
     pub agent: String,
 }
 
-/// What the aggregator offers every session.
+/// What the aggregator offers every session, and the deadlines it keeps.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     /// Name announced in Welcome.
@@ -32,10 +55,48 @@ pub struct IngestConfig {
     pub max_version: u16,
     /// Features offered.
     pub capabilities: Capabilities,
-    /// Limits announced and enforced.
+    /// Limits announced and enforced (the heartbeat interval asked of agents
+    /// among them).
     pub limits: ServerLimits,
-    /// Credit granted with Welcome.
+    /// The window: credit granted with Welcome, and the most an agent can have
+    /// outstanding (bytes in [`batch_cost`] units).
     pub initial_credit: Credit,
+    /// Hello must arrive within this of the session's start.
+    pub hello_timeout: Duration,
+    /// Close a session whose agent has sent nothing for this long.
+    pub peer_timeout: Duration,
+    /// Close a session whose batches at the sink have not moved for this long.
+    pub stall_timeout: Duration,
+    /// After a GoAway, once nothing is pending, wait this long for the agent to
+    /// leave before closing.
+    pub drain_grace: Duration,
+    /// Epochs whose settled sets are kept at once; the least recently used beyond
+    /// this is forgotten (a forgotten batch resent is caught by the sink's ledger).
+    pub max_epochs: usize,
+    /// Ranges kept per epoch's settled set; the lowest beyond this are forgotten.
+    pub max_seq_ranges: usize,
+}
+
+impl IngestConfig {
+    /// A configuration with the given name, limits and window, and default
+    /// deadlines and bounds: Hello within 10 s, agent silence up to 10 s, stalls
+    /// up to 60 s, 5 s drain grace, 16 epochs, 1024 ranges per epoch.
+    pub fn new(server: impl Into<String>, limits: ServerLimits, initial_credit: Credit) -> Self {
+        Self {
+            server: server.into(),
+            min_version: crate::MIN_PROTOCOL_VERSION,
+            max_version: crate::PROTOCOL_VERSION,
+            capabilities: Capabilities::ALL,
+            limits,
+            initial_credit,
+            hello_timeout: Duration::from_secs(10),
+            peer_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(60),
+            drain_grace: Duration::from_secs(5),
+            max_epochs: 16,
+            max_seq_ranges: 1024,
+        }
+    }
 }
 
 /// Something the aggregator's driver must act on.
@@ -44,32 +105,54 @@ pub struct IngestConfig {
 pub enum IngestEvent {
     /// The session is up.
     Established {
-        /// The agent's epoch.
+        /// The epoch of the agent's oldest unacknowledged batch.
         epoch: Epoch,
         /// Negotiated version.
         version: u16,
-        /// The agent's oldest unacknowledged seq.
+        /// The agent's oldest unacknowledged seq in that epoch.
         resume_from: Seq,
         /// The agent's software version.
         software: String,
     },
     /// A sensor was defined.
     Defined(Define),
-    /// A new batch to commit; report the outcome with `committed` or `rejected`.
+    /// A Define beyond the session's sensor limit was refused (not fatal: batches
+    /// naming that sensor are refused as unknown, counted by the agent).
+    DefineRefused {
+        /// The refused definition.
+        define: Define,
+        /// The limit it exceeded.
+        limit: u32,
+    },
+    /// A new batch to commit; report its fate with `committed`, `rejected` or
+    /// `sink_failed`.
     Commit {
         /// The batch.
         batch: Batch,
-        /// Its frame size, which it spent of the credit.
+        /// Its frame size.
         frame_bytes: u64,
     },
-    /// A batch seen before in this session (a retransmit); not committed again.
-    Duplicate(Seq),
-    /// A batch refused without reaching the sink.
+    /// A batch seen before in this session (a retransmit); not committed again,
+    /// its credit already returned.
+    Duplicate {
+        /// Its epoch.
+        epoch: Epoch,
+        /// Its seq.
+        seq: Seq,
+    },
+    /// A batch refused without reaching the sink; its credit already returned.
     Rejected {
-        /// The batch.
+        /// Its epoch.
+        epoch: Epoch,
+        /// Its seq.
         seq: Seq,
         /// Why.
         reason: RejectReason,
+    },
+    /// Credit a settled batch returned is held back: the sink is under pressure.
+    CreditWithheld {
+        /// All that is owed to the agent now.
+        owed: Credit,
     },
 }
 
@@ -81,6 +164,29 @@ enum State {
     Closed,
 }
 
+/// What one epoch's batches came to in this session.
+#[derive(Debug, Default)]
+struct EpochBook {
+    /// Committed or refused; the floor is what Acks report cumulatively.
+    settled: SeqSet,
+    /// Committed since the last Ack went out (or resent and to be acknowledged again).
+    unacked: SeqSet,
+    ack_due: bool,
+    /// Refused since the last refusal Ack, by reason.
+    rejects: Vec<(Seq, RejectReason)>,
+    /// Every refused seq (also in `settled`), by reason: a refused batch sent
+    /// again is refused again, never acknowledged as committed.
+    refused: Vec<(RejectReason, SeqSet)>,
+    /// For least-recently-used eviction.
+    used: u64,
+}
+
+impl EpochBook {
+    fn owes_messages(&self) -> bool {
+        self.ack_due || !self.rejects.is_empty()
+    }
+}
+
 /// The aggregator's side of one session.
 #[derive(Debug)]
 pub struct IngestSession {
@@ -89,25 +195,31 @@ pub struct IngestSession {
     state: State,
     epoch: Epoch,
     sensors: HashMap<SensorId, Define>,
-    /// Credit granted in total and spent in total; spent never exceeds granted.
+    /// Credit granted in total and spent in total (cost bytes, batches).
     granted: (u64, u64),
     spent: (u64, u64),
-    /// Batches committed or refused; the floor is what Acks report cumulatively.
-    settled: SeqSet,
-    /// Handed to the sink, outcome not yet known (at most the credit's batches).
-    pending: BTreeSet<Seq>,
-    /// Committed since the last Ack went out.
-    unacked_commits: SeqSet,
-    ack_due: bool,
-    rejects: Vec<(Seq, RejectReason)>,
+    /// Returned by settled batches and not yet granted again.
+    owed: Credit,
+    pressure: bool,
+    books: HashMap<Epoch, EpochBook>,
+    use_tick: u64,
+    /// Handed to the sink, fate not yet known, with the cost each spent.
+    pending: BTreeMap<(Epoch, Seq), u64>,
     last_clock_offset_ns: Option<i64>,
+    hello_deadline: Option<Instant>,
+    last_rx: Instant,
+    /// While batches are pending: when one last settled (or the first went in).
+    progress_at: Option<Instant>,
+    drain_until: Option<Instant>,
+    finished: bool,
     transmit: VecDeque<Message>,
     events: VecDeque<IngestEvent>,
 }
 
 impl IngestSession {
-    /// A session for a peer whose certificate names `peer`.
-    pub fn new(cfg: IngestConfig, peer: PeerIdentity) -> Self {
+    /// A session for a peer whose certificate names `peer`, starting at `now`.
+    pub fn new(cfg: IngestConfig, peer: PeerIdentity, now: Instant) -> Self {
+        let hello_deadline = Some(now + cfg.hello_timeout);
         Self {
             cfg,
             peer,
@@ -116,12 +228,17 @@ impl IngestSession {
             sensors: HashMap::new(),
             granted: (0, 0),
             spent: (0, 0),
-            settled: SeqSet::new(),
-            pending: BTreeSet::new(),
-            unacked_commits: SeqSet::new(),
-            ack_due: false,
-            rejects: Vec::new(),
+            owed: Credit::default(),
+            pressure: false,
+            books: HashMap::new(),
+            use_tick: 0,
+            pending: BTreeMap::new(),
             last_clock_offset_ns: None,
+            hello_deadline,
+            last_rx: now,
+            progress_at: None,
+            drain_until: None,
+            finished: false,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -132,7 +249,7 @@ impl IngestSession {
         &self.peer
     }
 
-    /// The agent's epoch, once established.
+    /// The epoch the agent's Hello named, once established.
     pub fn epoch(&self) -> Option<Epoch> {
         (self.state != State::AwaitHello).then_some(self.epoch)
     }
@@ -142,13 +259,18 @@ impl IngestSession {
         matches!(self.state, State::Established | State::Draining)
     }
 
+    /// True once the session is over: closed by an error, or drained and its
+    /// grace period passed. The driver closes the connection.
+    pub fn is_finished(&self) -> bool {
+        self.finished || self.state == State::Closed
+    }
+
     /// The defined sensor behind an id.
     pub fn sensor(&self, id: SensorId) -> Option<&Define> {
         self.sensors.get(&id)
     }
 
-    /// Credit granted and not yet spent: what the agent may still have in flight
-    /// towards us beyond what we hold.
+    /// Credit granted and not yet spent: what the agent may still send.
     pub fn outstanding_credit(&self) -> Credit {
         Credit {
             bytes: self.granted.0 - self.spent.0,
@@ -156,9 +278,32 @@ impl IngestSession {
         }
     }
 
-    /// Batches handed to the sink whose outcome is not known yet.
+    /// Credit returned by settled batches and held back (sink under pressure).
+    pub fn owed_credit(&self) -> Credit {
+        self.owed
+    }
+
+    /// Batches handed to the sink whose fate is not known yet.
     pub fn pending_commits(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Ranges the session keeps in its settled and unacknowledged sets, over all
+    /// epochs: bounded by `max_epochs` x `max_seq_ranges` x 2 whatever the agent
+    /// sends.
+    pub fn tracked_ranges(&self) -> usize {
+        self.books
+            .values()
+            .map(|b| {
+                b.settled.range_count()
+                    + b.unacked.range_count()
+                    + b.refused
+                        .iter()
+                        .map(|(_, s)| s.range_count())
+                        .sum::<usize>()
+                    + 1
+            })
+            .sum()
     }
 
     /// The agent's last reported clock offset (aggregator - agent), nanoseconds.
@@ -166,23 +311,31 @@ impl IngestSession {
         self.last_clock_offset_ns
     }
 
-    /// Handles a message received at `now_ns` (aggregator clock) in a frame of
-    /// `frame_bytes`. On error the session is closed and an Error is queued for
-    /// the peer; send it, then close the connection.
-    pub fn handle(
-        &mut self,
-        msg: Message,
-        frame_bytes: u64,
-        now_ns: i64,
-    ) -> Result<(), SessionError> {
-        let res = self.handle_inner(msg, frame_bytes, now_ns);
+    /// Tells the session whether the sink is under pressure. While it is, credit
+    /// returned by settled batches is owed instead of granted; when it clears,
+    /// everything owed is granted. A session that says Hello under pressure is
+    /// welcomed with no credit and owed its window.
+    pub fn set_sink_pressure(&mut self, pressure: bool) {
+        self.pressure = pressure;
+    }
+
+    /// Handles a message received at `now` in a frame of `frame_bytes`. On error the
+    /// session is closed and an Error is queued for the peer; send it, then close
+    /// the connection.
+    pub fn handle(&mut self, msg: Message, frame_bytes: u64, now: Now) -> Result<(), SessionError> {
+        let res = self.handle_inner(msg, frame_bytes, now);
         if let Err(e) = &res {
-            if !matches!(e, SessionError::Peer(_)) && self.state != State::Closed {
-                self.transmit.push_back(Message::Error(e.to_message()));
-            }
-            self.state = State::Closed;
+            self.close_with(e);
         }
         res
+    }
+
+    fn close_with(&mut self, e: &SessionError) {
+        if !matches!(e, SessionError::Peer(_) | SessionError::Closed) && self.state != State::Closed
+        {
+            self.transmit.push_back(Message::Error(e.to_message()));
+        }
+        self.state = State::Closed;
     }
 
     fn state_name(&self) -> &'static str {
@@ -198,23 +351,24 @@ impl IngestSession {
         &mut self,
         msg: Message,
         frame_bytes: u64,
-        now_ns: i64,
+        now: Now,
     ) -> Result<(), SessionError> {
         if self.state == State::Closed {
             return Err(SessionError::Closed);
         }
+        self.last_rx = self.last_rx.max(now.mono);
         match (self.state, msg) {
             (_, Message::Error(e)) => Err(SessionError::Peer(e)),
             (State::AwaitHello, Message::Hello(h)) => self.on_hello(h),
             (State::Established | State::Draining, Message::Define(d)) => self.on_define(d),
             (State::Established | State::Draining, Message::Batch(b)) => {
-                self.on_batch(b, frame_bytes)
+                self.on_batch(b, frame_bytes, now.mono)
             }
             (State::Established | State::Draining, Message::Heartbeat(hb)) => {
                 self.transmit.push_back(Message::Heartbeat(Heartbeat {
                     origin_ns: hb.origin_ns,
-                    receive_ns: now_ns,
-                    transmit_ns: now_ns,
+                    receive_ns: now.wall_ns,
+                    transmit_ns: now.wall_ns,
                 }));
                 Ok(())
             }
@@ -239,10 +393,22 @@ impl IngestSession {
             self.cfg.max_version,
         )?;
         self.epoch = h.epoch;
-        // Everything below resume_from was settled in an earlier session.
-        self.settled = SeqSet::with_floor(h.resume_from.0.checked_sub(1).map(Seq));
+        // Everything below resume_from in that epoch was settled in an earlier session.
+        let book = self.book(h.epoch);
+        book.settled = SeqSet::with_floor(h.resume_from.0.checked_sub(1).map(Seq));
         self.state = State::Established;
-        let credit = self.cfg.initial_credit;
+        self.hello_deadline = None;
+        let window = self.cfg.initial_credit;
+        let credit = if self.pressure {
+            // Owed, and paid once the sink can take it: a new session must not add
+            // to a backlog the sink cannot absorb.
+            self.owed = window;
+            self.events
+                .push_back(IngestEvent::CreditWithheld { owed: self.owed });
+            Credit::default()
+        } else {
+            window
+        };
         self.granted = (credit.bytes, u64::from(credit.batches));
         self.transmit.push_back(Message::Welcome(Welcome {
             version,
@@ -286,54 +452,104 @@ impl IngestSession {
             }
             return Ok(());
         }
-        if self.sensors.len() >= self.cfg.limits.max_sensors as usize {
-            return Err(SessionError::BadDefine(format!(
-                "more than {} sensors",
-                self.cfg.limits.max_sensors
-            )));
+        let limit = self.cfg.limits.max_sensors;
+        if self.sensors.len() >= limit as usize {
+            // Not fatal: ending the session would end it again on every reconnect.
+            self.events
+                .push_back(IngestEvent::DefineRefused { define: d, limit });
+            return Ok(());
         }
         self.sensors.insert(d.sensor, d.clone());
         self.events.push_back(IngestEvent::Defined(d));
         Ok(())
     }
 
-    fn on_batch(&mut self, b: Batch, frame_bytes: u64) -> Result<(), SessionError> {
+    fn book(&mut self, epoch: Epoch) -> &mut EpochBook {
+        self.use_tick += 1;
+        let tick = self.use_tick;
+        if !self.books.contains_key(&epoch) && self.books.len() >= self.cfg.max_epochs {
+            // Forget the least recently used epoch that owes no message.
+            let victim = self
+                .books
+                .iter()
+                .filter(|(_, b)| !b.owes_messages())
+                .min_by_key(|(_, b)| b.used)
+                .map(|(e, _)| *e);
+            if let Some(v) = victim {
+                self.books.remove(&v);
+            }
+        }
+        let book = self.books.entry(epoch).or_default();
+        book.used = tick;
+        book
+    }
+
+    fn on_batch(&mut self, b: Batch, frame_bytes: u64, now: Instant) -> Result<(), SessionError> {
         // Credit first: a retransmit spends credit on the agent's side too.
-        if self.spent.0 + frame_bytes > self.granted.0 || self.spent.1 + 1 > self.granted.1 {
+        let cost = batch_cost(frame_bytes, b.sample_count() as u64);
+        if self.spent.0 + cost > self.granted.0 || self.spent.1 + 1 > self.granted.1 {
             return Err(SessionError::CreditExceeded {
                 detail: format!(
-                    "batch {} of {frame_bytes} bytes with {} bytes and {} batches left",
+                    "batch {}/{} costing {cost} with {} and {} batches left",
+                    b.epoch,
                     b.seq,
                     self.granted.0 - self.spent.0,
                     self.granted.1 - self.spent.1
                 ),
             });
         }
-        self.spent.0 += frame_bytes;
+        self.spent.0 += cost;
         self.spent.1 += 1;
-        if b.epoch != self.epoch {
-            self.reject(b.seq, RejectReason::WRONG_EPOCH);
+        let (epoch, seq) = (b.epoch, b.seq);
+        if self.pending.contains_key(&(epoch, seq)) {
+            self.events.push_back(IngestEvent::Duplicate { epoch, seq });
+            self.give_back(cost);
             return Ok(());
         }
-        if self.settled.contains(b.seq) {
-            // Already durable (or refused): say so again so the agent can let go.
-            self.ack_due = true;
-            self.events.push_back(IngestEvent::Duplicate(b.seq));
+        let max_ranges = self.cfg.max_seq_ranges;
+        let book = self.book(epoch);
+        if let Some(reason) = book
+            .refused
+            .iter()
+            .find(|(_, set)| set.contains(seq))
+            .map(|(r, _)| *r)
+        {
+            // Refused before: refused again (the refusal Ack goes out first, so a
+            // later cumulative Ack cannot settle it as committed).
+            book.rejects.push((seq, reason));
+            self.events
+                .push_back(IngestEvent::Rejected { epoch, seq, reason });
+            self.give_back(cost);
             return Ok(());
         }
-        if self.pending.contains(&b.seq) {
-            self.events.push_back(IngestEvent::Duplicate(b.seq));
+        if book.settled.contains(seq) {
+            // Already durable: say so again so the agent can let go.
+            book.unacked.insert(seq);
+            book.unacked.forget_oldest(max_ranges);
+            book.ack_due = true;
+            self.events.push_back(IngestEvent::Duplicate { epoch, seq });
+            self.give_back(cost);
             return Ok(());
         }
         if b.series
             .iter()
             .any(|s| !self.sensors.contains_key(&s.sensor()))
         {
-            self.reject(b.seq, RejectReason::UNKNOWN_SENSOR);
+            self.settle_rejected(epoch, seq, RejectReason::UNKNOWN_SENSOR);
+            self.events.push_back(IngestEvent::Rejected {
+                epoch,
+                seq,
+                reason: RejectReason::UNKNOWN_SENSOR,
+            });
+            self.give_back(cost);
             return Ok(());
         }
         self.last_clock_offset_ns = Some(b.clock_offset_ns);
-        self.pending.insert(b.seq);
+        if self.pending.is_empty() {
+            self.progress_at = Some(now);
+        }
+        self.pending.insert((epoch, seq), cost);
+        self.drain_until = None;
         self.events.push_back(IngestEvent::Commit {
             batch: b,
             frame_bytes,
@@ -341,110 +557,241 @@ impl IngestSession {
         Ok(())
     }
 
-    fn reject(&mut self, seq: Seq, reason: RejectReason) {
-        self.settled.insert(seq);
-        self.rejects.push((seq, reason));
-        self.events.push_back(IngestEvent::Rejected { seq, reason });
-    }
-
-    /// The sink made batch `seq` durable: it will be acknowledged.
-    pub fn committed(&mut self, seq: Seq) {
-        if self.pending_remove(seq) {
-            self.settled.insert(seq);
-            self.unacked_commits.insert(seq);
-            self.ack_due = true;
+    fn settle_rejected(&mut self, epoch: Epoch, seq: Seq, reason: RejectReason) {
+        let max_ranges = self.cfg.max_seq_ranges;
+        let book = self.book(epoch);
+        book.settled.insert(seq);
+        book.settled.forget_oldest(max_ranges);
+        book.rejects.push((seq, reason));
+        match book.refused.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, set)) => {
+                set.insert(seq);
+                set.forget_oldest(max_ranges);
+            }
+            None => {
+                let mut set = SeqSet::new();
+                set.insert(seq);
+                book.refused.push((reason, set));
+            }
         }
     }
 
-    /// The sink refused batch `seq` for good: the agent will be told to drop it.
-    pub fn rejected(&mut self, seq: Seq, reason: RejectReason) {
-        if self.pending_remove(seq) {
-            self.settled.insert(seq);
-            self.rejects.push((seq, reason));
+    /// Returns a settled batch's credit: granted again at once, or owed while the
+    /// sink is under pressure.
+    fn give_back(&mut self, cost: u64) {
+        self.owed.bytes = self.owed.bytes.saturating_add(cost);
+        self.owed.batches = self.owed.batches.saturating_add(1);
+        if self.pressure && self.state == State::Established {
+            self.events
+                .push_back(IngestEvent::CreditWithheld { owed: self.owed });
         }
     }
 
-    fn pending_remove(&mut self, seq: Seq) -> bool {
-        self.pending.remove(&seq)
+    /// Removes a pending batch; its cost, if it was pending.
+    fn take_pending(&mut self, epoch: Epoch, seq: Seq, now: Instant) -> Option<u64> {
+        let cost = self.pending.remove(&(epoch, seq))?;
+        self.progress_at = (!self.pending.is_empty()).then_some(now);
+        if self.state == State::Draining && self.pending.is_empty() {
+            self.drain_until = Some(now + self.cfg.drain_grace);
+        }
+        Some(cost)
     }
 
-    /// Grants the agent more room; grants add up. Nothing is sent while draining.
-    pub fn grant(&mut self, credit: Credit) {
-        if self.state != State::Established || (credit.bytes == 0 && credit.batches == 0) {
-            return;
+    /// The sink made batch (epoch, seq) durable at `now`: it will be acknowledged,
+    /// and its credit returned.
+    pub fn committed(&mut self, epoch: Epoch, seq: Seq, now: Instant) {
+        if let Some(cost) = self.take_pending(epoch, seq, now) {
+            let max_ranges = self.cfg.max_seq_ranges;
+            let book = self.book(epoch);
+            book.settled.insert(seq);
+            book.settled.forget_oldest(max_ranges);
+            book.unacked.insert(seq);
+            book.unacked.forget_oldest(max_ranges);
+            book.ack_due = true;
+            self.give_back(cost);
         }
-        self.granted.0 += credit.bytes;
-        self.granted.1 += u64::from(credit.batches);
-        self.transmit.push_back(Message::Credit(credit));
+    }
+
+    /// The sink refused batch (epoch, seq) for good at `now`: the agent will be
+    /// told to drop it, and its credit is returned.
+    pub fn rejected(&mut self, epoch: Epoch, seq: Seq, reason: RejectReason, now: Instant) {
+        if let Some(cost) = self.take_pending(epoch, seq, now) {
+            self.settle_rejected(epoch, seq, reason);
+            self.give_back(cost);
+        }
+    }
+
+    /// The sink could not make a batch durable: the session ends (with an Error
+    /// queued for the agent) so the agent resends it, here later or elsewhere.
+    /// Returns the error to log and count.
+    pub fn sink_failed(&mut self, why: impl Into<String>) -> SessionError {
+        let e = SessionError::SinkFailed(why.into());
+        self.close_with(&e);
+        e
     }
 
     /// Asks the agent to drain and move (SIGTERM). No more credit is granted;
-    /// batches already in flight are still committed and acknowledged.
-    pub fn go_away(&mut self, reason: GoAwayReason, alternate: Option<String>) {
+    /// batches already in flight are still committed and acknowledged; once none
+    /// is pending, the agent has `drain_grace` to leave.
+    pub fn go_away(&mut self, reason: GoAwayReason, alternate: Option<String>, now: Instant) {
         if self.state == State::Established {
             self.state = State::Draining;
             self.transmit
                 .push_back(Message::GoAway(GoAway { reason, alternate }));
+            if self.pending.is_empty() {
+                self.drain_until = Some(now + self.cfg.drain_grace);
+            }
+        } else if self.state == State::AwaitHello {
+            self.finished = true;
         }
     }
 
+    /// When [`IngestSession::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Closed => None,
+            State::AwaitHello => self.hello_deadline,
+            State::Established | State::Draining => earliest([
+                Some(self.last_rx + self.cfg.peer_timeout),
+                self.progress_at.map(|t| t + self.cfg.stall_timeout),
+                self.drain_until,
+            ]),
+        }
+    }
+
+    /// Runs the timers due at `now`. A missed deadline closes the session with an
+    /// Error queued for the agent; a drained session is then [`finished`](Self::is_finished).
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        let res = self.timeout_inner(now);
+        if let Err(e) = &res {
+            self.close_with(e);
+        }
+        res
+    }
+
+    fn timeout_inner(&mut self, now: Instant) -> Result<(), SessionError> {
+        match self.state {
+            State::Closed => return Ok(()),
+            State::AwaitHello => {
+                if self.hello_deadline.is_some_and(|d| now >= d) {
+                    return Err(SessionError::Timeout {
+                        kind: TimeoutKind::Handshake,
+                        detail: format!("no Hello within {:?}", self.cfg.hello_timeout),
+                    });
+                }
+                return Ok(());
+            }
+            State::Established | State::Draining => {}
+        }
+        if now >= self.last_rx + self.cfg.peer_timeout {
+            return Err(SessionError::Timeout {
+                kind: TimeoutKind::PeerSilent,
+                detail: format!(
+                    "nothing from the agent for {:?}",
+                    now.saturating_duration_since(self.last_rx)
+                ),
+            });
+        }
+        if let Some(t) = self.progress_at {
+            if now >= t + self.cfg.stall_timeout {
+                return Err(SessionError::Timeout {
+                    kind: TimeoutKind::Stalled,
+                    detail: format!(
+                        "{} batches at the sink, none settled for {:?}",
+                        self.pending.len(),
+                        now.saturating_duration_since(t)
+                    ),
+                });
+            }
+        }
+        if self.state == State::Draining {
+            match self.drain_until {
+                Some(d) if now >= d => self.finished = true,
+                None if self.pending.is_empty() => {
+                    self.drain_until = Some(now + self.cfg.drain_grace);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The next message to send: control messages first, then refusals, then one
-    /// coalesced Ack for everything committed since the last.
+    /// coalesced Ack per epoch for everything committed since the last, then the
+    /// credit returned meanwhile (unless the sink is under pressure).
     pub fn poll_transmit(&mut self) -> Option<Message> {
         if let Some(m) = self.transmit.pop_front() {
             return Some(m);
         }
-        if let Some((seq, reason)) = self.rejects.first().copied() {
-            // Group every pending refusal with the same reason into one Ack.
-            let mut set = SeqSet::new();
-            self.rejects.retain(|(s, r)| {
-                if *r == reason {
-                    set.insert(*s);
-                    false
-                } else {
-                    true
-                }
-            });
-            let mut ranges = set.ranges();
-            if let Some(t) = set.through() {
-                ranges.insert(
-                    0,
-                    SeqRange {
-                        first: Seq(0),
-                        last: t,
-                    },
-                );
-            }
-            debug_assert!(ranges.iter().any(|r| r.first <= seq && seq <= r.last));
-            return Some(Message::Ack(Ack {
-                epoch: self.epoch,
-                outcome: Outcome::Rejected(reason),
-                through: None,
-                ranges,
-            }));
+        if self.state == State::Closed {
+            return None;
         }
-        if self.ack_due {
-            self.ack_due = false;
-            let through = self.settled.through();
-            let ranges = self
-                .unacked_commits
-                .ranges()
-                .into_iter()
-                .chain(self.unacked_commits.through().map(|t| SeqRange {
-                    first: Seq(0),
-                    last: t,
-                }))
-                .filter(|r| through.is_none_or(|t| r.last > t))
-                .collect();
-            self.unacked_commits = SeqSet::new();
-            return Some(Message::Ack(Ack {
-                epoch: self.epoch,
-                outcome: Outcome::Committed,
-                through,
-                ranges,
-            }));
+        if let Some(m) = self.next_reject_ack() {
+            return Some(m);
+        }
+        if let Some(m) = self.next_commit_ack() {
+            return Some(m);
+        }
+        if self.state == State::Established && !self.pressure && self.owed != Credit::default() {
+            let c = std::mem::take(&mut self.owed);
+            self.granted.0 += c.bytes;
+            self.granted.1 += u64::from(c.batches);
+            return Some(Message::Credit(c));
         }
         None
+    }
+
+    fn next_reject_ack(&mut self) -> Option<Message> {
+        let (&epoch, book) = self.books.iter_mut().find(|(_, b)| !b.rejects.is_empty())?;
+        let reason = book.rejects.first()?.1;
+        // Group every pending refusal with the same reason into one Ack.
+        let mut set = SeqSet::new();
+        book.rejects.retain(|(s, r)| {
+            if *r == reason {
+                set.insert(*s);
+                false
+            } else {
+                true
+            }
+        });
+        let mut ranges = set.ranges();
+        if let Some(t) = set.through() {
+            ranges.insert(
+                0,
+                SeqRange {
+                    first: Seq(0),
+                    last: t,
+                },
+            );
+        }
+        Some(Message::Ack(Ack {
+            epoch,
+            outcome: Outcome::Rejected(reason),
+            through: None,
+            ranges,
+        }))
+    }
+
+    fn next_commit_ack(&mut self) -> Option<Message> {
+        let (&epoch, book) = self.books.iter_mut().find(|(_, b)| b.ack_due)?;
+        book.ack_due = false;
+        let through = book.settled.through();
+        let unacked = std::mem::take(&mut book.unacked);
+        let ranges = unacked
+            .ranges()
+            .into_iter()
+            .chain(unacked.through().map(|t| SeqRange {
+                first: Seq(0),
+                last: t,
+            }))
+            .filter(|r| through.is_none_or(|t| r.last > t))
+            .collect();
+        Some(Message::Ack(Ack {
+            epoch,
+            outcome: Outcome::Committed,
+            through,
+            ranges,
+        }))
     }
 
     /// The next event for the driver, if any.

@@ -1,12 +1,19 @@
 //! The session state machines both sides run, with no I/O and no clock.
 //!
-//! Modelled on `quinn-proto`: inputs go in through `handle` and a few commands,
-//! outputs come out through `poll_transmit` (messages to send) and `poll_event`
-//! (things the driver must act on). Time, where needed, is an argument.
+//! Modelled on `quinn-proto`: inputs go in through `handle` (messages),
+//! `handle_timeout` (time) and a few commands; outputs come out through
+//! `poll_transmit` (messages to send), `poll_event` (things the driver must act
+//! on) and `poll_timeout` (when to call `handle_timeout` next). Time is always an
+//! argument ([`Now`]), so the deterministic simulation in `wire/tests/` drives the
+//! very code the agent and the aggregator run, timers included.
 //!
-//! - [`AgentSession`]: handshake, credit accounting and in-flight tracking on the agent.
-//! - [`IngestSession`]: handshake, identity and credit enforcement, dedupe and ack
-//!   coalescing on the aggregator.
+//! - [`AgentSession`]: handshake, credit spending, in-flight tracking over several
+//!   epochs, Defines per lane, heartbeats, and the deadlines that notice a dead or
+//!   stuck aggregator.
+//! - [`IngestSession`]: handshake, identity and credit enforcement, dedupe, ack
+//!   coalescing per epoch, credit returned for every batch whatever its fate
+//!   (withheld while the sink is under pressure), and the deadlines that notice a
+//!   silent or stuck agent.
 
 mod agent;
 mod ingest;
@@ -15,7 +22,44 @@ pub use agent::{AgentConfig, AgentEvent, AgentSession, SendError};
 pub use ingest::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
 
 use crate::message::{ErrorCode, ErrorMessage};
+use std::time::Instant;
 use thiserror::Error;
+
+/// The time of an input, as both clocks see it: `mono` for every timer (it never
+/// jumps), `wall_ns` (nanoseconds since the Unix epoch) only where the protocol
+/// carries wall-clock time (heartbeat stamps for the clock offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// A monotonic instant: deadlines are measured on it.
+    pub mono: Instant,
+    /// The wall clock, nanoseconds since the Unix epoch.
+    pub wall_ns: i64,
+}
+
+/// Which deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// The peer did not complete the handshake (Hello or Welcome) in time.
+    Handshake,
+    /// Nothing arrived from the peer for longer than its heartbeats allow: it is
+    /// dead or cut off, although the connection may still look open.
+    PeerSilent,
+    /// Work was outstanding (batches in flight or waiting for credit, commits at
+    /// the sink) and nothing moved for the configured stall time.
+    Stalled,
+}
+
+impl TimeoutKind {
+    /// A short name for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake_timeout",
+            Self::PeerSilent => "peer_timeout",
+            Self::Stalled => "stalled",
+        }
+    }
+}
 
 /// Why a session ended. Each maps to the [`ErrorCode`] the peer is told.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -53,6 +97,18 @@ pub enum SessionError {
     /// A Define was invalid.
     #[error("bad define: {0}")]
     BadDefine(String),
+    /// A deadline passed.
+    #[error("{}: {detail}", .kind.name())]
+    Timeout {
+        /// Which deadline.
+        kind: TimeoutKind,
+        /// What was outstanding, for the log.
+        detail: String,
+    },
+    /// The sink could not make a batch durable; the agent keeps it and resends it
+    /// on its next session.
+    #[error("sink failed: {0}")]
+    SinkFailed(String),
     /// The peer reported an error and is closing.
     #[error("peer error {} ({}): {}", .0.code.0, .0.code.name(), .0.message)]
     Peer(ErrorMessage),
@@ -70,7 +126,24 @@ impl SessionError {
             Self::CreditExceeded { .. } => ErrorCode::CREDIT_EXCEEDED,
             Self::IdentityMismatch(_) => ErrorCode::IDENTITY_MISMATCH,
             Self::BadDefine(_) => ErrorCode::BAD_DEFINE,
+            Self::Timeout { .. } => ErrorCode::TIMEOUT,
+            Self::SinkFailed(_) => ErrorCode::INTERNAL,
             Self::Peer(e) => e.code,
+        }
+    }
+
+    /// A short, bounded label for metrics: the timeout's kind, `sink_failed`, or
+    /// the error code's name. A peer's own error is labelled by its code only, so
+    /// a peer cannot choose a label of its own.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Timeout { kind, .. } => kind.name(),
+            Self::SinkFailed(_) => "sink_failed",
+            Self::Peer(e) => match e.code.name() {
+                "unknown" => "peer_error",
+                n => n,
+            },
+            other => other.code().name(),
         }
     }
 
@@ -100,4 +173,9 @@ pub(crate) fn negotiate(
         });
     }
     Ok(v)
+}
+
+/// The earliest of some optional deadlines.
+pub(crate) fn earliest(deadlines: impl IntoIterator<Item = Option<Instant>>) -> Option<Instant> {
+    deadlines.into_iter().flatten().min()
 }

@@ -504,10 +504,9 @@ impl Collector {
                     .get(&format!("{measurement}/{field}"))
                     .or_else(|| cfg.units.get(field))
                     .unwrap_or(&cfg.unit);
-                // Registering saves the catalog (fsync): keep it off the async workers.
-                let id = match tokio::task::block_in_place(|| {
-                    ctx.sensor(&self.name, unit, SensorKind::Gauge)
-                }) {
+                // Registering saves the catalog (fsync): `sensor` keeps it off the
+                // async worker.
+                let id = match ctx.sensor(&self.name, unit, SensorKind::Gauge) {
                     Ok(id) => id,
                     Err(e) => {
                         drop(sensors);
