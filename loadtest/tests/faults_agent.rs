@@ -107,14 +107,13 @@ fn metric_sum(text: &str, name: &str, with: &str) -> f64 {
 
 /// A process we started, with its exit status when it ends.
 struct Daemon {
-    name: String,
     child: Child,
     status: Option<ExitStatus>,
 }
 
 impl Daemon {
     /// Starts `binary run --config config`, stderr appended to `log`.
-    fn start(name: &str, binary: &str, config: &Path, log: &Path) -> Self {
+    fn start(binary: &str, config: &Path, log: &Path) -> Self {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -130,7 +129,6 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
         Self {
-            name: name.to_string(),
             child,
             status: None,
         }
@@ -230,8 +228,11 @@ impl Rig {
         let metrics = SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port().unwrap()));
         let data = self.dir.join(format!("{name}-data"));
         let quic = SocketAddr::from(([127, 0, 0, 1], port));
-        let text = procs::aggregator_toml(&self.pki, &data, quic, Some(metrics), "")
-            .replacen("[server]\n", &format!("[server]\n{server_keys}\n"), 1);
+        let text = procs::aggregator_toml(&self.pki, &data, quic, Some(metrics), "").replacen(
+            "[server]\n",
+            &format!("[server]\n{server_keys}\n"),
+            1,
+        );
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).unwrap();
         Agg {
@@ -263,9 +264,11 @@ impl Rig {
             metrics: Some(metrics),
             extra: a.extra,
         };
-        let text = procs::agent_toml(&self.pki, &spec)
-            .unwrap()
-            .replacen("[spool]\n", &format!("[spool]\n{}\n", a.spool_keys), 1);
+        let text = procs::agent_toml(&self.pki, &spec).unwrap().replacen(
+            "[spool]\n",
+            &format!("[spool]\n{}\n", a.spool_keys),
+            1,
+        );
         let name = a.name.unwrap_or(a.id);
         let config = self.dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).unwrap();
@@ -338,7 +341,7 @@ struct AgentCfg {
 
 impl AgentCfg {
     fn start(&self) -> Daemon {
-        Daemon::start(&self.name, "ferrule-agent", &self.config, &self.log)
+        Daemon::start("ferrule-agent", &self.config, &self.log)
     }
 
     /// Its `/metrics` text; empty while it does not answer.
@@ -394,12 +397,7 @@ impl Agg {
     /// Starts it and waits until it listens.
     fn start(&mut self) {
         self.mark = file_len(&self.log);
-        self.d = Some(Daemon::start(
-            &self.name,
-            "ferrule-aggregator",
-            &self.config,
-            &self.log,
-        ));
+        self.d = Some(Daemon::start("ferrule-aggregator", &self.config, &self.log));
         let up = procs::wait_for(Duration::from_secs(60), || {
             if !self.d.as_mut().is_some_and(Daemon::running) {
                 return Some(false);
@@ -416,19 +414,8 @@ impl Agg {
         );
     }
 
-    fn running(&mut self) -> bool {
-        self.d.as_mut().is_some_and(Daemon::running)
-    }
-
     fn metrics(&self) -> String {
         procs::http_get(self.metrics, "/metrics").unwrap_or_default()
-    }
-
-    /// Agent sessions established since the last start.
-    fn sessions_since_start(&self) -> usize {
-        read_log(&self.log, self.mark)
-            .matches("session established")
-            .count()
     }
 
     /// `inspect` of its log: (events, batches, duplicates dropped) of one agent,
@@ -436,7 +423,9 @@ impl Agg {
     fn stats(&self, agent: &str) -> Stats {
         procs::inspect(&self.data)
             .ok()
-            .map_or_else(Stats::default, |r| Stats::of(&r, &format!("{SITE}/{agent}")))
+            .map_or_else(Stats::default, |r| {
+                Stats::of(&r, &format!("{SITE}/{agent}"))
+            })
     }
 
     /// Every sample in its log: (sensor name, value), per record, in log order.
@@ -481,10 +470,7 @@ fn read_samples(data: &Path) -> Vec<(String, f64)> {
     };
     let mut out = Vec::new();
     let mut from = Offset(0);
-    loop {
-        let Ok(recs) = reader.read_records(from, 4096, 64 << 20) else {
-            break;
-        };
+    while let Ok(recs) = reader.read_records(from, 4096, 64 << 20) {
         let Some(last) = recs.last() else { break };
         from = Offset(last.offset.0 + 1);
         for r in recs {
@@ -741,10 +727,22 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // SIGTERM first: Mosquitto writes out its buffered log then.
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            sleep(Duration::from_millis(50));
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -825,6 +823,7 @@ fn mqtt_input(port: u16, more: &str) -> String {
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn sigterm_ends_an_agent_blocked_on_a_full_spool() {
     let _serial = serial();
+    const STOP: Duration = Duration::from_secs(15);
     let rig = Rig::new();
     // Never started: nothing listens, so the spool only fills.
     let agg = rig.aggregator("agg", "");
@@ -856,7 +855,7 @@ fn sigterm_ends_an_agent_blocked_on_a_full_spool() {
     sleep(Duration::from_secs(3));
     let cpu_share = (agent.cpu_secs() - cpu0) / w0.elapsed().as_secs_f64();
     let t = Instant::now();
-    let status = agent.term(Duration::from_secs(15));
+    let status = agent.term(STOP);
     let took = t.elapsed();
     println!(
         "blocked agent: {:.0} % of a core; SIGTERM -> {status:?} after {:.1} s",
@@ -865,7 +864,7 @@ fn sigterm_ends_an_agent_blocked_on_a_full_spool() {
     );
     assert!(
         status.is_some(),
-        "the agent blocked on a full spool (full_policy = \"block\") did not exit within 15 s of SIGTERM (SIGKILLed); it used {:.0} % of a core while blocked",
+        "the agent blocked on a full spool (full_policy = \"block\") did not exit within {STOP:?} of SIGTERM (SIGKILLed); it used {:.0} % of a core while blocked",
         cpu_share * 100.0
     );
     assert!(
@@ -926,7 +925,10 @@ fn a_lost_epoch_file_loses_no_spooled_batch() {
         (spooled as u64 >= TOTAL && unacked == 0.0).then_some(())
     });
     sleep(Duration::from_secs(1));
-    assert!(agent.running(), "the agent died after its epoch file was lost");
+    assert!(
+        agent.running(),
+        "the agent died after its epoch file was lost"
+    );
     let m = cfg.metrics();
     let dropped: Vec<&str> = m
         .lines()
@@ -1042,10 +1044,10 @@ fn an_acknowledged_record_cut_off_the_spool_does_not_get_its_seq_reused() {
         "",
     );
     println!("log after the restart: {s:?}; duplicates dropped by the aggregator: {dups}");
-    assert_eq!(
+    assert!(
+        s.events >= want,
+        "samples in the aggregator log: {} of {want} ({runs} run(s) of {T} before the cut and {T} after); the aggregator dropped {dups} batches as duplicates (the batch after the cut reused seq {})",
         s.events,
-        want,
-        "samples in the aggregator log: {runs} run(s) of {T} before the cut and {T} after; the aggregator dropped {dups} batches as duplicates (the batch after the cut reused seq {})",
         cut.offset + 1
     );
 }
@@ -1263,7 +1265,7 @@ fn full_disk(restart_while_full: bool) {
     let mut min_bytes = bytes_full;
     // Recovered: the backlog and at least 2 s worth of new samples arrived.
     let want = backlog + 2 * PER_SEC;
-    poll(Duration::from_secs(40), || {
+    poll(Duration::from_secs(25), || {
         if !agent.running() {
             return Some(());
         }
@@ -1338,7 +1340,10 @@ fn a_second_agent_on_the_same_spool_refuses_to_run() {
     let flowing = poll(Duration::from_secs(30), || {
         (agg.stats("d1").events > 0).then_some(())
     });
-    assert!(flowing.is_some(), "the first agent delivered nothing in 30 s");
+    assert!(
+        flowing.is_some(),
+        "the first agent delivered nothing in 30 s"
+    );
     // The same agent's configuration, started a second time (a second unit,
     // a manual start beside the service): only the metrics port differs.
     let second = rig.agent(AgentOpts {
@@ -1431,7 +1436,8 @@ fn sensors_beyond_the_aggregators_limit_do_not_stop_the_others() {
     let fields: Vec<String> = (0..30).map(|i| format!("e{i}=1")).collect();
     send(&format!("x {}\n", fields.join(",")));
     sleep(Duration::from_secs(3));
-    let failures = |cfg: &AgentCfg| metric_sum(&cfg.metrics(), "ferrule_agent_session_failures_total", "");
+    let failures =
+        |cfg: &AgentCfg| metric_sum(&cfg.metrics(), "ferrule_agent_session_failures_total", "");
     let failures_0 = failures(&cfg);
     // Then only the first sensors again, five values a second for 10 s.
     let sent: BTreeSet<u64> = (1000..1050).collect();
@@ -1494,7 +1500,11 @@ fn mqtt_messages_survive_sigkills_of_the_agent() {
     let mut agent = cfg.start();
     cfg.wait_up(&mut agent);
     let subscribed = poll(Duration::from_secs(20), || {
-        (metric_sum(&cfg.metrics(), "ferrule_agent_mqtt_subscribed", "input=\"mq\"") == 1.0)
+        (metric_sum(
+            &cfg.metrics(),
+            "ferrule_agent_mqtt_subscribed",
+            "input=\"mq\"",
+        ) == 1.0)
             .then_some(())
     });
     assert!(subscribed.is_some(), "the MQTT input never subscribed");
@@ -1531,7 +1541,7 @@ fn mqtt_messages_survive_sigkills_of_the_agent() {
             .map(|(_, v)| v as u64)
             .collect()
     };
-    poll(Duration::from_secs(30), || {
+    poll(Duration::from_secs(20), || {
         values(&agg).is_superset(&want).then_some(())
     });
     let got = values(&agg);
@@ -1574,10 +1584,18 @@ fn an_oversized_mqtt_message_does_not_block_the_input() {
     let mut agent = cfg.start();
     cfg.wait_up(&mut agent);
     let connects = |cfg: &AgentCfg| {
-        metric_sum(&cfg.metrics(), "ferrule_agent_mqtt_connects_total", "input=\"mq\"")
+        metric_sum(
+            &cfg.metrics(),
+            "ferrule_agent_mqtt_connects_total",
+            "input=\"mq\"",
+        )
     };
     let subscribed = poll(Duration::from_secs(20), || {
-        (metric_sum(&cfg.metrics(), "ferrule_agent_mqtt_subscribed", "input=\"mq\"") == 1.0)
+        (metric_sum(
+            &cfg.metrics(),
+            "ferrule_agent_mqtt_subscribed",
+            "input=\"mq\"",
+        ) == 1.0)
             .then_some(())
     });
     assert!(subscribed.is_some(), "the MQTT input never subscribed");
