@@ -817,63 +817,6 @@ fn mqtt_input(port: u16, more: &str) -> String {
     )
 }
 
-// ---- 5. A spool full under "block": SIGTERM still ends the agent -----------------
-
-#[test]
-#[ignore = "long: run by scripts/test.sh with --ignored"]
-fn sigterm_ends_an_agent_blocked_on_a_full_spool() {
-    let _serial = serial();
-    const STOP: Duration = Duration::from_secs(15);
-    let rig = Rig::new();
-    // Never started: nothing listens, so the spool only fills.
-    let agg = rig.aggregator("agg", "");
-    let cfg = rig.agent(AgentOpts {
-        rate_hz: 2857,
-        spool_keys: "max_bytes = 262144\nsegment_bytes = 65536\nfull_policy = \"block\"".into(),
-        ..AgentOpts::new("b1", agg.endpoint())
-    });
-    let mut agent = cfg.start();
-    cfg.wait_up(&mut agent);
-    let t0 = Instant::now();
-    let blocked = poll(Duration::from_secs(40), || {
-        (cfg.metric("ferrule_agent_spool_full_blocks_total")? > 0.0).then_some(())
-    });
-    assert!(
-        blocked.is_some(),
-        "the spool (max_bytes 256 KiB) never reported full within 40 s: ferrule_agent_spool_full_blocks_total stayed 0 (spool {} bytes)",
-        procs::dir_bytes(&cfg.spool)
-    );
-    println!(
-        "spool full after {:.1} s ({} bytes on disk)",
-        t0.elapsed().as_secs_f64(),
-        procs::dir_bytes(&cfg.spool)
-    );
-    assert!(agent.running(), "the agent died when its spool filled");
-    // What the blocked agent costs: it should wait, not work.
-    let cpu0 = agent.cpu_secs();
-    let w0 = Instant::now();
-    sleep(Duration::from_secs(3));
-    let cpu_share = (agent.cpu_secs() - cpu0) / w0.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let status = agent.term(STOP);
-    let took = t.elapsed();
-    println!(
-        "blocked agent: {:.0} % of a core; SIGTERM -> {status:?} after {:.1} s",
-        cpu_share * 100.0,
-        took.as_secs_f64()
-    );
-    assert!(
-        status.is_some(),
-        "the agent blocked on a full spool (full_policy = \"block\") did not exit within {STOP:?} of SIGTERM (SIGKILLed); it used {:.0} % of a core while blocked",
-        cpu_share * 100.0
-    );
-    assert!(
-        cpu_share < 0.5,
-        "the agent blocked on a full spool used {:.0} % of a core (it should wait, not spin)",
-        cpu_share * 100.0
-    );
-}
-
 // ---- 1. The epoch file lost ----------------------------------------------------------
 
 #[test]
@@ -1323,6 +1266,63 @@ fn an_agent_recovers_from_a_full_disk_by_itself() {
 fn an_agent_restarted_on_a_full_disk_recovers_by_itself() {
     let _serial = serial();
     full_disk(true);
+}
+
+// ---- 5. A spool full under "block": SIGTERM still ends the agent -----------------
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn sigterm_ends_an_agent_blocked_on_a_full_spool() {
+    let _serial = serial();
+    const STOP: Duration = Duration::from_secs(15);
+    let rig = Rig::new();
+    // Never started: nothing listens, so the spool only fills.
+    let agg = rig.aggregator("agg", "");
+    let cfg = rig.agent(AgentOpts {
+        rate_hz: 2857,
+        spool_keys: "max_bytes = 262144\nsegment_bytes = 65536\nfull_policy = \"block\"".into(),
+        ..AgentOpts::new("b1", agg.endpoint())
+    });
+    let mut agent = cfg.start();
+    cfg.wait_up(&mut agent);
+    let t0 = Instant::now();
+    let blocked = poll(Duration::from_secs(40), || {
+        (cfg.metric("ferrule_agent_spool_full_blocks_total")? > 0.0).then_some(())
+    });
+    assert!(
+        blocked.is_some(),
+        "the spool (max_bytes 256 KiB) never reported full within 40 s: ferrule_agent_spool_full_blocks_total stayed 0 (spool {} bytes)",
+        procs::dir_bytes(&cfg.spool)
+    );
+    println!(
+        "spool full after {:.1} s ({} bytes on disk)",
+        t0.elapsed().as_secs_f64(),
+        procs::dir_bytes(&cfg.spool)
+    );
+    assert!(agent.running(), "the agent died when its spool filled");
+    // What the blocked agent costs: it should wait, not work.
+    let cpu0 = agent.cpu_secs();
+    let w0 = Instant::now();
+    sleep(Duration::from_secs(3));
+    let cpu_share = (agent.cpu_secs() - cpu0) / w0.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let status = agent.term(STOP);
+    let took = t.elapsed();
+    println!(
+        "blocked agent: {:.0} % of a core; SIGTERM -> {status:?} after {:.1} s",
+        cpu_share * 100.0,
+        took.as_secs_f64()
+    );
+    assert!(
+        status.is_some(),
+        "the agent blocked on a full spool (full_policy = \"block\") did not exit within {STOP:?} of SIGTERM (SIGKILLed); it used {:.0} % of a core while blocked",
+        cpu_share * 100.0
+    );
+    assert!(
+        cpu_share < 0.5,
+        "the agent blocked on a full spool used {:.0} % of a core (it should wait, not spin)",
+        cpu_share * 100.0
+    );
 }
 
 // ---- 6. Two agents on one spool directory --------------------------------------------
