@@ -65,7 +65,10 @@ impl Durability {
         }
     }
 
-    fn mark(&self, n: u64) {
+    /// Reports chunk `n` (and every one before it) durable: the batcher calls it
+    /// after the fsync that covers the chunk's batch; a test standing in for
+    /// the spool calls it when it takes the chunk.
+    pub fn mark_durable(&self, n: u64) {
         if self.done.fetch_max(n, Ordering::AcqRel) < n {
             self.notify.notify_waiters();
         }
@@ -84,7 +87,7 @@ fn add_mark(marks: &mut Marks, d: &Arc<Durability>, n: u64) {
 
 fn fire(marks: &Marks) {
     for (d, n) in marks {
-        d.mark(*n);
+        d.mark_durable(*n);
     }
 }
 
@@ -284,11 +287,16 @@ impl Batcher {
             }
         }
         if let Some((d, k)) = &c.durability {
-            if n == 0 && b.samples == 0 && self.pending.is_none() && self.unsynced.is_empty() {
-                // Nothing of this input waits anywhere: durable already.
-                d.mark(*k);
-            } else {
+            // The ticket fires with the last batch holding anything sent before
+            // it: this chunk's own, or the newest one not yet durable.
+            if n > 0 || b.samples > 0 {
                 add_mark(&mut b.marks, d, *k);
+            } else if let Some(p) = self.pending.as_mut() {
+                add_mark(&mut p.marks, d, *k);
+            } else if let Some(u) = self.unsynced.back_mut() {
+                add_mark(&mut u.marks, d, *k);
+            } else {
+                d.mark_durable(*k);
             }
         }
         if n > 0 {
@@ -299,8 +307,13 @@ impl Batcher {
                 self.cut_at = Some(Instant::now() + Duration::from_millis(self.cfg.max_delay_ms));
             }
         }
-        if c.flush && (b.samples > 0 || !b.marks.is_empty()) {
-            self.cut_at = Some(Instant::now());
+        if c.flush {
+            // Cut now, or sync now what is cut and waits for its fsync.
+            if self.builder.samples > 0 {
+                self.cut_at = Some(Instant::now());
+            } else if !self.unsynced.is_empty() {
+                self.sync_at = Some(Instant::now());
+            }
         }
         let full = self.builder.samples >= self.cfg.max_samples;
         if full && self.cut() {
@@ -405,6 +418,7 @@ impl Batcher {
         match result {
             Ok(seq) => {
                 if self.fsync == FsyncMode::Always {
+                    self.healthy();
                     fire(&marks);
                 } else {
                     self.unsynced.push_back(Unsynced {
@@ -439,21 +453,39 @@ impl Batcher {
         }
     }
 
-    /// A write failed: log it once (not once per attempt), count it, and arm
-    /// the recovery.
+    /// A write failed: log it once per episode (not once per attempt), count
+    /// it, and arm the next recovery, waiting longer each time.
     fn failed(&mut self, e: &SpoolError) {
         self.write_errors.inc();
         if self.broken_since.is_none() {
             tracing::error!(error = %e, "spool writes fail; the agent keeps trying to recover by itself");
             self.broken_since = Some(Instant::now());
             self.recover_wait = RECOVER_FIRST;
-            self.recover_at = Some(Instant::now() + RECOVER_FIRST);
             *self
                 .io
                 .health
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) =
                 Some(format!("spool writes fail: {e}"));
+        } else {
+            tracing::debug!(error = %e, "spool writes still fail");
+            self.recover_wait = (self.recover_wait * 2).min(RECOVER_MAX);
+        }
+        if self.recover_at.is_none() {
+            self.recover_at = Some(Instant::now() + self.recover_wait);
+        }
+    }
+
+    /// A write and its fsync worked: an episode of failures, if any, is over.
+    fn healthy(&mut self) {
+        if let Some(since) = self.broken_since.take() {
+            tracing::info!(after = ?since.elapsed(), "spool writable again");
+            self.recover_wait = RECOVER_FIRST;
+            *self
+                .io
+                .health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
     }
 
@@ -477,18 +509,7 @@ impl Batcher {
                         .count();
                     self.unsynced.drain(keep..).collect()
                 };
-                let since = self.broken_since.take();
-                tracing::info!(
-                    after = ?since.map(|t| t.elapsed()),
-                    epoch = %r.epoch,
-                    rewritten = lost.len(),
-                    "spool writable again"
-                );
-                *self
-                    .io
-                    .health
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                tracing::debug!(epoch = %r.epoch, rewritten = lost.len(), "spool rescanned");
                 for u in lost {
                     let series = match decode(&u.frame, &self.limits) {
                         Ok(Some((Message::Batch(b), _))) => b.series,
@@ -510,12 +531,7 @@ impl Batcher {
                     self.retry(false);
                 }
             }
-            Err(e) => {
-                self.write_errors.inc();
-                self.recover_wait = (self.recover_wait * 2).min(RECOVER_MAX);
-                self.recover_at = Some(Instant::now() + self.recover_wait);
-                tracing::debug!(error = %e, wait = ?self.recover_wait, "spool still failing");
-            }
+            Err(e) => self.failed(&e),
         }
     }
 
@@ -570,8 +586,10 @@ impl Batcher {
         }
     }
 
-    /// Tells the inputs of every batch now durable.
+    /// Tells the inputs of every batch now durable; a sync that worked ends an
+    /// episode of failures.
     fn durable(&mut self) {
+        self.healthy();
         let until = self.spool.durable_until();
         while self.unsynced.front().is_some_and(|u| u.seq < until) {
             if let Some(u) = self.unsynced.pop_front() {

@@ -9,12 +9,11 @@
 //!
 //! Epochs: every record carries the epoch it was written in (and its frame says
 //! it too), so a spool may hold several and the uplink sends each batch under its
-//! own. The spool moves to a new epoch whenever a sequence number could otherwise
-//! be reused for different data: a fresh log, a tail cut by recovery (its records
-//! may have been sent already: media damage cuts synced data too), a lost or
-//! unreadable epoch file. A new epoch is always above every epoch the spool
-//! holds or the epoch file names, with random low bits, so a clock that jumps
-//! back cannot repeat one.
+//! own. Every start begins a new epoch, because recovery may number an offset
+//! again and cannot always tell (see [`choose_epoch`]); so does a rescan while
+//! running that finds records gone which had been durable. A new epoch is always above every epoch the spool holds
+//! or the epoch file names, with random low bits, so a clock that jumps back
+//! cannot repeat one.
 //!
 //! Self-healing: records lost to damage are counted and settled (or the spool
 //! would wait for their acknowledgement for ever); a write or fsync that fails
@@ -280,7 +279,7 @@ impl Spool {
             c,
         };
         let fresh = spool.log.next_offset().0 == 0 && first == 0;
-        spool.after_recovery(&recovery, fresh, true)?;
+        spool.after_recovery(&recovery, fresh, true, false)?;
         tracing::info!(epoch = %spool.epoch, first_unacked = %spool.first_unacked(), next = %spool.next_seq(), "spool open");
         spool.c.writable.set(1);
         spool.update_gauges();
@@ -294,6 +293,7 @@ impl Spool {
         recovery: &ferrule_disklog::Recovery,
         fresh: bool,
         at_open: bool,
+        durable_lost: bool,
     ) -> anyhow::Result<()> {
         if !recovery.is_clean() {
             tracing::warn!(
@@ -313,6 +313,11 @@ impl Spool {
                 count_dropped(&self.c.registry, "spool_corrupt", &[("unknown".into(), 0)]);
             }
         }
+        if !at_open && !durable_lost {
+            // Only records never reported durable (so never sent) were lost: their
+            // seqs may be numbered again under the same epoch.
+            return Ok(());
+        }
         let saved = read_epoch_file(&self.dir);
         let last = self.last_epoch_in_log();
         let choice = choose_epoch(
@@ -322,16 +327,18 @@ impl Spool {
                 Ok(Some(self.epoch.0))
             },
             fresh,
-            recovery.truncated_tail_bytes > 0,
+            recovery.truncated_tail_bytes > 0 || durable_lost,
             last,
             now_ns(),
             random_u64(),
         );
         if let Some(why) = choice.why_new {
-            if !fresh {
-                tracing::warn!(epoch = %choice.epoch, reason = why, "spool starts a new epoch so no sequence number is reused; batches already spooled keep theirs");
-            }
-            write_epoch_file(&self.dir, choice.epoch)?;
+            tracing::warn!(epoch = %choice.epoch, reason = why, "spool starts a new epoch; batches already spooled keep theirs, and no sequence number is reused");
+        }
+        if let Err(e) = write_epoch_file(&self.dir, choice.epoch) {
+            // Not fatal: records carry their epoch, and the next start stays above
+            // the newest one in the log anyway. A full disk must not stop a start.
+            tracing::warn!(error = %format!("{e:#}"), "could not save the epoch file");
         }
         self.epoch = choice.epoch;
         Ok(())
@@ -371,8 +378,10 @@ impl Spool {
             // Only if releasing freed nothing that a rescan could use; cheap to try.
             let _ = self.drop_oldest();
         }
+        let durable_before = self.log.durable_offset();
         let recovery = self.log.reopen()?;
-        self.after_recovery(&recovery, false, false)
+        let durable_lost = self.log.next_offset() < durable_before;
+        self.after_recovery(&recovery, false, false, durable_lost)
             .map_err(|e| SpoolError::Broken(format!("{e:#}")))?;
         if self.broken.take().is_some() {
             self.c.recoveries.inc();
@@ -645,15 +654,29 @@ fn read_epoch_file(dir: &Path) -> Result<Option<u64>, ()> {
     }
 }
 
-/// Saves the epoch beside the log, durably (temp file, fsync, rename, fsync dir).
+/// Saves the epoch beside the log, durably: atomically (temp file, fsync,
+/// rename, fsync dir) when it can, else in place (the number is written at a
+/// fixed width, so overwriting the file needs no new block on a full disk).
 fn write_epoch_file(dir: &Path, epoch: Epoch) -> anyhow::Result<()> {
     let path = dir.join("epoch");
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{}", epoch.0)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    let text = format!("{:020}\n", epoch.0);
+    let atomic = || -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    if let Err(first) = atomic() {
+        let _ = std::fs::remove_file(path.with_extension("tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|_| first)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
     Ok(())
 }
 
@@ -671,28 +694,32 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// The epoch a spool writes in, and why it is new (if it is).
+/// The epoch a spool writes in after a recovery, and what was unusual about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpochChoice {
-    /// The epoch.
+    /// The epoch (always a new one).
     pub epoch: Epoch,
-    /// Why a new one was started, if one was.
+    /// Damage or a lost epoch file that made it necessary, for a warning.
     pub why_new: Option<&'static str>,
 }
 
 /// Low bits of a new epoch that come from randomness, not the clock.
 const RANDOM_EPOCH_BITS: u32 = 20;
 
-/// Decides the epoch after a recovery. Pure: the caller reads the epoch file
-/// (`saved`: `Ok(None)` missing, `Err` unreadable), the newest epoch in the log,
-/// the clock and some randomness.
+/// Decides the epoch after a recovery (at start, or after a rescan). Pure: the
+/// caller reads the epoch file (`saved`: `Ok(None)` missing, `Err` unreadable),
+/// the newest epoch in the log, the clock and some randomness.
 ///
-/// The saved epoch is kept unless a sequence number could be reused under it: a
-/// fresh log numbers from 1 again, a cut tail numbers again from where it was
-/// cut, and without a readable epoch file the current epoch is unknown. A new
-/// epoch is the clock's time with random low bits, raised above the saved epoch
-/// and the newest one in the log, so neither a clock that jumps back nor a box
-/// that boots with the same time every time can repeat one.
+/// Every recovery starts a new epoch. A sequence number is the record's offset,
+/// and recovery can number an offset again: a fresh log from 1, a torn tail from
+/// where it was cut, and media damage or a truncation that ends exactly between
+/// two records leaves no trace at all, although the records it took may have
+/// been sent and acknowledged. A new epoch makes every (epoch, seq) after a
+/// recovery new whatever the disk lost; the batches already spooled keep their
+/// own. It is the clock's time with random low bits, raised above the saved
+/// epoch and the newest one in the log, so neither a clock that jumps back nor
+/// a box that boots with the same time every time can repeat one. `why_new`
+/// says what was unusual, for the log.
 pub fn choose_epoch(
     saved: Result<Option<u64>, ()>,
     fresh: bool,
@@ -702,7 +729,7 @@ pub fn choose_epoch(
     random: u64,
 ) -> EpochChoice {
     let why_new = if fresh {
-        Some("fresh spool")
+        None
     } else if tail_cut {
         Some("the spool's tail was cut by recovery")
     } else {
@@ -712,12 +739,6 @@ pub fn choose_epoch(
             Err(()) => Some("the epoch file is unreadable"),
         }
     };
-    if let (None, Ok(Some(e))) = (why_new, saved) {
-        return EpochChoice {
-            epoch: Epoch(e),
-            why_new: None,
-        };
-    }
     let mask = (1u64 << RANDOM_EPOCH_BITS) - 1;
     let candidate = ((now_ns & !mask) | (random & mask)).max(1);
     let floor = [saved.ok().flatten(), last_in_log.map(|e| e.0)]
@@ -801,8 +822,8 @@ mod tests {
         }
         let reg = Registry::new();
         let (mut spool, reader) = Spool::open(&cfg(dir.path()), &reg).unwrap();
-        assert_eq!(spool.epoch(), Epoch(5), "a clean spool keeps its epoch");
-        let f4 = frame(5, 4, 2);
+        assert!(spool.epoch() > Epoch(5), "every start is a new epoch");
+        let f4 = frame(spool.epoch().0, 4, 2);
         spool.append(&[("modbus", 2)], &f4).unwrap();
         spool.sync().unwrap();
         let got = reader.read(Seq(1), 10).unwrap();
@@ -816,7 +837,7 @@ mod tests {
                 (5, 1, vec![("old".to_string(), 7)], false),
                 (5, 2, vec![("mid".to_string(), 3)], false),
                 (0, 3, vec![("unknown".to_string(), 0)], true),
-                (5, 4, vec![("modbus".to_string(), 2)], false),
+                (spool.epoch().0, 4, vec![("modbus".to_string(), 2)], false),
             ]
         );
     }
@@ -901,11 +922,21 @@ mod tests {
         assert_eq!(spool.next_seq(), Seq(3), "seq 3 is numbered again...");
         assert!(spool.epoch() > old, "...under a new epoch");
         fill(&mut spool, 1);
-        // And a clean restart keeps it.
+        // A cut at a record boundary leaves no trace, and still no seq is
+        // reused: every start is a new epoch.
         let e = spool.epoch();
         drop(spool);
+        let len = std::fs::metadata(&seg).unwrap().len();
+        let rec = (len - 32) / 3;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - rec)
+            .unwrap();
         let (spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
-        assert_eq!(spool.epoch(), e);
+        assert_eq!(spool.next_seq(), Seq(3));
+        assert!(spool.epoch() > e);
     }
 
     #[test]
@@ -956,13 +987,11 @@ mod tests {
         let e = |saved, fresh, cut, last: Option<u64>, now| {
             choose_epoch(saved, fresh, cut, last.map(Epoch), now, 0xABCDE)
         };
-        // Kept while nothing could repeat a seq.
-        assert_eq!(
-            e(Ok(Some(7)), false, false, Some(7), 1 << 40).epoch,
-            Epoch(7)
-        );
-        assert_eq!(e(Ok(Some(7)), false, false, Some(7), 1 << 40).why_new, None);
-        // New otherwise, from the clock with random low bits...
+        // Always new; nothing unusual to warn about on a clean start.
+        let c = e(Ok(Some(7)), false, false, Some(7), 1 << 40);
+        assert_eq!(c.epoch, Epoch((1 << 40) | 0xABCDE));
+        assert_eq!(c.why_new, None);
+        // From the clock with random low bits...
         let c = e(Ok(None), false, false, Some(7), 5 << 30);
         assert_eq!(c.epoch, Epoch((5 << 30) | 0xABCDE));
         assert!(c.why_new.is_some());

@@ -544,12 +544,17 @@ fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// Samples of a spool record: byte 0, then the postcard of `[(input, samples)]`.
+/// Samples of a spool record: byte 0, then the postcard of `[(input, samples)]`;
+/// or byte 255, then the postcard of `(epoch, [(input, samples)])`.
 fn spool_record_samples(payload: &[u8]) -> u64 {
     let mut at = 1;
     let mut total = 0;
-    if payload.first() != Some(&0) {
-        return 0;
+    match payload.first() {
+        Some(0) => {}
+        Some(255) => {
+            varint(payload, &mut at);
+        }
+        _ => return 0,
     }
     let n = varint(payload, &mut at).unwrap_or(0);
     for _ in 0..n {

@@ -13,12 +13,17 @@
 //!   persistence on). Every (re)connect subscribes again (so a changed config
 //!   takes effect); the retained messages the broker replays for that are
 //!   skipped unless `accept_retained`.
-//! - Acks are manual: a message's PUBACK is written only once `ctx.send`
-//!   returned for the chunk holding its samples, that is once the batcher
-//!   owns them. Until then the broker holds the message and redelivers it on
-//!   the next connection if the agent dies. Delivery is therefore at least once:
-//!   a message can arrive twice (after a crash between hand-over and ack, or a
-//!   connection lost while acks were written), never zero times.
+//! - Acks are manual: a message's PUBACK is written only once the chunk holding
+//!   its samples is durable in the spool (fsynced), which the batcher reports
+//!   through a [`Durability`] ticket. Until then the broker holds the message
+//!   and redelivers it on the next connection if the agent dies, even by
+//!   SIGKILL or a power cut. Delivery is therefore at least once: a message can
+//!   arrive twice (after a crash between the fsync and the ack, or a connection
+//!   lost while acks were written), never zero times.
+//! - So that the broker's in-flight window never waits on the batch window
+//!   (`batch.max_delay_ms`), a chunk that brings the messages awaiting
+//!   durability to half the window (`broker_max_inflight`) asks the batcher to
+//!   cut and fsync at once.
 //! - PUBACKs are written straight into the connection's buffer and flushed
 //!   together, not queued one by one through rumqttc's request channel (which
 //!   costs a `writev` per ack: at 5 000 messages/s that was a fifth of the
@@ -26,10 +31,15 @@
 //!   rumqttc's bookkeeping is bypassed; a QoS 2 message (the broker should
 //!   never send one on a QoS 1 subscription) still goes through the request
 //!   channel.
-//! - Acks wait to be written together: at most `ack_delay_ms`, and no longer
-//!   than until half the broker's in-flight window (`broker_max_inflight`)
-//!   waits, so the broker never stalls on them. Acks of an earlier connection
-//!   are dropped, never written on a new one (the broker redelivers those).
+//! - The acks of everything that became durable at once are written together,
+//!   with one flush. Acks of an earlier connection are dropped, never written
+//!   on a new one (the broker redelivers those).
+//! - A message larger than `max_packet_bytes` is counted (`oversized`), acked
+//!   and dropped. The input reads packets up to 16 times that size (MQTT
+//!   3.1.1 cannot refuse a single message); a bigger one breaks the
+//!   connection, is redelivered on every reconnect and blocks the input: it is
+//!   counted as `oversized_blocking` with a line saying what to do (cap it at
+//!   the broker with Mosquitto's `message_size_limit`).
 //!
 //! # Reading in rounds
 //!
@@ -74,9 +84,10 @@
 //!
 //! # Invariants
 //!
-//! - A message is acked only after its samples were handed over, or after it
-//!   was found to be bad data; shutting down while a chunk waits leaves that
-//!   chunk unacked (the broker keeps it).
+//! - A message is acked only after its samples are durable in the spool, or
+//!   after it was found to be bad data (in arrival order, so after every
+//!   message before it is durable); shutting down while a chunk waits leaves
+//!   that chunk unacked (the broker keeps it).
 //! - PUBACKs go out in the order the messages arrived (MQTT 3.1.1 4.6).
 //! - Memory is bounded: one batch of messages (at most [`MAX_BATCH_MESSAGES`]
 //!   plus what the broker's in-flight window lets in while acks are written),
@@ -90,6 +101,7 @@ pub mod tls;
 
 use super::{now_ns, InputContext};
 use crate::backoff::Backoff;
+use crate::batcher::Durability;
 use ferrule_config::Invalid;
 use ferrule_telemetry::{Counter, Gauge};
 use ferrule_wire::{SensorId, SensorKind, SensorName, Series, MAX_UNIT_BYTES};
@@ -100,9 +112,10 @@ use rumqttc::{
     PubAck, Publish, QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use template::NameTemplate;
 use tokio::sync::watch;
@@ -187,10 +200,12 @@ pub struct MqttConfig {
     /// Longest reconnect delay, milliseconds. Default 30000.
     #[serde(default = "d_backoff_max")]
     pub backoff_max_ms: u64,
-    /// Largest MQTT packet accepted, bytes. A bigger one breaks the connection
-    /// (MQTT 3.1.1 cannot refuse a single message), and the broker redelivers
-    /// it on every reconnect, so keep this above anything publishers send.
-    /// Default 1048576 (1 MiB).
+    /// Largest MQTT message accepted, bytes: a bigger one is counted
+    /// (`oversized`), acked and dropped. Packets up to 16 times this are read
+    /// to do so; a packet bigger still breaks the connection (MQTT 3.1.1
+    /// cannot refuse a single message) and blocks the input, counted as
+    /// `oversized_blocking`: cap messages at the broker (Mosquitto's
+    /// `message_size_limit`). Default 1048576 (1 MiB).
     #[serde(default = "d_max_packet")]
     pub max_packet_bytes: usize,
     /// Most distinct sensor names this input registers; messages for further
@@ -207,16 +222,16 @@ pub struct MqttConfig {
     pub accept_retained: bool,
     /// The broker's limit of unacknowledged QoS 1 messages in flight to one
     /// client: Mosquitto's `max_inflight_messages` (its default is 20), EMQX's
-    /// `max_inflight`. Acks are written as soon as half this many wait, so the
-    /// broker never stalls on the agent. Set it to the broker's value. Default 20.
+    /// `max_inflight`. Once half this many wait for the spool, the batch is cut
+    /// and fsynced at once so their acks go out, and the broker never stalls on
+    /// the agent. Set it to the broker's value. Default 20.
     #[serde(default = "d_broker_max_inflight")]
     pub broker_max_inflight: u16,
-    /// Longest an ack waits to be written with others, milliseconds (0: one
-    /// write after every chunk). Each write to the broker costs a system call
-    /// and a wake-up on both sides; at thousands of messages per second,
-    /// writing the acks of several chunks at once is most of what the input
-    /// saves. A message is acked only after its samples were handed over
-    /// either way. Default 10.
+    /// Longest the socket is left alone between read rounds, milliseconds (0:
+    /// read at every wake-up). Each read costs a system call and a wake-up; at
+    /// thousands of messages per second, taking several chunks' worth at once
+    /// is most of what the input saves. Acks go out when the spool has made
+    /// their messages durable either way. Default 10.
     #[serde(default = "d_ack_delay")]
     pub ack_delay_ms: u64,
     /// What to subscribe to and how to read it. At least one.
@@ -555,7 +570,7 @@ impl MqttConfig {
         o.set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(Duration::from_secs(self.keep_alive_secs.clamp(1, 65_535)))
-            .set_max_packet_size(self.max_packet_bytes.max(1024), 64 * 1024)
+            .set_max_packet_size(read_limit(self.max_packet_bytes), 64 * 1024)
             .set_request_channel_capacity(REQUEST_CHANNEL);
         if let Some(user) = &self.username {
             let pass = match &self.password {
@@ -572,6 +587,19 @@ impl MqttConfig {
         Ok(o)
     }
 }
+
+/// Largest packet read from the broker: 16 times `max_packet_bytes`, within
+/// MQTT's own maximum, so a message somewhat over the limit is read, counted and
+/// acked instead of breaking the connection on every redelivery.
+fn read_limit(max_packet_bytes: usize) -> usize {
+    max_packet_bytes
+        .max(1024)
+        .saturating_mul(16)
+        .min(MQTT_MAX_PACKET)
+}
+
+/// MQTT's largest remaining length (268 435 455 bytes).
+const MQTT_MAX_PACKET: usize = 268_435_455;
 
 /// A message that gives no sample, with the reason it is counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -739,11 +767,19 @@ struct Driver {
     connected_at: Option<Instant>,
     /// Messages read and not yet handed over.
     batch: Vec<Received>,
-    /// Packet ids of QoS 1 messages handed over (or found bad) on the current
+    /// Packet ids of QoS 1 messages durable (or found bad) on the current
     /// connection whose PUBACKs are not written yet, in arrival order.
     unacked: Vec<u16>,
-    /// When `unacked` must be written at the latest.
-    ack_at: Option<Instant>,
+    /// Packet ids of QoS 1 messages handed over on the current connection, per
+    /// chunk number, waiting for the spool to make the chunk durable.
+    awaiting: VecDeque<(u64, Vec<u16>)>,
+    awaiting_msgs: usize,
+    /// Tells when chunks are durable; chunks sent so far.
+    ticket: Arc<Durability>,
+    chunks: u64,
+    /// What the ticket said when acks were last released.
+    released_through: u64,
+    max_packet_bytes: usize,
     /// End of the last read round, and the average arrival rate over rounds
     /// (messages/s): they size the pause between rounds.
     last_read: Instant,
@@ -762,7 +798,7 @@ struct Driver {
 /// What the driver waits for next.
 enum Wake {
     Event(Result<Event, ConnectionError>),
-    AckDue,
+    Durable,
     Shutdown,
 }
 
@@ -826,7 +862,12 @@ pub async fn run(cfg: MqttConfig, ctx: InputContext) {
         connected_at: None,
         batch: Vec::new(),
         unacked: Vec::new(),
-        ack_at: None,
+        awaiting: VecDeque::new(),
+        awaiting_msgs: 0,
+        ticket: Arc::default(),
+        chunks: 0,
+        released_through: 0,
+        max_packet_bytes: cfg.max_packet_bytes,
         last_read: Instant::now(),
         rate: 0.0,
         ack_threshold: usize::from(cfg.broker_max_inflight / 2).max(1),
@@ -848,7 +889,8 @@ impl Driver {
         loop {
             let ev = match self.next_event().await {
                 Wake::Event(ev) => ev,
-                Wake::AckDue => {
+                Wake::Durable => {
+                    self.release_durable();
                     self.write_acks().await;
                     continue;
                 }
@@ -883,9 +925,9 @@ impl Driver {
         self.close().await;
     }
 
-    /// The next event-loop event, or that acks are due, or shutdown. Waits
-    /// out the reconnect backoff first if the connection is down. A timer is
-    /// armed only while acks wait: this runs for every read.
+    /// The next event-loop event, or that chunks became durable (their acks are
+    /// due), or shutdown. Waits out the reconnect backoff first if the
+    /// connection is down.
     async fn next_event(&mut self) -> Wake {
         if self.eventloop.network.is_none() {
             if let Some(at) = self.retry_at.take() {
@@ -899,11 +941,15 @@ impl Driver {
         // Cancelling poll() loses nothing: packets it already parsed stay in
         // rumqttc's state and come out of the next poll, and what was not
         // acked is redelivered by the broker next session.
-        let ack_at = self.ack_at;
+        // Compared with what the last release saw, so a chunk made durable
+        // meanwhile wakes at once.
+        let seen = self.released_through;
+        let waiting = !self.awaiting.is_empty();
+        let ticket = self.ticket.clone();
         tokio::select! {
             biased;
             _ = self.shutdown.wait_for(|s| *s) => Wake::Shutdown,
-            _ = tokio::time::sleep_until(ack_at.unwrap_or_else(Instant::now)), if ack_at.is_some() => Wake::AckDue,
+            _ = ticket.changed(seen), if waiting => Wake::Durable,
             ev = self.eventloop.poll() => Wake::Event(ev),
         }
     }
@@ -966,6 +1012,25 @@ impl Driver {
     /// through are redelivered by the broker on the next connection.
     fn lost(&mut self, e: impl fmt::Display) {
         self.forget_acks();
+        let text = e.to_string();
+        if text.contains("PayloadSizeLimitExceeded") {
+            self.ctx.bad(
+                "oversized_blocking",
+                format!(
+                    "the broker sends a packet over {} bytes (16 x max_packet_bytes), which \
+                     MQTT 3.1.1 gives no way to refuse: the broker redelivers it on every \
+                     connection and this input gets nothing else. Remove it at the broker, \
+                     raise max_packet_bytes, and cap messages there (Mosquitto: \
+                     message_size_limit). ({text})",
+                    read_limit(self.max_packet_bytes)
+                ),
+            );
+            self.connected_at = None;
+            self.metrics.connected.set(0);
+            self.metrics.subscribed.set(0);
+            self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+            return;
+        }
         match self.connected_at.take() {
             None => self.ctx.bad("connect", format!("{e}")),
             Some(at) if at.elapsed() < Duration::from_secs(5) => self.ctx.bad(
@@ -987,48 +1052,68 @@ impl Driver {
         self.retry_at = Some(Instant::now() + self.backoff.next_delay());
     }
 
-    /// Hands the batch over and queues its acks. False once the agent is stopping.
+    /// Hands the batch over, its acks waiting for the spool to make it durable.
+    /// False once the agent is stopping.
     async fn flush(&mut self) -> bool {
         let batch = std::mem::take(&mut self.batch);
         let series = self.decode(&batch);
-        if !series.is_empty() {
-            if self.ctx.would_block() {
-                // The hand-over may wait long (spool full): first get the acks
-                // of what was handed over already out, so a broker restart or
-                // a crash meanwhile does not redeliver it.
-                self.write_acks().await;
+        let pkids = self.qos1_ids(&batch);
+        if series.is_empty() {
+            // Only bad data: acked with what came before it (in arrival
+            // order), at once if nothing before it waits for the spool.
+            match self.awaiting.back_mut() {
+                Some((_, ids)) => {
+                    self.awaiting_msgs += pkids.len();
+                    ids.extend(pkids);
+                }
+                None => {
+                    self.unacked.extend(pkids);
+                    self.write_acks().await;
+                }
             }
-            let sent = tokio::select! {
-                biased;
-                _ = self.shutdown.wait_for(|s| *s) => false,
-                ok = self.ctx.send(series) => ok,
-            };
-            if !sent {
-                // Not handed over, so not acked: the broker keeps them for the next session.
-                return false;
-            }
+            return true;
         }
-        self.queue_acks(&batch);
-        if self.unacked.len() >= self.ack_threshold || self.ack_delay.is_zero() {
+        if self.ctx.would_block() {
+            // The hand-over may wait long (spool full): first get the acks of
+            // what is durable already out, so a broker restart or a crash
+            // meanwhile does not redeliver it.
+            self.release_durable();
             self.write_acks().await;
-        } else if !self.unacked.is_empty() && self.ack_at.is_none() {
-            self.ack_at = Some(Instant::now() + self.ack_delay);
         }
+        let n = self.chunks + 1;
+        let flush_now = self.awaiting_msgs + pkids.len() >= self.ack_threshold;
+        let sent = tokio::select! {
+            biased;
+            _ = self.shutdown.wait_for(|s| *s) => false,
+            ok = self.ctx.send_durable(series, &self.ticket, n, flush_now) => ok,
+        };
+        if !sent {
+            // Not handed over, so not acked: the broker keeps them for the next session.
+            return false;
+        }
+        self.chunks = n;
+        if self.eventloop.network.is_some() && !pkids.is_empty() {
+            self.awaiting_msgs += pkids.len();
+            self.awaiting.push_back((n, pkids));
+        }
+        self.release_durable();
+        self.write_acks().await;
         true
     }
 
-    /// Queues the acks of a handed-over batch. QoS 2 messages (which a QoS 1
-    /// subscription should never bring) are acked through rumqttc, which keeps
-    /// their state.
-    fn queue_acks(&mut self, batch: &[Received]) {
+    /// The packet ids of a batch's QoS 1 messages, in arrival order. QoS 2
+    /// messages (which a QoS 1 subscription should never bring) are acked
+    /// through rumqttc, which keeps their state. Messages read on a connection
+    /// that is gone are redelivered on the next one: none.
+    fn qos1_ids(&mut self, batch: &[Received]) -> Vec<u16> {
         if self.eventloop.network.is_none() {
-            // Read on a connection that is gone: redelivered on the next one.
-            return;
+            return Vec::new();
         }
+        let mut ids = Vec::new();
         for r in batch {
             match r.publish.qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.unacked.push(r.publish.pkid),
+                QoS::AtLeastOnce => ids.push(r.publish.pkid),
                 QoS::ExactlyOnce => {
                     if let Err(e) = self.client.try_ack(&r.publish) {
                         self.ctx.bad(
@@ -1040,6 +1125,19 @@ impl Driver {
                         );
                     }
                 }
+            }
+        }
+        ids
+    }
+
+    /// Moves the acks of every chunk now durable to the write queue, in order.
+    fn release_durable(&mut self) {
+        let done = self.ticket.durable_through();
+        self.released_through = done;
+        while self.awaiting.front().is_some_and(|(n, _)| *n <= done) {
+            if let Some((_, ids)) = self.awaiting.pop_front() {
+                self.awaiting_msgs -= ids.len();
+                self.unacked.extend(ids);
             }
         }
     }
@@ -1067,15 +1165,15 @@ impl Driver {
         (pause >= MIN_READ_PAUSE).then_some(pause)
     }
 
-    /// Drops the queued acks of a connection that is gone.
+    /// Drops the queued and awaited acks of a connection that is gone.
     fn forget_acks(&mut self) {
         self.unacked.clear();
-        self.ack_at = None;
+        self.awaiting.clear();
+        self.awaiting_msgs = 0;
     }
 
     /// Writes the queued PUBACKs, in arrival order, with one flush.
     async fn write_acks(&mut self) {
-        self.ack_at = None;
         if self.unacked.is_empty() {
             return;
         }
@@ -1117,6 +1215,7 @@ impl Driver {
             topics,
             metrics,
             accept_retained,
+            max_packet_bytes,
             ..
         } = self;
         let mut out: Vec<Series> = Vec::new();
@@ -1125,6 +1224,18 @@ impl Driver {
             let p = &r.publish;
             if p.retain && !*accept_retained {
                 metrics.retained.inc();
+                continue;
+            }
+            if p.payload.len() > *max_packet_bytes {
+                ctx.bad(
+                    "oversized",
+                    format!(
+                        "topic {:?}: a message of {} bytes is over max_packet_bytes = {}; dropped",
+                        p.topic,
+                        p.payload.len(),
+                        max_packet_bytes
+                    ),
+                );
                 continue;
             }
             // A topic seen before: its route and sensor without matching,
@@ -1179,7 +1290,21 @@ impl Driver {
     /// Writes queued acks and a DISCONNECT (which keeps the session). Messages
     /// read meanwhile are not acked: the broker keeps them for next time.
     async fn close(mut self) {
-        // What was handed over is acked before leaving.
+        // What was handed over is acked before leaving, once durable (the
+        // batcher cuts and fsyncs what is left as the agent stops).
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        while !self.awaiting.is_empty() && self.eventloop.network.is_some() {
+            let seen = self.released_through;
+            let ticket = self.ticket.clone();
+            if tokio::time::timeout_at(deadline, ticket.changed(seen))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            self.release_durable();
+        }
+        self.release_durable();
         self.write_acks().await;
         if self.eventloop.network.is_some() {
             let _ = self.client.try_disconnect();
