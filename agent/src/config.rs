@@ -46,6 +46,16 @@ pub struct AgentSection {
     /// Fsyncs run on separate blocking threads either way.
     #[serde(default = "d_worker_threads")]
     pub worker_threads: usize,
+    /// Most sensor names the agent registers over its life (the catalog beside
+    /// the spool keeps them across restarts). A new name beyond this is refused
+    /// and counted (`ferrule_agent_sensors_refused_total`); keep it at or below
+    /// the aggregators' `server.max_sensors_per_agent`. Default 10 000.
+    #[serde(default = "d_max_sensors")]
+    pub max_sensors: usize,
+}
+
+fn d_max_sensors() -> usize {
+    crate::catalog::DEFAULT_MAX_SENSORS
 }
 
 fn d_worker_threads() -> usize {
@@ -248,6 +258,9 @@ pub struct MetricsSection {
 impl Validate for Config {
     fn validate(&self) -> Result<(), Vec<Invalid>> {
         let mut bad = Vec::new();
+        if self.agent.max_sensors == 0 || self.agent.max_sensors > u32::MAX as usize {
+            bad.push(Invalid::new("agent.max_sensors", "must be 1..=4294967295"));
+        }
         if !(1..=64).contains(&self.agent.worker_threads) {
             bad.push(Invalid::new("agent.worker_threads", "must be 1..=64"));
         }

@@ -42,7 +42,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (spool, reader) = spool::Spool::open(&cfg.spool, &registry)
         .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
-    let catalog = Arc::new(Mutex::new(catalog::Catalog::open(&cfg.spool.dir)?));
+    let catalog = Arc::new(Mutex::new(catalog::Catalog::open_with(
+        &cfg.spool.dir,
+        cfg.agent.max_sensors,
+    )?));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (chunk_tx, chunk_rx) = mpsc::channel(64);
     // Inputs register their sensors before anything runs, so a bad name fails the start.

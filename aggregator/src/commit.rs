@@ -15,6 +15,7 @@ use ferrule_disklog::{FsyncPolicy, Log, Offset, Options};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_wire::record::decode_record_header;
 use ferrule_wire::{Epoch, Seq};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -60,47 +61,53 @@ pub enum CommitOutcome {
 
 /// Whether the sink can make batches durable right now, and if not, why
 /// (served at `/healthz`; while unready, credit is withheld).
+///
+/// Several causes can hold the sink unready at once (a missing topic, and
+/// deliveries stalled); each is set and cleared by what observes it, and the
+/// sink is ready only when none is left. So a check that sees one cause gone
+/// (topic metadata answers) cannot declare the sink ready while another
+/// (no delivery for a minute) still holds.
 #[derive(Debug, Default)]
 pub struct Health {
-    unready: Mutex<Option<String>>,
+    causes: Mutex<BTreeMap<&'static str, String>>,
     bad: AtomicBool,
 }
 
 impl Health {
-    /// Marks the sink unable to commit, with a reason for operators.
-    pub fn set_unready(&self, why: impl Into<String>) {
+    /// Marks the sink unable to commit for `cause`, with a reason for operators.
+    /// Logged when the cause appears, not every time it is seen again.
+    pub fn set_unready(&self, cause: &'static str, why: impl Into<String>) {
         let why = why.into();
-        let mut u = self.unready.lock().unwrap_or_else(PoisonError::into_inner);
-        if u.as_deref() != Some(why.as_str()) {
-            tracing::error!(reason = %why, "sink unready");
+        let mut c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !c.contains_key(cause) {
+            tracing::error!(cause, reason = %why, "sink unready");
         }
-        *u = Some(why);
+        c.insert(cause, why);
         self.bad.store(true, Ordering::Relaxed);
     }
 
-    /// Marks the sink working again.
-    pub fn set_ready(&self) {
-        let mut u = self.unready.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = u.take() {
-            tracing::info!(was = %old, "sink ready again");
+    /// `cause` no longer holds; the sink is ready once no cause is left.
+    pub fn clear(&self, cause: &'static str) {
+        let mut c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = c.remove(cause) {
+            tracing::info!(cause, was = %old, "sink problem cleared");
+            if c.is_empty() {
+                tracing::info!("sink ready again");
+            }
         }
-        self.bad.store(false, Ordering::Relaxed);
+        self.bad.store(!c.is_empty(), Ordering::Relaxed);
     }
 
-    /// `Ok` when ready, else the reason.
+    /// `Ok` when ready, else the reasons.
     pub fn check(&self) -> Result<(), String> {
         if !self.bad.load(Ordering::Relaxed) {
             return Ok(());
         }
-        match self
-            .unready
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            Some(why) => Err(why.clone()),
-            None => Ok(()),
+        let c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.is_empty() {
+            return Ok(());
         }
+        Err(c.values().cloned().collect::<Vec<_>>().join("; "))
     }
 
     fn is_ok(&self) -> bool {
@@ -119,6 +126,10 @@ pub struct SinkCounters {
     pub duplicates: Counter,
     /// Bytes submitted and not yet answered.
     pub queued: Gauge,
+    /// Ranges the dedupe ledger holds.
+    pub ledger_ranges: Gauge,
+    /// Ranges the dedupe ledger forgot to stay within its bounds.
+    pub ledger_forgotten: Counter,
     registry: Registry,
 }
 
@@ -146,6 +157,16 @@ impl SinkCounters {
                 "Bytes waiting for the sink",
                 &[],
             ),
+            ledger_ranges: registry.gauge(
+                "ferrule_aggregator_dedupe_ranges",
+                "Ranges of (agent, epoch, seq) the dedupe ledger holds (bounded by [dedupe] max_ranges)",
+                &[],
+            ),
+            ledger_forgotten: registry.counter(
+                "ferrule_aggregator_dedupe_forgotten_ranges_total",
+                "Ranges the dedupe ledger forgot to stay within its bounds (a batch resent from them is written again, a duplicate)",
+                &[],
+            ),
             registry: registry.clone(),
         }
     }
@@ -159,6 +180,16 @@ impl SinkCounters {
                 &[("reason", reason)],
             )
             .inc();
+    }
+
+    /// Publishes the ledger's size; `reported` is what was counted as forgotten
+    /// so far (updated).
+    pub fn ledger(&self, ledger: &Ledger, reported: &mut u64) {
+        self.ledger_ranges
+            .set(i64::try_from(ledger.ranges()).unwrap_or(i64::MAX));
+        let f = ledger.forgotten_ranges();
+        self.ledger_forgotten.add(f.saturating_sub(*reported));
+        *reported = f;
     }
 
     /// Counts a durable batch of `samples` samples.
@@ -256,6 +287,8 @@ pub struct EmbeddedOptions {
     pub group_max: usize,
     /// Queue bytes above which credit is withheld.
     pub high_water_bytes: u64,
+    /// What the dedupe ledger may remember.
+    pub dedupe: crate::ledger::LedgerBounds,
 }
 
 /// The running embedded committer: its handle and its thread.
@@ -292,7 +325,7 @@ impl Embedded {
             tracing::warn!(?recovery, dir = %log_dir.display(), "embedded log recovered from damage");
         }
         let started = Instant::now();
-        let mut ledger = Ledger::load_stats(&opts.dir.join(STATS_FILE));
+        let mut ledger = Ledger::load_stats(&opts.dir.join(STATS_FILE), opts.dedupe);
         let rebuilt = rebuild_ledger(&log, &mut ledger)?;
         tracing::info!(
             records = rebuilt,
@@ -347,8 +380,13 @@ impl Embedded {
 }
 
 fn rebuild_ledger(log: &Log, ledger: &mut Ledger) -> anyhow::Result<u64> {
+    rebuild_ledger_from(log, ledger, Offset(0))
+}
+
+/// Adds every record from `from` on to the ledger; how many it read.
+fn rebuild_ledger_from(log: &Log, ledger: &mut Ledger, from: Offset) -> anyhow::Result<u64> {
     let reader = log.reader();
-    let mut from = Offset(0);
+    let mut from = from;
     let mut n = 0u64;
     loop {
         let recs = reader.read_records(from, 4096, 64 << 20)?;
@@ -369,6 +407,63 @@ fn rebuild_ledger(log: &Log, ledger: &mut Ledger) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// Why the log takes no writes, and when to try again.
+struct Broken {
+    since: Instant,
+    cause: String,
+    next_try: Instant,
+    wait: Duration,
+}
+
+/// First wait before trying to recover a log whose writes failed; doubles up to
+/// [`RECOVER_MAX`].
+const RECOVER_FIRST: Duration = Duration::from_millis(250);
+const RECOVER_MAX: Duration = Duration::from_secs(5);
+/// Bytes written (and removed) to check that the disk takes writes again.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Waits for the next request, at most until `until`. `Err(())` once the queue
+/// is closed. (The queue is tokio's; this thread is not async.)
+fn recv_until(
+    rx: &mut mpsc::Receiver<CommitRequest>,
+    until: Instant,
+) -> Result<Option<CommitRequest>, ()> {
+    loop {
+        match rx.try_recv() {
+            Ok(r) => return Ok(Some(r)),
+            Err(mpsc::error::TryRecvError::Disconnected) => return Err(()),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if now >= until {
+            return Ok(None);
+        }
+        // The committer's own thread, not an executor's: parking it is fine.
+        std::thread::park_timeout((until - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Tries to bring the log back after a failed write: the disk must take a
+/// probe write and fsync, then the log rescans what reached the disk. Records
+/// written before the failure that survive it are added to the ledger (their
+/// requests were answered failed, so agents will send them again: they are
+/// dropped as duplicates then, not written twice).
+fn try_recover(log: &mut Log, ledger: &mut Ledger, dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join("probe.tmp");
+    let result = (|| -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    result?;
+    let durable = log.durable_offset();
+    log.reopen()?;
+    rebuild_ledger_from(log, ledger, durable)?;
+    Ok(())
+}
+
 fn run(
     mut log: Log,
     mut ledger: Ledger,
@@ -377,9 +472,43 @@ fn run(
     c: Counters,
     stats_path: PathBuf,
 ) {
+    let dir = stats_path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let mut last_housekeeping = Instant::now();
     let mut group: Vec<CommitRequest> = Vec::with_capacity(group_max);
-    while let Some(first) = backend.rx.blocking_recv() {
+    let mut broken: Option<Broken> = None;
+    let mut forgotten = 0u64;
+    loop {
+        // While broken, wake on a timer too: no request may come (credit is
+        // withheld while unready), and the log must recover by itself.
+        let first = match &broken {
+            None => match backend.rx.blocking_recv() {
+                Some(r) => Some(r),
+                None => break,
+            },
+            Some(b) => match recv_until(&mut backend.rx, b.next_try) {
+                Ok(r) => r,
+                Err(()) => break,
+            },
+        };
+        if let Some(b) = &mut broken {
+            if Instant::now() >= b.next_try {
+                match try_recover(&mut log, &mut ledger, &dir) {
+                    Ok(()) => {
+                        tracing::info!(after = ?b.since.elapsed(), was = %b.cause, "embedded log writable again");
+                        broken = None;
+                        backend.health.clear("embedded_log");
+                    }
+                    Err(e) => {
+                        b.wait = (b.wait * 2).min(RECOVER_MAX);
+                        b.next_try = Instant::now() + b.wait;
+                        tracing::debug!(error = %format!("{e:#}"), "embedded log still failing");
+                    }
+                }
+            }
+        }
+        let Some(first) = first else { continue };
         group.push(first);
         while group.len() < group_max {
             match backend.rx.try_recv() {
@@ -389,7 +518,9 @@ fn run(
         }
         let mut written = Vec::with_capacity(group.len());
         let mut dups = Vec::new();
-        let mut error: Option<String> = None;
+        let mut error: Option<String> = broken
+            .as_ref()
+            .map(|b| format!("embedded log unavailable: {}", b.cause));
         for (i, req) in group.iter().enumerate() {
             if ledger.contains(&req.key) || written.iter().any(|j: &usize| group[*j].key == req.key)
             {
@@ -409,9 +540,18 @@ fn run(
                 Err(e) => error = Some(format!("fsync: {e}")),
             }
         }
-        match &error {
-            None => backend.health.set_ready(),
-            Some(e) => backend.health.set_unready(format!("embedded log: {e}")),
+        if let (Some(e), None) = (&error, &broken) {
+            // Logged once here; the health line says it until the log recovers.
+            tracing::error!(error = %e, "embedded log writes fail; agents keep their data until it recovers by itself");
+            backend
+                .health
+                .set_unready("embedded_log", format!("embedded log: {e}"));
+            broken = Some(Broken {
+                since: Instant::now(),
+                cause: e.clone(),
+                next_try: Instant::now() + RECOVER_FIRST,
+                wait: RECOVER_FIRST,
+            });
         }
         let mut bytes_done = 0u64;
         for (i, req) in group.drain(..).enumerate() {
@@ -437,13 +577,10 @@ fn run(
                 bytes,
             });
         }
-        if error.is_some() {
-            // Give a failing disk a moment instead of spinning on it.
-            std::thread::park_timeout(Duration::from_millis(100));
-        }
         let left = backend.answered(bytes_done);
         c.sink.queued.set(i64::try_from(left).unwrap_or(i64::MAX));
-        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+        c.sink.ledger(&ledger, &mut forgotten);
+        if last_housekeeping.elapsed() >= Duration::from_secs(1) && broken.is_none() {
             last_housekeeping = Instant::now();
             housekeeping(&mut log, &mut ledger, &c, &stats_path);
         }

@@ -30,6 +30,44 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// What the dedupe ledger may remember.
+    #[serde(default)]
+    pub dedupe: DedupeSection,
+}
+
+/// `[dedupe]`: the ledger of (agent, epoch, seq) the sink made durable, which
+/// catches batches an agent sends again. Bounded: beyond these, the oldest is
+/// forgotten (counted in `ferrule_aggregator_dedupe_forgotten_ranges_total`) and
+/// a batch resent from it is written again, a duplicate consumers drop by its
+/// key, never a loss. Contiguous seqs take one range however many.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupeSection {
+    /// Ranges kept in all (about 50 bytes each, plus about 100 per agent epoch).
+    /// Default 1 000 000.
+    pub max_ranges: usize,
+    /// Ranges kept per agent epoch. Default 4096.
+    pub max_ranges_per_epoch: usize,
+}
+
+impl Default for DedupeSection {
+    fn default() -> Self {
+        let b = crate::ledger::LedgerBounds::default();
+        Self {
+            max_ranges: b.max_ranges,
+            max_ranges_per_epoch: b.max_ranges_per_epoch,
+        }
+    }
+}
+
+impl DedupeSection {
+    /// The bounds the ledger takes.
+    pub fn bounds(&self) -> crate::ledger::LedgerBounds {
+        crate::ledger::LedgerBounds {
+            max_ranges: self.max_ranges.max(1),
+            max_ranges_per_epoch: self.max_ranges_per_epoch.max(1),
+        }
+    }
 }
 
 /// `[server]`

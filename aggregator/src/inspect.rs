@@ -106,7 +106,7 @@ pub fn inspect(data: &Path) -> anyhow::Result<Report> {
         a.epochs += 1;
         a.seq_gaps += gaps(set);
     }
-    let ledger = Ledger::load_stats(&data.join(STATS_FILE));
+    let ledger = Ledger::load_stats(&data.join(STATS_FILE), Default::default());
     for (agent, n) in &ledger.stats().duplicates_dropped {
         report
             .agents

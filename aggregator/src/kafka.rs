@@ -18,7 +18,7 @@ use crate::commit::{
     CommitDone, CommitOutcome, CommitRequest, Health, Sink, SinkBackend, SinkCounters,
 };
 use crate::config::{KafkaSection, RecordFormat};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerBounds};
 use ferrule_telemetry::{Counter, Registry};
 use ferrule_wire::record::{decode_record, decode_record_header, RecordHeader, RECORD_VERSION};
 use rdkafka::config::ClientConfig;
@@ -124,6 +124,7 @@ impl Kafka {
     pub fn start(
         cfg: KafkaSection,
         high_water_bytes: u64,
+        dedupe: LedgerBounds,
         registry: &Registry,
     ) -> anyhow::Result<Self> {
         let producer = producer(&cfg)?;
@@ -137,10 +138,14 @@ impl Kafka {
             ),
         };
         let cfg = Arc::new(cfg);
-        // Check the topics once now (and again on every failure) so a missing topic
-        // or a denied one shows up as unready with the reason, not as silence.
-        check_topics(&producer, &cfg, &backend.health);
-        let task = tokio::spawn(run(producer, cfg, backend, c));
+        // Unready until the topics are checked, which happens in the background
+        // (and again while unready): the aggregator opens its ports at once and
+        // says why it is not ready, instead of waiting on the brokers.
+        backend.health.set_unready(
+            "kafka_topics",
+            "kafka: checking the topics (brokers not answered yet)",
+        );
+        let task = tokio::spawn(run(producer, cfg, backend, c, dedupe));
         Ok(Self { sink, task })
     }
 
@@ -178,19 +183,20 @@ fn check_topics(producer: &FutureProducer, cfg: &KafkaSection, health: &Health) 
                     .find(|m| m.name() == t)
                     .is_none_or(|m| m.error().is_some());
                 if missing {
-                    health.set_unready(format!(
+                    health.set_unready("kafka_topics", format!(
                         "kafka topic {t:?} does not exist or is not readable (auto-create is off in production clusters: create it)"
                     ));
                     return;
                 }
             }
             Err(e) => {
-                health.set_unready(format!("kafka metadata for {t:?}: {e}"));
+                health.set_unready("kafka_topics", format!("kafka metadata for {t:?}: {e}"));
                 return;
             }
         }
     }
-    health.set_ready();
+    // Only the topics' cause: whether deliveries flow is for deliveries to say.
+    health.clear("kafka_topics");
 }
 
 fn headers(h: &RecordHeader) -> OwnedHeaders {
@@ -267,8 +273,10 @@ async fn run(
     cfg: Arc<KafkaSection>,
     mut backend: SinkBackend,
     c: Counters,
+    dedupe: LedgerBounds,
 ) {
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let ledger = Arc::new(Mutex::new(Ledger::with_bounds(dedupe)));
+    let mut forgotten = 0u64;
     let backend_shared = Arc::new(SharedBackend {
         queued_bytes: backend.queued_bytes.clone(),
         health: backend.health.clone(),
@@ -276,6 +284,10 @@ async fn run(
     let c = Arc::new(c);
     let mut deliveries = tokio::task::JoinSet::new();
     let mut recheck = tokio::time::interval(Duration::from_secs(5));
+    {
+        let (p, cfg, h) = (producer.clone(), cfg.clone(), backend_shared.health.clone());
+        tokio::task::spawn_blocking(move || check_topics(&p, &cfg, &h));
+    }
     let last_delivery = Arc::new(Mutex::new(std::time::Instant::now()));
     loop {
         let req = tokio::select! {
@@ -290,11 +302,12 @@ async fn run(
                 let outstanding = backend_shared.queued_bytes.load(std::sync::atomic::Ordering::Relaxed);
                 let quiet = last_delivery.lock().unwrap_or_else(PoisonError::into_inner).elapsed();
                 if outstanding > 0 && quiet >= STALL {
-                    backend_shared.health.set_unready(format!(
+                    backend_shared.health.set_unready("kafka_deliveries", format!(
                         "kafka: no delivery report for {} s with {outstanding} bytes outstanding (brokers down or below min.insync.replicas?)",
                         quiet.as_secs()
                     ));
                 }
+                c.sink.ledger(&ledger.lock().unwrap_or_else(PoisonError::into_inner), &mut forgotten);
                 // While unready, look again: a created topic or granted ACL heals it.
                 if backend_shared.health.check().is_err() {
                     let (p, cfg, h) = (producer.clone(), cfg.clone(), backend_shared.health.clone());
@@ -380,9 +393,10 @@ async fn run(
             // Records already queued for this batch may still be delivered; the batch
             // is not acknowledged, so the agent resends it and consumers dedupe.
             let why = e.to_string();
-            backend_shared
-                .health
-                .set_unready(format!("kafka produce to {topic:?}: {why}"));
+            backend_shared.health.set_unready(
+                "kafka_produce",
+                format!("kafka produce to {topic:?}: {why}"),
+            );
             reply(
                 &backend_shared,
                 &c,
@@ -416,12 +430,15 @@ async fn run(
                         std::time::Instant::now();
                     counters.records.add(n);
                     counters.sink.committed(req.samples);
-                    shared.health.set_ready();
+                    shared.health.clear("kafka_deliveries");
+                    shared.health.clear("kafka_produce");
                     reply(&shared, &counters, req, CommitOutcome::Committed, "");
                 }
                 Some((why, reason)) => {
                     if matches!(reason, "unknown_topic" | "authorization") {
-                        shared.health.set_unready(format!("kafka: {why}"));
+                        shared
+                            .health
+                            .set_unready("kafka_topics", format!("kafka: {why}"));
                     }
                     reply(&shared, &counters, req, CommitOutcome::Failed(why), reason);
                 }

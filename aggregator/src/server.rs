@@ -74,8 +74,13 @@ pub async fn run(
         Some(k) => {
             tracing::info!(brokers = %k.brokers, topic = %k.topic, "committing to Kafka");
             Committer::Kafka(
-                Kafka::start(k.clone(), cfg.credit.sink_high_water_bytes, &registry)
-                    .context("starting the Kafka producer")?,
+                Kafka::start(
+                    k.clone(),
+                    cfg.credit.sink_high_water_bytes,
+                    cfg.dedupe.bounds(),
+                    &registry,
+                )
+                .context("starting the Kafka producer")?,
             )
         }
         None => Committer::Embedded(
@@ -87,6 +92,7 @@ pub async fn run(
                     max_age: cfg.log.max_age_secs.map(Duration::from_secs),
                     group_max: cfg.log.group_commit_max_batches,
                     high_water_bytes: cfg.credit.sink_high_water_bytes,
+                    dedupe: cfg.dedupe.bounds(),
                 },
                 &registry,
             )

@@ -92,10 +92,20 @@ impl InputContext {
     /// save (an fsync) runs off the async worker.
     pub fn sensor(&self, name: &str, unit: &str, kind: SensorKind) -> anyhow::Result<SensorId> {
         let name = SensorName::new(name)?;
-        crate::blocking::run(|| {
+        let result = crate::blocking::run(|| {
             let mut cat = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
             cat.intern(name, unit, kind)
-        })
+        });
+        if let Err(crate::catalog::CatalogError::Full { .. }) = &result {
+            self.registry
+                .counter(
+                    "ferrule_agent_sensors_refused_total",
+                    "New sensor names refused because the catalog holds agent.max_sensors already, by input",
+                    &[("input", &self.name)],
+                )
+                .inc();
+        }
+        Ok(result?)
     }
 
     /// True if [`InputContext::send`] would wait now (the batcher's queue is
