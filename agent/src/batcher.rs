@@ -180,8 +180,9 @@ pub struct BatcherIo {
     pub clock_offset_ns: Arc<AtomicI64>,
     /// Flips to true on shutdown: flush, sync, stop.
     pub shutdown: watch::Receiver<bool>,
-    /// Why the spool takes no writes, while it does not (for `/healthz`).
-    pub health: Arc<std::sync::Mutex<Option<String>>>,
+    /// The agent's health: the spool says here why it takes no writes, while it
+    /// does not (cause `spool`).
+    pub health: Arc<ferrule_telemetry::Health>,
 }
 
 fn publish(spool: &Spool, tx: &watch::Sender<SpoolState>) {
@@ -461,12 +462,9 @@ impl Batcher {
             tracing::error!(error = %e, "spool writes fail; the agent keeps trying to recover by itself");
             self.broken_since = Some(Instant::now());
             self.recover_wait = RECOVER_FIRST;
-            *self
-                .io
+            self.io
                 .health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                Some(format!("spool writes fail: {e}"));
+                .set_unready("spool", format!("spool writes fail: {e}"));
         } else {
             tracing::debug!(error = %e, "spool writes still fail");
             self.recover_wait = (self.recover_wait * 2).min(RECOVER_MAX);
@@ -481,11 +479,7 @@ impl Batcher {
         if let Some(since) = self.broken_since.take() {
             tracing::info!(after = ?since.elapsed(), "spool writable again");
             self.recover_wait = RECOVER_FIRST;
-            *self
-                .io
-                .health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            self.io.health.clear("spool");
         }
     }
 

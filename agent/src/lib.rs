@@ -63,23 +63,17 @@ pub async fn run(
     let (state_tx, state_rx) = watch::channel(batcher::initial_state(&spool));
     let clock_offset = Arc::new(AtomicI64::new(0));
 
-    let spool_health: Arc<Mutex<Option<String>>> = Arc::default();
+    let health: Arc<ferrule_telemetry::Health> = Arc::default();
     if let Some(addr) = cfg.metrics.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics listener {addr}"))?;
         let mut stop = stop_rx.clone();
-        let health = spool_health.clone();
+        let health = health.clone();
         tokio::spawn(ferrule_telemetry::serve(
             listener,
             registry.clone(),
-            move || match &*health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-            {
-                Some(why) => Err(why.clone()),
-                None => Ok(()),
-            },
+            move || health.check(),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
@@ -94,7 +88,7 @@ pub async fn run(
             state: state_tx,
             clock_offset_ns: clock_offset.clone(),
             shutdown: stop_rx.clone(),
-            health: spool_health,
+            health: health.clone(),
         },
         cfg.batch.clone(),
         cfg.spool.fsync,
@@ -110,6 +104,7 @@ pub async fn run(
         clock_offset_ns: clock_offset,
         registry: registry.clone(),
         shutdown: stop_rx.clone(),
+        health,
     }));
     tracing::info!(site = %cfg.agent.site, agent = %cfg.agent.id, endpoints = ?cfg.uplink.endpoints, "agent running");
 

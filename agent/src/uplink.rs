@@ -50,6 +50,9 @@ pub struct UplinkDeps {
     pub registry: Registry,
     /// Flips to true on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// The agent's health: a session that stalled says so here (cause
+    /// `uplink`) until the next one is up.
+    pub health: Arc<ferrule_telemetry::Health>,
 }
 
 struct Metrics {
@@ -224,6 +227,12 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
                         )
                         .inc();
                     tracing::warn!(endpoint = %name, %addr, reason, error = %e, "uplink session failed");
+                    if reason == "stalled" {
+                        deps.health.set_unready(
+                            "uplink",
+                            format!("uplink session to {name} stalled: {e}"),
+                        );
+                    }
                 }
             }
             if *shutdown.borrow() {
@@ -336,6 +345,7 @@ async fn drive(
     m.up.set(1);
     m.sessions.inc();
     backoff.reset();
+    deps.health.clear("uplink");
     tracing::info!(server = %server_name, version = s.version(), resume_from = %start.first_unacked, "uplink session up");
     if let Some(l) = server_limits {
         let sensors = deps

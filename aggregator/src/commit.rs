@@ -15,10 +15,9 @@ use ferrule_disklog::{FsyncPolicy, Log, Offset, Options};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_wire::record::decode_record_header;
 use ferrule_wire::{Epoch, Seq};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
@@ -59,61 +58,7 @@ pub enum CommitOutcome {
     Failed(String),
 }
 
-/// Whether the sink can make batches durable right now, and if not, why
-/// (served at `/healthz`; while unready, credit is withheld).
-///
-/// Several causes can hold the sink unready at once (a missing topic, and
-/// deliveries stalled); each is set and cleared by what observes it, and the
-/// sink is ready only when none is left. So a check that sees one cause gone
-/// (topic metadata answers) cannot declare the sink ready while another
-/// (no delivery for a minute) still holds.
-#[derive(Debug, Default)]
-pub struct Health {
-    causes: Mutex<BTreeMap<&'static str, String>>,
-    bad: AtomicBool,
-}
-
-impl Health {
-    /// Marks the sink unable to commit for `cause`, with a reason for operators.
-    /// Logged when the cause appears, not every time it is seen again.
-    pub fn set_unready(&self, cause: &'static str, why: impl Into<String>) {
-        let why = why.into();
-        let mut c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
-        if !c.contains_key(cause) {
-            tracing::error!(cause, reason = %why, "sink unready");
-        }
-        c.insert(cause, why);
-        self.bad.store(true, Ordering::Relaxed);
-    }
-
-    /// `cause` no longer holds; the sink is ready once no cause is left.
-    pub fn clear(&self, cause: &'static str) {
-        let mut c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = c.remove(cause) {
-            tracing::info!(cause, was = %old, "sink problem cleared");
-            if c.is_empty() {
-                tracing::info!("sink ready again");
-            }
-        }
-        self.bad.store(!c.is_empty(), Ordering::Relaxed);
-    }
-
-    /// `Ok` when ready, else the reasons.
-    pub fn check(&self) -> Result<(), String> {
-        if !self.bad.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
-        if c.is_empty() {
-            return Ok(());
-        }
-        Err(c.values().cloned().collect::<Vec<_>>().join("; "))
-    }
-
-    fn is_ok(&self) -> bool {
-        !self.bad.load(Ordering::Relaxed)
-    }
-}
+pub use ferrule_telemetry::Health;
 
 /// The counters every sink keeps, whatever its store.
 #[derive(Debug, Clone)]

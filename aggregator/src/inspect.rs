@@ -30,6 +30,12 @@ pub struct AgentReport {
     pub epochs: usize,
     /// Sequence numbers missing between the lowest and highest of each epoch.
     pub seq_gaps: u64,
+    /// Sequence numbers missing between the lowest and highest over all epochs.
+    /// An agent's spool numbers its batches on across its epochs (every start
+    /// begins one), so this is 0 when nothing it spooled is missing; it is
+    /// meaningless only for an agent whose spool directory was lost and started
+    /// over at 1.
+    pub seqs_missing: u64,
     /// Batches present more than once in the log.
     pub duplicates_in_log: u64,
     /// Retransmits the committer recognised and did not write.
@@ -69,6 +75,7 @@ pub fn inspect(data: &Path) -> anyhow::Result<Report> {
     let (reader, _) = ferrule_disklog::LogReader::open_read_only(&log_dir)?;
     let mut report = Report::default();
     let mut seen: BTreeMap<(String, Epoch), SeqSet> = BTreeMap::new();
+    let mut union: BTreeMap<String, SeqSet> = BTreeMap::new();
     let mut from = Offset(0);
     loop {
         let recs = reader.read_records(from, 4096, 64 << 20)?;
@@ -83,6 +90,7 @@ pub fn inspect(data: &Path) -> anyhow::Result<Report> {
                 }
             };
             let key = format!("{}/{}", h.site, h.agent);
+            union.entry(key.clone()).or_default().insert(h.seq);
             let set = seen.entry((key.clone(), h.epoch)).or_default();
             let a = report.agents.entry(key).or_default();
             if !set.insert(h.seq) {
@@ -105,6 +113,9 @@ pub fn inspect(data: &Path) -> anyhow::Result<Report> {
         let a = report.agents.entry(agent.clone()).or_default();
         a.epochs += 1;
         a.seq_gaps += gaps(set);
+    }
+    for (agent, set) in &union {
+        report.agents.entry(agent.clone()).or_default().seqs_missing = gaps(set);
     }
     let ledger = Ledger::load_stats(&data.join(STATS_FILE), Default::default());
     for (agent, n) in &ledger.stats().duplicates_dropped {

@@ -458,3 +458,97 @@ fn read_only_open_sees_records_and_changes_nothing() {
         .collect();
     assert_eq!(listing_before, listing_after);
 }
+
+#[test]
+fn a_second_writer_is_refused_while_the_first_holds_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small()).unwrap();
+    fill(&mut log, 3);
+    match Log::open(dir.path(), small()) {
+        Err(Error::Locked { dir: d }) => assert_eq!(d, dir.path()),
+        other => panic!("a second writer got {other:?}"),
+    }
+    // Readers need no lock.
+    let (reader, _) = ferrule_disklog::LogReader::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.read_from(Offset(0), 10).unwrap().len(), 3);
+    drop(log);
+    let (log, _) = Log::open(dir.path(), small()).unwrap();
+    assert_eq!(log.next_offset(), Offset(3));
+}
+
+#[test]
+fn reopen_recovers_in_place_and_readers_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small()).unwrap();
+    let reader = log.reader();
+    fill(&mut log, 30);
+    // Damage a record in a sealed segment while the log runs.
+    let p = seg_paths(dir.path()).remove(0);
+    let mut b = std::fs::read(&p).unwrap();
+    b[segment::SEGMENT_HEADER_LEN + 40] ^= 0xFF;
+    std::fs::write(&p, b).unwrap();
+    assert!(matches!(
+        reader.read_from(Offset(0), 100),
+        Err(Error::Corrupt { .. })
+    ));
+    let rec = log.reopen().unwrap();
+    assert_eq!(rec.corrupt_records, 1);
+    assert_eq!(log.missing(), vec![Offset(0)..Offset(1)]);
+    // The same reader now reads past the damage; offsets go on.
+    let got = reader.read_from(Offset(0), 100).unwrap();
+    assert_eq!(got.len(), 29);
+    assert_eq!(got[0].0, Offset(1));
+    fill(&mut log, 1);
+    assert_eq!(log.next_offset(), Offset(31));
+    // Released past it, nothing is missing any more.
+    log.release_through(Offset(1)).unwrap();
+    assert!(log.missing().is_empty());
+}
+
+#[test]
+#[ignore = "mounts a tmpfs (needs root): run by scripts/test.sh with --ignored"]
+fn a_full_disk_fails_appends_then_release_and_reopen_bring_the_log_back() {
+    let base = tempfile::tempdir().unwrap();
+    let mnt = base.path().join("fs");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs (needs root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let mut o = Options::default();
+    o.segment_bytes = 64 << 10;
+    let (mut log, _) = Log::open(&mnt, o.clone()).unwrap();
+    let rec = vec![7u8; 4000];
+    let mut appended = 0u64;
+    let err = loop {
+        match log.append(&rec).and_then(|_| log.sync()) {
+            Ok(_) => appended += 1,
+            Err(e) => break e,
+        }
+        assert!(appended < 10_000, "the disk never filled");
+    };
+    assert!(err.is_storage_full(), "{err}");
+    assert!(matches!(log.append(&rec), Err(Error::Poisoned { .. })));
+    // Releasing works on the full disk (the floor is written in place) and frees
+    // whole segments; then the log comes back without a restart.
+    let durable = log.durable_offset();
+    log.release_through(Offset(durable.0 - 1)).unwrap();
+    log.reopen().unwrap();
+    let next = log.next_offset();
+    assert!(next >= durable, "durable records lost: {next} < {durable}");
+    log.append(&rec).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, rec) = Log::open(&mnt, o).unwrap();
+    assert_eq!(log.next_offset(), Offset(next.0 + 1));
+    assert_eq!(rec.corrupt_records, 0);
+}

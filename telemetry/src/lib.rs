@@ -19,6 +19,9 @@
 mod http;
 mod registry;
 
+mod health;
+
+pub use health::Health;
 pub use http::serve;
 pub use registry::{Counter, Gauge, Registry};
 

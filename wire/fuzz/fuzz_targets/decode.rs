@@ -1,9 +1,9 @@
 //! Decoding arbitrary bytes returns a message or a typed error: never a panic, never
 //! an allocation beyond the limits, never a hang. What decodes must re-encode and
-//! decode to the same thing.
+//! decode to the same thing, and a batch's peeked header must match it.
 #![no_main]
 
-use ferrule_wire::{decode, decode_payload, encode, Limits, Message};
+use ferrule_wire::{decode, decode_payload, encode, peek_batch, Limits, Message};
 use libfuzzer_sys::fuzz_target;
 
 fn same(a: &Message, b: &Message) -> bool {
@@ -23,7 +23,12 @@ fuzz_target!(|data: &[u8]| {
         let (back, n) = decode(&again, &big).expect("re-encoded decodes").expect("whole frame");
         assert_eq!(n, again.len());
         assert!(same(&msg, &back));
+        // The agent names spooled batches by their header alone: it must agree.
+        if let Message::Batch(b) = &msg {
+            assert_eq!(peek_batch(data).expect("a batch's header peeks"), (b.epoch, b.seq));
+        }
     }
+    let _ = peek_batch(data);
     if let Some((&ty, rest)) = data.split_first() {
         let _ = decode_payload(ty % 12, rest, &limits);
     }
