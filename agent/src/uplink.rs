@@ -1,11 +1,12 @@
 //! The uplink: one QUIC session at a time to one of the configured aggregators,
 //! driving a `wire::session::AgentSession`.
 //!
-//! Per session: a control stream (Hello, Define, Heartbeat out; Welcome, Ack,
-//! Credit, GoAway in) and two lanes for batches: live (batches spooled since the
-//! session came up, high priority) and replay (the backlog from before, low
-//! priority), so fresh data and control traffic never wait behind a replay.
-//! Every lane carries the catalog's Defines before its first batch.
+//! Per session: a control stream (Hello and Heartbeat out; Welcome, Ack, Credit,
+//! GoAway in) and one lane (a unidirectional stream) for batches, which carries
+//! the Defines a batch needs before it and sends the spool in sequence order,
+//! oldest first: the backlog left by an outage, then what is being written. One
+//! ordered lane is what keeps an agent's batches in order in Kafka and the
+//! embedded log; control traffic never waits behind it.
 //!
 //! Invariants kept here: the session is up only on Welcome; a batch is sent only
 //! when durable in the spool and within credit; the spool releases a batch only on
@@ -257,17 +258,29 @@ fn nothing_unsent(deps: &UplinkDeps) -> bool {
     s.first_unacked >= s.durable_until
 }
 
-/// The live lane's id in the session (its Defines are tracked per lane).
-const LIVE: usize = 0;
-/// The replay lane's id.
-const REPLAY: usize = 1;
+/// What one session keeps about the batches it sends.
+struct Sending {
+    /// Samples per input of each batch in flight, to count it if refused.
+    sent_meta: HashMap<Seq, InputCounts>,
+    /// Batches settled on this session: never sent on it again.
+    settled: SeqSet,
+    /// The aggregator's frame limit.
+    max_frame: u32,
+    /// A stream write must finish within this (the peer timeout).
+    write_within: Duration,
+}
 
-/// A lane: its id, its stream, and prefetched batches.
+/// The lane's id in the session (its Defines are tracked per lane).
+const LANE: usize = 0;
+
+/// Batches read ahead from the spool at a time.
+const READ_AHEAD: usize = 256;
+
+/// The lane: its id, its stream, where it reads the spool, and prefetched batches.
 struct Lane {
     id: usize,
     tx: FrameSender,
     cursor: Seq,
-    until: Option<Seq>,
     buf: VecDeque<Spooled>,
 }
 
@@ -320,7 +333,8 @@ async fn drive(
     cfg.stall_timeout = Duration::from_secs(up.stall_timeout_secs);
     let mut s = AgentSession::new(cfg, (start.epoch, start.first_unacked), Instant::now());
     let mut catalog_seen = 0usize;
-    flush(&mut s, &mut ctl).await?;
+    let write_within = Duration::from_secs(up.peer_timeout_secs.max(1));
+    flush(&mut s, &mut ctl, write_within).await?;
     // Up only on Welcome (or the session's handshake deadline passes).
     while !s.is_established() {
         let deadline = s.poll_timeout();
@@ -359,27 +373,21 @@ async fn drive(
         }
     }
 
-    let mut live = Lane {
-        id: LIVE,
-        tx: FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits),
-        cursor: start.durable_until,
-        until: None,
-        buf: VecDeque::new(),
-    };
-    live.tx.set_priority(10);
-    let mut replay = Lane {
-        id: REPLAY,
+    let mut lane = Lane {
+        id: LANE,
         tx: FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits),
         cursor: start.first_unacked,
-        until: Some(start.durable_until),
         buf: VecDeque::new(),
     };
-    replay.tx.set_priority(0);
 
     let mut state = deps.state.clone();
     let mut shutdown = deps.shutdown.clone();
-    let mut sent_meta: HashMap<Seq, InputCounts> = HashMap::new();
-    let mut settled = SeqSet::new();
+    let mut sending = Sending {
+        sent_meta: HashMap::new(),
+        settled: SeqSet::new(),
+        max_frame,
+        write_within,
+    };
     let mut goaway: Option<Option<String>> = None;
     let mut stopping = *shutdown.borrow();
     let mut stop_deadline: Option<tokio::time::Instant> = None;
@@ -387,13 +395,10 @@ async fn drive(
         if goaway.is_none() && !stopping {
             catalog_seen = sync_defines(&mut s, deps, catalog_seen);
             let mut blocked = false;
-            for lane in [&mut live, &mut replay] {
-                blocked |=
-                    send_ready(&mut s, lane, deps, m, &mut sent_meta, &settled, max_frame).await?;
-            }
+            blocked |= send_ready(&mut s, &mut lane, deps, m, &mut sending).await?;
             s.set_blocked(blocked, Instant::now());
         }
-        flush(&mut s, &mut ctl).await?;
+        flush(&mut s, &mut ctl, write_within).await?;
         if let Some(alt) = &goaway {
             if s.in_flight().next().is_none() {
                 return Ok(End::GoAway(alt.clone()));
@@ -428,8 +433,8 @@ async fn drive(
                 AgentEvent::Acked { seqs, .. } => {
                     m.acked.add(seqs.len() as u64);
                     for q in &seqs {
-                        sent_meta.remove(q);
-                        settled.insert(*q);
+                        sending.sent_meta.remove(q);
+                        sending.settled.insert(*q);
                     }
                     let _ = deps.settles.send(Settle::Done(seqs));
                 }
@@ -440,11 +445,12 @@ async fn drive(
                 } => {
                     let r = format!("rejected_{}", reason.name());
                     for q in &seqs {
-                        let inputs = sent_meta
+                        let inputs = sending
+                            .sent_meta
                             .remove(q)
                             .unwrap_or_else(|| vec![("unknown".into(), 0)]);
                         count_dropped(&m.registry, &r, &inputs);
-                        settled.insert(*q);
+                        sending.settled.insert(*q);
                     }
                     tracing::warn!(
                         %epoch,
@@ -503,11 +509,31 @@ fn stream_or_conn(e: ferrule_transport::StreamError, conn: &quinn::Connection) -
     }
 }
 
-async fn flush(s: &mut AgentSession, ctl: &mut FrameSender) -> Result<(), UplinkError> {
+/// Sends what the session queued on the control stream. An aggregator that
+/// takes none of it for `within` (it does not read) is given up.
+async fn flush(
+    s: &mut AgentSession,
+    ctl: &mut FrameSender,
+    within: Duration,
+) -> Result<(), UplinkError> {
     while let Some(m) = s.poll_transmit() {
-        ctl.send(&m).await?;
+        timed(within, "control write", ctl.send(&m)).await?;
     }
     Ok(())
+}
+
+/// A stream write that must finish within `within`: flow control holds a write
+/// for as long as the peer does not read, and the session's timers cannot run
+/// meanwhile, so a peer that stops reading is a dead peer.
+async fn timed<T>(
+    within: Duration,
+    what: &'static str,
+    write: impl std::future::Future<Output = Result<T, ferrule_transport::StreamError>>,
+) -> Result<T, UplinkError> {
+    match tokio::time::timeout(within, write).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(UplinkError::Timeout(what)),
+    }
 }
 
 /// Sends durable batches on `lane` while credit allows; true if a batch is ready
@@ -517,28 +543,24 @@ async fn send_ready(
     lane: &mut Lane,
     deps: &UplinkDeps,
     m: &Metrics,
-    sent_meta: &mut HashMap<Seq, InputCounts>,
-    settled: &SeqSet,
-    server_max_frame: u32,
+    out: &mut Sending,
 ) -> Result<bool, UplinkError> {
     loop {
         if lane.buf.is_empty() {
             let st = *deps.state.borrow();
-            let end = lane
-                .until
-                .map_or(st.durable_until, |u| u.min(st.durable_until));
+            let end = st.durable_until;
             lane.cursor = lane.cursor.max(st.first_unacked);
             if lane.cursor >= end {
                 return Ok(false);
             }
             let reader = deps.reader.clone();
             let from = lane.cursor;
-            // The live lane reads what was just written (page cache): inline.
-            // The replay lane may read a backlog from the disk.
-            let read = if lane.until.is_none() {
-                reader.read(from, 256)
+            // What was just written is in the page cache: read it inline. A
+            // backlog may come from the disk: hand the worker over meanwhile.
+            let read = if end.0.saturating_sub(from.0) <= READ_AHEAD as u64 {
+                reader.read(from, READ_AHEAD)
             } else {
-                crate::blocking::run(|| reader.read(from, 256))
+                crate::blocking::run(|| reader.read(from, READ_AHEAD))
             };
             let batch = match read {
                 Ok(b) => b,
@@ -568,7 +590,7 @@ async fn send_ready(
         let Some(front) = lane.buf.front() else {
             return Ok(false);
         };
-        if settled.contains(front.seq) {
+        if out.settled.contains(front.seq) {
             lane.buf.pop_front();
             continue;
         }
@@ -580,7 +602,7 @@ async fn send_ready(
             continue;
         }
         let len = front.frame.len() as u64;
-        if len > u64::from(server_max_frame) {
+        if len > u64::from(out.max_frame) {
             // Can never be accepted by this aggregator: count and release it.
             let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
             count_dropped(&m.registry, "frame_too_large", &b.inputs);
@@ -594,17 +616,22 @@ async fn send_ready(
         let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
         let defines = match s.on_send(lane.id, b.epoch, b.seq, cost, Instant::now()) {
             Ok(d) => d,
-            // In flight on the other lane, or settled already: skip it.
+            // In flight already (read again after a rescan), or settled: skip it.
             Err(SendError::AlreadyInFlight | SendError::AlreadySettled) => continue,
             Err(_) => return Ok(false),
         };
         // Defines first, so the lane never carries a batch naming an unknown sensor.
         for d in defines {
-            lane.tx.send(&Message::Define(d)).await?;
+            timed(
+                out.write_within,
+                "lane write",
+                lane.tx.send(&Message::Define(d)),
+            )
+            .await?;
         }
-        lane.tx.send_frame(&b.frame).await?;
+        timed(out.write_within, "lane write", lane.tx.send_frame(&b.frame)).await?;
         m.sent_batches.inc();
         m.sent_bytes.add(len);
-        sent_meta.insert(b.seq, b.inputs);
+        out.sent_meta.insert(b.seq, b.inputs);
     }
 }

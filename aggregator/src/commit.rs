@@ -153,6 +153,22 @@ pub struct Sink {
     health: Arc<Health>,
 }
 
+/// Room for one request in a [`Sink`]'s queue (see [`Sink::reserve`]).
+pub struct SinkPermit<'a> {
+    sink: &'a Sink,
+    permit: mpsc::Permit<'a, CommitRequest>,
+}
+
+impl SinkPermit<'_> {
+    /// Queues the request.
+    pub fn send(self, req: CommitRequest) {
+        self.sink
+            .queued_bytes
+            .fetch_add(req.record.len() as u64, Ordering::Relaxed);
+        self.permit.send(req);
+    }
+}
+
 /// The backend's side of a [`Sink`]: requests to commit, and the shared state it
 /// keeps current.
 #[derive(Debug)]
@@ -196,14 +212,13 @@ impl Sink {
         )
     }
 
-    /// Submits a request, waiting while the queue is full (backpressure).
-    pub async fn submit(&self, req: CommitRequest) -> Result<(), CommitRequest> {
-        let bytes = req.record.len() as u64;
-        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.tx.send(req).await.map_err(|e| {
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            e.0
-        })
+    /// Waits for room in the queue; the permit then takes one request without
+    /// waiting. Lets a session wait for the sink inside its `select!`, its timers
+    /// running, instead of blocking on a full queue. `None` once the sink has
+    /// stopped.
+    pub async fn reserve(&self) -> Option<SinkPermit<'_>> {
+        let permit = self.tx.reserve().await.ok()?;
+        Some(SinkPermit { sink: self, permit })
     }
 
     /// True when the sink is behind enough, or failing, that credit should be withheld.

@@ -28,6 +28,7 @@ use ferrule_transport::{
 use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
 use ferrule_wire::session::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
 use ferrule_wire::{Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -242,6 +243,10 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
     pressure_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut record = Vec::new();
     let mut refused_defines_logged = false;
+    // Commits waiting for room in the sink's queue, bounded by the credit: the
+    // loop waits for room inside its select, so timers, heartbeats and acks go
+    // on while the sink is full.
+    let mut outbox: VecDeque<CommitRequest> = VecDeque::new();
 
     let stop = loop {
         let deadline = session.poll_timeout();
@@ -296,6 +301,11 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
             _ = pressure_poll.tick(), if owed => {
                 session.set_sink_pressure(ctx.sink.under_pressure());
             },
+            permit = ctx.sink.reserve(), if !outbox.is_empty() => match (permit, outbox.pop_front()) {
+                (Some(p), Some(req)) => p.send(req),
+                (None, _) => break Stop::Cut("sink_closed", "the committer has stopped".into(), ErrorCode::INTERNAL),
+                (Some(_), None) => {}
+            },
             e = conn.closed() => {
                 break match e {
                     quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => Stop::Done("closed"),
@@ -304,7 +314,7 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
             }
         }
 
-        // Hand new batches to the sink (waiting if its queue is full).
+        // New batches go to the sink's queue, or wait in the outbox for room.
         if let Err(stop) = take_events(
             &mut session,
             agent,
@@ -313,9 +323,8 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
             &done_tx,
             &mut record,
             &mut refused_defines_logged,
-        )
-        .await
-        {
+            &mut outbox,
+        ) {
             break stop;
         }
         if !send_queued(&mut session, &mut ctl, ctx).await {
@@ -360,9 +369,10 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Acts on the session's events: commits go to the sink (waiting while its queue
-/// is full: the sink's backpressure), the rest are counted and logged.
-async fn take_events(
+/// Acts on the session's events: commits go to the outbox, the rest are counted
+/// and logged.
+#[allow(clippy::too_many_arguments)] // the loop's state, passed by piece to keep borrows apart
+fn take_events(
     session: &mut IngestSession,
     agent: &VerifiedAgent,
     agent_key: &str,
@@ -370,6 +380,7 @@ async fn take_events(
     done_tx: &mpsc::UnboundedSender<CommitDone>,
     record: &mut Vec<u8>,
     refused_defines_logged: &mut bool,
+    outbox: &mut VecDeque<CommitRequest>,
 ) -> Result<(), Stop> {
     while let Some(ev) = session.poll_event() {
         match ev {
@@ -428,13 +439,7 @@ async fn take_events(
                     samples,
                     reply: done_tx.clone(),
                 };
-                if ctx.sink.submit(req).await.is_err() {
-                    return Err(Stop::Cut(
-                        "sink_closed",
-                        "the committer has stopped".into(),
-                        ErrorCode::INTERNAL,
-                    ));
-                }
+                outbox.push_back(req);
             }
             IngestEvent::Duplicate { epoch, seq } => {
                 ctx.metrics.session_duplicates.inc();

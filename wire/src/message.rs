@@ -78,7 +78,9 @@ impl Message {
 pub struct Capabilities(pub u32);
 
 impl Capabilities {
-    /// Live data and replayed backlog travel on separate prioritized streams.
+    /// Batches travel on unidirectional streams ("lanes"), each carrying the
+    /// Defines its batches need; the aggregator reads any number of them (the
+    /// agent uses one, in sequence order, which keeps its batches in order).
     pub const LANES: Capabilities = Capabilities(1);
     /// Batches carry the agent's estimated clock offset.
     pub const CLOCK_OFFSET: Capabilities = Capabilities(1 << 1);
