@@ -1,0 +1,1753 @@
+//! Field faults on the aggregator side, reproduced with the real
+//! `ferrule-aggregator` and `ferrule-agent` binaries on loopback, hostile peers
+//! written here with a legitimate certificate (ferrule_transport, the wire
+//! protocol by hand), real tmpfs mounts and real Kafka brokers. Each test checks
+//! what an operator or an agent would see.
+//!
+//! 1. Refused batches (an undefined sensor) and re-sent, already acknowledged
+//!    seqs, for many windows: credit keeps coming back, the session stays up,
+//!    and a real agent keeps delivering.
+//! 2. A peer that never reads its control stream and floods tiny frames that
+//!    decode to the most samples a batch may hold, over 40 connections with one
+//!    certificate: the aggregator's memory stays bounded, every such connection
+//!    is closed, a real agent keeps delivering.
+//! 3. 30 connections each defining 100 000 sensors: memory stays bounded, the
+//!    Defines beyond `server.max_sensors_per_agent` are refused and counted
+//!    without ending the sessions.
+//! 4. The embedded log's disk full: nothing acknowledged that is not in the log,
+//!    `/healthz` 503 with a reason; once space is freed the aggregator is ready
+//!    again by itself and every sample arrives.
+//! 5. The dedupe ledger under scattered seqs (every other one): the aggregator's
+//!    memory stays flat, also after a restart rebuilds the ledger from the log.
+//! 6. A SIGKILLed aggregator is noticed by the agent within 8 s, its successor
+//!    on the same port is used within 8 s of listening, nothing is lost.
+//! 7. Kafka (3 brokers, RF 3, min.insync.replicas 2) with two brokers stopped:
+//!    `/healthz` answers 503 on every probe once the stall is noticed, 200 again
+//!    after the brokers return, and nothing is lost.
+//! 8. Kafka unreachable at start: the metrics port answers within 1 s (503 with
+//!    a reason) and the QUIC port accepts an agent, which spools.
+//!
+//! Each test runs in its own temporary directory with its own ports and PKI, one
+//! at a time (a lock below), and prints the tail of every process's log on
+//! failure. Where a test checks several things it checks them all and fails
+//! listing every one that did not hold. They are run by `scripts/test.sh` with
+//! `--ignored`, after `cargo build --workspace --bins`. Test 4 needs root (a
+//! tmpfs mount); tests 7 and 8 need Java 17+, the Kafka jars
+//! (`scripts/kafka.sh fetch`) and python3 with confluent-kafka, like
+//! tests/kafka.rs.
+
+// Plain test threads (the hostile peers run on a runtime of their own): blocking
+// sleeps are what we want.
+#![allow(clippy::disallowed_methods)]
+#![allow(clippy::unwrap_used)]
+
+use ferrule_loadtest::devpki::DevPki;
+use ferrule_loadtest::procs::{self, AgentSpec};
+use ferrule_transport::quinn;
+use ferrule_transport::{
+    client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
+};
+use ferrule_wire::{
+    batch_cost, encode, peek_batch, Batch, Capabilities, Define, Epoch, Heartbeat, Hello, Limits,
+    Message, Outcome, Quality, RejectReason, SensorId, SensorKind, SensorName, Seq, Series,
+    Welcome, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+const SITE: &str = "site-aggfaults";
+/// The synthetic input's sensors per tick.
+const SENSORS: u64 = 7;
+/// Long enough for an agent to drain (5 s) and close on a loaded machine.
+const AGENT_STOP: Duration = Duration::from_secs(30);
+/// The first timestamp of the batches the hostile peers build (2026-01-01).
+const T0_NS: i64 = 1_767_225_600_000_000_000;
+
+/// One test at a time: they measure and kill processes on two shared cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A log file's text from byte `from` on, without colours.
+fn read_log(path: &Path, from: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    procs::strip_ansi(&String::from_utf8_lossy(&bytes[from..]))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The last `n` lines of a log.
+fn tail(path: &Path, n: usize) -> String {
+    let text = read_log(path, 0);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The sum of every series of the metric family `name` (any labels) whose
+/// labels contain `with` (`""`: all).
+fn metric_sum(text: &str, name: &str, with: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                let (labels, v) = r.split_once("} ")?;
+                (labels, v)
+            } else {
+                ("", rest.strip_prefix(' ')?)
+            };
+            labels
+                .contains(with)
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Every series of `name`, as rendered (for messages).
+fn metric_lines(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `GET path` over HTTP/1.1: (status code, body trimmed), `None` if nothing answers.
+fn http(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.trim().to_string()))
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`: the peak).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Polls `f` every 250 ms until it returns `Some` or `timeout` passes.
+fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        sleep(Duration::from_millis(250));
+    }
+}
+
+/// The checks of one test: each that does not hold is printed at once and the
+/// test fails at the end listing all of them.
+#[derive(Default)]
+struct Verdict(Vec<String>);
+
+impl Verdict {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            let m = what();
+            eprintln!("CHECK FAILED: {m}");
+            self.0.push(m);
+        }
+    }
+
+    fn finish(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} check(s) failed:\n- {}",
+            self.0.len(),
+            self.0.join("\n- ")
+        );
+    }
+}
+
+/// Something measured on a thread of its own, every `every`, until finished.
+struct Watch<T> {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<(f64, T)>>,
+}
+
+impl<T: Send + 'static> Watch<T> {
+    fn start(every: Duration, mut f: impl FnMut() -> T + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                out.push((t0.elapsed().as_secs_f64(), f()));
+                sleep(every);
+            }
+            out
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops it: (seconds since its start, value) for every sample.
+    fn finish(self) -> Vec<(f64, T)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+/// The longest time a counter did not move in `samples`, in seconds, and when
+/// that began.
+fn longest_stall(samples: &[(f64, f64)]) -> (f64, f64) {
+    let mut best = (0.0, 0.0);
+    let mut since: Option<(f64, f64)> = None;
+    for &(t, v) in samples {
+        match since {
+            Some((t0, v0)) if v0 == v => {
+                if t - t0 > best.0 {
+                    best = (t - t0, t0);
+                }
+            }
+            _ => since = Some((t, v)),
+        }
+    }
+    best
+}
+
+// ---- processes -------------------------------------------------------------------------
+
+/// A process we started, with its exit status when it ends.
+struct Daemon {
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Daemon {
+    /// Starts `binary run --config config`, stderr appended to `log`.
+    fn start(binary: &str, config: &Path, log: &Path) -> Self {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(procs::bin(binary).unwrap())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("FERRULE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        Self {
+            child,
+            status: None,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, once it has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    fn running(&mut self) -> bool {
+        self.exited().is_none()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    fn kill9(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout`; the exit status, or `None` if it
+    /// was still running (it is SIGKILLed then).
+    fn term(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if !self.running() {
+            return self.status;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A test's temporary directory and PKI; prints the tail of every log it
+/// knows when the test fails.
+struct Rig {
+    dir: PathBuf,
+    pki: DevPki,
+    logs: Mutex<Vec<(String, PathBuf)>>,
+    // Last: deleted after everything else.
+    _tmp: tempfile::TempDir,
+}
+
+/// What goes into an aggregator's configuration beyond the defaults.
+#[derive(Default)]
+struct AggOpts {
+    /// Keys for `[server]`.
+    server: String,
+    /// Keys for `[credit]`.
+    credit: String,
+    /// Keys for `[log]`.
+    log: String,
+    /// A `[kafka]` section (procs::kafka_section), if any.
+    kafka: Option<String>,
+    /// `log.dir`, if not `<name>-data` in the test directory.
+    data: Option<PathBuf>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let pki = DevPki::ensure(&dir.join("pki")).unwrap();
+        Self {
+            dir,
+            pki,
+            logs: Mutex::new(Vec::new()),
+            _tmp: tmp,
+        }
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(format!("{name}.log"));
+        self.add_log(name, &p);
+        p
+    }
+
+    fn add_log(&self, name: &str, path: &Path) {
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((name.to_string(), path.to_path_buf()));
+    }
+
+    /// An aggregator's files (not started).
+    fn aggregator(&self, name: &str, o: AggOpts) -> Agg {
+        let port = procs::free_udp_port().unwrap();
+        let metrics = SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port().unwrap()));
+        let data = o
+            .data
+            .unwrap_or_else(|| self.dir.join(format!("{name}-data")));
+        let quic = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut extra = String::new();
+        if !o.credit.is_empty() {
+            extra.push_str(&format!("[credit]\n{}\n\n", o.credit));
+        }
+        if let Some(k) = &o.kafka {
+            extra.push_str(k);
+        }
+        let text = procs::aggregator_toml(&self.pki, &data, quic, Some(metrics), &extra)
+            .replacen("[server]\n", &format!("[server]\n{}\n", o.server), 1)
+            .replacen("[log]\n", &format!("[log]\n{}\n", o.log), 1);
+        let config = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        Agg {
+            name: name.to_string(),
+            data,
+            config,
+            log: self.log(name),
+            port,
+            metrics,
+            mark: 0,
+            d: None,
+        }
+    }
+
+    /// An agent's configuration (not started).
+    fn agent(&self, a: AgentOpts) -> AgentCfg {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port().unwrap()));
+        let spool = self.dir.join(format!("{}-spool", a.id));
+        let spec = AgentSpec {
+            site: SITE.to_string(),
+            id: a.id.to_string(),
+            spool: spool.clone(),
+            endpoints: vec![a.endpoint],
+            rate_hz: a.rate_hz,
+            total_samples: a.total,
+            fsync: "interval",
+            metrics: Some(metrics),
+            extra: a.extra,
+        };
+        let text = procs::agent_toml(&self.pki, &spec).unwrap();
+        let config = self.dir.join(format!("{}.toml", a.id));
+        std::fs::write(&config, text).unwrap();
+        AgentCfg {
+            id: a.id.to_string(),
+            total: a.total,
+            config,
+            log: self.log(a.id),
+            metrics,
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, log) in logs.iter() {
+            eprintln!(
+                "---- {name}: last 40 lines of {} ----\n{}",
+                log.display(),
+                tail(log, 40)
+            );
+        }
+    }
+}
+
+/// What an agent's configuration says.
+struct AgentOpts {
+    id: &'static str,
+    endpoint: String,
+    rate_hz: u32,
+    total: Option<u64>,
+    /// More TOML sections.
+    extra: String,
+}
+
+impl AgentOpts {
+    fn new(id: &'static str, endpoint: String) -> Self {
+        Self {
+            id,
+            endpoint,
+            rate_hz: 1000,
+            total: None,
+            extra: String::new(),
+        }
+    }
+}
+
+struct AgentCfg {
+    id: String,
+    total: Option<u64>,
+    config: PathBuf,
+    log: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl AgentCfg {
+    fn start(&self) -> Daemon {
+        Daemon::start("ferrule-agent", &self.config, &self.log)
+    }
+
+    /// Its `/metrics` text; empty while it does not answer.
+    fn metrics(&self) -> String {
+        procs::http_get(self.metrics, "/metrics").unwrap_or_default()
+    }
+
+    /// One series (exact, as rendered) of its metrics.
+    fn metric(&self, series: &str) -> Option<f64> {
+        procs::metric(&self.metrics(), series)
+    }
+
+    /// Batches the aggregator acknowledged to it so far (0 while it does not answer).
+    fn acked(&self) -> f64 {
+        self.metric("ferrule_agent_acked_batches_total")
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the agent answers on its metrics port.
+    fn wait_up(&self, d: &mut Daemon) {
+        let up = procs::wait_for(Duration::from_secs(30), || {
+            if !d.running() {
+                return Some(false);
+            }
+            (!self.metrics().is_empty()).then_some(true)
+        });
+        assert_eq!(
+            up,
+            Some(true),
+            "agent {} did not come up (metrics on {}) within 30 s",
+            self.id,
+            self.metrics
+        );
+    }
+}
+
+struct Agg {
+    name: String,
+    data: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    port: u16,
+    metrics: SocketAddr,
+    /// Where this start's output begins in the log.
+    mark: u64,
+    d: Option<Daemon>,
+}
+
+impl Agg {
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn quic(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Starts it without waiting for anything.
+    fn spawn(&mut self) {
+        self.mark = file_len(&self.log);
+        self.d = Some(Daemon::start("ferrule-aggregator", &self.config, &self.log));
+    }
+
+    /// Starts it and waits until it listens.
+    fn start(&mut self) {
+        self.spawn();
+        let up = procs::wait_for(Duration::from_secs(60), || {
+            if !self.running() {
+                return Some(false);
+            }
+            self.said("aggregator listening").then_some(true)
+        });
+        assert_eq!(
+            up,
+            Some(true),
+            "{} did not start listening within 60 s",
+            self.name
+        );
+    }
+
+    /// True if this start's log holds `text`.
+    fn said(&self, text: &str) -> bool {
+        read_log(&self.log, self.mark).contains(text)
+    }
+
+    fn running(&mut self) -> bool {
+        self.d.as_mut().is_some_and(Daemon::running)
+    }
+
+    fn pid(&self) -> u32 {
+        self.d.as_ref().map_or(0, Daemon::pid)
+    }
+
+    /// Resident memory, KiB (0 if it is not running).
+    fn rss_kib(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:").unwrap_or(0)
+    }
+
+    /// Peak resident memory of this process, KiB.
+    fn hwm_kib(&self) -> u64 {
+        status_kib(self.pid(), "VmHWM:").unwrap_or(0)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(d) = self.d.as_mut() {
+            d.kill9();
+        }
+    }
+
+    fn term(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.d.as_mut().and_then(|d| d.term(timeout))
+    }
+
+    fn metrics(&self) -> String {
+        procs::http_get(self.metrics, "/metrics").unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str, with: &str) -> f64 {
+        metric_sum(&self.metrics(), name, with)
+    }
+
+    /// `/healthz`: (status, body), `None` while nothing answers.
+    fn healthz(&self) -> Option<(u16, String)> {
+        http(self.metrics, "/healthz")
+    }
+
+    /// `inspect` of its log (an empty report before the log exists).
+    fn report(&self) -> Value {
+        procs::inspect(&self.data).unwrap_or(Value::Null)
+    }
+
+    /// One agent's line of `inspect`.
+    fn stats(&self, agent: &str) -> Stats {
+        Stats::of(&self.report(), agent)
+    }
+}
+
+/// One agent's line of an `inspect` report.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Stats {
+    events: u64,
+    batches: u64,
+    last_seq: u64,
+    epochs: u64,
+    seq_gaps: u64,
+    duplicates_in_log: u64,
+}
+
+impl Stats {
+    fn of(report: &Value, agent: &str) -> Self {
+        let a = &report["agents"][format!("{SITE}/{agent}")];
+        let n = |k: &str| a[k].as_u64().unwrap_or(0);
+        Self {
+            events: n("events"),
+            batches: n("batches"),
+            last_seq: n("last_seq"),
+            epochs: n("epochs"),
+            seq_gaps: n("seq_gaps"),
+            duplicates_in_log: n("duplicates_in_log"),
+        }
+    }
+}
+
+// ---- a tmpfs, for a full disk ----------------------------------------------------------
+
+/// A tmpfs mounted on a directory; unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs {}: {} (this test needs root)",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Bytes available on it.
+    fn avail(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Fills it with `name` until a write fails; the bytes written.
+    fn fill(&self, name: &str) -> u64 {
+        let mut f = std::fs::File::create(self.dir.join(name)).unwrap();
+        let mut n = 0u64;
+        for chunk in [1usize << 20, 4096, 512] {
+            let buf = vec![0x5Au8; chunk];
+            while f.write_all(&buf).is_ok() {
+                n += chunk as u64;
+            }
+        }
+        let _ = f.sync_all();
+        n
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+// ---- a hostile peer with a legitimate certificate -------------------------------------
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A client endpoint presenting agent `id`'s certificate (issued on first use).
+/// Call within the runtime.
+fn client_ep(pki: &DevPki, id: &str) -> quinn::Endpoint {
+    let (cert, key) = pki.agent(SITE, id).unwrap();
+    let tls = client_crypto(&ClientTls {
+        cert,
+        key,
+        server_ca: pki.ca_bundle(),
+    })
+    .unwrap();
+    client_endpoint(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls,
+        &EndpointLimits::default(),
+    )
+    .unwrap()
+}
+
+fn hello(agent: &str, epoch: u64, resume_from: u64) -> Message {
+    Message::Hello(Hello {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        epoch: Epoch(epoch),
+        resume_from: Seq(resume_from),
+        capabilities: Capabilities::ALL,
+        site: SITE.to_string(),
+        agent: agent.to_string(),
+        software: "faults-aggregator-test".to_string(),
+    })
+}
+
+fn define(sensor: u32, name: &str) -> Message {
+    Message::Define(Define {
+        sensor: SensorId(sensor),
+        name: SensorName::new(name).unwrap(),
+        unit: "V".to_string(),
+        kind: SensorKind::Gauge,
+    })
+}
+
+/// A batch of `n` samples of `sensor`, 1 ms apart, all 230.0.
+fn batch(epoch: u64, seq: u64, sensor: u32, n: usize) -> Message {
+    let mut s = Series::with_capacity(SensorId(sensor), n);
+    for i in 0..n {
+        s.push(T0_NS + i as i64 * 1_000_000, 230.0, Quality::Good);
+    }
+    Message::Batch(Batch {
+        epoch: Epoch(epoch),
+        seq: Seq(seq),
+        clock_offset_ns: 0,
+        series: vec![s],
+    })
+}
+
+fn frame(m: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(m, &Limits::default(), &mut out).unwrap();
+    out
+}
+
+/// How a connection ended, as the peer saw it.
+fn end_reason(e: &quinn::ConnectionError) -> String {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => format!(
+            "closed by the aggregator: {}",
+            String::from_utf8_lossy(&c.reason)
+        ),
+        // The aggregator closed it and forgot it, and its CONNECTION_CLOSE was
+        // lost (loopback drops datagrams under a flood): a stateless reset.
+        quinn::ConnectionError::Reset => {
+            "reset by the aggregator (a stateless reset: it no longer holds the connection)"
+                .to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A batch frame of many samples of one constant, evenly spaced series (it
+/// encodes to a few bytes), re-headed for each (epoch, seq) without encoding the
+/// samples again.
+struct BigBatch {
+    block: Vec<u8>,
+    samples: u64,
+}
+
+impl BigBatch {
+    fn new(sensor: u32, samples: usize) -> Self {
+        let f = frame(&batch(1, 1, sensor, samples));
+        let head = postcard::to_allocvec(&(Epoch(1), Seq(1), 0i64)).unwrap();
+        assert_eq!(&f[5..5 + head.len()], &head[..], "batch header layout");
+        let b = Self {
+            block: f[5 + head.len()..].to_vec(),
+            samples: samples as u64,
+        };
+        assert_eq!(b.frame(1, 1), f, "re-headed frame");
+        assert_eq!(peek_batch(&b.frame(3, 77)).unwrap(), (Epoch(3), Seq(77)));
+        b
+    }
+
+    fn frame(&self, epoch: u64, seq: u64) -> Vec<u8> {
+        let head = postcard::to_allocvec(&(Epoch(epoch), Seq(seq), 0i64)).unwrap();
+        let len = 1 + head.len() + self.block.len();
+        let mut out = Vec::with_capacity(4 + len);
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.push(4);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&self.block);
+        out
+    }
+}
+
+/// One session of a hand-driven peer: the control stream, the credit it was
+/// granted, and what the aggregator said about its batches (one epoch).
+struct Peer {
+    conn: quinn::Connection,
+    ctl: FrameSender,
+    rx: FrameReceiver,
+    welcome: Welcome,
+    /// Credit left: (cost bytes, batches).
+    credit: (i64, i64),
+    /// Every seq up to it is settled (committed, or refused in an earlier Ack).
+    through: u64,
+    committed: Vec<(u64, u64)>,
+    rejected: Vec<(u64, u64, RejectReason)>,
+    /// Messages received, by kind.
+    received: BTreeMap<&'static str, u64>,
+}
+
+impl Peer {
+    /// Connects, says Hello, and waits for Welcome (10 s).
+    async fn open(
+        ep: &quinn::Endpoint,
+        addr: SocketAddr,
+        agent: &str,
+        epoch: u64,
+        resume_from: u64,
+    ) -> Result<Peer, String> {
+        let connecting = ep
+            .connect(addr, "localhost")
+            .map_err(|e| format!("connect: {e}"))?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "handshake: no answer within 10 s".to_string())?
+            .map_err(|e| format!("handshake: {}", end_reason(&e)))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| format!("control stream: {}", end_reason(&e)))?;
+        let mut ctl = FrameSender::new(send, Limits::default());
+        let mut rx = FrameReceiver::new(recv, Limits::default(), Duration::from_secs(10));
+        ctl.send(&hello(agent, epoch, resume_from))
+            .await
+            .map_err(|e| format!("sending Hello: {e}"))?;
+        match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
+            Ok(Ok(Some((Message::Welcome(w), _)))) => Ok(Peer {
+                credit: (w.credit.bytes as i64, i64::from(w.credit.batches)),
+                conn,
+                ctl,
+                rx,
+                welcome: w,
+                through: 0,
+                committed: Vec::new(),
+                rejected: Vec::new(),
+                received: BTreeMap::new(),
+            }),
+            Ok(Ok(Some((other, _)))) => Err(format!("{other:?} instead of Welcome")),
+            Ok(Ok(None)) => Err(format!(
+                "control stream ended before Welcome ({})",
+                conn.close_reason()
+                    .map_or_else(|| "connection open".to_string(), |e| end_reason(&e))
+            )),
+            Ok(Err(e)) => Err(format!(
+                "reading Welcome: {e} ({})",
+                conn.close_reason()
+                    .map_or_else(|| "connection open".to_string(), |e| end_reason(&e))
+            )),
+            Err(_) => Err("no Welcome within 10 s".to_string()),
+        }
+    }
+
+    /// A data lane.
+    async fn lane(&self) -> Result<FrameSender, String> {
+        let s = self
+            .conn
+            .open_uni()
+            .await
+            .map_err(|e| format!("opening a lane: {}", end_reason(&e)))?;
+        Ok(FrameSender::new(s, Limits::default()))
+    }
+
+    fn absorb(&mut self, m: Message) -> Result<(), String> {
+        *self.received.entry(m.kind()).or_default() += 1;
+        match m {
+            Message::Credit(c) => {
+                self.credit.0 += c.bytes as i64;
+                self.credit.1 += i64::from(c.batches);
+            }
+            Message::Ack(a) => match a.outcome {
+                Outcome::Committed => {
+                    if let Some(t) = a.through {
+                        self.through = self.through.max(t.0);
+                    }
+                    self.committed
+                        .extend(a.ranges.iter().map(|r| (r.first.0, r.last.0)));
+                }
+                Outcome::Rejected(reason) => self
+                    .rejected
+                    .extend(a.ranges.iter().map(|r| (r.first.0, r.last.0, reason))),
+            },
+            Message::Error(e) => {
+                return Err(format!(
+                    "the aggregator sent Error {} ({}): {}",
+                    e.code.0,
+                    e.code.name(),
+                    e.message
+                ))
+            }
+            Message::GoAway(g) => return Err(format!("the aggregator sent GoAway {g:?}")),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reads one control message if one comes within `wait`; whether one came.
+    async fn pump(&mut self, wait: Duration) -> Result<bool, String> {
+        match tokio::time::timeout(wait, self.rx.next()).await {
+            Ok(Ok(Some((m, _)))) => self.absorb(m).map(|()| true),
+            Ok(Ok(None)) => Err(format!("the control stream ended ({})", self.state())),
+            Ok(Err(e)) => Err(format!("reading the control stream: {e} ({})", self.state())),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Reads every control message already there.
+    async fn drain(&mut self) -> Result<(), String> {
+        while self.pump(Duration::ZERO).await? {}
+        Ok(())
+    }
+
+    fn state(&self) -> String {
+        self.conn
+            .close_reason()
+            .map_or_else(|| "connection open".to_string(), |e| end_reason(&e))
+    }
+
+    fn rejection(&self, seq: u64) -> Option<RejectReason> {
+        self.rejected
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&seq))
+            .map(|r| r.2)
+    }
+
+    fn is_committed(&self, seq: u64) -> bool {
+        (seq <= self.through && self.rejection(seq).is_none())
+            || self.committed.iter().any(|(a, b)| (*a..=*b).contains(&seq))
+    }
+
+    fn is_settled(&self, seq: u64) -> bool {
+        seq <= self.through || self.is_committed(seq) || self.rejection(seq).is_some()
+    }
+
+    /// Sends a batch frame of `samples` samples on `lane`, within the credit:
+    /// waits up to `max_wait` for credit to come back first.
+    async fn send(
+        &mut self,
+        lane: &mut FrameSender,
+        f: &[u8],
+        samples: u64,
+        max_wait: Duration,
+    ) -> Result<(), String> {
+        let cost = batch_cost(f.len() as u64, samples) as i64;
+        let t = Instant::now();
+        self.drain().await?;
+        while self.credit.1 < 1 || self.credit.0 < cost {
+            let left = max_wait.saturating_sub(t.elapsed());
+            if left.is_zero() {
+                return Err(format!(
+                    "no credit for {max_wait:?}: {} bytes and {} batches left, a batch costs {cost} bytes; {} ({:?} received)",
+                    self.credit.0,
+                    self.credit.1,
+                    self.state(),
+                    self.received
+                ));
+            }
+            self.pump(left).await?;
+        }
+        self.credit.0 -= cost;
+        self.credit.1 -= 1;
+        lane.send_frame(f)
+            .await
+            .map_err(|e| format!("writing a batch: {e} ({})", self.state()))
+    }
+
+    /// Reads control messages until every seq of `seqs` is settled (or `max_wait`).
+    async fn settle(&mut self, seqs: &[u64], max_wait: Duration) -> Result<(), String> {
+        let t = Instant::now();
+        loop {
+            let open: Vec<u64> = seqs
+                .iter()
+                .copied()
+                .filter(|s| !self.is_settled(*s))
+                .collect();
+            if open.is_empty() {
+                return Ok(());
+            }
+            let left = max_wait.saturating_sub(t.elapsed());
+            if left.is_zero() {
+                return Err(format!(
+                    "{} batches not acknowledged within {max_wait:?}, e.g. seqs {:?} ({})",
+                    open.len(),
+                    &open[..open.len().min(10)],
+                    self.state()
+                ));
+            }
+            self.pump(left).await?;
+        }
+    }
+}
+
+// ---- 1. Refused and duplicate batches must not leak credit ----------------------------
+
+#[derive(Debug, Default)]
+struct LeakRun {
+    good: Vec<u64>,
+    refused_sent: u64,
+    refused: BTreeSet<u64>,
+    dups_in_session: u64,
+    resent_next_session: u64,
+    batches: u64,
+    longest_credit_wait: Duration,
+}
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn refused_and_duplicate_batches_do_not_leak_credit() {
+    let _serial = serial();
+    const WINDOW: u32 = 8;
+    const ROUNDS: usize = 150;
+    const CREDIT_WAIT: Duration = Duration::from_secs(5);
+    let rig = Rig::new();
+    let mut agg = rig.aggregator(
+        "agg",
+        AggOpts {
+            credit: format!("session_window_batches = {WINDOW}"),
+            ..AggOpts::default()
+        },
+    );
+    agg.start();
+    let good = rig.agent(AgentOpts::new("g1", agg.endpoint()));
+    let mut g = good.start();
+    good.wait_up(&mut g);
+    assert!(
+        poll(Duration::from_secs(30), || (agg.stats("g1").events > 0)
+            .then_some(()))
+        .is_some(),
+        "the real agent g1 delivered nothing in 30 s"
+    );
+    let g_before = agg.stats("g1").events;
+    let t0 = Instant::now();
+    let rt = runtime();
+    let addr = agg.quic();
+    let pki = rig.pki.clone();
+    let mut run = LeakRun::default();
+    let result: Result<(), String> = rt.block_on(async {
+        let ep = client_ep(&pki, "h1");
+        // Session 1: a window of good batches, then rounds of refusals and
+        // re-sends of acknowledged seqs, every batch within the credit.
+        let mut p = Peer::open(&ep, addr, "h1", 1, 1).await?;
+        if p.welcome.credit.batches != WINDOW {
+            return Err(format!(
+                "Welcome granted {} batches, the configured window is {WINDOW}",
+                p.welcome.credit.batches
+            ));
+        }
+        let mut lane = p.lane().await?;
+        lane.send(&define(1, "h1/ok"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut next = 1u64;
+        for _ in 0..WINDOW {
+            let f = frame(&batch(1, next, 1, 10));
+            timed_send(&mut p, &mut lane, &f, &mut run, CREDIT_WAIT).await?;
+            run.good.push(next);
+            next += 1;
+        }
+        p.settle(&run.good, Duration::from_secs(10)).await?;
+        let mut dup_i = 0usize;
+        let mut again_i = 0usize;
+        for round in 1..=ROUNDS {
+            for op in ["good", "refuse", "dup", "refuse", "dup", "refuse-again", "dup", "good"] {
+                let (seq, sensor) = match op {
+                    "good" => {
+                        run.good.push(next);
+                        next += 1;
+                        (next - 1, 1)
+                    }
+                    "refuse" => {
+                        run.refused.insert(next);
+                        run.refused_sent += 1;
+                        next += 1;
+                        (next - 1, 99)
+                    }
+                    "refuse-again" => {
+                        let done: Vec<u64> = run
+                            .refused
+                            .iter()
+                            .copied()
+                            .filter(|s| p.rejection(*s).is_some())
+                            .collect();
+                        run.refused_sent += 1;
+                        if done.is_empty() {
+                            run.refused.insert(next);
+                            next += 1;
+                            (next - 1, 99)
+                        } else {
+                            again_i += 1;
+                            (done[again_i % done.len()], 99)
+                        }
+                    }
+                    _ => {
+                        let acked: Vec<u64> = run
+                            .good
+                            .iter()
+                            .copied()
+                            .filter(|s| p.is_committed(*s))
+                            .collect();
+                        dup_i += 1;
+                        run.dups_in_session += 1;
+                        (acked[dup_i % acked.len()], 1)
+                    }
+                };
+                let f = frame(&batch(1, seq, sensor, 10));
+                timed_send(&mut p, &mut lane, &f, &mut run, CREDIT_WAIT)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "session 1, round {round}, {op} seq {seq}, after {} batches ({} good, {} refused, {} duplicates): {e}",
+                            run.batches,
+                            run.good.len(),
+                            run.refused_sent,
+                            run.dups_in_session
+                        )
+                    })?;
+            }
+        }
+        let all: Vec<u64> = (1..next).collect();
+        p.settle(&all, Duration::from_secs(10)).await?;
+        let wrong: Vec<u64> = run
+            .good
+            .iter()
+            .copied()
+            .filter(|s| !p.is_committed(*s))
+            .collect();
+        if !wrong.is_empty() {
+            return Err(format!("good batches not acknowledged as committed: {wrong:?}"));
+        }
+        let wrong: Vec<(u64, Option<RejectReason>)> = run
+            .refused
+            .iter()
+            .map(|s| (*s, p.rejection(*s)))
+            .filter(|(_, r)| *r != Some(RejectReason::UNKNOWN_SENSOR))
+            .collect();
+        if !wrong.is_empty() {
+            return Err(format!(
+                "batches naming an undefined sensor not refused as unknown_sensor: {wrong:?}"
+            ));
+        }
+        if let Some(e) = p.conn.close_reason() {
+            return Err(format!("session 1 was closed: {}", end_reason(&e)));
+        }
+        println!(
+            "session 1: {} batches ({} good, {} refused, {} duplicates) with a window of {WINDOW}; control messages {:?}",
+            run.batches,
+            run.good.len(),
+            run.refused_sent,
+            run.dups_in_session,
+            p.received
+        );
+        p.conn.close(0u32.into(), b"done");
+
+        // Session 2: everything committed in session 1 sent again (the sink's
+        // ledger knows them), and more refusals, several windows' worth.
+        let mut p = Peer::open(&ep, addr, "h1", 1, 1).await?;
+        let mut lane = p.lane().await?;
+        lane.send(&define(1, "h1/ok"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let resend = run.good.clone();
+        let mut sent2 = Vec::new();
+        for (i, seq) in resend.iter().enumerate() {
+            let f = frame(&batch(1, *seq, 1, 10));
+            timed_send(&mut p, &mut lane, &f, &mut run, CREDIT_WAIT)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "session 2, re-sending seq {seq} ({i} of {} re-sent so far): {e}",
+                        resend.len()
+                    )
+                })?;
+            run.resent_next_session += 1;
+            sent2.push(*seq);
+            if i % 3 == 0 {
+                let f = frame(&batch(1, next, 99, 10));
+                timed_send(&mut p, &mut lane, &f, &mut run, CREDIT_WAIT)
+                    .await
+                    .map_err(|e| format!("session 2, refused seq {next}: {e}"))?;
+                run.refused.insert(next);
+                run.refused_sent += 1;
+                sent2.push(next);
+                next += 1;
+            }
+        }
+        p.settle(&sent2, Duration::from_secs(10)).await?;
+        if let Some(e) = p.conn.close_reason() {
+            return Err(format!("session 2 was closed: {}", end_reason(&e)));
+        }
+        println!(
+            "session 2: {} acknowledged batches re-sent, control messages {:?}",
+            run.resent_next_session, p.received
+        );
+        p.conn.close(0u32.into(), b"done");
+        Ok(())
+    });
+    let took = t0.elapsed();
+    let g_after = agg.stats("g1").events;
+    let m = agg.metrics();
+    let rejected = metric_sum(
+        &m,
+        "ferrule_aggregator_batches_rejected_total",
+        "reason=\"unknown_sensor\"",
+    );
+    let session_dups = metric_sum(&m, "ferrule_aggregator_session_duplicates_total", "");
+    let sink_dups = metric_sum(&m, "ferrule_aggregator_duplicates_dropped_total", "");
+    let refused = metric_lines(&m, "ferrule_aggregator_connections_refused_total");
+    let h1 = agg.stats("h1");
+    println!(
+        "{:.1} s: {} batches, longest wait for credit {:?}; aggregator: rejected unknown_sensor {rejected}, session duplicates {session_dups}, sink duplicates {sink_dups}, refused/cut connections {refused:?}; log h1 {h1:?}; g1 samples {g_before} -> {g_after}",
+        took.as_secs_f64(),
+        run.batches,
+        run.longest_credit_wait
+    );
+    let mut v = Verdict::default();
+    v.check(result.is_ok(), || {
+        format!("the hostile client could not keep sending: {}", result.clone().unwrap_err())
+    });
+    v.check(g.running(), || "the real agent g1 died".into());
+    v.check(g_after > g_before, || {
+        format!("the real agent g1 delivered nothing meanwhile ({g_before} -> {g_after} samples)")
+    });
+    v.check(refused.is_empty(), || {
+        format!("connections were refused or cut off: {refused:?}")
+    });
+    if result.is_ok() {
+        v.check(rejected as u64 == run.refused_sent, || {
+            format!(
+                "ferrule_aggregator_batches_rejected_total{{reason=\"unknown_sensor\"}} is {rejected}, {} such batches were sent",
+                run.refused_sent
+            )
+        });
+        v.check(h1.batches == run.good.len() as u64, || {
+            format!(
+                "h1's batches in the log: {} (the client committed {})",
+                h1.batches,
+                run.good.len()
+            )
+        });
+        v.check(h1.duplicates_in_log == 0, || format!("duplicates in the log: {h1:?}"));
+        v.check(sink_dups as u64 >= run.resent_next_session, || {
+            format!(
+                "ferrule_aggregator_duplicates_dropped_total is {sink_dups}, {} acknowledged batches were sent again in a new session",
+                run.resent_next_session
+            )
+        });
+    }
+    v.check(g.term(AGENT_STOP).is_some(), || {
+        "the real agent g1 did not exit on SIGTERM".into()
+    });
+    let s = agg.stats("g1");
+    v.check(s.seq_gaps == 0 && s.duplicates_in_log == 0, || {
+        format!("the real agent's batches in the log: {s:?}")
+    });
+    v.finish();
+}
+
+/// Sends one batch frame within the credit and keeps the books of the run.
+async fn timed_send(
+    p: &mut Peer,
+    lane: &mut FrameSender,
+    f: &[u8],
+    run: &mut LeakRun,
+    max_wait: Duration,
+) -> Result<(), String> {
+    let t = Instant::now();
+    p.send(lane, f, 10, max_wait).await?;
+    run.longest_credit_wait = run.longest_credit_wait.max(t.elapsed());
+    run.batches += 1;
+    Ok(())
+}
+
+// ---- 2. A peer that never reads its control stream, flooding frames of the most samples
+
+/// How one flooding connection went.
+#[derive(Debug, Default)]
+struct FloodEnd {
+    i: usize,
+    obeys_credit: bool,
+    welcomed: bool,
+    batches: u64,
+    heartbeats: u64,
+    /// Seconds from its start to the end of the connection, if it ended.
+    closed_after: Option<f64>,
+    how: String,
+}
+
+/// One hostile connection: Hello, Welcome, then never reads the control stream
+/// again. Four lanes carry frames of `big` (tiny on the wire, the most samples
+/// a batch may hold once decoded); if `obeys_credit` it sends only what its
+/// first window allows and then floods heartbeats (whose answers pile up
+/// unread), else it ignores the credit and sends frames as fast as they go.
+async fn flood(
+    ep: quinn::Endpoint,
+    addr: SocketAddr,
+    big: Arc<BigBatch>,
+    i: usize,
+    obeys_credit: bool,
+    limit: Duration,
+) -> FloodEnd {
+    let t = Instant::now();
+    let mut end = FloodEnd {
+        i,
+        obeys_credit,
+        ..FloodEnd::default()
+    };
+    let p = match Peer::open(&ep, addr, "h2", 1, 1).await {
+        Ok(p) => p,
+        Err(e) => {
+            end.closed_after = Some(t.elapsed().as_secs_f64());
+            end.how = format!("before Welcome: {e}");
+            return end;
+        }
+    };
+    end.welcomed = true;
+    let conn = p.conn.clone();
+    let attack = async {
+        // Holds the control stream's receiving half, unread, to the end.
+        let mut p = p;
+        let mut lanes = Vec::new();
+        for _ in 0..4 {
+            let Ok(mut l) = p.lane().await else { return };
+            if l.send(&define(1, "h2/flat")).await.is_err() {
+                return;
+            }
+            lanes.push(l);
+        }
+        let window = p.welcome.credit;
+        let per = batch_cost(big.frame(1, 1).len() as u64, big.samples);
+        let mut budget = if obeys_credit {
+            (window.bytes / per).min(u64::from(window.batches))
+        } else {
+            u64::MAX
+        };
+        let mut seq = 1u64;
+        while budget > 0 {
+            let f = big.frame(1, seq);
+            if lanes[(seq % 4) as usize].send_frame(&f).await.is_err() {
+                return;
+            }
+            end.batches += 1;
+            seq += 1;
+            budget -= 1;
+        }
+        let hb = frame(&Message::Heartbeat(Heartbeat {
+            origin_ns: T0_NS,
+            receive_ns: 0,
+            transmit_ns: 0,
+        }));
+        let burst = hb.repeat(1000);
+        while p.ctl.send_frame(&burst).await.is_ok() {
+            end.heartbeats += 1000;
+        }
+    };
+    let _ = tokio::time::timeout(limit.saturating_sub(t.elapsed()), attack).await;
+    match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await {
+        Ok(e) => {
+            end.closed_after = Some(t.elapsed().as_secs_f64());
+            end.how = end_reason(&e);
+        }
+        Err(_) => {
+            end.how = format!("still open after {:.0} s", t.elapsed().as_secs_f64());
+            conn.close(0u32.into(), b"test over");
+        }
+    }
+    end
+}
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn a_peer_that_never_reads_and_floods_max_sample_frames_is_cut_off_with_bounded_memory() {
+    let _serial = serial();
+    const CONNS: usize = 40;
+    const SAMPLES: usize = 60_000;
+    const RSS_CAP_KIB: u64 = 400 * 1024;
+    const LIMIT: Duration = Duration::from_secs(30);
+    const STALL_MAX: f64 = 5.0;
+    let rig = Rig::new();
+    let mut agg = rig.aggregator(
+        "agg",
+        AggOpts {
+            server: "control_send_timeout_secs = 3".into(),
+            ..AggOpts::default()
+        },
+    );
+    agg.start();
+    let good = rig.agent(AgentOpts::new("g2", agg.endpoint()));
+    let mut g = good.start();
+    good.wait_up(&mut g);
+    assert!(
+        poll(Duration::from_secs(30), || (good.acked() > 0.0).then_some(())).is_some(),
+        "the real agent g2 had nothing acknowledged in 30 s"
+    );
+    sleep(Duration::from_secs(1));
+    let rss0 = agg.rss_kib();
+    let big = Arc::new(BigBatch::new(1, SAMPLES));
+    let wire = big.frame(1, 1).len();
+    println!(
+        "a frame of {SAMPLES} samples is {wire} bytes and costs {} bytes of credit; aggregator RSS before: {:.1} MiB",
+        batch_cost(wire as u64, SAMPLES as u64),
+        mib(rss0)
+    );
+    let (pid, gm) = (agg.pid(), good.metrics);
+    let watch = Watch::start(Duration::from_millis(200), move || {
+        let acked = procs::http_get(gm, "/metrics")
+            .ok()
+            .and_then(|m| procs::metric(&m, "ferrule_agent_acked_batches_total"))
+            .unwrap_or(-1.0);
+        (status_kib(pid, "VmRSS:").unwrap_or(0), acked)
+    });
+    let rt = runtime();
+    let (addr, pki) = (agg.quic(), rig.pki.clone());
+    let t0 = Instant::now();
+    let ends: Vec<FloodEnd> = rt.block_on(async {
+        let ep = client_ep(&pki, "h2");
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..CONNS {
+            set.spawn(flood(ep.clone(), addr, big.clone(), i, i % 2 == 0, LIMIT));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap());
+        }
+        out.sort_by_key(|e| e.i);
+        out
+    });
+    let attack = t0.elapsed();
+    sleep(Duration::from_secs(3));
+    let samples = watch.finish();
+    let hwm = agg.hwm_kib();
+    let rss_end = agg.rss_kib();
+    let peak = samples.iter().map(|s| s.1 .0).max().unwrap_or(0).max(hwm);
+    let acked: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.1 .1)).collect();
+    let (stall, stall_at) = longest_stall(&acked);
+    let acked_during = acked.last().map_or(0.0, |a| a.1) - acked.first().map_or(0.0, |a| a.1);
+    let m = agg.metrics();
+    let sessions = metric_sum(&m, "ferrule_aggregator_sessions", "");
+    let mut hows: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &ends {
+        let key = e
+            .how
+            .split(" (")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        *hows.entry(format!("{}: {key}", if e.obeys_credit { "within credit" } else { "ignoring credit" }))
+            .or_default() += 1;
+    }
+    let batches: u64 = ends.iter().map(|e| e.batches).sum();
+    let heartbeats: u64 = ends.iter().map(|e| e.heartbeats).sum();
+    let longest = ends
+        .iter()
+        .filter_map(|e| e.closed_after)
+        .fold(0.0, f64::max);
+    println!(
+        "{CONNS} connections over {:.1} s: {batches} frames of {SAMPLES} samples and {heartbeats} heartbeats sent; the longest lived {longest:.1} s",
+        attack.as_secs_f64()
+    );
+    for (how, n) in &hows {
+        println!("  {n:2} x {how}");
+    }
+    println!(
+        "aggregator RSS: before {:.1} MiB, peak {:.1} MiB (VmHWM {:.1}), after {:.1} MiB; sessions now {sessions}; {:?}",
+        mib(rss0),
+        mib(peak),
+        mib(hwm),
+        mib(rss_end),
+        metric_lines(&m, "ferrule_aggregator_connections_refused_total")
+    );
+    println!(
+        "real agent: {acked_during} batches acknowledged meanwhile, longest stall {stall:.1} s (from {stall_at:.1} s)"
+    );
+    let mut v = Verdict::default();
+    v.check(agg.running(), || "the aggregator died".into());
+    v.check(peak < RSS_CAP_KIB, || {
+        format!(
+            "the aggregator's RSS peaked at {:.1} MiB (cap {} MiB; {:.1} MiB before the flood)",
+            mib(peak),
+            RSS_CAP_KIB / 1024,
+            mib(rss0)
+        )
+    });
+    let open: Vec<String> = ends
+        .iter()
+        .filter(|e| !e.how.contains("by the aggregator"))
+        .map(|e| format!("#{} ({}): {}", e.i, if e.obeys_credit { "within credit" } else { "ignoring credit" }, e.how))
+        .collect();
+    v.check(open.is_empty(), || {
+        format!(
+            "{} of {CONNS} flooding connections were not closed by the aggregator within {LIMIT:?}: {}",
+            open.len(),
+            open.join("; ")
+        )
+    });
+    v.check(sessions <= 1.0, || {
+        format!("ferrule_aggregator_sessions is {sessions} after the flood (only the real agent is left)")
+    });
+    v.check(g.running(), || "the real agent g2 died".into());
+    v.check(acked_during > 0.0 && stall <= STALL_MAX, || {
+        format!(
+            "the real agent stopped delivering: no ack for {stall:.1} s from {stall_at:.1} s into the flood ({acked_during} batches acknowledged in all)"
+        )
+    });
+    v.finish();
+}
+
+// ---- 3. Defines beyond the sensor limit ------------------------------------------------
+
+/// How one defining connection went; holds it open until dropped.
+struct DefineEnd {
+    id: String,
+    /// Seconds until its 100 000 Defines were written, and until both batches settled.
+    written: f64,
+    took: f64,
+    committed: bool,
+    refused: Option<RejectReason>,
+    state: String,
+    _peer: Peer,
+}
+
+/// Defines `defines` (one buffer of frames) on a lane, then sends a batch on
+/// sensor 1 (within the limit) and one on sensor `beyond` (refused), and waits
+/// for both to be settled.
+async fn define_flood(
+    ep: quinn::Endpoint,
+    addr: SocketAddr,
+    id: String,
+    defines: Arc<Vec<u8>>,
+    beyond: u32,
+) -> Result<DefineEnd, String> {
+    let t = Instant::now();
+    let mut p = Peer::open(&ep, addr, &id, 1, 1).await?;
+    let mut lane = p.lane().await?;
+    lane.send_frame(&defines)
+        .await
+        .map_err(|e| format!("{id}: writing the Defines: {e} ({})", p.state()))?;
+    let written = t.elapsed().as_secs_f64();
+    let wait = Duration::from_secs(60);
+    p.send(&mut lane, &frame(&batch(1, 1, 1, 10)), 10, wait)
+        .await
+        .map_err(|e| format!("{id}: {e}"))?;
+    p.send(&mut lane, &frame(&batch(1, 2, beyond, 10)), 10, wait)
+        .await
+        .map_err(|e| format!("{id}: {e}"))?;
+    p.settle(&[1, 2], Duration::from_secs(120))
+        .await
+        .map_err(|e| format!("{id}: {e}"))?;
+    Ok(DefineEnd {
+        id,
+        written,
+        took: t.elapsed().as_secs_f64(),
+        committed: p.is_committed(1),
+        refused: p.rejection(2),
+        state: p.state(),
+        _peer: p,
+    })
+}
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn defines_beyond_the_sensor_limit_are_refused_with_bounded_memory() {
+    let _serial = serial();
+    const CONNS: usize = 30;
+    const DEFINES: u32 = 100_000;
+    /// The aggregator's default server.max_sensors_per_agent.
+    const LIMIT: u32 = 10_000;
+    const RSS_CAP_KIB: u64 = 400 * 1024;
+    const STALL_MAX: f64 = 5.0;
+    let rig = Rig::new();
+    let mut agg = rig.aggregator("agg", AggOpts::default());
+    agg.start();
+    let good = rig.agent(AgentOpts::new("g3", agg.endpoint()));
+    let mut g = good.start();
+    good.wait_up(&mut g);
+    assert!(
+        poll(Duration::from_secs(30), || (good.acked() > 0.0).then_some(())).is_some(),
+        "the real agent g3 had nothing acknowledged in 30 s"
+    );
+    let ids: Vec<String> = (0..CONNS).map(|i| format!("h3-{i:02}")).collect();
+    for id in &ids {
+        rig.pki.agent(SITE, id).unwrap();
+    }
+    let mut defines = Vec::new();
+    for s in 1..=DEFINES {
+        encode(&define(s, &format!("x/s{s}")), &Limits::default(), &mut defines).unwrap();
+    }
+    let defines = Arc::new(defines);
+    sleep(Duration::from_secs(1));
+    let rss0 = agg.rss_kib();
+    println!(
+        "{CONNS} connections x {DEFINES} Defines ({:.1} MiB of frames each); aggregator RSS before: {:.1} MiB",
+        defines.len() as f64 / (1 << 20) as f64,
+        mib(rss0)
+    );
+    let (pid, gm) = (agg.pid(), good.metrics);
+    let watch = Watch::start(Duration::from_millis(200), move || {
+        let acked = procs::http_get(gm, "/metrics")
+            .ok()
+            .and_then(|m| procs::metric(&m, "ferrule_agent_acked_batches_total"))
+            .unwrap_or(-1.0);
+        (status_kib(pid, "VmRSS:").unwrap_or(0), acked)
+    });
+    let rt = runtime();
+    let (addr, pki) = (agg.quic(), rig.pki.clone());
+    let t0 = Instant::now();
+    let ends: Vec<Result<DefineEnd, String>> = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for id in &ids {
+            let ep = client_ep(&pki, id);
+            set.spawn(define_flood(ep, addr, id.clone(), defines.clone(), DEFINES));
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    });
+    let took = t0.elapsed();
+    let m = agg.metrics();
+    let refused_defines = metric_sum(&m, "ferrule_aggregator_defines_refused_total", "");
+    let sessions = metric_sum(&m, "ferrule_aggregator_sessions", "");
+    let samples = watch.finish();
+    let hwm = agg.hwm_kib();
+    let rss_end = agg.rss_kib();
+    let peak = samples.iter().map(|s| s.1 .0).max().unwrap_or(0).max(hwm);
+    let acked: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.1 .1)).collect();
+    let (stall, stall_at) = longest_stall(&acked);
+    let acked_during = acked.last().map_or(0.0, |a| a.1) - acked.first().map_or(0.0, |a| a.1);
+    let oks: Vec<&DefineEnd> = ends.iter().filter_map(|e| e.as_ref().ok()).collect();
+    let errs: Vec<&String> = ends.iter().filter_map(|e| e.as_ref().err()).collect();
+    let slowest = oks.iter().map(|e| e.took).fold(0.0, f64::max);
+    let slowest_write = oks.iter().map(|e| e.written).fold(0.0, f64::max);
+    println!(
+        "{:.1} s: {} of {CONNS} connections through (Defines written after {slowest_write:.1} s at the latest, both batches settled after {slowest:.1} s at the latest); defines refused {refused_defines}; sessions {sessions}",
+        took.as_secs_f64(),
+        oks.len()
+    );
+    println!(
+        "aggregator RSS: before {:.1} MiB, peak {:.1} MiB (VmHWM {:.1}), after {:.1} MiB",
+        mib(rss0),
+        mib(peak),
+        mib(hwm),
+        mib(rss_end)
+    );
+    println!(
+        "real agent: {acked_during} batches acknowledged meanwhile, longest stall {stall:.1} s (from {stall_at:.1} s)"
+    );
+    let mut v = Verdict::default();
+    v.check(agg.running(), || "the aggregator died".into());
+    v.check(peak < RSS_CAP_KIB, || {
+        format!(
+            "the aggregator's RSS peaked at {:.1} MiB (cap {} MiB; {:.1} MiB before)",
+            mib(peak),
+            RSS_CAP_KIB / 1024,
+            mib(rss0)
+        )
+    });
+    v.check(errs.is_empty(), || {
+        format!(
+            "{} of {CONNS} connections failed: {}",
+            errs.len(),
+            errs.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+        )
+    });
+    let wrong: Vec<String> = oks
+        .iter()
+        .filter(|e| {
+            !e.committed
+                || e.refused != Some(RejectReason::UNKNOWN_SENSOR)
+                || e.state != "connection open"
+        })
+        .map(|e| {
+            format!(
+                "{}: batch on sensor 1 committed {}, batch on sensor {DEFINES} refused as {:?}, {}",
+                e.id,
+                e.committed,
+                e.refused.map(RejectReason::name),
+                e.state
+            )
+        })
+        .collect();
+    v.check(wrong.is_empty(), || {
+        format!("sessions that did not keep working: {}", wrong.join("; "))
+    });
+    let want = (CONNS as u64) * u64::from(DEFINES - LIMIT);
+    v.check(refused_defines as u64 == want, || {
+        format!(
+            "ferrule_aggregator_defines_refused_total is {refused_defines}, expected {want} ({CONNS} x {})",
+            DEFINES - LIMIT
+        )
+    });
+    v.check(sessions == (CONNS + 1) as f64, || {
+        format!("ferrule_aggregator_sessions is {sessions} with {CONNS} defining sessions and the real agent open")
+    });
+    v.check(g.running(), || "the real agent g3 died".into());
+    v.check(acked_during > 0.0 && stall <= STALL_MAX, || {
+        format!(
+            "the real agent stopped delivering: no ack for {stall:.1} s from {stall_at:.1} s ({acked_during} batches acknowledged in all)"
+        )
+    });
+    drop(ends);
+    v.finish();
+}
