@@ -1751,3 +1751,892 @@ fn defines_beyond_the_sensor_limit_are_refused_with_bounded_memory() {
     drop(ends);
     v.finish();
 }
+
+// ---- 4. The embedded log's disk full ---------------------------------------------------
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
+    let _serial = serial();
+    const RATE_HZ: u32 = 1000;
+    const GEN_SECS: u64 = 30;
+    const TOTAL: u64 = RATE_HZ as u64 * SENSORS * GEN_SECS;
+    const FULL_FOR: Duration = Duration::from_secs(8);
+    let rig = Rig::new();
+    let fs = Tmpfs::mount(&rig.dir.join("aggfs"), "64m");
+    let mut agg = rig.aggregator(
+        "agg",
+        AggOpts {
+            data: Some(fs.dir.join("data")),
+            log: "segment_bytes = 1048576".into(),
+            ..AggOpts::default()
+        },
+    );
+    agg.start();
+    let agents: Vec<AgentCfg> = ["d1", "d2"]
+        .into_iter()
+        .map(|id| {
+            rig.agent(AgentOpts {
+                total: Some(TOTAL),
+                ..AgentOpts::new(id, agg.endpoint())
+            })
+        })
+        .collect();
+    let mut daemons: Vec<Daemon> = agents.iter().map(AgentCfg::start).collect();
+    for (a, d) in agents.iter().zip(daemons.iter_mut()) {
+        a.wait_up(d);
+    }
+    let t0 = Instant::now();
+    let flowing = poll(Duration::from_secs(20), || {
+        let r = agg.report();
+        agents
+            .iter()
+            .all(|a| Stats::of(&r, &a.id).events > 0)
+            .then_some(())
+    });
+    assert!(flowing.is_some(), "the agents delivered nothing in 20 s");
+    sleep(Duration::from_secs(2));
+
+    // Something else fills the disk.
+    let filled = fs.fill("filler");
+    let t_full = Instant::now();
+    println!(
+        "{:.1} s: filled the log's tmpfs with {:.1} MiB; {} bytes left",
+        t0.elapsed().as_secs_f64(),
+        filled as f64 / (1 << 20) as f64,
+        fs.avail()
+    );
+    let unready = poll(Duration::from_secs(15), || match agg.healthz() {
+        Some((503, body)) => Some((t_full.elapsed().as_secs_f64(), body)),
+        _ => None,
+    });
+    println!("/healthz after the disk filled: {unready:?}");
+    // While full: every probe, and what is acknowledged against what is in the log.
+    let acked = |agents: &[AgentCfg]| -> Vec<f64> { agents.iter().map(AgentCfg::acked).collect() };
+    let in_log = |agg: &Agg, agents: &[AgentCfg]| -> Vec<u64> {
+        let r = agg.report();
+        agents.iter().map(|a| Stats::of(&r, &a.id).batches).collect()
+    };
+    let acked_0 = acked(&agents);
+    let log_0 = in_log(&agg, &agents);
+    let hold = Instant::now();
+    let mut probes: Vec<(f64, Option<u16>)> = Vec::new();
+    while hold.elapsed() < FULL_FOR {
+        probes.push((
+            t_full.elapsed().as_secs_f64(),
+            agg.healthz().map(|h| h.0),
+        ));
+        sleep(Duration::from_millis(200));
+    }
+    let acked_1 = acked(&agents);
+    let log_1 = in_log(&agg, &agents);
+    let not_503: Vec<&(f64, Option<u16>)> = probes.iter().filter(|p| p.1 != Some(503)).collect();
+    println!(
+        "full for {:.0} s: acked batches {acked_0:?} -> {acked_1:?}, batches in the log {log_0:?} -> {log_1:?}; {} of {} probes not 503",
+        FULL_FOR.as_secs_f64(),
+        not_503.len(),
+        probes.len()
+    );
+
+    // Space comes back.
+    std::fs::remove_file(fs.dir.join("filler")).unwrap();
+    let t_free = Instant::now();
+    let freed_at = t0.elapsed().as_secs_f64();
+    let (mut ready, mut resumed) = (None, None);
+    while t_free.elapsed() < Duration::from_secs(20) && (ready.is_none() || resumed.is_none()) {
+        let t = t_free.elapsed().as_secs_f64();
+        if ready.is_none() && matches!(agg.healthz(), Some((200, _))) {
+            ready = Some(t);
+        }
+        let now = acked(&agents);
+        if resumed.is_none() && now.iter().zip(&acked_1).all(|(n, b)| n > b) {
+            resumed = Some(t);
+        }
+        sleep(Duration::from_millis(200));
+    }
+    println!(
+        "space freed at {freed_at:.1} s: /healthz 200 after {ready:?} s, acks flowing for both agents after {resumed:?} s; now {:?}",
+        agg.healthz()
+    );
+    // Everything generated, in the log.
+    let wait = if resumed.is_some() { 45 } else { 3 };
+    let done = poll(Duration::from_secs(wait), || {
+        let r = agg.report();
+        agents
+            .iter()
+            .all(|a| Stats::of(&r, &a.id).events >= TOTAL)
+            .then_some(())
+    });
+    sleep(Duration::from_secs(1));
+    let r = agg.report();
+    let m = agg.metrics();
+    println!(
+        "commit failures {:?}; credit withheld {}; cut off {:?}",
+        metric_lines(&m, "ferrule_aggregator_commit_failures_total"),
+        metric_sum(&m, "ferrule_aggregator_credit_withheld_total", ""),
+        metric_lines(&m, "ferrule_aggregator_connections_refused_total")
+    );
+    let mut v = Verdict::default();
+    v.check(agg.running(), || "the aggregator died".into());
+    match &unready {
+        None => v.check(false, || {
+            format!(
+                "/healthz did not answer 503 within 15 s of the disk filling (it answered {:?})",
+                agg.healthz()
+            )
+        }),
+        Some((_, body)) => v.check(body.len() > "unready:".len() + 3, || {
+            format!("/healthz answered 503 without a reason: {body:?}")
+        }),
+    }
+    v.check(not_503.is_empty(), || {
+        format!(
+            "/healthz did not answer 503 on every probe while the disk was full: {} of {} probes answered otherwise, e.g. {:?}",
+            not_503.len(),
+            probes.len(),
+            &not_503[..not_503.len().min(5)]
+        )
+    });
+    for (i, a) in agents.iter().enumerate() {
+        v.check(acked_1[i] <= log_1[i] as f64, || {
+            format!(
+                "{}: {} batches acknowledged while only {} are in the log",
+                a.id, acked_1[i], log_1[i]
+            )
+        });
+    }
+    v.check(ready.is_some(), || {
+        format!(
+            "the aggregator was not ready again within 20 s of the space being freed: /healthz {:?}",
+            agg.healthz()
+        )
+    });
+    v.check(resumed.is_some(), || {
+        format!(
+            "acks did not resume within 20 s of the space being freed: acked batches {acked_1:?} -> {:?}",
+            acked(&agents)
+        )
+    });
+    v.check(done.is_some(), || {
+        format!("not every generated sample reached the log within {wait} s of the acks resuming")
+    });
+    for (a, d) in agents.iter().zip(daemons.iter_mut()) {
+        let s = Stats::of(&r, &a.id);
+        let spooled = a.metric("ferrule_agent_spooled_samples_total").unwrap_or(-1.0);
+        let dropped = metric_sum(&a.metrics(), "ferrule_agent_dropped_samples_total", "") + 0.0;
+        println!("{}: log {s:?}; spooled {spooled}, dropped {dropped}", a.id);
+        v.check(d.running(), || format!("agent {} died", a.id));
+        v.check(
+            s.events == TOTAL && spooled as u64 == TOTAL && s.seq_gaps == 0 && s.duplicates_in_log == 0,
+            || {
+                format!(
+                    "{}: {} of {TOTAL} samples in the log ({spooled} spooled, {dropped} dropped), {} seq gaps, {} duplicates in the log",
+                    a.id, s.events, s.seq_gaps, s.duplicates_in_log
+                )
+            },
+        );
+    }
+    v.finish();
+}
+
+// ---- 5. The dedupe ledger under scattered seqs -----------------------------------------
+
+/// Credit shared between a peer's control reader and its sender.
+#[derive(Default)]
+struct Pool {
+    /// (cost bytes, batches) left.
+    credit: Mutex<(i64, i64)>,
+    error: Mutex<Option<String>>,
+}
+
+impl Pool {
+    /// Reads the control stream to its end, adding up the credit.
+    async fn read(self: Arc<Self>, mut rx: FrameReceiver) {
+        let why = loop {
+            match rx.next().await {
+                Ok(Some((Message::Credit(c), _))) => {
+                    let mut g = self.credit.lock().unwrap();
+                    g.0 += c.bytes as i64;
+                    g.1 += i64::from(c.batches);
+                }
+                Ok(Some((Message::Error(e), _))) => {
+                    break format!("Error {} ({}): {}", e.code.0, e.code.name(), e.message)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break "the control stream ended".to_string(),
+                Err(e) => break format!("reading the control stream: {e}"),
+            }
+        };
+        *self.error.lock().unwrap() = Some(why);
+    }
+
+    /// Takes `cost` and one batch, waiting up to `max_wait` for them.
+    async fn take(&self, cost: i64, max_wait: Duration) -> Result<(), String> {
+        let t = Instant::now();
+        loop {
+            {
+                let mut g = self.credit.lock().unwrap();
+                if g.0 >= cost && g.1 >= 1 {
+                    g.0 -= cost;
+                    g.1 -= 1;
+                    return Ok(());
+                }
+            }
+            if let Some(e) = self.error.lock().unwrap().clone() {
+                return Err(e);
+            }
+            if t.elapsed() > max_wait {
+                return Err(format!("no credit for {max_wait:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn the_dedupe_ledger_stays_bounded_also_after_a_restart() {
+    let _serial = serial();
+    const N: u64 = 300_000;
+    const CHECKPOINTS: u64 = 10;
+    /// What the aggregator may grow by between 10 % and 100 % of the batches, and
+    /// what a restart may cost over a fresh start on an empty log.
+    const GROWTH_MAX_KIB: u64 = 4 * 1024;
+    let rig = Rig::new();
+    // No dedupe bound exists in [log] (aggregator/src/config.rs): defaults there.
+    let mut agg = rig.aggregator(
+        "agg",
+        AggOpts {
+            credit: "session_window_batches = 4096".into(),
+            ..AggOpts::default()
+        },
+    );
+    agg.start();
+    sleep(Duration::from_secs(2));
+    let rss_fresh = agg.rss_kib();
+    let rt = runtime();
+    let (addr, pki) = (agg.quic(), rig.pki.clone());
+    let t0 = Instant::now();
+    // (batches sent, batches committed, RSS KiB) at each tenth.
+    let mut marks: Vec<(u64, u64, u64)> = Vec::new();
+    let sent: Result<(), String> = rt.block_on(async {
+        let ep = client_ep(&pki, "h5");
+        let p = Peer::open(&ep, addr, "h5", 1, 1).await?;
+        let mut lane = p.lane().await?;
+        lane.send(&define(1, "h5/x"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pool = Arc::new(Pool::default());
+        *pool.credit.lock().unwrap() = p.credit;
+        let Peer { conn, ctl, rx, .. } = p;
+        tokio::spawn(pool.clone().read(rx));
+        for k in 1..=N {
+            // Every other seq: each batch is a range of its own in the ledger.
+            let f = frame(&batch(1, 2 * k, 1, 1));
+            let cost = batch_cost(f.len() as u64, 1) as i64;
+            pool.take(cost, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("batch {k} of {N}: {e}"))?;
+            lane.send_frame(&f)
+                .await
+                .map_err(|e| format!("batch {k} of {N}: {e}"))?;
+            if k % (N / CHECKPOINTS) == 0 {
+                let committed = agg.metric("ferrule_aggregator_committed_batches_total", "");
+                marks.push((k, committed as u64, agg.rss_kib()));
+            }
+        }
+        // Wait for the last ones to be committed before letting go of the session.
+        let t = Instant::now();
+        while (agg.metric("ferrule_aggregator_committed_batches_total", "") as u64) < N {
+            if t.elapsed() > Duration::from_secs(60) {
+                return Err("the last batches were not committed within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(ctl);
+        conn.close(0u32.into(), b"done");
+        Ok(())
+    });
+    let took = t0.elapsed();
+    sleep(Duration::from_secs(2));
+    let rss_end = agg.rss_kib();
+    let hwm_run = agg.hwm_kib();
+    let committed = agg.metric("ferrule_aggregator_committed_batches_total", "");
+    let stopped = agg.term(Duration::from_secs(30));
+    let t_restart = Instant::now();
+    agg.start();
+    let open_line = read_log(&agg.log, agg.mark)
+        .lines()
+        .find(|l| l.contains("embedded log open"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    sleep(Duration::from_secs(3));
+    let rss_restart = agg.rss_kib();
+    let hwm_restart = agg.hwm_kib();
+    let s = agg.stats("h5");
+    println!(
+        "{N} batches at every other seq in {:.1} s ({committed} committed); a fresh aggregator: {:.1} MiB",
+        took.as_secs_f64(),
+        mib(rss_fresh)
+    );
+    for (k, c, rss) in &marks {
+        println!("  {k:>7} sent, {c:>7} committed: RSS {:.1} MiB", mib(*rss));
+    }
+    println!(
+        "  after the run: RSS {:.1} MiB (peak {:.1}); stopped {stopped:?}",
+        mib(rss_end),
+        mib(hwm_run)
+    );
+    println!(
+        "restarted (listening after {:.1} s): RSS {:.1} MiB (peak {:.1}) 3 s later; {open_line}",
+        t_restart.elapsed().as_secs_f64() - 3.0,
+        mib(rss_restart),
+        mib(hwm_restart)
+    );
+    println!("log: {s:?}");
+    let at_10 = marks.first().map_or(0, |m| m.2);
+    let mut v = Verdict::default();
+    v.check(sent.is_ok(), || format!("the client could not send: {}", sent.clone().unwrap_err()));
+    v.check(s.batches == N, || format!("batches in the log: {} of {N}", s.batches));
+    v.check(rss_end <= at_10 + GROWTH_MAX_KIB, || {
+        format!(
+            "the aggregator's RSS grew with the ledger: {:.1} MiB after {} batches, {:.1} MiB after {N} (at most {} MiB of growth allowed)",
+            mib(at_10),
+            N / CHECKPOINTS,
+            mib(rss_end),
+            GROWTH_MAX_KIB / 1024
+        )
+    });
+    v.check(rss_restart <= rss_fresh + GROWTH_MAX_KIB, || {
+        format!(
+            "after a restart the rebuilt ledger holds {:.1} MiB more than a fresh aggregator ({:.1} MiB against {:.1} MiB; at most {} MiB allowed)",
+            mib(rss_restart.saturating_sub(rss_fresh)),
+            mib(rss_restart),
+            mib(rss_fresh),
+            GROWTH_MAX_KIB / 1024
+        )
+    });
+    v.finish();
+}
+
+// ---- 6. A dead aggregator, and its successor -------------------------------------------
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn a_dead_aggregator_is_noticed_and_its_successor_used_within_seconds() {
+    let _serial = serial();
+    const RATE_HZ: u32 = 1000;
+    const TOTAL: u64 = RATE_HZ as u64 * SENSORS * 25;
+    const NOTICE: f64 = 8.0;
+    let rig = Rig::new();
+    let mut agg = rig.aggregator("agg", AggOpts::default());
+    agg.start();
+    let cfg = rig.agent(AgentOpts {
+        total: Some(TOTAL),
+        ..AgentOpts::new("k6", agg.endpoint())
+    });
+    let mut agent = cfg.start();
+    cfg.wait_up(&mut agent);
+    let up = poll(Duration::from_secs(20), || {
+        (cfg.metric("ferrule_agent_uplink_up") == Some(1.0) && cfg.acked() > 0.0).then_some(())
+    });
+    assert!(up.is_some(), "the agent did not deliver within 20 s");
+    sleep(Duration::from_secs(3));
+    agg.kill9();
+    let t_kill = Instant::now();
+    let mut down_after = None;
+    while t_kill.elapsed() < Duration::from_secs(20) {
+        if cfg.metric("ferrule_agent_uplink_up") == Some(0.0) {
+            down_after = Some(t_kill.elapsed().as_secs_f64());
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    println!("aggregator SIGKILLed: ferrule_agent_uplink_up 0 after {down_after:?} s");
+    // Down a little longer, then a new aggregator on the same port and data.
+    sleep(Duration::from_secs(2));
+    agg.start();
+    let t_listen = Instant::now();
+    let mut using_after = None;
+    while t_listen.elapsed() < Duration::from_secs(30) {
+        if agg.metric("ferrule_aggregator_batches_received_total", "") > 0.0 {
+            using_after = Some(t_listen.elapsed().as_secs_f64());
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    println!("new aggregator listening: batches arriving {using_after:?} s later");
+    let done = poll(Duration::from_secs(60), || {
+        (agg.stats("k6").events >= TOTAL).then_some(())
+    });
+    let s = agg.stats("k6");
+    let failures: Vec<String> = metric_lines(&cfg.metrics(), "ferrule_agent_session_failures_total");
+    println!("log: {s:?}; agent session failures {failures:?}");
+    let mut v = Verdict::default();
+    v.check(agent.running(), || "the agent died".into());
+    v.check(down_after.is_some_and(|t| t <= NOTICE), || {
+        format!(
+            "ferrule_agent_uplink_up did not drop to 0 within {NOTICE} s of the aggregator's SIGKILL (after {down_after:?} s)"
+        )
+    });
+    v.check(using_after.is_some_and(|t| t <= NOTICE), || {
+        format!(
+            "the agent was not sending to the new aggregator within {NOTICE} s of it listening (after {using_after:?} s)"
+        )
+    });
+    v.check(done.is_some() && s.seq_gaps == 0 && s.duplicates_in_log == 0, || {
+        format!("not every sample in the log after 60 s: {} of {TOTAL}; {s:?}", s.events)
+    });
+    v.finish();
+}
+
+// ---- Kafka brokers (scripts/kafka.sh), as tests/kafka.rs starts them ---------------------
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs `scripts/kafka.sh ARGS`: its stdout, or its stderr as the error.
+fn try_kafka_sh(args: &[&str]) -> Result<String, String> {
+    let script = repo().join("scripts/kafka.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run bash {}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "scripts/kafka.sh {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn kafka_sh(args: &[&str]) -> String {
+    try_kafka_sh(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Java and the Kafka jars (fetched once), and the Python consumer's library:
+/// fails, naming what is missing, rather than skipping.
+fn kafka_prerequisites() {
+    if let Err(e) = try_kafka_sh(&["fetch"]) {
+        panic!("this test needs Java 17+ and the Kafka jars (`scripts/kafka.sh fetch`):\n{e}");
+    }
+    let py = Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .output();
+    match py {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "this test reads the topic back with scripts/kafka/consume.py, which needs confluent-kafka: pip install confluent-kafka\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("this test needs python3 (with confluent-kafka): {e}"),
+    }
+}
+
+/// A port `p` such that `p + o` is free on 127.0.0.1 for every offset given.
+fn free_port_block(offsets: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let p = procs::free_tcp_port().unwrap();
+        if p > 65_000 {
+            continue;
+        }
+        if offsets
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
+        {
+            return p;
+        }
+    }
+    panic!("no block of free TCP ports found on 127.0.0.1")
+}
+
+/// Three brokers (`start-cluster`: RF 3, min.insync.replicas 2); continued and
+/// stopped when dropped.
+struct Cluster {
+    dir: PathBuf,
+    bootstrap: String,
+    /// Pids we SIGSTOPped and have not continued.
+    frozen: Mutex<Vec<u32>>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Self {
+        let port = free_port_block(&[0, 1, 2, 100, 101, 102]).to_string();
+        let t = Instant::now();
+        let out = kafka_sh(&["start-cluster", dir.to_str().unwrap(), &port]);
+        let bootstrap = out
+            .lines()
+            .find_map(|l| l.strip_prefix("bootstrap="))
+            .unwrap_or_else(|| panic!("scripts/kafka.sh printed no bootstrap= line: {out:?}"))
+            .trim()
+            .to_string();
+        println!(
+            "kafka: 3-broker cluster at {bootstrap} up in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        Self {
+            dir: dir.to_path_buf(),
+            bootstrap,
+            frozen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn broker_dir(&self, node: u32) -> PathBuf {
+        self.dir.join(format!("broker-{node}"))
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32) {
+        kafka_sh(&[
+            "create-topic",
+            &self.bootstrap,
+            name,
+            &partitions.to_string(),
+            "3",
+        ]);
+    }
+
+    fn pid(&self, node: u32) -> u32 {
+        std::fs::read_to_string(self.broker_dir(node).join("kafka.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn signal(pid: u32, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// SIGSTOP: the broker neither answers nor closes its connections.
+    fn freeze(&self, node: u32) {
+        let pid = self.pid(node);
+        Self::signal(pid, "-STOP");
+        self.frozen.lock().unwrap().push(pid);
+    }
+
+    fn thaw(&self, node: u32) {
+        let pid = self.pid(node);
+        Self::signal(pid, "-CONT");
+        self.frozen.lock().unwrap().retain(|p| *p != pid);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for pid in self.frozen.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        }
+        if let Err(e) = try_kafka_sh(&["stop", self.dir.to_str().unwrap_or_default()]) {
+            eprintln!("kafka: stopping the brokers under {} failed: {e}", self.dir.display());
+        }
+    }
+}
+
+/// What the topic holds, read with `scripts/kafka/consume.py --to-end`: per
+/// `ferrule-agent` header, (epoch, seq) -> ferrule-count of distinct batches,
+/// and the records read in all.
+fn consume(bootstrap: &str, topic: &str) -> (BTreeMap<String, BTreeMap<(u64, u64), u64>>, u64) {
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/kafka/consume.py"))
+        .args(["--to-end", "--timeout", "120", bootstrap, topic])
+        .output()
+        .unwrap_or_else(|e| panic!("running scripts/kafka/consume.py: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/kafka/consume.py {bootstrap} {topic} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut by_agent: BTreeMap<String, BTreeMap<(u64, u64), u64>> = BTreeMap::new();
+    let mut records = 0;
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(l)
+            .unwrap_or_else(|e| panic!("consume.py printed a bad line ({e}): {l}"));
+        let h = &v["headers"];
+        let num = |k: &str| {
+            h[k].as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("record without a numeric {k} header: {l}"))
+        };
+        records += 1;
+        by_agent
+            .entry(h["ferrule-agent"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .insert(
+                (num("ferrule-epoch"), num("ferrule-seq")),
+                num("ferrule-count"),
+            );
+    }
+    (by_agent, records)
+}
+
+// ---- 7. Kafka readiness follows deliveries ---------------------------------------------
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn kafka_readiness_follows_deliveries_when_two_brokers_stall() {
+    let _serial = serial();
+    kafka_prerequisites();
+    const TOPIC: &str = "ferrule-batches";
+    const RATE_HZ: u32 = 1000;
+    const TOTAL: u64 = RATE_HZ as u64 * SENSORS * 75;
+    const PROBE_FOR: Duration = Duration::from_secs(20);
+    let rig = Rig::new();
+    let cluster = Cluster::start(&rig.dir.join("kafka"));
+    for n in 1..=3 {
+        rig.add_log(
+            &format!("kafka broker {n}"),
+            &cluster.broker_dir(n).join("server.log"),
+        );
+    }
+    cluster.create_topic(TOPIC, 3);
+    let mut agg = rig.aggregator(
+        "agg",
+        AggOpts {
+            kafka: Some(procs::kafka_section(&cluster.bootstrap, TOPIC, "")),
+            ..AggOpts::default()
+        },
+    );
+    agg.start();
+    let agents: Vec<AgentCfg> = ["k1", "k2"]
+        .into_iter()
+        .map(|id| {
+            rig.agent(AgentOpts {
+                total: Some(TOTAL),
+                ..AgentOpts::new(id, agg.endpoint())
+            })
+        })
+        .collect();
+    let mut daemons: Vec<Daemon> = agents.iter().map(AgentCfg::start).collect();
+    for (a, d) in agents.iter().zip(daemons.iter_mut()) {
+        a.wait_up(d);
+    }
+    let flowing = poll(Duration::from_secs(30), || {
+        agents.iter().all(|a| a.acked() > 0.0).then_some(())
+    });
+    assert!(flowing.is_some(), "the agents had nothing acknowledged in 30 s");
+    let before = agg.healthz();
+    sleep(Duration::from_secs(3));
+
+    // Two of three brokers stop answering: below min.insync.replicas, and the
+    // controller quorum is gone; the third still answers metadata requests.
+    cluster.freeze(1);
+    cluster.freeze(2);
+    let t_stop = Instant::now();
+    let noticed = poll(Duration::from_secs(40), || match agg.healthz() {
+        Some((503, body)) => Some((t_stop.elapsed().as_secs_f64(), body)),
+        _ => None,
+    });
+    println!("brokers 1 and 2 SIGSTOPped: /healthz 503 after {noticed:?}");
+    let acked_0: f64 = agents.iter().map(AgentCfg::acked).sum();
+    let mut probes: Vec<(f64, Option<u16>)> = Vec::new();
+    if noticed.is_some() {
+        let p0 = Instant::now();
+        while p0.elapsed() < PROBE_FOR {
+            probes.push((
+                t_stop.elapsed().as_secs_f64(),
+                agg.healthz().map(|h| h.0),
+            ));
+            sleep(Duration::from_millis(200));
+        }
+    }
+    let acked_1: f64 = agents.iter().map(AgentCfg::acked).sum();
+    let not_503: Vec<&(f64, Option<u16>)> = probes.iter().filter(|p| p.1 != Some(503)).collect();
+    println!(
+        "{} probes over {:.0} s: {} not 503, at {:?} s; acked batches {acked_0} -> {acked_1}",
+        probes.len(),
+        PROBE_FOR.as_secs_f64(),
+        not_503.len(),
+        not_503.iter().map(|p| (p.0 * 10.0).round() / 10.0).collect::<Vec<_>>()
+    );
+    cluster.thaw(1);
+    cluster.thaw(2);
+    let t_cont = Instant::now();
+    let ready = poll(Duration::from_secs(90), || {
+        matches!(agg.healthz(), Some((200, _))).then(|| t_cont.elapsed().as_secs_f64())
+    });
+    println!("brokers continued: /healthz 200 after {ready:?} s");
+    // Everything in Kafka, as an independent consumer reads it.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (k, records) = loop {
+        let committed = agg.metric("ferrule_aggregator_committed_samples_total", "");
+        if committed as u64 >= 2 * TOTAL || Instant::now() > deadline {
+            let (k, records) = consume(&cluster.bootstrap, TOPIC);
+            let have = |a: &AgentCfg| {
+                k.get(&format!("{SITE}/{}", a.id))
+                    .map_or(0, |b| b.values().sum::<u64>())
+            };
+            if agents.iter().all(|a| have(a) >= TOTAL) || Instant::now() > deadline {
+                break (k, records);
+            }
+        }
+        sleep(Duration::from_secs(3));
+    };
+    let m = agg.metrics();
+    let rejected = metric_sum(&m, "ferrule_aggregator_batches_rejected_total", "");
+    println!(
+        "{records} records in {TOPIC}; commit failures {:?}; /healthz before {before:?}, now {:?}",
+        metric_lines(&m, "ferrule_aggregator_commit_failures_total"),
+        agg.healthz()
+    );
+    let mut v = Verdict::default();
+    v.check(agg.running(), || "the aggregator died".into());
+    v.check(matches!(before, Some((200, _))), || {
+        format!("/healthz before the fault: {before:?}")
+    });
+    v.check(noticed.is_some(), || {
+        format!(
+            "/healthz never answered 503 within 40 s of two of three brokers stopping (acks {acked_0} -> {acked_1}); now {:?}",
+            agg.healthz()
+        )
+    });
+    v.check(noticed.is_none() || not_503.is_empty(), || {
+        format!(
+            "/healthz answered other than 503 on {} of {} probes (every 200 ms for {:.0} s) after the stall was noticed, at {:?} s after the brokers stopped",
+            not_503.len(),
+            probes.len(),
+            PROBE_FOR.as_secs_f64(),
+            not_503.iter().map(|p| (p.0 * 10.0).round() / 10.0).collect::<Vec<_>>()
+        )
+    });
+    v.check(acked_1 == acked_0, || {
+        format!("batches were acknowledged while Kafka could not take them: {acked_0} -> {acked_1}")
+    });
+    v.check(ready.is_some(), || {
+        format!(
+            "/healthz did not answer 200 within 90 s of the brokers returning: {:?}",
+            agg.healthz()
+        )
+    });
+    v.check(rejected == 0.0, || format!("the aggregator rejected {rejected} batches"));
+    for (a, d) in agents.iter().zip(daemons.iter_mut()) {
+        let b = k.get(&format!("{SITE}/{}", a.id)).cloned().unwrap_or_default();
+        let samples: u64 = b.values().sum();
+        let epochs: BTreeSet<u64> = b.keys().map(|x| x.0).collect();
+        let last = b.keys().map(|x| x.1).max().unwrap_or(0);
+        let dropped = metric_sum(&a.metrics(), "ferrule_agent_dropped_samples_total", "") + 0.0;
+        println!(
+            "{}: {samples} of {TOTAL} samples in Kafka in {} batches (seq 1..={last}), epochs {epochs:?}, dropped {dropped}",
+            a.id,
+            b.len()
+        );
+        v.check(d.running(), || format!("agent {} died", a.id));
+        v.check(
+            samples == TOTAL && epochs.len() == 1 && b.len() as u64 == last && dropped == 0.0,
+            || {
+                format!(
+                    "{}: {samples} of {TOTAL} samples in Kafka, {} distinct batches for seqs up to {last} in epochs {epochs:?}, {dropped} dropped",
+                    a.id,
+                    b.len()
+                )
+            },
+        );
+    }
+    v.finish();
+}
+
+// ---- 8. Kafka unreachable at start -----------------------------------------------------
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn the_aggregator_opens_its_ports_at_once_when_kafka_is_unreachable() {
+    let _serial = serial();
+    const AT_ONCE: f64 = 1.0;
+    let rig = Rig::new();
+    // Nothing listens there.
+    let closed = procs::free_tcp_port().unwrap();
+    let mut agg = rig.aggregator(
+        "agg",
+        AggOpts {
+            kafka: Some(procs::kafka_section(
+                &format!("127.0.0.1:{closed}"),
+                "ferrule-batches",
+                "",
+            )),
+            ..AggOpts::default()
+        },
+    );
+    let cfg = rig.agent(AgentOpts {
+        rate_hz: 100,
+        ..AgentOpts::new("u8", agg.endpoint())
+    });
+    // The aggregator and an agent start together (a site restarting).
+    let t0 = Instant::now();
+    agg.spawn();
+    let mut agent = cfg.start();
+    let (mut metrics_at, mut listening_at) = (None, None);
+    while t0.elapsed() < Duration::from_secs(30) && (metrics_at.is_none() || listening_at.is_none())
+    {
+        if metrics_at.is_none() && TcpStream::connect(agg.metrics).is_ok() {
+            metrics_at = Some(t0.elapsed().as_secs_f64());
+        }
+        if listening_at.is_none() && agg.said("aggregator listening") {
+            listening_at = Some(t0.elapsed().as_secs_f64());
+        }
+        if !agg.running() {
+            break;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let first = agg.healthz();
+    println!(
+        "brokers 127.0.0.1:{closed} (closed): metrics port open after {metrics_at:?} s, \"aggregator listening\" after {listening_at:?} s; /healthz {first:?}"
+    );
+    let established = poll(Duration::from_secs(20), || {
+        (agg.said("session established") && cfg.metric("ferrule_agent_uplink_up") == Some(1.0))
+            .then(|| t0.elapsed().as_secs_f64())
+    });
+    sleep(Duration::from_secs(5));
+    let acked = cfg.acked();
+    let spooled = cfg
+        .metric("ferrule_agent_spooled_samples_total")
+        .unwrap_or(0.0);
+    let committed = agg.metric("ferrule_aggregator_committed_batches_total", "");
+    let later = agg.healthz();
+    println!(
+        "agent started with the aggregator: session up {established:?} s after the start; 5 s later spooled {spooled} samples, {acked} batches acknowledged; aggregator committed {committed}; /healthz {later:?}"
+    );
+    let mut v = Verdict::default();
+    v.check(agg.running(), || {
+        format!("the aggregator exited: {:?}", agg.d.as_mut().and_then(Daemon::exited))
+    });
+    v.check(metrics_at.is_some_and(|t| t <= AT_ONCE), || {
+        format!(
+            "the metrics port answered {metrics_at:?} s after start (at most {AT_ONCE} s; \"aggregator listening\" after {listening_at:?} s)"
+        )
+    });
+    let unready = |h: &Option<(u16, String)>| {
+        h.as_ref()
+            .is_some_and(|(s, b)| *s == 503 && b.len() > "unready:".len() + 3)
+    };
+    v.check(unready(&first), || {
+        format!("/healthz right after start: {first:?} (503 with a reason expected)")
+    });
+    v.check(established.is_some(), || {
+        "the agent's session was not up within 20 s of the start (the QUIC port must accept agents while Kafka is unreachable)".into()
+    });
+    v.check(spooled > 0.0 && acked == 0.0 && committed == 0.0, || {
+        format!(
+            "with Kafka unreachable: {spooled} samples spooled, {acked} batches acknowledged, {committed} committed"
+        )
+    });
+    v.check(unready(&later), || format!("/healthz later: {later:?}"));
+    v.check(agent.running(), || "the agent died".into());
+    v.finish();
+}
