@@ -2316,10 +2316,24 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(dir: &Path) -> Self {
-        let port = free_port_block(&[0, 1, 2, 100, 101, 102]).to_string();
+    /// Starts the brokers in `dir`; if a broker dies during start-up (it happens
+    /// on a loaded machine), once more on other ports in `dir/retry`. `dir` is
+    /// where they are, in the end.
+    fn start(dir: &mut PathBuf) -> Self {
         let t = Instant::now();
-        let out = kafka_sh(&["start-cluster", dir.to_str().unwrap(), &port]);
+        let attempt = |d: &Path| {
+            let port = free_port_block(&[0, 1, 2, 100, 101, 102]).to_string();
+            try_kafka_sh(&["start-cluster", d.to_str().unwrap(), &port])
+        };
+        let out = match attempt(dir) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("kafka: start-up failed, once more on other ports: {e}");
+                let _ = try_kafka_sh(&["stop", dir.to_str().unwrap()]);
+                *dir = dir.join("retry");
+                attempt(dir).unwrap_or_else(|e| panic!("{e}"))
+            }
+        };
         let bootstrap = out
             .lines()
             .find_map(|l| l.strip_prefix("bootstrap="))
@@ -2383,6 +2397,14 @@ impl Cluster {
     /// SIGKILL: its connections are reset, clients know it is gone.
     fn kill(&self, node: u32) {
         kafka_sh(&["kill", self.broker_dir(node).to_str().unwrap()]);
+    }
+
+    /// The node id of the leader of `topic`-`partition`.
+    fn leader(&self, topic: &str, partition: u64) -> u32 {
+        let out = kafka_sh(&["leader", &self.bootstrap, topic, &partition.to_string()]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("kafka.sh leader printed {out:?}"))
     }
 
     /// Starts a killed broker again and waits until it is registered.
@@ -2456,6 +2478,33 @@ fn consume(bootstrap: &str, topic: &str) -> (InKafka, u64) {
     (by_agent, records)
 }
 
+/// When the given probes were made (seconds, one decimal; the first 10).
+fn at_times(probes: &[&(f64, Option<u16>)]) -> String {
+    let mut t: Vec<String> = probes
+        .iter()
+        .take(10)
+        .map(|p| format!("{:.1}", p.0))
+        .collect();
+    if probes.len() > 10 {
+        t.push(format!("... ({} more)", probes.len() - 10));
+    }
+    t.join(", ")
+}
+
+/// The partition holding `agent`'s records (the first one read), read with
+/// `scripts/kafka/consume.py`.
+fn partition_of(bootstrap: &str, topic: &str, agent: &str) -> Option<u64> {
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/kafka/consume.py"))
+        .args(["--to-end", "--timeout", "60", bootstrap, topic])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["headers"]["ferrule-agent"].as_str()? == agent).then(|| v["partition"].as_u64())?
+    })
+}
+
 // ---- 7. Kafka readiness follows deliveries ---------------------------------------------
 
 /// How two of the three brokers stop.
@@ -2492,7 +2541,8 @@ fn kafka_readiness(how: Stall) {
     const TOTAL: u64 = RATE_HZ as u64 * SENSORS * 75;
     const PROBE_FOR: Duration = Duration::from_secs(20);
     let rig = Rig::new();
-    let cluster = Cluster::start(&rig.dir.join("kafka"));
+    let mut kafka_dir = rig.dir.join("kafka");
+    let cluster = Cluster::start(&mut kafka_dir);
     for n in 1..=3 {
         rig.add_log(
             &format!("kafka broker {n}"),
@@ -2530,10 +2580,27 @@ fn kafka_readiness(how: Stall) {
     );
     let before = agg.healthz();
     sleep(Duration::from_secs(3));
+    // The broker that stays leads none of the agents' partitions: its
+    // connection carries no produce request waiting for replicas, so it answers
+    // metadata requests at once (the partitions' leader, whose requests wait
+    // on acks=all, would time them out).
+    let mut partitions = BTreeSet::new();
+    let mut leaders = BTreeSet::new();
+    for a in &agents {
+        let key = format!("{SITE}/{}", a.id);
+        let p = partition_of(&cluster.bootstrap, TOPIC, &key)
+            .unwrap_or_else(|| panic!("nothing of {key} in {TOPIC}"));
+        partitions.insert(p);
+        leaders.insert(cluster.leader(TOPIC, p));
+    }
+    let survivor = (1..=3u32)
+        .find(|n| !leaders.contains(n))
+        .unwrap_or_else(|| panic!("brokers {leaders:?} lead partitions {partitions:?}"));
+    let stopped: Vec<u32> = (1..=3).filter(|n| *n != survivor).collect();
 
     // Two of three brokers stop answering: below min.insync.replicas, and the
     // controller quorum is gone; the third still answers metadata requests.
-    for node in [1, 2] {
+    for &node in &stopped {
         match how {
             Stall::Freeze => cluster.freeze(node),
             Stall::Kill => cluster.kill(node),
@@ -2576,28 +2643,42 @@ fn kafka_readiness(how: Stall) {
         said.matches("sink unready").count(),
         said.matches("sink ready again").count(),
     );
+    // Why it said unready, without the numbers that change every time.
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for l in said.lines().filter(|l| l.contains("sink unready")) {
+        let why = l.split("reason=").nth(1).unwrap_or(l);
+        let why: String = why
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .take(110)
+            .collect();
+        *reasons.entry(why).or_default() += 1;
+    }
     println!(
-        "brokers 1 and 2 stopped ({how:?}): /healthz 503 first after {noticed:?}; in {stalled_for:.0} s the aggregator logged \"sink unready\" {unready_lines} times and \"sink ready again\" {ready_lines} times"
+        "brokers {stopped:?} stopped ({how:?}), {survivor} left (the agents' partitions {partitions:?} are led by {leaders:?}): /healthz 503 first after {noticed:?}; in {stalled_for:.0} s the aggregator logged \"sink unready\" {unready_lines} times and \"sink ready again\" {ready_lines} times"
     );
+    for (why, n) in &reasons {
+        println!("  {n:2} x unready: {why}");
+    }
     let acked_1: f64 = agents.iter().map(AgentCfg::acked).sum();
     let acked_0 = acked_0.unwrap_or(acked_1);
     let not_503: Vec<&(f64, Option<u16>)> = probes.iter().filter(|p| p.1 != Some(503)).collect();
     println!(
-        "{} probes over {:.0} s after the first 503: {} not 503, at {:?} s; acked batches from 12 s on: {acked_0} -> {acked_1}",
+        "{} probes over {:.0} s after the first 503: {} not 503, at [{}] s; acked batches from 12 s on: {acked_0} -> {acked_1}",
         probes.len(),
         PROBE_FOR.as_secs_f64(),
         not_503.len(),
-        not_503.iter().map(|p| (p.0 * 10.0).round() / 10.0).collect::<Vec<_>>()
+        at_times(&not_503)
     );
     let t_back = Instant::now();
-    for node in [1, 2] {
+    for &node in &stopped {
         match how {
             Stall::Freeze => cluster.thaw(node),
             Stall::Kill => cluster.restart(node),
         }
     }
     println!(
-        "brokers 1 and 2 back ({:.1} s to restart them)",
+        "brokers {stopped:?} back ({:.1} s to restart them)",
         t_back.elapsed().as_secs_f64()
     );
     let t_cont = Instant::now();
@@ -2641,11 +2722,11 @@ fn kafka_readiness(how: Stall) {
     });
     v.check(noticed.is_none() || not_503.is_empty(), || {
         format!(
-            "/healthz answered other than 503 on {} of {} probes (every 200 ms for {:.0} s) after the stall was noticed, at {:?} s after the brokers stopped",
+            "/healthz answered other than 503 on {} of {} probes (every 200 ms for {:.0} s) after the stall was noticed, at [{}] s after the brokers stopped",
             not_503.len(),
             probes.len(),
             PROBE_FOR.as_secs_f64(),
-            not_503.iter().map(|p| (p.0 * 10.0).round() / 10.0).collect::<Vec<_>>()
+            at_times(&not_503)
         )
     });
     v.check(acked_1 == acked_0, || {
