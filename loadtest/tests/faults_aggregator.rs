@@ -2039,7 +2039,8 @@ fn the_dedupe_ledger_stays_bounded_also_after_a_restart() {
     /// what a restart may cost over a fresh start on an empty log.
     const GROWTH_MAX_KIB: u64 = 4 * 1024;
     let rig = Rig::new();
-    // No dedupe bound exists in [log] (aggregator/src/config.rs): defaults there.
+    // The [dedupe] defaults bound it: 4096 ranges per agent epoch, the lowest
+    // forgotten beyond (counted).
     let mut agg = rig.aggregator(
         "agg",
         AggOpts {
@@ -2098,6 +2099,8 @@ fn the_dedupe_ledger_stays_bounded_also_after_a_restart() {
     let rss_end = agg.rss_kib();
     let hwm_run = agg.hwm_kib();
     let committed = agg.metric("ferrule_aggregator_committed_batches_total", "");
+    let forgotten = agg.metric("ferrule_aggregator_dedupe_forgotten_ranges_total", "");
+    let ranges = agg.metric("ferrule_aggregator_dedupe_ranges", "");
     let stopped = agg.term(Duration::from_secs(30));
     let t_restart = Instant::now();
     agg.start();
@@ -2145,6 +2148,11 @@ fn the_dedupe_ledger_stays_bounded_also_after_a_restart() {
             N / CHECKPOINTS,
             mib(rss_end),
             GROWTH_MAX_KIB / 1024
+        )
+    });
+    v.check(forgotten > 0.0 && ranges <= 4097.0, || {
+        format!(
+            "the ledger holds {ranges} ranges and forgot {forgotten}: not bounded by [dedupe] max_ranges_per_epoch (4096)"
         )
     });
     v.check(rss_restart <= rss_fresh + GROWTH_MAX_KIB, || {
