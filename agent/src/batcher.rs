@@ -240,7 +240,7 @@ struct Batcher {
     write_errors: ferrule_telemetry::Counter,
     builder: Builder,
     /// A cut batch waiting for room (block policy) or for the spool to recover.
-    pending: Option<Cut>,
+    pending: VecDeque<Cut>,
     /// Appended, not durable yet, oldest first.
     unsynced: VecDeque<Unsynced>,
     /// When the current window closes: the batch is cut then. Set by the
@@ -292,7 +292,7 @@ impl Batcher {
             // it: this chunk's own, or the newest one not yet durable.
             if n > 0 || b.samples > 0 {
                 add_mark(&mut b.marks, d, *k);
-            } else if let Some(p) = self.pending.as_mut() {
+            } else if let Some(p) = self.pending.back_mut() {
                 add_mark(&mut p.marks, d, *k);
             } else if let Some(u) = self.unsynced.back_mut() {
                 add_mark(&mut u.marks, d, *k);
@@ -351,7 +351,7 @@ impl Batcher {
         match self.append(cut) {
             Ok(()) => true,
             Err(cut) => {
-                self.pending = Some(cut);
+                self.pending.push_back(cut);
                 false
             }
         }
@@ -361,7 +361,7 @@ impl Batcher {
     /// "interval"`, one fsync for the window). With a batch waiting for room,
     /// the window closes once it got in.
     fn close_window(&mut self) {
-        if self.pending.is_some() || !self.cut() {
+        if !self.pending.is_empty() || !self.cut() {
             return;
         }
         self.cut_at = None;
@@ -504,55 +504,22 @@ impl Batcher {
                     self.unsynced.drain(keep..).collect()
                 };
                 tracing::debug!(epoch = %r.epoch, rewritten = lost.len(), "spool rescanned");
-                for u in lost {
+                // They go first in line, in order, ahead of what waits already.
+                for u in lost.into_iter().rev() {
                     let series = match decode(&u.frame, &self.limits) {
                         Ok(Some((Message::Batch(b), _))) => b.series,
                         _ => Vec::new(),
                     };
-                    let cut = Cut {
+                    self.pending.push_front(Cut {
                         inputs: u.inputs,
                         series,
                         marks: u.marks,
-                    };
-                    if let Err(cut) = self.append(cut) {
-                        // Failed again (or full): it waits first in line.
-                        self.requeue(cut);
-                        return;
-                    }
+                    });
                 }
+                self.retry(false);
                 self.sync();
-                if self.pending.is_some() {
-                    self.retry(false);
-                }
             }
             Err(e) => self.failed(&e),
-        }
-    }
-
-    /// Puts a batch back in line ahead of the pending one (by merging: the
-    /// pending batch, if any, is appended after it).
-    fn requeue(&mut self, cut: Cut) {
-        match self.pending.take() {
-            None => self.pending = Some(cut),
-            Some(mut later) => {
-                // Merge into one batch: both were cut already, order per sensor is kept.
-                let mut series = cut.series;
-                series.append(&mut later.series);
-                let mut inputs = cut.inputs;
-                for (i, n) in later.inputs {
-                    match inputs.iter_mut().find(|(j, _)| *j == i) {
-                        Some((_, m)) => *m = m.saturating_add(n),
-                        None => inputs.push((i, n)),
-                    }
-                }
-                let mut marks = cut.marks;
-                marks.extend(later.marks);
-                self.pending = Some(Cut {
-                    inputs,
-                    series,
-                    marks,
-                });
-            }
         }
     }
 
@@ -630,25 +597,27 @@ impl Batcher {
         }
     }
 
-    /// Tries the batch that found the spool full again, first releasing what
-    /// was acknowledged; then the rest of a window that closed meanwhile.
+    /// Tries the batches waiting for room (or for the spool to recover) again,
+    /// in order, first releasing what was acknowledged; then the rest of a
+    /// window that closed meanwhile.
     fn retry(&mut self, release: bool) {
         self.retry_at = None;
-        let Some(cut) = self.pending.take() else {
+        if self.pending.is_empty() {
             return;
-        };
+        }
         if release {
             let spool = &mut self.spool;
             let _ = blocking(|| spool.release());
         }
-        match self.append(cut) {
-            Ok(()) => {
-                self.sync_soon();
-                if self.cut_at.is_some_and(|at| at <= Instant::now()) {
-                    self.close_window();
-                }
+        while let Some(cut) = self.pending.pop_front() {
+            if let Err(cut) = self.append(cut) {
+                self.pending.push_front(cut);
+                return;
             }
-            Err(cut) => self.pending = Some(cut),
+        }
+        self.sync_soon();
+        if self.cut_at.is_some_and(|at| at <= Instant::now()) {
+            self.close_window();
         }
     }
 
@@ -664,7 +633,7 @@ impl Batcher {
         if let Err(e) = result {
             tracing::error!(error = %e, "releasing acknowledged batches failed");
         }
-        if self.pending.is_some() && self.spool.broken().is_none() {
+        if !self.pending.is_empty() && self.spool.broken().is_none() {
             self.retry(false);
         }
     }
@@ -673,10 +642,10 @@ impl Batcher {
     /// recovery, the end of the shutdown wait.
     fn next_wake(&self) -> Option<Instant> {
         // While a batch waits for room, the window cannot close anyway.
-        let cut = self.cut_at.filter(|_| self.pending.is_none());
+        let cut = self.cut_at.filter(|_| self.pending.is_empty());
         let give_up = self
             .stopping_since
-            .filter(|_| self.pending.is_some())
+            .filter(|_| !self.pending.is_empty())
             .map(|t| t + SHUTDOWN_WAIT);
         [cut, self.sync_at, self.retry_at, self.recover_at, give_up]
             .into_iter()
@@ -692,7 +661,7 @@ impl Batcher {
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry(true);
         }
-        if self.pending.is_none() && self.cut_at.is_some_and(|at| at <= now) {
+        if self.pending.is_empty() && self.cut_at.is_some_and(|at| at <= now) {
             self.close_window();
         }
         if self.sync_at.is_some_and(|at| at <= now) {
@@ -710,7 +679,7 @@ impl Batcher {
     /// counted per input (an MQTT input's broker keeps those messages: their
     /// tickets never fire).
     fn give_up(&mut self) {
-        let mut dropped: Vec<Cut> = self.pending.take().into_iter().collect();
+        let mut dropped: Vec<Cut> = self.pending.drain(..).collect();
         if self.builder.samples > 0 {
             let b = std::mem::take(&mut self.builder);
             dropped.push(Cut {
@@ -742,7 +711,7 @@ impl Batcher {
 
     /// True once nothing is left to cut or append.
     fn drained(&self) -> bool {
-        self.pending.is_none() && self.builder.samples == 0
+        self.pending.is_empty() && self.builder.samples == 0
     }
 }
 
@@ -783,7 +752,7 @@ pub async fn run(
         blocked_total,
         write_errors,
         builder: Builder::default(),
-        pending: None,
+        pending: VecDeque::new(),
         unsynced: VecDeque::new(),
         cut_at: None,
         sync_at: None,
@@ -801,7 +770,7 @@ pub async fn run(
     loop {
         let wake = b.next_wake();
         tokio::select! {
-            chunk = b.io.chunks.recv(), if b.pending.is_none() && b.open => match chunk {
+            chunk = b.io.chunks.recv(), if b.pending.is_empty() && b.open => match chunk {
                 Some(c) => b.take(c),
                 None => {
                     b.open = false;
@@ -835,6 +804,14 @@ pub async fn run(
             // Everything cut and appended: make it durable and stop.
             b.sync_now().await;
             b.publish();
+            if b.spool.broken().is_some() && !b.unsynced.is_empty() {
+                // Appended but never durable, and the spool cannot say more.
+                for u in b.unsynced.drain(..) {
+                    let counts: Vec<(String, u32)> =
+                        u.inputs.iter().map(|(i, n)| (i.to_string(), *n)).collect();
+                    count_dropped(&b.registry, "shutdown_spool_unavailable", &counts);
+                }
+            }
             // Keep settling acks while the uplink drains, until it lets go.
             while let Some(settle) = b.io.settles.recv().await {
                 if let Settle::Done(seqs) = settle {

@@ -132,6 +132,11 @@ impl Catalog {
         if self.by_name.contains_key(name.as_str()) {
             return Ok(());
         }
+        if self.defines.iter().any(|d| d.sensor.0 == e.id) {
+            // An id means one sensor for good: the first entry holds it.
+            tracing::warn!(path = %self.path.display(), id = e.id, name = %name, "sensor catalog names an id twice; the later entry is ignored");
+            return Ok(());
+        }
         self.by_name
             .insert(name.as_str().to_string(), SensorId(e.id));
         self.next_id = self.next_id.max(e.id.saturating_add(1));
@@ -219,9 +224,13 @@ impl Catalog {
             .file
             .as_mut()
             .ok_or_else(|| std::io::Error::other("catalog file"))?;
+        let before = f.metadata()?.len();
         let result = f.write_all(&line).and_then(|()| f.sync_data());
         if result.is_err() {
-            // A torn line is skipped on load; reopen the file next time.
+            // Cut what this write may have left (a torn line would swallow the
+            // next one, and a line whose fsync failed would hold an id handed
+            // out again), and open the file afresh next time.
+            let _ = f.set_len(before).and_then(|()| f.sync_data());
             self.file = None;
         }
         result

@@ -380,7 +380,29 @@ impl Spool {
         }
         let durable_before = self.log.durable_offset();
         let recovery = self.log.reopen()?;
-        let durable_lost = self.log.next_offset() < durable_before;
+        let next = self.log.next_offset();
+        let durable_lost = next < durable_before;
+        if durable_lost {
+            // Records that were durable are gone (media damage found while
+            // running): count them, and forget what was settled at or above the
+            // cut, or the new records numbered there would count as settled and
+            // be released unsent. (Settled below it and not yet released are
+            // forgotten too: sent again, duplicates the aggregator drops.)
+            let lost = durable_before.0 - next.0;
+            self.c.corrupt_records.add(lost);
+            for _ in 0..lost {
+                count_dropped(
+                    &self.c.registry,
+                    "spool_tail_lost",
+                    &[("unknown".into(), 0)],
+                );
+            }
+            self.settled = SeqSet::with_floor(Some(Seq(self.released_through.min(next.0))));
+            tracing::warn!(
+                lost,
+                "the spool lost records that were durable (damage found while running); counted"
+            );
+        }
         self.after_recovery(&recovery, false, false, durable_lost)
             .map_err(|e| SpoolError::Broken(format!("{e:#}")))?;
         if self.broken.take().is_some() {

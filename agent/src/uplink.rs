@@ -268,6 +268,8 @@ struct Sending {
     max_frame: u32,
     /// A stream write must finish within this (the peer timeout).
     write_within: Duration,
+    /// Catalog entries handed to the session so far.
+    catalog_seen: usize,
 }
 
 /// The lane's id in the session (its Defines are tracked per lane).
@@ -332,13 +334,13 @@ async fn drive(
     cfg.peer_timeout = Duration::from_secs(up.peer_timeout_secs);
     cfg.stall_timeout = Duration::from_secs(up.stall_timeout_secs);
     let mut s = AgentSession::new(cfg, (start.epoch, start.first_unacked), Instant::now());
-    let mut catalog_seen = 0usize;
     let write_within = Duration::from_secs(up.peer_timeout_secs.max(1));
     flush(&mut s, &mut ctl, write_within).await?;
     // Up only on Welcome (or the session's handshake deadline passes).
     while !s.is_established() {
         let deadline = s.poll_timeout();
         tokio::select! {
+            biased;
             next = ctl_rx.next() => match next {
                 Err(e) => return Err(stream_or_conn(e, conn)),
                 Ok(None) => return Err(closed_or_conn(conn)),
@@ -387,13 +389,13 @@ async fn drive(
         settled: SeqSet::new(),
         max_frame,
         write_within,
+        catalog_seen: 0,
     };
     let mut goaway: Option<Option<String>> = None;
     let mut stopping = *shutdown.borrow();
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     loop {
         if goaway.is_none() && !stopping {
-            catalog_seen = sync_defines(&mut s, deps, catalog_seen);
             let mut blocked = false;
             blocked |= send_ready(&mut s, &mut lane, deps, m, &mut sending).await?;
             s.set_blocked(blocked, Instant::now());
@@ -412,6 +414,9 @@ async fn drive(
         }
         let deadline = s.poll_timeout();
         tokio::select! {
+            // What the aggregator sent first: after a long write its acks may
+            // wait beside an expired timer, and they prove it alive.
+            biased;
             next = ctl_rx.next() => match next {
                 Ok(Some((msg, _))) => s.handle(msg, now())?,
                 Ok(None) => return Err(closed_or_conn(conn)),
@@ -548,6 +553,10 @@ async fn send_ready(
     loop {
         if lane.buf.is_empty() {
             let st = *deps.state.borrow();
+            // Every batch below `durable_until` names only sensors the catalog held
+            // before it was spooled: taken after reading the state, the catalog
+            // covers every batch the read can return.
+            out.catalog_seen = sync_defines(s, deps, out.catalog_seen);
             let end = st.durable_until;
             lane.cursor = lane.cursor.max(st.first_unacked);
             if lane.cursor >= end {

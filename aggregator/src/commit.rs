@@ -403,12 +403,13 @@ fn recv_until(
     }
 }
 
-/// Tries to bring the log back after a failed write: the disk must take a
-/// probe write and fsync, then the log rescans what reached the disk. Records
-/// written before the failure that survive it are added to the ledger (their
-/// requests were answered failed, so agents will send them again: they are
-/// dropped as duplicates then, not written twice).
-fn try_recover(log: &mut Log, ledger: &mut Ledger, dir: &Path) -> anyhow::Result<()> {
+/// Tries to bring the log back after a failed write: retention frees what it
+/// may (the log itself may have filled the disk), the disk must take a probe
+/// write and fsync, then the log rescans what reached the disk.
+fn try_recover(log: &mut Log, dir: &Path) -> anyhow::Result<()> {
+    if let Err(e) = log.enforce_retention(SystemTime::now()) {
+        tracing::debug!(error = %e, "retention while recovering failed");
+    }
     let probe = dir.join("probe.tmp");
     let result = (|| -> std::io::Result<()> {
         use std::io::Write as _;
@@ -418,9 +419,11 @@ fn try_recover(log: &mut Log, ledger: &mut Ledger, dir: &Path) -> anyhow::Result
     })();
     let _ = std::fs::remove_file(&probe);
     result?;
-    let durable = log.durable_offset();
     log.reopen()?;
-    rebuild_ledger_from(log, ledger, durable)?;
+    // Records written after the last good fsync may have survived only in the
+    // page cache (a retried fsync can falsely succeed): they are not taken into
+    // the ledger, so the agents' resends are written again. A duplicate in the
+    // log at worst, never a batch acknowledged that is not on disk.
     Ok(())
 }
 
@@ -454,7 +457,7 @@ fn run(
         };
         if let Some(b) = &mut broken {
             if Instant::now() >= b.next_try {
-                match try_recover(&mut log, &mut ledger, &dir) {
+                match try_recover(&mut log, &dir) {
                     Ok(()) => {
                         tracing::info!(after = ?b.since.elapsed(), was = %b.cause, "embedded log writable again");
                         broken = None;
@@ -478,13 +481,19 @@ fn run(
         }
         let mut written = Vec::with_capacity(group.len());
         let mut dups = Vec::new();
+        // Copies of a batch written earlier in this group: they share its fate
+        // (durable only if the group's fsync works).
+        let mut same_group = Vec::new();
         let mut error: Option<String> = broken
             .as_ref()
             .map(|b| format!("embedded log unavailable: {}", b.cause));
         for (i, req) in group.iter().enumerate() {
-            if ledger.contains(&req.key) || written.iter().any(|j: &usize| group[*j].key == req.key)
-            {
+            if ledger.contains(&req.key) {
                 dups.push(i);
+                continue;
+            }
+            if written.iter().any(|j: &usize| group[*j].key == req.key) {
+                same_group.push(i);
                 continue;
             }
             if error.is_none() {
@@ -517,7 +526,7 @@ fn run(
         for (i, req) in group.drain(..).enumerate() {
             let bytes = req.record.len() as u64;
             bytes_done += bytes;
-            let outcome = if dups.contains(&i) {
+            let outcome = if dups.contains(&i) || (same_group.contains(&i) && error.is_none()) {
                 c.sink.duplicates.inc();
                 ledger.count_duplicate(&req.key);
                 CommitOutcome::Duplicate

@@ -250,7 +250,9 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
 
     let stop = loop {
         let deadline = session.poll_timeout();
-        let owed = session.owed_credit() != Credit::default();
+        // Owed credit is paid only while established (not draining): poll for it
+        // only then.
+        let owed = !draining && session.owed_credit() != Credit::default();
         tokio::select! {
             inbound = in_rx.recv() => match inbound {
                 Some(Inbound::Frame(msg, n)) => {

@@ -300,6 +300,15 @@ async fn run(
                 // are unreachable or below min.insync.replicas. Say so at /healthz;
                 // the next delivery makes the sink ready again.
                 let outstanding = backend_shared.queued_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                if outstanding == 0 {
+                    // Nothing waits for a delivery report: no stall to speak of (after
+                    // librdkafka gave up on everything, credit must flow again so new
+                    // batches can find out whether the brokers are back), and the next
+                    // batch's wait starts now, not at the last delivery.
+                    *last_delivery.lock().unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
+                    backend_shared.health.clear("kafka_deliveries");
+                    backend_shared.health.clear("kafka_produce");
+                }
                 let quiet = last_delivery.lock().unwrap_or_else(PoisonError::into_inner).elapsed();
                 if outstanding > 0 && quiet >= STALL {
                     backend_shared.health.set_unready("kafka_deliveries", format!(
