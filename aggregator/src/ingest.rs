@@ -266,6 +266,14 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
                     }
                 }
                 Some(Inbound::Error(e)) => {
+                    // A lane's read fails when the connection closes: that is the
+                    // connection's end, counted (or not) by its own reason.
+                    if let Some(closed) = conn.close_reason() {
+                        break match closed {
+                            quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => Stop::Done("closed"),
+                            other => Stop::Cut(classify(&other), other.to_string(), ErrorCode(0)),
+                        };
+                    }
                     let (reason, code) = stream_reason(&e);
                     let msg = Message::Error(ErrorMessage { code, message: e.to_string() });
                     let _ = tokio::time::timeout(ERROR_FLUSH, ctl.send(&msg)).await;
