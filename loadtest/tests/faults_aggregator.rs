@@ -1640,7 +1640,16 @@ fn defines_beyond_the_sensor_limit_are_refused_with_bounded_memory() {
     const RSS_CAP_KIB: u64 = 400 * 1024;
     const STALL_MAX: f64 = 5.0;
     let rig = Rig::new();
-    let mut agg = rig.aggregator("agg", AggOpts::default());
+    // The flooding clients send no heartbeats once their Defines are out: a
+    // long peer timeout keeps the aggregator from (rightly) closing them as
+    // silent, which is not what this test is about.
+    let mut agg = rig.aggregator(
+        "agg",
+        AggOpts {
+            server: "peer_timeout_secs = 300".into(),
+            ..AggOpts::default()
+        },
+    );
     agg.start();
     let good = rig.agent(AgentOpts::new("g3", agg.endpoint()));
     let mut g = good.start();
