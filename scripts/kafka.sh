@@ -2,9 +2,12 @@
 # Runs throwaway Apache Kafka brokers (KRaft, from the released jars on Maven Central)
 # for ferrule's tests. Needs java 17+ and mvn (fetch only). Usage:
 #   scripts/kafka.sh fetch                         download the jars once (cached)
-#   scripts/kafka.sh start-single DIR [PORT]       1 broker+controller, 127.0.0.1:PORT (19092)
-#   scripts/kafka.sh start-cluster DIR [BASEPORT]  3 brokers+controllers, BASEPORT..+2 (29092),
-#                                                  RF 3, min.insync.replicas 2, no unclean election
+#   scripts/kafka.sh start-single DIR [PORT [CPORT]]
+#                      1 broker+controller, 127.0.0.1:PORT (19092), controller on CPORT (PORT+100)
+#   scripts/kafka.sh start-cluster DIR [BASEPORT [CBASEPORT]]
+#                      3 brokers+controllers, BASEPORT..+2 (29092), controllers on
+#                      CBASEPORT..+2 (BASEPORT+100..+102); RF 3, min.insync.replicas 2,
+#                      no unclean election
 #   scripts/kafka.sh create-topic BOOTSTRAP NAME PARTITIONS REPLICATION [TopicCommand args...]
 #   scripts/kafka.sh leader BOOTSTRAP TOPIC PARTITION   node id of the partition's leader
 #   scripts/kafka.sh wait-isr BOOTSTRAP TOPIC [SECS]    wait until no partition is under-replicated
@@ -15,23 +18,24 @@
 #   scripts/kafka.sh run-class CLASS [ARGS...]     run any Kafka tool class (e.g. kafka.tools.StorageTool)
 # start-* print `bootstrap=HOST:PORT[,...]` on stdout (everything else goes to stderr).
 # A broker directory holds server.properties, kafka.pid, server.log, stdout.log and data/.
-# Controller listeners are on PORT+100 (single) and BASEPORT+100..+102 (cluster).
+# Controller listeners are on PORT+100 (single) and BASEPORT+100..+102 (cluster) unless
+# CPORT / CBASEPORT say otherwise.
 # Environment:
-#   FERRULE_CACHE          cache root (default ~/.cache/ferrule); jars in kafka-VERSION/libs
-#   FERRULE_KAFKA_VERSION  Kafka version (default 4.3.1)
+#   FERRULEDEV_CACHE          cache root (default ~/.cache/ferrule); jars in kafka-VERSION/libs
+#   FERRULEDEV_KAFKA_VERSION  Kafka version (default 4.3.1)
 #   KAFKA_HEAP_OPTS        broker heap (default -Xmx512m -Xms256m single, -Xmx384m -Xms192m cluster)
-#   FERRULE_KAFKA_PROPS    extra server.properties lines (key=value, newline-separated), last wins
-#   FERRULE_KAFKA_START_TIMEOUT  seconds to wait for a start (default 90)
+#   FERRULEDEV_KAFKA_PROPS    extra server.properties lines (key=value, newline-separated), last wins
+#   FERRULEDEV_KAFKA_START_TIMEOUT_SECS  seconds to wait for a start (default 90)
 set -euo pipefail
 
 KAFKA_SH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$KAFKA_SH_DIR/lib.sh"
 
-KAFKA_VERSION="${FERRULE_KAFKA_VERSION:-4.3.1}"
+KAFKA_VERSION="${FERRULEDEV_KAFKA_VERSION:-4.3.1}"
 LOG4J_VERSION="2.24.3"
-KAFKA_HOME="${FERRULE_CACHE:-$HOME/.cache/ferrule}/kafka-$KAFKA_VERSION"
+KAFKA_HOME="${FERRULEDEV_CACHE:-$HOME/.cache/ferrule}/kafka-$KAFKA_VERSION"
 KAFKA_LIBS="$KAFKA_HOME/libs"
-START_TIMEOUT="${FERRULE_KAFKA_START_TIMEOUT:-90}"
+START_TIMEOUT="${FERRULEDEV_KAFKA_START_TIMEOUT_SECS:-90}"
 CONTROLLER_OFFSET=100
 TOOL_LOG4J="$KAFKA_SH_DIR/kafka/log4j2-tools.xml"
 BROKER_LOG4J="$KAFKA_SH_DIR/kafka/log4j2-broker.xml"
@@ -55,7 +59,7 @@ fetch() {
       -DoutputDirectory="$KAFKA_LIBS.tmp" >"$work/mvn.log" 2>&1); then
     tail -30 "$work/mvn.log" >&2
     rm -rf "$work" "$KAFKA_LIBS.tmp"
-    die "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (set FERRULE_KAFKA_VERSION)"
+    die "mvn could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (set FERRULEDEV_KAFKA_VERSION)"
   fi
   rm -rf "$work" "$KAFKA_LIBS"
   mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
@@ -138,9 +142,9 @@ write_config() {
     echo "offsets.topic.num.partitions=5"
     echo "transaction.state.log.num.partitions=5"
     cat
-    if [ -n "${FERRULE_KAFKA_PROPS:-}" ]; then
-      echo "# FERRULE_KAFKA_PROPS"
-      printf '%s\n' "$FERRULE_KAFKA_PROPS"
+    if [ -n "${FERRULEDEV_KAFKA_PROPS:-}" ]; then
+      echo "# FERRULEDEV_KAFKA_PROPS"
+      printf '%s\n' "$FERRULEDEV_KAFKA_PROPS"
     fi
   } >"$bdir/server.properties"
 }
@@ -232,10 +236,10 @@ abs_dir() { mkdir -p "$1" && (cd "$1" && pwd); }
 
 start_single() {
   local dir port cport t0
-  [ $# -ge 1 ] || die "usage: kafka.sh start-single DIR [PORT]"
+  [ $# -ge 1 ] || die "usage: kafka.sh start-single DIR [PORT [CPORT]]"
   t0="$(date +%s%N)"
   need_java17; fetch
-  dir="$(abs_dir "$1")"; port="${2:-19092}"; cport=$((port + CONTROLLER_OFFSET))
+  dir="$(abs_dir "$1")"; port="${2:-19092}"; cport="${3:-$((port + CONTROLLER_OFFSET))}"
   check_ports_free "$port" "$cport"
   check_fresh_dir "$dir"
   write_config "$dir" 1 "$port" "$cport" "1@127.0.0.1:$cport" <<EOF
@@ -257,22 +261,21 @@ EOF
 }
 
 start_cluster() {
-  local dir base t0 i voters="" bootstrap="" cid
-  [ $# -ge 1 ] || die "usage: kafka.sh start-cluster DIR [BASEPORT]"
+  local dir base cbase t0 i voters="" bootstrap="" cid
+  [ $# -ge 1 ] || die "usage: kafka.sh start-cluster DIR [BASEPORT [CBASEPORT]]"
   t0="$(date +%s%N)"
   need_java17; fetch
-  dir="$(abs_dir "$1")"; base="${2:-29092}"
-  check_ports_free "$base" $((base + 1)) $((base + 2)) \
-    $((base + CONTROLLER_OFFSET)) $((base + 1 + CONTROLLER_OFFSET)) $((base + 2 + CONTROLLER_OFFSET))
+  dir="$(abs_dir "$1")"; base="${2:-29092}"; cbase="${3:-$((base + CONTROLLER_OFFSET))}"
+  check_ports_free "$base" $((base + 1)) $((base + 2)) "$cbase" $((cbase + 1)) $((cbase + 2))
   for i in 1 2 3; do
     check_fresh_dir "$dir/broker-$i"
-    voters="${voters:+$voters,}$i@127.0.0.1:$((base + i - 1 + CONTROLLER_OFFSET))"
+    voters="${voters:+$voters,}$i@127.0.0.1:$((cbase + i - 1))"
     bootstrap="${bootstrap:+$bootstrap,}127.0.0.1:$((base + i - 1))"
   done
   cid="$(random_cluster_id)"
   local pids=()
   for i in 1 2 3; do
-    write_config "$dir/broker-$i" "$i" "$((base + i - 1))" "$((base + i - 1 + CONTROLLER_OFFSET))" "$voters" <<EOF
+    write_config "$dir/broker-$i" "$i" "$((base + i - 1))" "$((cbase + i - 1))" "$voters" <<EOF
 default.replication.factor=3
 min.insync.replicas=2
 unclean.leader.election.enable=false

@@ -19,25 +19,12 @@ need_apt() {
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   step "installing ${missing[*]} from Debian packages"
-  if [ -z "${FERRULE_APT_UPDATED:-}" ]; then
+  if [ -z "${FERRULEDEV_APT_UPDATED:-}" ]; then
     $sudo apt-get update -qq >&2 || die "apt-get update failed"
-    export FERRULE_APT_UPDATED=1
+    export FERRULEDEV_APT_UPDATED=1
   fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2 \
     || die "apt-get install ${missing[*]} failed"
-}
-
-# Installs Debian packages for missing C headers (build dependencies).
-# Usage: need_header HEADER PACKAGE [HEADER PACKAGE ...]   (HEADER relative to an include dir)
-need_header() {
-  local args=()
-  while [ $# -ge 2 ]; do
-    if [ ! -f "/usr/include/$1" ] && [ ! -f "/usr/include/$(uname -m)-linux-gnu/$1" ]; then
-      args+=("__missing_$2" "$2")
-    fi
-    shift 2
-  done
-  [ ${#args[@]} -eq 0 ] || need_apt "${args[@]}"
 }
 
 # Ensures cargo, rustfmt and clippy exist.
@@ -65,7 +52,7 @@ need_java() {
 }
 
 # Ensures what the Kafka tests need: Java, the Kafka jars (scripts/kafka.sh fetch, cached
-# under ${FERRULE_CACHE:-~/.cache/ferrule}), kcat, and Python's confluent-kafka for
+# under ${FERRULEDEV_CACHE:-~/.cache/ferrule}), kcat, and Python's confluent-kafka for
 # scripts/kafka/consume.py and produce.py.
 need_kafka() {
   need_java

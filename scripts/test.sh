@@ -2,7 +2,7 @@
 # Runs ferrule's whole test suite from a fresh clone, installing what it needs:
 # formatting, lints, docs, every test (the long randomized ones too) and a short
 # fuzz run. Environment:
-#   FERRULE_FUZZ_SECS   seconds per fuzz target (default 30; 0 skips fuzzing)
+#   FERRULEDEV_FUZZ_SECS   seconds per fuzz target (default 30; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -13,9 +13,9 @@ trap 'rm -f "$results"' EXIT
 
 step "checking tools"
 need_rust
-need_apt openssl openssl xxd xxd cmake cmake
-# librdkafka (built once from source by rdkafka's cmake-build) needs these headers.
-need_header openssl/ssl.h libssl-dev curl/curl.h libcurl4-openssl-dev zlib.h zlib1g-dev
+# cmake, make, perl and C and C++ compilers build librdkafka and the C libraries it links
+# (OpenSSL, libcurl, zlib) from bundled sources: no -dev package is needed.
+need_apt openssl openssl xxd xxd cmake cmake make make perl perl cc gcc c++ g++
 python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
 # Real peers for the agent's inputs: Mosquitto, socat and nc, a pymodbus simulator.
 need_apt mosquitto mosquitto mosquitto_pub mosquitto-clients socat socat nc netcat-openbsd
@@ -41,7 +41,7 @@ python3 -m pytest -q -p no:cacheprovider wire/python 2>&1 | tee -a "$results"
 step "cargo test: long and randomized runs"
 cargo test --workspace --locked -- --ignored 2>&1 | tee -a "$results"
 
-fuzz_secs="${FERRULE_FUZZ_SECS:-30}"
+fuzz_secs="${FERRULEDEV_FUZZ_SECS:-30}"
 if [ "$fuzz_secs" != 0 ]; then
   step "fuzz smoke run"
   scripts/fuzz.sh "$fuzz_secs"

@@ -3,10 +3,12 @@
 //!
 //! The naming rules are documented at the crate root. Invariants:
 //! - A variable that does not start with `PREFIX_` is never looked at.
-//! - `PREFIX_NAME` with no `__` is not an override: such names belong to the
-//!   binaries themselves (`FERRULE_CONFIG`, `FERRULE_LOG`). They are
-//!   reported back as "ignored" so a binary can log them and a typo such as
-//!   `FERRULE_SPOOL_DIR` (for `FERRULE_SPOOL__DIR`) does not go unnoticed.
+//! - `PREFIX_NAME` with no `__` is not an override. The binaries' own names
+//!   ([`OWN_NAMES`]: `FERRULE_CONFIG`, `FERRULE_LOG`) are left alone; any
+//!   other is reported back as "ignored" so a binary can warn about it and a
+//!   typo such as `FERRULE_SPOOL_DIR` (for `FERRULE_SPOOL__DIR`) does not go
+//!   unnoticed. (The project's scripts name their own variables
+//!   `FERRULEDEV_*`, outside the prefix, so they never draw that warning.)
 //! - Overrides are applied shortest path first, so a variable replacing a
 //!   whole table (`FERRULE__SPOOL='{ dir = "/x" }'`) is applied before one
 //!   setting a key inside it; two variables setting the same key is an error
@@ -36,6 +38,10 @@ pub(crate) enum Name {
     Malformed(String),
 }
 
+/// The names after `PREFIX_` that the binaries read themselves (the config
+/// path and the log filter): not overrides, and not worth a warning either.
+pub(crate) const OWN_NAMES: &[&str] = &["CONFIG", "LOG"];
+
 /// Classifies `var` for the given prefix (`"FERRULE"`; a trailing `_` is
 /// accepted too).
 pub(crate) fn classify(var: &str, prefix: &str) -> Name {
@@ -50,6 +56,9 @@ pub(crate) fn classify(var: &str, prefix: &str) -> Name {
     };
     let segments: Vec<&str> = rest.split("__").collect();
     if !top_level && segments.len() == 1 {
+        if OWN_NAMES.contains(&rest) {
+            return Name::NotOurs;
+        }
         return Name::Reserved;
     }
     if segments
@@ -205,7 +214,10 @@ mod tests {
     fn names() {
         assert_eq!(classify("PATH", "FERRULE"), Name::NotOurs);
         assert_eq!(classify("FERRULEX__A", "FERRULE"), Name::NotOurs);
-        assert_eq!(classify("FERRULE_CONFIG", "FERRULE"), Name::Reserved);
+        assert_eq!(classify("FERRULE_CONFIG", "FERRULE"), Name::NotOurs);
+        assert_eq!(classify("FERRULE_LOG", "FERRULE"), Name::NotOurs);
+        assert_eq!(classify("FERRULE_CACHE", "FERRULE"), Name::Reserved);
+        assert_eq!(classify("FERRULEDEV_CACHE", "FERRULE"), Name::NotOurs);
         assert_eq!(classify("FERRULE_SPOOL_DIR", "FERRULE"), Name::Reserved);
         assert_eq!(
             classify("FERRULE_SPOOL__MAX_BYTES", "FERRULE"),

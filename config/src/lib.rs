@@ -27,11 +27,13 @@
 //!   `spool.max_bytes`.
 //! - A top-level key is written with a double underscore after the prefix
 //!   (`FERRULE__LOG_LEVEL`). A name with a single key and a single
-//!   underscore (`FERRULE_CONFIG`) is *not* an override: those names are
-//!   left to the binaries for their own settings (which file to load, log
-//!   filters). They are returned in [`Loaded::ignored`] so a binary can log
-//!   them; that is how a typo such as `FERRULE_SPOOL_DIR` (for
-//!   `FERRULE_SPOOL__DIR`) gets noticed.
+//!   underscore (`FERRULE_CONFIG`) is *not* an override. `FERRULE_CONFIG`
+//!   and `FERRULE_LOG` are the binaries' own settings (which file to load,
+//!   log filters) and are left alone; any other such name is returned in
+//!   [`Loaded::ignored`] so a binary can warn about it; that is how a typo
+//!   such as `FERRULE_SPOOL_DIR` (for `FERRULE_SPOOL__DIR`) gets noticed.
+//!   The project's scripts keep their own variables outside the prefix
+//!   (`FERRULEDEV_CACHE`, `FERRULEDEV_FUZZ_SECS`), so they draw no warning.
 //! - The value is read as a TOML value if it is one: `5`, `true`,
 //!   `["a", "b"]`, `{ a = 1 }`, `"quoted"`. Otherwise it is the literal
 //!   string (`/var/lib/ferrule`, `10MB`). If a value read as TOML does not
@@ -141,7 +143,8 @@ pub struct Loaded<T> {
     /// (parents first, then by name), for the binary to log at startup.
     pub overrides: Vec<String>,
     /// Names of variables that start with the prefix but are not overrides
-    /// (`FERRULE_CONFIG`, or a typo like `FERRULE_SPOOL_DIR`), sorted.
+    /// and are not the binaries' own (`FERRULE_CONFIG`, `FERRULE_LOG`): a typo
+    /// like `FERRULE_SPOOL_DIR`, sorted.
     pub ignored: Vec<String>,
 }
 
@@ -266,6 +269,27 @@ fn process_env(prefix: &str) -> Result<Vec<(String, String)>, ConfigError> {
     Ok(vars)
 }
 
+/// The parser's message, with the key named when the parser only says
+/// "duplicate key": a `[spool]` table written twice is then
+/// "duplicate key `spool`: defined twice; merge the two into one" instead of a
+/// bare position the operator has to look up.
+fn syntax_message(text: &str, message: &str, span: Option<Range<usize>>) -> String {
+    let message = message.trim_end();
+    if !message.contains("duplicate") {
+        return message.to_string();
+    }
+    let key = span
+        .and_then(|span| text.get(span))
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 200 && !k.contains('\n'));
+    match key {
+        Some(key) if !message.contains(key) => {
+            format!("{message} `{key}`: defined twice; merge the two into one")
+        }
+        _ => message.to_string(),
+    }
+}
+
 /// A parsed file and the overrides to apply to it: everything needed to
 /// deserialize, and to say where any key came from.
 struct Document<'a> {
@@ -292,7 +316,7 @@ impl<'a> Document<'a> {
                 file: file.to_string(),
                 line,
                 column,
-                message: err.message().to_string(),
+                message: syntax_message(text, err.message(), err.span()),
             }
         })?;
         let (overrides, ignored) = env::collect(env, prefix)?;

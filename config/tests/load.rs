@@ -251,6 +251,20 @@ fn syntax_error_names_line_and_column() {
 
     let e = err("[site]\nname = \"x\"\nname = \"y\"\n", &[]);
     assert!(e.starts_with("agent.toml:3:"), "duplicate key: {e}");
+    assert!(e.contains("`name`"), "names the key: {e}");
+}
+
+#[test]
+fn a_table_written_twice_is_named() {
+    let e = err(
+        "[site]\nname = \"x\"\n\n[spool]\ndir = \"/a\"\n\n[spool]\nmax_bytes = 5\n",
+        &[],
+    );
+    assert!(
+        e.starts_with("agent.toml:7:"),
+        "points at the second [spool]: {e}"
+    );
+    assert!(e.contains("`spool`"), "names the table: {e}");
 }
 
 #[test]
@@ -266,6 +280,9 @@ fn env_overrides_nested_keys() {
             ("FERRULE__LOG_LEVEL", "debug"),
             ("PATH", "/usr/bin"),
             ("FERRULE_CONFIG", "/etc/ferrule/agent.toml"),
+            ("FERRULE_LOG", "debug"),
+            ("FERRULEDEV_CACHE", "/tmp/cache"),
+            ("FERRULE_SPOOL_DIR", "/typo"),
         ],
     )
     .unwrap();
@@ -288,7 +305,8 @@ fn env_overrides_nested_keys() {
             "FERRULE_SPOOL__LIMITS__MAX_AGE_SECS",
         ]
     );
-    assert_eq!(loaded.ignored, ["FERRULE_CONFIG"]);
+    // The binaries' own names and the scripts' FERRULEDEV_* draw no warning; a typo does.
+    assert_eq!(loaded.ignored, ["FERRULE_SPOOL_DIR"]);
 }
 
 #[test]

@@ -237,7 +237,7 @@ impl Brokers {
     }
 
     /// Three brokers (`start-cluster`) in `dir`, `props` appended to their
-    /// configuration (`FERRULE_KAFKA_PROPS`).
+    /// configuration (`FERRULEDEV_KAFKA_PROPS`).
     fn cluster(dir: &Path, props: &str) -> Self {
         let mut b = Self {
             dir: Some(dir.to_path_buf()),
@@ -249,7 +249,7 @@ impl Brokers {
         let t = Instant::now();
         let out = kafka_sh(
             &["start-cluster", dir.to_str().unwrap(), &port],
-            &[("FERRULE_KAFKA_PROPS", props)],
+            &[("FERRULEDEV_KAFKA_PROPS", props)],
         );
         b.bootstrap = parse_bootstrap(&out);
         println!(

@@ -28,12 +28,27 @@ pub use registry::{Counter, Gauge, Registry};
 /// Logs to stderr with the filter in `FERRULE_LOG` (`info` when unset), the way
 /// every ferrule binary does.
 pub fn init_logging() {
+    init_logging_with("info");
+}
+
+/// Logs to stderr with the filter in `FERRULE_LOG`, or `default_filter` when it is
+/// unset. Colours only when stderr is a terminal and `NO_COLOR` is unset: a log
+/// redirected to a file or a journal stays plain text a person or a parser can read.
+pub fn init_logging_with(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .init();
+}
+
+/// Whether log lines on stderr may carry ANSI colour codes: on a terminal, unless
+/// the `NO_COLOR` convention (<https://no-color.org>) asks otherwise.
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Completes on SIGTERM or Ctrl-C: what every ferrule daemon stops on.

@@ -22,13 +22,7 @@ const AGENTS: [(&str, &str); 3] = [
 const RATE_HZ: u32 = 1000;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,ferrule_aggregator=info,ferrule_agent=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    ferrule_telemetry::init_logging_with("warn,ferrule_aggregator=info,ferrule_agent=warn");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
