@@ -24,7 +24,8 @@ if [ "${FRESH_CHECK_INSIDE:-}" != 1 ]; then
   mkdir -p "$work/upper" "$work/work"
   step "hiding ${hidden_pkgs[*]} (overlay whiteouts in a private mount namespace)"
   for pkg in "${hidden_pkgs[@]}"; do
-    dpkg -L "$pkg" 2>/dev/null | while read -r f; do
+    # A package that is not installed has nothing to hide.
+    { dpkg -L "$pkg" 2>/dev/null || true; } | while read -r f; do
       case "$f" in /usr/*) ;; *) continue ;; esac
       if [ -f "$f" ] || [ -L "$f" ]; then
         rel="${f#/usr/}"
