@@ -255,6 +255,33 @@ pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
 }
 
+impl Config {
+    /// The TLS files, as the transport takes them.
+    pub fn client_tls(&self) -> ferrule_transport::ClientTls {
+        ferrule_transport::ClientTls {
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+            server_ca: self.tls.server_ca.clone(),
+        }
+    }
+
+    /// Checks the TLS material as of `now` (readable, key matches, chains to
+    /// `tls.server_ca`, valid, names this `[agent]`): what `check-config` and
+    /// the start of `run` report, so a bad file is named before any session
+    /// fails on it.
+    pub fn check_tls(&self, now: std::time::SystemTime) -> ferrule_transport::MaterialReport {
+        ferrule_transport::check_client_material(
+            &self.client_tls(),
+            ferrule_transport::ExpectedAgent {
+                site: &self.agent.site,
+                agent: &self.agent.id,
+            },
+            &self.uplink.server_name,
+            now,
+        )
+    }
+}
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), Vec<Invalid>> {
         let mut bad = Vec::new();

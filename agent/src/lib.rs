@@ -19,6 +19,7 @@ pub mod batcher;
 pub mod blocking;
 pub mod catalog;
 pub mod config;
+pub mod failure;
 pub mod inputs;
 pub mod spool;
 pub mod uplink;
@@ -40,6 +41,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     registry: Registry,
 ) -> anyhow::Result<()> {
+    // Named now, with the file at fault, rather than as session failures later.
+    let tls = cfg.check_tls(std::time::SystemTime::now());
+    for w in &tls.warnings {
+        tracing::warn!("{w}");
+    }
+    for p in &tls.problems {
+        tracing::error!("{p}; no session can open until this is fixed");
+    }
     let (spool, reader) = spool::Spool::open(&cfg.spool, &registry)
         .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
     let catalog = Arc::new(Mutex::new(catalog::Catalog::open_with(

@@ -33,11 +33,22 @@ enum Command {
     },
 }
 
+/// The TLS report in the form `check-config` prints.
+fn checked(report: ferrule_transport::MaterialReport) -> ferrule_config::Checked {
+    let mut out = ferrule_config::Checked::default();
+    out.problems = report.problems.iter().map(ToString::to_string).collect();
+    out.warnings = report.warnings.iter().map(ToString::to_string).collect();
+    out.notes = report.notes;
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
-            ferrule_config::check_command::<Config>(&config, "FERRULE")
+            ferrule_config::check_command_with::<Config>(&config, "FERRULE", |cfg| {
+                checked(cfg.check_tls(std::time::SystemTime::now()))
+            })
         }
         Command::Run { config } => {
             ferrule_telemetry::init_logging();
@@ -60,8 +71,8 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Logging writes to stderr: printing it as well showed it twice.
                     tracing::error!("{e:#}");
-                    eprintln!("ferrule-agent: {e:#}");
                     ExitCode::FAILURE
                 }
             }

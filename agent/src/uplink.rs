@@ -17,11 +17,12 @@ use crate::backoff::Backoff;
 use crate::batcher::{Settle, SpoolState};
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::failure::{self, FailureReason};
 use crate::spool::{count_dropped, InputCounts, SpoolReader, Spooled};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::quinn;
 use ferrule_transport::{
-    classify, client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
+    classify, client_crypto, client_endpoint, EndpointLimits, FrameReceiver, FrameSender,
 };
 use ferrule_wire::clock::ClockFilter;
 use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession, SendError};
@@ -75,12 +76,19 @@ enum End {
 
 #[derive(Debug, thiserror::Error)]
 enum UplinkError {
+    /// Our own key, certificate or trust bundle cannot be loaded.
+    #[error("TLS material: {0}")]
+    LocalTls(#[from] ferrule_transport::TlsError),
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(ferrule_transport::TlsError),
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
     #[error("{reason}: {source}")]
     Connection {
         reason: &'static str,
         source: quinn::ConnectionError,
+        /// Whether the QUIC handshake had completed.
+        established: bool,
     },
     #[error("timed out: {0}")]
     Timeout(&'static str),
@@ -95,8 +103,11 @@ enum UplinkError {
 }
 
 impl UplinkError {
+    /// A fine label for the log (`expired`, `wrong_server_name`, ...).
     fn reason(&self) -> &'static str {
         match self {
+            Self::LocalTls(_) => "tls_local_config",
+            Self::Endpoint(_) => "endpoint",
             Self::Connect(_) => "connect",
             Self::Connection { reason, .. } => reason,
             Self::Timeout(_) => "timeout",
@@ -106,13 +117,137 @@ impl UplinkError {
             Self::Closed => "closed",
         }
     }
+
+    /// The bounded reason counted in `ferrule_agent_session_failures_total`.
+    fn failure(&self) -> FailureReason {
+        use ferrule_transport::StreamError;
+        match self {
+            Self::LocalTls(_) => FailureReason::TlsLocalConfig,
+            Self::Endpoint(_) => FailureReason::Other,
+            Self::Connect(quinn::ConnectError::InvalidServerName(_)) => {
+                FailureReason::TlsLocalConfig
+            }
+            Self::Connect(quinn::ConnectError::InvalidRemoteAddress(_)) => {
+                FailureReason::Unreachable
+            }
+            Self::Connect(_) => FailureReason::Other,
+            Self::Connection {
+                source,
+                established,
+                ..
+            } => failure::of_connection(source, *established),
+            Self::Timeout(HANDSHAKE) => FailureReason::Unreachable,
+            Self::Timeout(_) => FailureReason::PeerTimeout,
+            Self::Session(e) => failure::of_code_name(e.label()),
+            Self::Stream(StreamError::Read(_) | StreamError::Write(_)) => {
+                FailureReason::ConnectionLost
+            }
+            Self::Stream(StreamError::FrameTimeout(_)) => FailureReason::PeerTimeout,
+            Self::Stream(_) => FailureReason::Protocol,
+            Self::Spool(_) => FailureReason::SpoolRead,
+            Self::Closed => FailureReason::ConnectionLost,
+        }
+    }
 }
+
+/// What a connect attempt that got no QUIC handshake within the timeout says.
+const HANDSHAKE: &str = "QUIC handshake";
 
 fn conn_err(e: quinn::ConnectionError) -> UplinkError {
     UplinkError::Connection {
         reason: classify(&e),
         source: e,
+        established: true,
     }
+}
+
+/// Counts session failures by bounded reason (each published at 0) and logs
+/// each at once, but a repeat of the same cause only at debug until a session
+/// comes up or the cause changes: an agent retrying every few seconds must
+/// not bury the log, and the counter still counts every attempt.
+struct Failures {
+    counters: Vec<(FailureReason, Counter)>,
+    /// The cause last logged: (reason, fine label).
+    last: Option<(FailureReason, &'static str)>,
+}
+
+impl Failures {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            counters: FailureReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        *r,
+                        registry.counter(
+                            "ferrule_agent_session_failures_total",
+                            "Sessions that could not be opened or ended badly, by reason",
+                            &[("reason", r.as_str())],
+                        ),
+                    )
+                })
+                .collect(),
+            last: None,
+        }
+    }
+
+    /// Counts and (if the cause is new) logs a failure; marks the agent
+    /// unready while no session could be opened.
+    fn record(
+        &mut self,
+        e: &UplinkError,
+        opened: bool,
+        at: Option<(&str, SocketAddr)>,
+        health: &ferrule_telemetry::Health,
+    ) {
+        let reason = e.failure();
+        let detail = e.reason();
+        if let Some((_, c)) = self.counters.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+        }
+        let (endpoint, addr) = match at {
+            Some((n, a)) => (n.to_string(), a.to_string()),
+            None => (String::new(), String::new()),
+        };
+        if self.last != Some((reason, detail)) {
+            self.last = Some((reason, detail));
+            if reason.needs_a_fix() {
+                tracing::error!(%endpoint, %addr, reason = reason.as_str(), detail, error = %e, "uplink session failed");
+            } else {
+                tracing::warn!(%endpoint, %addr, reason = reason.as_str(), detail, error = %e, "uplink session failed");
+            }
+        } else {
+            tracing::debug!(%endpoint, %addr, reason = reason.as_str(), detail, error = %e, "uplink session failed again");
+        }
+        if !opened || reason == FailureReason::Stalled {
+            let place = if endpoint.is_empty() {
+                String::new()
+            } else {
+                format!(" to {endpoint}")
+            };
+            health.set_unready(
+                "uplink",
+                format!("no uplink session{place}: {}: {e}", reason.as_str()),
+            );
+        }
+    }
+
+    /// A session came up: the next failure is news again.
+    fn session_up(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Builds the QUIC endpoint from the TLS files, read afresh each time (so a
+/// fixed key is picked up without a restart).
+fn open_endpoint(cfg: &Config) -> Result<quinn::Endpoint, UplinkError> {
+    let crypto = client_crypto(&cfg.client_tls())?;
+    client_endpoint(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        crypto,
+        &EndpointLimits::default(),
+    )
+    .map_err(UplinkError::Endpoint)
 }
 
 fn now_ns() -> i64 {
@@ -142,17 +277,12 @@ async fn resolve(endpoints: &[String], preferred: Option<&str>) -> Vec<(String, 
 
 /// Runs the uplink until shutdown (and the in-flight batches are settled or the
 /// drain time is up).
+///
+/// TLS material that cannot be loaded does not end it: the failure is logged
+/// at once, counted (`tls_local_config`), shown on `/healthz`, and the files
+/// are read again after each backoff until they load or the agent stops.
 pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
-    let crypto = client_crypto(&ClientTls {
-        cert: deps.cfg.tls.cert.clone(),
-        key: deps.cfg.tls.key.clone(),
-        server_ca: deps.cfg.tls.server_ca.clone(),
-    })?;
-    let endpoint = client_endpoint(
-        SocketAddr::from(([0, 0, 0, 0], 0)),
-        crypto,
-        &EndpointLimits::default(),
-    )?;
+    let mut failures = Failures::new(&deps.registry);
     let m = Metrics {
         registry: deps.registry.clone(),
         up: deps.registry.gauge(
@@ -192,10 +322,30 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
         Duration::from_millis(deps.cfg.uplink.backoff_max_ms),
         seed,
     );
+    let mut shutdown = deps.shutdown.clone();
+    let endpoint = loop {
+        match open_endpoint(&deps.cfg) {
+            Ok(ep) => break ep,
+            Err(e) => {
+                failures.record(&e, false, None, &deps.health);
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    };
+    if failures.last.is_some() {
+        tracing::info!("TLS material loads now");
+        backoff.reset();
+    }
     let mut preferred: Option<String> = None;
     // The aggregator that last sent GoAway is tried last, so agents move away.
     let mut avoid: Option<SocketAddr> = None;
-    let mut shutdown = deps.shutdown.clone();
     let mut clock = ClockFilter::default();
     'outer: loop {
         if *shutdown.borrow() && nothing_unsent(&deps) {
@@ -209,7 +359,21 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             }
         }
         for (name, addr) in addrs {
-            match session(&endpoint, addr, &deps, &m, &mut clock, &mut backoff).await {
+            let mut opened = false;
+            let result = session(
+                &endpoint,
+                addr,
+                &deps,
+                &m,
+                &mut clock,
+                &mut backoff,
+                &mut opened,
+            )
+            .await;
+            if opened {
+                failures.session_up();
+            }
+            match result {
                 Ok(End::GoAway(alt)) => {
                     tracing::info!(endpoint = %name, %addr, alternate = ?alt, "aggregator sent GoAway; moving");
                     preferred = alt;
@@ -219,21 +383,7 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
                 Ok(End::Shutdown) => break 'outer,
                 Err(e) => {
                     m.up.set(0);
-                    let reason = e.reason();
-                    m.registry
-                        .counter(
-                            "ferrule_agent_session_failures_total",
-                            "Sessions that failed or could not be set up, by reason",
-                            &[("reason", reason)],
-                        )
-                        .inc();
-                    tracing::warn!(endpoint = %name, %addr, reason, error = %e, "uplink session failed");
-                    if reason == "stalled" {
-                        deps.health.set_unready(
-                            "uplink",
-                            format!("uplink session to {name} stalled: {e}"),
-                        );
-                    }
+                    failures.record(&e, opened, Some((&name, addr)), &deps.health);
                 }
             }
             if *shutdown.borrow() {
@@ -286,6 +436,7 @@ struct Lane {
     buf: VecDeque<Spooled>,
 }
 
+/// One session; `opened` is set once the aggregator welcomed us.
 async fn session(
     ep: &quinn::Endpoint,
     addr: SocketAddr,
@@ -293,16 +444,23 @@ async fn session(
     m: &Metrics,
     clock: &mut ClockFilter,
     backoff: &mut Backoff,
+    opened: &mut bool,
 ) -> Result<End, UplinkError> {
     let up = &deps.cfg.uplink;
     let connect_timeout = Duration::from_secs(up.connect_timeout_secs);
     let connecting = ep.connect(addr, &up.server_name)?;
     let conn = match tokio::time::timeout(connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(conn_err(e)),
-        Err(_) => return Err(UplinkError::Timeout("QUIC handshake")),
+        Ok(Err(e)) => {
+            return Err(UplinkError::Connection {
+                reason: classify(&e),
+                source: e,
+                established: false,
+            })
+        }
+        Err(_) => return Err(UplinkError::Timeout(HANDSHAKE)),
     };
-    let result = drive(&conn, deps, m, clock, backoff).await;
+    let result = drive(&conn, deps, m, clock, backoff, opened).await;
     match &result {
         Ok(End::Shutdown) | Ok(End::GoAway(_)) => conn.close(0u32.into(), b"bye"),
         Err(e) => conn.close(1u32.into(), e.reason().as_bytes()),
@@ -317,6 +475,7 @@ async fn drive(
     m: &Metrics,
     clock: &mut ClockFilter,
     backoff: &mut Backoff,
+    opened: &mut bool,
 ) -> Result<End, UplinkError> {
     let limits = Limits::default();
     let (send, recv) = conn.open_bi().await.map_err(conn_err)?;
@@ -358,6 +517,7 @@ async fn drive(
         }
     }
     let max_frame = server_limits.map_or(limits.max_frame_bytes, |l| l.max_frame_bytes);
+    *opened = true;
     m.up.set(1);
     m.sessions.inc();
     backoff.reset();

@@ -1,5 +1,6 @@
 //! The shipped example configuration passes `check-config`; broken ones fail
-//! naming the file, line and key at fault.
+//! naming the file, line and key at fault; TLS material that would keep the
+//! agent from opening a session fails it naming the file and the fault.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -20,12 +21,6 @@ fn check(path: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
     )
-}
-
-#[test]
-fn the_example_is_valid() {
-    let (ok, out) = check(&example(), &[]);
-    assert!(ok, "{out}");
 }
 
 #[test]
@@ -108,5 +103,191 @@ fn run_warns_about_a_variable_that_looks_like_an_override_and_is_not() {
         log.contains("configuration override from the environment")
             && log.contains("FERRULE_BATCH__MAX_DELAY_MS"),
         "{log}"
+    );
+}
+
+// ---------------------------------------------------------------- TLS material
+
+/// The fixtures (see transport/tests/fixtures/tls/README.md), copied into a
+/// temporary directory with the modes a deployment would give them.
+fn tls_dir() -> tempfile::TempDir {
+    let from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../transport/tests/fixtures/tls");
+    let dir = tempfile::tempdir().unwrap();
+    for (src, dst) in [
+        ("pki/ca-bundle.crt", "ca-bundle.crt"),
+        ("agent-substation-7-rtu-3.crt", "agent.crt"),
+        ("agent-substation-7-rtu-3.key", "agent.key"),
+        ("agent-substation-7-other.key", "other.key"),
+        ("agent-expired.crt", "expired.crt"),
+        ("agent-expired.key", "expired.key"),
+        ("foreign/agent-substation-7-rtu-3.crt", "foreign.crt"),
+        ("foreign/agent-substation-7-rtu-3.key", "foreign.key"),
+        ("server-agg.example.net.crt", "server.crt"),
+        ("server-agg.example.net.key", "server.key"),
+    ] {
+        let to = dir.path().join(dst);
+        std::fs::copy(from.join(src), &to).unwrap();
+        set_mode(&to, if dst.ends_with(".key") { 0o600 } else { 0o644 });
+    }
+    dir
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Runs check-config on the example with its `[tls]` files taken from `dir`.
+fn check_tls(dir: &std::path::Path, cert: &str, key: &str, ca: &str) -> (bool, String) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let (cert, key, ca) = (p(cert), p(key), p(ca));
+    check(
+        &example(),
+        &[
+            ("FERRULE_TLS__CERT", &cert),
+            ("FERRULE_TLS__KEY", &key),
+            ("FERRULE_TLS__SERVER_CA", &ca),
+        ],
+    )
+}
+
+#[test]
+fn the_example_with_good_tls_material_is_valid() {
+    let dir = tls_dir();
+    let (ok, out) = check_tls(dir.path(), "agent.crt", "agent.key", "ca-bundle.crt");
+    assert!(ok, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    assert!(out.contains("agent substation-7/rtu-3"), "{out}");
+}
+
+#[test]
+fn the_example_names_tls_files_that_do_not_exist_here() {
+    // deploy/agent.toml points at /etc/ferrule/pki: check-config reads them.
+    let (ok, out) = check(&example(), &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("/etc/ferrule/pki/agent-substation-7-rtu-3.key"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_tls_material_fails_naming_the_file_and_the_fault() {
+    let dir = tls_dir();
+    std::fs::write(dir.path().join("garbage.crt"), "not a certificate\n").unwrap();
+    std::fs::write(
+        dir.path().join("garbage.key"),
+        "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    for (case, cert, key, ca, file, fault) in [
+        (
+            "missing key",
+            "agent.crt",
+            "nope.key",
+            "ca-bundle.crt",
+            "nope.key",
+            "No such file",
+        ),
+        (
+            "key of another certificate",
+            "agent.crt",
+            "other.key",
+            "ca-bundle.crt",
+            "other.key",
+            "does not match the certificate",
+        ),
+        (
+            "expired certificate",
+            "expired.crt",
+            "expired.key",
+            "ca-bundle.crt",
+            "expired.crt",
+            "expired on",
+        ),
+        (
+            "certificate from another CA",
+            "foreign.crt",
+            "foreign.key",
+            "ca-bundle.crt",
+            "foreign.crt",
+            "not accepted with the trust bundle",
+        ),
+        (
+            "server certificate as the agent's",
+            "server.crt",
+            "server.key",
+            "ca-bundle.crt",
+            "server.crt",
+            "not accepted with the trust bundle",
+        ),
+        (
+            "garbage certificate PEM",
+            "garbage.crt",
+            "agent.key",
+            "ca-bundle.crt",
+            "garbage.crt",
+            "no CERTIFICATE found",
+        ),
+        (
+            "garbage key PEM",
+            "agent.crt",
+            "garbage.key",
+            "ca-bundle.crt",
+            "garbage.key",
+            "bad PEM",
+        ),
+        (
+            "garbage trust bundle",
+            "agent.crt",
+            "agent.key",
+            "garbage.crt",
+            "garbage.crt",
+            "no CERTIFICATE found",
+        ),
+    ] {
+        let (ok, out) = check_tls(dir.path(), cert, key, ca);
+        assert!(!ok, "{case}: accepted: {out}");
+        let line = out
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("{case}: {file} not named: {out}"));
+        assert!(
+            line.contains(fault),
+            "{case}: {line:?} does not say {fault:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_key_readable_by_others_is_a_warning() {
+    let dir = tls_dir();
+    set_mode(&dir.path().join("agent.key"), 0o644);
+    let (ok, out) = check_tls(dir.path(), "agent.crt", "agent.key", "ca-bundle.crt");
+    assert!(ok, "a warning failed the check: {out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning: {out}"));
+    assert!(line.contains("agent.key") && line.contains("644"), "{line}");
+}
+
+#[test]
+fn a_certificate_for_another_agent_is_refused() {
+    let dir = tls_dir();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let (ok, out) = check(
+        &example(),
+        &[
+            ("FERRULE_TLS__CERT", &p("agent.crt")),
+            ("FERRULE_TLS__KEY", &p("agent.key")),
+            ("FERRULE_TLS__SERVER_CA", &p("ca-bundle.crt")),
+            ("FERRULE_AGENT__ID", "rtu-4"),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("substation-7/rtu-3") && out.contains("substation-7/rtu-4"),
+        "{out}"
     );
 }

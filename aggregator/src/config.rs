@@ -311,6 +311,25 @@ impl ServerSection {
     }
 }
 
+impl Config {
+    /// The TLS files, as the transport takes them.
+    pub fn server_tls(&self) -> ferrule_transport::ServerTls {
+        ferrule_transport::ServerTls {
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+            client_ca: self.tls.client_ca.clone(),
+            crl: self.tls.crl.clone(),
+        }
+    }
+
+    /// Checks the TLS material as of `now` (readable, key matches, chains to
+    /// `tls.client_ca`, valid, carries a DNS name; the CRL parses): what
+    /// `check-config` and the start of `run` report.
+    pub fn check_tls(&self, now: std::time::SystemTime) -> ferrule_transport::MaterialReport {
+        ferrule_transport::check_server_material(&self.server_tls(), now)
+    }
+}
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), Vec<Invalid>> {
         let mut bad = Vec::new();

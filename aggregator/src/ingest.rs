@@ -23,7 +23,8 @@ use crate::ledger::LedgerKey;
 use crate::metrics::IngestMetrics;
 use ferrule_transport::quinn;
 use ferrule_transport::{
-    classify, close_code, peer_identity, FrameReceiver, FrameSender, StreamError, VerifiedAgent,
+    classify, classify_server, close_code, peer_identity, FrameReceiver, FrameSender, StreamError,
+    VerifiedAgent, PEER_REFUSED_SERVER_CERTIFICATE,
 };
 use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
 use ferrule_wire::session::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
@@ -90,9 +91,15 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
     let conn = match connecting.await {
         Ok(c) => c,
         Err(e) => {
-            let reason = classify(&e);
+            // The agent refusing our certificate is told apart from us
+            // refusing its certificate (both say `unknown_ca` on the wire).
+            let reason = classify_server(&e);
             ctx.metrics.refused(reason);
-            tracing::warn!(%remote, reason, error = %e, "agent handshake refused");
+            if reason == PEER_REFUSED_SERVER_CERTIFICATE {
+                tracing::warn!(%remote, reason, error = %e, "agent refused this aggregator's certificate (check the agent's uplink.server_name and trust bundle)");
+            } else {
+                tracing::warn!(%remote, reason, error = %e, "agent handshake refused");
+            }
             return;
         }
     };

@@ -43,11 +43,22 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(ferrule_config::load_validated::<Config>(path, "FERRULE")?.logged())
 }
 
+/// The TLS report in the form `check-config` prints.
+fn checked(report: ferrule_transport::MaterialReport) -> ferrule_config::Checked {
+    let mut out = ferrule_config::Checked::default();
+    out.problems = report.problems.iter().map(ToString::to_string).collect();
+    out.warnings = report.warnings.iter().map(ToString::to_string).collect();
+    out.notes = report.notes;
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
-            ferrule_config::check_command::<Config>(&config, "FERRULE")
+            ferrule_config::check_command_with::<Config>(&config, "FERRULE", |cfg| {
+                checked(cfg.check_tls(std::time::SystemTime::now()))
+            })
         }
         Command::Inspect { data } => match ferrule_aggregator::inspect::inspect(&data) {
             Ok(report) => {
@@ -73,8 +84,8 @@ fn main() -> ExitCode {
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Logging writes to stderr: printing it as well showed it twice.
                     tracing::error!("{e:#}");
-                    eprintln!("ferrule-aggregator: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -28,9 +28,44 @@ pub struct IngestMetrics {
     pub session_duplicates: Counter,
 }
 
+/// Every reason `ferrule_aggregator_connections_refused_total` counts, each
+/// published at 0 from the start so `rate()` and alerts work before the first
+/// refusal: the transport's connection labels (certificate problems of the
+/// agent's certificate, TLS alerts, wire error codes, ...),
+/// `peer_refused_server_certificate` (the agent refused *our* certificate), and
+/// the ingest path's own.
+pub fn refusal_reasons() -> impl Iterator<Item = &'static str> {
+    ferrule_transport::CONNECTION_REASONS
+        .iter()
+        .copied()
+        .chain([
+            ferrule_transport::PEER_REFUSED_SERVER_CERTIFICATE,
+            // ingest: identity, admission, streams, session timers, sink.
+            "bad_identity",
+            "superseded",
+            "too_many_sessions",
+            "handshake_timeout",
+            "peer_timeout",
+            "stalled",
+            "frame_timeout",
+            "frame_too_large",
+            "too_many_samples",
+            "truncated",
+            "stream_error",
+            "control_not_read",
+            "sink_failed",
+            "sink_closed",
+            "encode_failed",
+            "peer_error",
+        ])
+}
+
 impl IngestMetrics {
-    /// Registers the ingest metrics in `registry`.
+    /// Registers the ingest metrics in `registry`, every refusal reason at 0.
     pub fn new(registry: &Registry) -> Self {
+        for reason in refusal_reasons() {
+            Self::refused_counter(registry, reason);
+        }
         Self {
             registry: registry.clone(),
             connections: registry.counter(
@@ -74,15 +109,20 @@ impl IngestMetrics {
     }
 
     /// Counts a refused or failed connection by reason (`expired`, `revoked`,
-    /// `unknown_ca`, `no_client_certificate`, `malformed`, `frame_timeout`, ...).
+    /// `unknown_ca`, `bad_key_usage` for the agent's certificate;
+    /// `peer_refused_server_certificate` when the agent refused ours;
+    /// `no_client_certificate`, `malformed`, `frame_timeout`, ...; see
+    /// [`refusal_reasons`]).
     pub fn refused(&self, reason: &str) {
-        self.registry
-            .counter(
-                "ferrule_aggregator_connections_refused_total",
-                "Connections refused or cut off, by reason",
-                &[("reason", reason)],
-            )
-            .inc();
+        Self::refused_counter(&self.registry, reason).inc();
+    }
+
+    fn refused_counter(registry: &Registry, reason: &str) -> Counter {
+        registry.counter(
+            "ferrule_aggregator_connections_refused_total",
+            "Connections refused or cut off, by reason",
+            &[("reason", reason)],
+        )
     }
 
     /// Counts a batch refused for good, by reason.

@@ -14,9 +14,7 @@ use crate::kafka::Kafka;
 use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
-use ferrule_transport::{
-    accept_validated, server_crypto, server_endpoint, EndpointLimits, ServerTls,
-};
+use ferrule_transport::{accept_validated, server_crypto, server_endpoint, EndpointLimits};
 use ferrule_wire::session::IngestConfig;
 use ferrule_wire::{Credit, Limits, ServerLimits};
 use std::future::Future;
@@ -101,13 +99,17 @@ pub async fn run(
     };
     let sink = committer.sink();
 
-    let crypto = server_crypto(&ServerTls {
-        cert: cfg.tls.cert.clone(),
-        key: cfg.tls.key.clone(),
-        client_ca: cfg.tls.client_ca.clone(),
-        crl: cfg.tls.crl.clone(),
-    })
-    .context("loading TLS material")?;
+    // Named now, with the file at fault; what rustls refuses below stops the
+    // start, the rest (an expired certificate, one agents cannot verify) would
+    // only show as refused handshakes.
+    let tls = cfg.check_tls(std::time::SystemTime::now());
+    for w in &tls.warnings {
+        tracing::warn!("{w}");
+    }
+    for p in &tls.problems {
+        tracing::error!("{p}");
+    }
+    let crypto = server_crypto(&cfg.server_tls()).context("loading TLS material")?;
     let limits = EndpointLimits {
         idle_timeout: Duration::from_secs(cfg.server.idle_timeout_secs),
         max_pending_handshakes: cfg.server.max_pending_handshakes,

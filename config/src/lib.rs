@@ -444,10 +444,49 @@ pub fn check_command<T: DeserializeOwned + Validate>(
     path: &Path,
     env_prefix: &str,
 ) -> std::process::ExitCode {
+    check_command_with::<T>(path, env_prefix, |_| Checked::default())
+}
+
+/// What a `check-config` found beyond the file itself, in the files the config
+/// names (TLS material, say): a file that parses can still name a key that
+/// does not exist, and only reading it tells.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Checked {
+    /// Each fails the check; each names the file at fault and what is wrong.
+    pub problems: Vec<String>,
+    /// Printed as `warning: ...`; the check still passes.
+    pub warnings: Vec<String>,
+    /// Printed on success (what was found, e.g. the names a certificate carries).
+    pub notes: Vec<String>,
+}
+
+/// [`check_command`], then `more` on the loaded config: its problems fail the
+/// check (each printed on stderr), its warnings are printed as `warning: ...`
+/// on stderr, and on success its notes and `PATH: ok` go to stdout.
+pub fn check_command_with<T: DeserializeOwned + Validate>(
+    path: &Path,
+    env_prefix: &str,
+    more: impl FnOnce(&T) -> Checked,
+) -> std::process::ExitCode {
     match load_validated::<T>(path, env_prefix) {
-        Ok(_) => {
-            println!("{}: ok", path.display());
-            std::process::ExitCode::SUCCESS
+        Ok(loaded) => {
+            let checked = more(&loaded.value);
+            for w in &checked.warnings {
+                eprintln!("warning: {w}");
+            }
+            if checked.problems.is_empty() {
+                for n in &checked.notes {
+                    println!("{n}");
+                }
+                println!("{}: ok", path.display());
+                std::process::ExitCode::SUCCESS
+            } else {
+                for p in &checked.problems {
+                    eprintln!("{p}");
+                }
+                std::process::ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("{e}");

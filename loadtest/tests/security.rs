@@ -159,7 +159,9 @@ fn refusals(text: &str) -> Vec<(String, f64)> {
         .filter_map(|l| {
             let rest = l.strip_prefix(&prefix)?;
             let (reason, value) = rest.split_once("\"} ")?;
-            Some((reason.to_string(), value.trim().parse().ok()?))
+            let v: f64 = value.trim().parse().ok()?;
+            // Every reason is published at 0 from the start; only counted ones matter.
+            (v > 0.0).then(|| (reason.to_string(), v))
         })
         .collect()
 }
@@ -675,11 +677,12 @@ async fn client_refuses_a_server_with_the_wrong_name() {
     .await;
     assert_eq!(client, "wrong_server_name", "the client's own verdict");
     // The client's alert reaches the aggregator, which counts the failed handshake
-    // (the label comes from the reason text the client sends).
+    // as the agent refusing the aggregator's certificate: not `unknown_ca` &
+    // co., which name a problem with the agent's certificate.
     assert_eq!(
-        server.iter().map(|(_, n)| n).sum::<f64>(),
-        1.0,
-        "the aggregator did not count the aborted handshake: {server:?}"
+        server,
+        vec![("peer_refused_server_certificate".to_string(), 1.0)],
+        "the aggregator did not count the aborted handshake as refused by the agent"
     );
 }
 
@@ -700,8 +703,15 @@ async fn agent_binary_reports_refusals_with_their_reason() {
     let agg = start_aggregator(dir.path(), &pki, "").await;
     let at = agg.at.clone();
 
+    // A key that is not the certificate's: the agent must say so at once.
+    pki.agent("s", "badkey").unwrap();
+    let (_, other_key) = pki.agent("s", "other").unwrap();
     let mut agents = Vec::new();
-    for (id, server_name) in [("expired", "localhost"), ("misdirected", "wrong.example")] {
+    for (id, server_name) in [
+        ("expired", "localhost"),
+        ("misdirected", "wrong.example"),
+        ("badkey", "localhost"),
+    ] {
         let metrics = SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port().unwrap()));
         let spec = AgentSpec {
             site: "s".into(),
@@ -715,10 +725,18 @@ async fn agent_binary_reports_refusals_with_their_reason() {
             extra: String::new(),
         };
         // agent_toml always names the server `localhost`.
-        let toml = procs::agent_toml(&pki, &spec).unwrap().replace(
+        let mut toml = procs::agent_toml(&pki, &spec).unwrap().replace(
             "server_name = \"localhost\"",
             &format!("server_name = \"{server_name}\""),
         );
+        if id == "badkey" {
+            let (_, own) = pki.agent_paths("s", "badkey");
+            toml = toml.replace(
+                &format!("{:?}", own.display().to_string()),
+                &format!("{:?}", other_key.display().to_string()),
+            );
+            assert!(toml.contains("agent-s-other.key"), "{toml}");
+        }
         let config = dir.path().join(format!("agent-{id}.toml"));
         std::fs::write(&config, toml).unwrap();
         let log = dir.path().join(format!("agent-{id}.log"));
@@ -727,12 +745,23 @@ async fn agent_binary_reports_refusals_with_their_reason() {
         agents.push((id, proc, metrics, log));
     }
 
-    for (id, reason) in [("expired", "expired"), ("misdirected", "wrong_server_name")] {
+    // (agent, counted reason, the fine cause in the log line)
+    for (id, reason, detail) in [
+        ("expired", "refused_by_server", "expired"),
+        (
+            "misdirected",
+            "server_certificate_refused",
+            "wrong_server_name",
+        ),
+        ("badkey", "tls_local_config", "agent-s-other.key"),
+    ] {
         let (_, _, metrics, log) = agents.iter().find(|a| a.0 == id).unwrap();
         let (metrics, log) = (*metrics, log.clone());
         let series = format!("ferrule_agent_session_failures_total{{reason=\"{reason}\"}}");
         let text = blocking(move || {
-            procs::wait_for(Duration::from_secs(15), || {
+            // Logged and counted at once: the first attempt fails within a
+            // second or two, and its failure is not held back.
+            procs::wait_for(Duration::from_secs(8), || {
                 let text = procs::http_get(metrics, "/metrics").ok()?;
                 (metric0(&text, &series) > 0.0).then_some(text)
             })
@@ -753,8 +782,23 @@ async fn agent_binary_reports_refusals_with_their_reason() {
             .find(|l| l.contains("uplink session failed"))
             .unwrap_or_else(|| panic!("agent {id}: no failure logged:\n{log_text}"));
         assert!(
-            line.contains("WARN") && line.contains(&format!("reason={reason:?}")),
-            "agent {id}: the failure line names no reason {reason:?}: {line}"
+            line.contains("ERROR")
+                && line.contains(&format!("reason={reason:?}"))
+                && line.contains(detail),
+            "agent {id}: the failure line names no reason {reason:?} and cause {detail:?}: {line}"
+        );
+        assert_eq!(
+            log_text
+                .lines()
+                .filter(|l| l.contains("uplink session failed") && !l.contains("failed again"))
+                .count(),
+            1,
+            "agent {id}: a repeated cause is logged once:\n{log_text}"
+        );
+        let health = blocking(move || procs::http_get(metrics, "/healthz")).await;
+        assert!(
+            health.as_ref().is_ok_and(|h| h.contains(reason)),
+            "agent {id}: /healthz does not give the uplink's reason {reason:?}: {health:?}"
         );
         eprintln!("agent {id} logs: {line}");
     }

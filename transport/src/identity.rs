@@ -73,7 +73,7 @@ pub fn peer_identity(conn: &quinn::Connection) -> Result<VerifiedAgent, Identity
     identity_of(leaf.as_ref())
 }
 
-fn identity_of(der: &[u8]) -> Result<VerifiedAgent, IdentityError> {
+pub(crate) fn identity_of(der: &[u8]) -> Result<VerifiedAgent, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
     let mut uris = Vec::new();

@@ -4,12 +4,14 @@
 //! configuration with the limits that bound what one peer can cost, the verified
 //! agent identity taken from the client certificate, frames over QUIC streams with
 //! a deadline per frame, and the classification of handshake failures into the
-//! reasons operators see in logs and metrics.
+//! reasons operators see in logs and metrics, and the checks of TLS material
+//! that `check-config` runs.
 //!
 //! Protocol logic stays in `ferrule-wire`; this crate only moves its frames.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod check;
 mod endpoint;
 mod error;
 mod framed;
@@ -17,11 +19,18 @@ mod identity;
 mod reject;
 mod tls;
 
+pub use check::{
+    check_client_material, check_server_material, key_permission_warning, ExpectedAgent,
+    MaterialProblem, MaterialReport, MaterialWarning,
+};
 pub use endpoint::{accept_validated, client_endpoint, server_endpoint, EndpointLimits};
 pub use error::{StreamError, TlsError};
 pub use framed::{FrameReceiver, FrameSender};
 pub use identity::{peer_identity, IdentityError, VerifiedAgent};
-pub use reject::{classify, close_code, CloseCode};
+pub use reject::{
+    classify, classify_server, close_code, refused_by_peer, CloseCode, CERTIFICATE_REASONS,
+    CONNECTION_REASONS, PEER_REFUSED_SERVER_CERTIFICATE,
+};
 pub use tls::{client_crypto, server_crypto, ClientTls, ServerTls, ALPN};
 
 /// Re-exported so drivers name the same quinn the endpoints were built with.

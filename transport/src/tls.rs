@@ -47,7 +47,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path)?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
     let certs = certs.map_err(|e| TlsError::Pem {
@@ -63,7 +63,7 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read(path)?;
     rustls_pemfile::private_key(&mut bytes.as_slice())
         .map_err(|e| TlsError::Pem {
@@ -76,7 +76,7 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+pub(crate) fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for c in certs(path)? {
         store.add(c).map_err(|e| TlsError::Pem {
@@ -87,7 +87,7 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+pub(crate) fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let bytes = read(path)?;
     let crls: Result<Vec<_>, _> = rustls_pemfile::crls(&mut bytes.as_slice()).collect();
     crls.map_err(|e| TlsError::Pem {
@@ -96,7 +96,7 @@ fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsEr
     })
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
