@@ -7,10 +7,17 @@
 //! fsync), each sending realistic three-phase batches as fast as the aggregator's
 //! credit allows. Ack latency is measured per batch from the write of its frame to
 //! the Ack naming it; CPU comes from the aggregator's `/proc/<pid>/stat`.
+//!
+//! A client whose connection is refused or lost does what an agent does: it
+//! counts the failure, backs off (the agent's defaults: 200 ms doubling to 5 s,
+//! with jitter) and connects again with a fresh epoch, so one failed handshake
+//! among hundreds is a number in the report, not the end of the run.
 
 use crate::devpki::DevPki;
 use crate::procs::{self, AgentSpec, Proc};
 use anyhow::{bail, Context as _};
+use ferrule_agent::backoff::Backoff;
+use ferrule_transport::quinn;
 use ferrule_transport::{
     client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
 };
@@ -21,7 +28,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ferrule_transport::session_now as now;
@@ -67,7 +74,20 @@ pub struct Report {
     pub aggregator_rss_mib: f64,
     /// A real agent's RSS at 20 000 events/s, MiB.
     pub agent_rss_mib: Option<f64>,
+    /// Connection attempts that failed before their session was up (handshake
+    /// refused or timed out, no Welcome); each client retried after a backoff.
+    pub refused_connections: u64,
+    /// Sessions that were up and then failed; each client reconnected.
+    pub lost_sessions: u64,
+    /// The first refusal's error, to say why.
+    pub first_refusal: Option<String>,
+    /// The first lost session's error.
+    pub first_loss: Option<String>,
 }
+
+/// How long a client waits for its handshake and Welcome before it counts the
+/// attempt as refused and retries (the agent's `uplink.connect_timeout_secs`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the frame of batch `seq` from a constant sample block: the header is the
 /// only part that changes, so clients spend their CPU on sending, not encoding.
@@ -124,23 +144,54 @@ impl FrameMaker {
 struct Tally {
     acked_batches: AtomicU64,
     acked_samples: AtomicU64,
+    refused_connections: AtomicU64,
+    lost_sessions: AtomicU64,
+    first_refusal: Mutex<Option<String>>,
+    first_loss: Mutex<Option<String>>,
 }
 
-/// One blast client: connects as `site/id`, sends until `stop`, records ack latencies.
-#[allow(clippy::too_many_arguments)]
-async fn blast(
-    pki: DevPki,
+impl Tally {
+    /// Counts a failure and keeps the first message of its kind.
+    fn fail(count: &AtomicU64, first: &Mutex<Option<String>>, e: &anyhow::Error) {
+        count.fetch_add(1, Ordering::Relaxed);
+        first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| format!("{e:#}"));
+    }
+}
+
+/// What one blast client sends and to whom.
+struct BlastSpec {
     addr: SocketAddr,
     site: String,
     id: String,
     samples: usize,
     seed: u64,
     rate: u64,
+}
+
+/// How one session of a blast client ended.
+enum SessionEnd {
+    /// `stop` was set.
+    Stopped,
+    /// The connection or its session failed before Welcome.
+    Refused(anyhow::Error),
+    /// The session was up, then failed.
+    Lost(anyhow::Error),
+}
+
+/// One blast client: connects as `site/id` and sends until `stop`, recording ack
+/// latencies; reconnects after a backoff whenever a connection is refused or
+/// lost (counted in `tally`).
+async fn blast(
+    pki: DevPki,
+    spec: BlastSpec,
     stop: Arc<AtomicBool>,
     measuring: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) -> anyhow::Result<Vec<u32>> {
-    let (cert, key) = pki.agent(&site, &id)?;
+    let (cert, key) = pki.agent(&spec.site, &spec.id)?;
     let crypto = client_crypto(&ClientTls {
         cert,
         key,
@@ -151,26 +202,132 @@ async fn blast(
         crypto,
         &EndpointLimits::default(),
     )?;
-    let conn = ep.connect(addr, "localhost")?.await?;
-    let (send, recv) = conn.open_bi().await?;
-    let limits = Limits::default();
-    let mut ctl = FrameSender::new(send, limits);
-    let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
-    let epoch = Epoch(seed);
-    let mut s = AgentSession::new(
-        AgentConfig::new(site, id, "bench"),
-        (epoch, Seq(1)),
-        Instant::now(),
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        spec.seed,
     );
-    while let Some(m) = s.poll_transmit() {
-        ctl.send(&m).await?;
-    }
-    while !s.is_established() {
-        match ctl_rx.next().await? {
-            Some((m, _)) => s.handle(m, now())?,
-            None => bail!("aggregator closed before Welcome"),
+    let mut latencies_us: Vec<u32> = Vec::new();
+    let mut attempt = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // A fresh epoch per session: what a previous one sent is not this one's.
+        let epoch = Epoch(spec.seed + (attempt << 32));
+        attempt += 1;
+        let end = session(
+            &ep,
+            &spec,
+            epoch,
+            &stop,
+            &measuring,
+            &tally,
+            &mut latencies_us,
+            &mut backoff,
+        )
+        .await;
+        match end {
+            SessionEnd::Stopped => break,
+            SessionEnd::Refused(e) => {
+                Tally::fail(&tally.refused_connections, &tally.first_refusal, &e)
+            }
+            SessionEnd::Lost(e) => Tally::fail(&tally.lost_sessions, &tally.first_loss, &e),
+        }
+        let delay = backoff.next_delay();
+        let until = tokio::time::Instant::now() + delay;
+        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50).min(delay)).await;
         }
     }
+    ep.wait_idle().await;
+    Ok(latencies_us)
+}
+
+/// Connects, says Hello and waits for Welcome within [`CONNECT_TIMEOUT`].
+async fn establish(
+    ep: &quinn::Endpoint,
+    spec: &BlastSpec,
+    epoch: Epoch,
+) -> anyhow::Result<(quinn::Connection, AgentSession, FrameSender, FrameReceiver)> {
+    let connecting = ep.connect(spec.addr, "localhost")?;
+    tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let conn = connecting.await?;
+        let (send, recv) = conn.open_bi().await?;
+        let limits = Limits::default();
+        let mut ctl = FrameSender::new(send, limits);
+        let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
+        let mut s = AgentSession::new(
+            AgentConfig::new(spec.site.clone(), spec.id.clone(), "bench"),
+            (epoch, Seq(1)),
+            Instant::now(),
+        );
+        while let Some(m) = s.poll_transmit() {
+            ctl.send(&m).await?;
+        }
+        while !s.is_established() {
+            match ctl_rx.next().await? {
+                Some((m, _)) => s.handle(m, now())?,
+                None => bail!("aggregator closed before Welcome"),
+            }
+        }
+        Ok((conn, s, ctl, ctl_rx))
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}"))?
+}
+
+/// One session of a blast client, from connecting to its end.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    ep: &quinn::Endpoint,
+    spec: &BlastSpec,
+    epoch: Epoch,
+    stop: &AtomicBool,
+    measuring: &AtomicBool,
+    tally: &Tally,
+    latencies_us: &mut Vec<u32>,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let (conn, mut s, mut ctl, mut ctl_rx) = match establish(ep, spec, epoch).await {
+        Ok(up) => up,
+        Err(e) => return SessionEnd::Refused(e),
+    };
+    backoff.reset();
+    let result = send_until_stopped(
+        &conn,
+        spec,
+        epoch,
+        (&mut s, &mut ctl, &mut ctl_rx),
+        stop,
+        measuring,
+        tally,
+        latencies_us,
+    )
+    .await;
+    match result {
+        Ok(()) => {
+            conn.close(0u32.into(), b"done");
+            SessionEnd::Stopped
+        }
+        Err(e) => {
+            conn.close(1u32.into(), b"client error");
+            SessionEnd::Lost(e)
+        }
+    }
+}
+
+/// Sends batches on an established session until `stop`.
+#[allow(clippy::too_many_arguments)]
+async fn send_until_stopped(
+    conn: &quinn::Connection,
+    spec: &BlastSpec,
+    epoch: Epoch,
+    (s, ctl, ctl_rx): (&mut AgentSession, &mut FrameSender, &mut FrameReceiver),
+    stop: &AtomicBool,
+    measuring: &AtomicBool,
+    tally: &Tally,
+    latencies_us: &mut Vec<u32>,
+) -> anyhow::Result<()> {
+    let (samples, seed, rate) = (spec.samples, spec.seed, spec.rate);
+    let limits = Limits::default();
     let mut lane = FrameSender::new(conn.open_uni().await?, limits);
     for (i, (name, unit)) in SENSORS.iter().zip(UNITS).enumerate() {
         s.define(Define {
@@ -184,7 +341,6 @@ async fn blast(
     let mut frame = Vec::new();
     let mut next = Seq(1);
     let mut sent_at: HashMap<Seq, Instant> = HashMap::new();
-    let mut latencies_us: Vec<u32> = Vec::new();
     // Open-loop pacing: one batch every `interval` when a rate is set.
     let interval = (rate > 0).then(|| Duration::from_secs_f64(samples as f64 / rate as f64));
     let mut due = tokio::time::Instant::now();
@@ -251,9 +407,7 @@ async fn blast(
             }
         }
     }
-    conn.close(0u32.into(), b"done");
-    ep.wait_idle().await;
-    Ok(latencies_us)
+    Ok(())
 }
 
 /// A single Kafka broker for the benchmark, stopped on drop.
@@ -398,12 +552,14 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     for i in 0..opts.connections {
         clients.push(tokio::spawn(blast(
             pki.clone(),
-            addr,
-            "bench".into(),
-            format!("blast-{i}"),
-            opts.batch_samples,
-            1000 + i as u64,
-            opts.rate / opts.connections.max(1) as u64,
+            BlastSpec {
+                addr,
+                site: "bench".into(),
+                id: format!("blast-{i}"),
+                samples: opts.batch_samples,
+                seed: 1000 + i as u64,
+                rate: opts.rate / opts.connections.max(1) as u64,
+            },
             stop.clone(),
             measuring.clone(),
             tally.clone(),
@@ -448,5 +604,13 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         aggregator_cores: cpu / elapsed,
         aggregator_rss_mib: rss,
         agent_rss_mib: agent_rss,
+        refused_connections: tally.refused_connections.load(Ordering::Relaxed),
+        lost_sessions: tally.lost_sessions.load(Ordering::Relaxed),
+        first_refusal: take(&tally.first_refusal),
+        first_loss: take(&tally.first_loss),
     })
+}
+
+fn take(first: &Mutex<Option<String>>) -> Option<String> {
+    first.lock().unwrap_or_else(PoisonError::into_inner).take()
 }

@@ -143,6 +143,18 @@ fn main() -> Result<()> {
             if let Some(rss) = r.agent_rss_mib {
                 println!("  agent at 20 000 events/s: RSS {rss:.1} MiB");
             }
+            println!(
+                "  connections refused (retried after a backoff): {}{}",
+                r.refused_connections,
+                r.first_refusal
+                    .map_or(String::new(), |e| format!(" (first: {e})"))
+            );
+            println!(
+                "  sessions lost (reconnected): {}{}",
+                r.lost_sessions,
+                r.first_loss
+                    .map_or(String::new(), |e| format!(" (first: {e})"))
+            );
             Ok(())
         }
         Scenario::Footprint {

@@ -1,6 +1,15 @@
 //! QUIC endpoints with the limits that bound what one peer can cost: pending
 //! handshakes, streams per connection, receive windows and idle time. Address
 //! validation (Retry) happens in [`accept_validated`].
+//!
+//! A Retry token must outlive the handshake of the client it was sent to. The
+//! client puts it in every Initial it sends after the Retry, and retransmits
+//! those (1, 2, 4, 8, 16 s apart) until its idle timeout; a token that expires
+//! first turns the next of them into a fatal INVALID_TOKEN close, and the client
+//! cannot be sent another Retry on that connection (RFC 9000 §8.1.2). With
+//! quinn's default 15 s lifetime, a burst of a few hundred handshakes on a busy
+//! aggregator (whose socket drops a client's first answers to the Retry) refused
+//! clients that had done everything right (issue 10).
 
 use crate::error::TlsError;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -18,6 +27,17 @@ pub struct EndpointLimits {
     pub keep_alive: Duration,
     /// Handshakes in progress at once (server side); more are refused.
     pub max_pending_handshakes: usize,
+    /// How long a Retry token is accepted after it was sent (server side). At
+    /// least as long as a client keeps retransmitting the Initial that carries
+    /// it (its idle timeout, 30 s by default): see the module doc. The token is
+    /// bound to the client's address and port, so a longer life only lets that
+    /// same address skip one round trip a little later.
+    pub retry_token_lifetime: Duration,
+    /// Receive buffer asked of the kernel for the server's UDP socket, bytes
+    /// (Linux caps it at `net.core.rmem_max`). A burst of handshakes arrives
+    /// faster than the endpoint reads while it is busy; every Initial dropped by
+    /// a full buffer costs its client a backed-off retransmission.
+    pub socket_receive_buffer_bytes: usize,
     /// Bidirectional streams a peer may open (the control stream).
     pub max_bidi_streams: u32,
     /// Unidirectional streams a peer may open (the data lanes).
@@ -34,6 +54,8 @@ impl Default for EndpointLimits {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_pending_handshakes: 256,
+            retry_token_lifetime: Duration::from_secs(60),
+            socket_receive_buffer_bytes: 4 << 20,
             max_bidi_streams: 1,
             max_uni_streams: 4,
             stream_window_bytes: 4 << 20,
@@ -73,6 +95,7 @@ pub fn server_endpoint(
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport(limits, false)?));
     cfg.max_incoming(limits.max_pending_handshakes);
+    cfg.retry_token_lifetime(limits.retry_token_lifetime);
     cfg.migration(false);
     let label = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"ferrule stateless reset v1");
     let derived = ring::hmac::sign(&label, reset_secret);
@@ -89,6 +112,7 @@ pub fn server_endpoint(
     });
     let socket = std::net::UdpSocket::bind(bind)
         .map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))?;
+    grow_receive_buffer(&socket, limits.socket_receive_buffer_bytes);
     Endpoint::new(
         endpoint_cfg,
         Some(cfg),
@@ -96,6 +120,27 @@ pub fn server_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))
+}
+
+/// Asks for a receive buffer of `bytes` on `socket`. Best effort: the kernel may
+/// grant less (its `rmem_max`), and the endpoint works with the default, only
+/// with more Initials dropped under a burst; so a refusal is logged, not fatal.
+fn grow_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) {
+    let result = quinn::udp::UdpSocketState::new(socket.into()).and_then(|state| {
+        if state.recv_buffer_size(socket.into())? < bytes {
+            state.set_recv_buffer_size(socket.into(), bytes)?;
+        }
+        state.recv_buffer_size(socket.into())
+    });
+    match result {
+        Ok(granted) if granted < bytes => tracing::info!(
+            asked = bytes,
+            granted,
+            "UDP receive buffer smaller than asked (raise net.core.rmem_max)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot size the UDP receive buffer"),
+    }
 }
 
 /// Binds a client endpoint whose connections use `crypto` (from
