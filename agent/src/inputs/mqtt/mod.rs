@@ -96,6 +96,7 @@
 
 pub mod filter;
 pub mod payload;
+mod rawjson;
 pub mod template;
 pub mod tls;
 
