@@ -211,3 +211,32 @@ pub fn start_all(
     }
     Ok(tasks)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Registering a sensor saves the catalog through `blocking::run`, which
+    /// must not panic on a current-thread runtime (as `block_in_place` would).
+    #[tokio::test(flavor = "current_thread")]
+    async fn sensors_register_on_a_current_thread_runtime() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = Catalog::open(dir.path()).expect("catalog");
+        let (tx, _rx) = mpsc::channel(1);
+        let (_stop, shutdown) = watch::channel(false);
+        let ctx = InputContext::new(
+            "t",
+            tx,
+            Arc::new(Mutex::new(catalog)),
+            Registry::new(),
+            shutdown,
+        );
+        let a = ctx
+            .sensor("t/a", "V", SensorKind::Gauge)
+            .expect("registers");
+        assert_eq!(ctx.sensor("t/a", "V", SensorKind::Gauge).ok(), Some(a));
+        // The save reached the disk: a reopened catalog knows the sensor.
+        let again = Catalog::open(dir.path()).expect("reopen");
+        assert!(again.defines().iter().any(|d| d.name.as_str() == "t/a"));
+    }
+}
