@@ -120,24 +120,49 @@ impl Spooled {
     }
 }
 
+const DROPPED_BATCHES: &str = "ferrule_agent_dropped_batches_total";
+const DROPPED_BATCHES_HELP: &str =
+    "Batches dropped unacknowledged, by reason and input (a batch counts for each input in it)";
+const DROPPED_SAMPLES: &str = "ferrule_agent_dropped_samples_total";
+const DROPPED_SAMPLES_HELP: &str = "Samples dropped unacknowledged, by reason and input";
+
+/// Every reason a batch is dropped for ([`count_dropped`]): the spool's, the
+/// uplink's, and the aggregator's rejections (`rejected_<reason>`).
+pub const DROP_REASONS: &[&str] = &[
+    "spool_full",
+    "spool_corrupt",
+    "spool_unreadable",
+    "frame_too_large",
+    "encode_failed",
+    "shutdown_spool_unavailable",
+    "rejected_unknown_sensor",
+    "rejected_wrong_epoch",
+    "rejected_sink_refused",
+    "rejected_forbidden",
+    "rejected_unknown",
+];
+
+/// Publishes the dropped counters of `input` at 0 for every [`DROP_REASONS`],
+/// so `rate()` and alerts have series before the first drop.
+pub fn declare_dropped(registry: &Registry, input: &str) {
+    // `reason` first, as `count_dropped` orders the labels (a series' identity).
+    for reason in DROP_REASONS {
+        let labels = [("reason", *reason), ("input", input)];
+        registry.counter(DROPPED_BATCHES, DROPPED_BATCHES_HELP, &labels);
+        registry.counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &labels);
+    }
+}
+
 /// Counts batches dropped unacknowledged for `reason`, per input: a batch
 /// counts once for every input with samples in it.
 pub fn count_dropped(registry: &Registry, reason: &str, inputs: &[(String, u32)]) {
     for (input, samples) in inputs {
         let labels = [("reason", reason), ("input", input.as_str())];
         registry
-            .counter(
-                "ferrule_agent_dropped_batches_total",
-                "Batches dropped unacknowledged, by reason and input (a batch counts for each input in it)",
-                &labels,
-            )
+            .counter(DROPPED_BATCHES, DROPPED_BATCHES_HELP, &labels)
             .inc();
         registry
-            .counter(
-                "ferrule_agent_dropped_samples_total",
-                "Samples dropped unacknowledged, by reason and input",
-                &labels,
-            )
+            .counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &labels)
             .add(u64::from(*samples));
     }
 }
@@ -234,7 +259,7 @@ impl Spool {
             ),
             acked_batches: registry.counter(
                 "ferrule_agent_acked_batches_total",
-                "Batches acknowledged by an aggregator",
+                "Batches acknowledged as committed by an aggregator (refused or dropped ones are in ferrule_agent_dropped_batches_total)",
                 &[],
             ),
             corrupt_records: registry.counter(
@@ -583,8 +608,15 @@ impl Spool {
     /// batch settled but not yet released is resent after a crash, and dropped as
     /// a duplicate by the aggregator.
     pub fn settle(&mut self, seqs: &[Seq]) -> Result<(), SpoolError> {
+        self.settle_as(seqs, true)
+    }
+
+    /// Like [`Spool::settle`]; `acked` false for batches refused for good or
+    /// dropped (counted as dropped elsewhere), which are released all the same
+    /// but not counted in `ferrule_agent_acked_batches_total`.
+    pub fn settle_as(&mut self, seqs: &[Seq], acked: bool) -> Result<(), SpoolError> {
         for s in seqs {
-            if self.settled.insert(*s) {
+            if self.settled.insert(*s) && acked {
                 self.c.acked_batches.inc();
             }
         }

@@ -48,6 +48,19 @@
 pub mod map;
 pub mod plan;
 
+/// Every reason this input counts in `ferrule_agent_input_errors_total`,
+/// published at 0 when it starts so `rate()` and alerts have a series before
+/// the first error.
+pub const ERROR_REASONS: &[&str] = &[
+    "exception",
+    "timeout",
+    "connect",
+    "protocol",
+    "decode",
+    "config",
+    "sensor",
+];
+
 use super::{now_ns, InputContext};
 use crate::backoff::Backoff;
 use ferrule_config::Invalid;
