@@ -200,6 +200,7 @@ struct Counters {
     recoveries: Counter,
     bytes: Gauge,
     unacked: Gauge,
+    last_seq: Gauge,
     writable: Gauge,
     registry: Registry,
 }
@@ -276,6 +277,11 @@ impl Spool {
             unacked: registry.gauge(
                 "ferrule_agent_spool_unacked_batches",
                 "Batches in the spool not yet acknowledged",
+                &[],
+            ),
+            last_seq: registry.gauge(
+                "ferrule_agent_spool_last_seq",
+                "The last sequence number given to a batch (0 before the first); with ferrule_agent_spool_unacked_batches it tells whether the spool has drained",
                 &[],
             ),
             writable: registry.gauge(
@@ -654,6 +660,9 @@ impl Spool {
         self.c
             .unacked
             .set(i64::try_from(unacked).unwrap_or(i64::MAX));
+        self.c
+            .last_seq
+            .set(i64::try_from(self.next_seq().0.saturating_sub(1)).unwrap_or(i64::MAX));
     }
 }
 
@@ -991,6 +1000,31 @@ mod tests {
         let (spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
         assert_eq!(spool.next_seq(), Seq(3));
         assert!(spool.epoch() > e);
+    }
+
+    #[test]
+    fn gauges_say_whether_the_spool_has_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new();
+        let (mut spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        let gauge = |name: &str| {
+            let text = reg.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert_eq!(gauge("ferrule_agent_spool_last_seq"), "0");
+        let seqs = fill(&mut spool, 3);
+        assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
+        assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "3");
+        spool.settle(&seqs).unwrap();
+        assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "0");
+        assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
+        // Refused batches are released but not counted as acknowledged.
+        let more = fill(&mut spool, 2);
+        spool.settle_as(&more, false).unwrap();
+        assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "0");
+        assert_eq!(gauge("ferrule_agent_acked_batches_total"), "3");
     }
 
     #[test]
