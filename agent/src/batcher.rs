@@ -121,8 +121,12 @@ impl Chunk {
 /// What the uplink reports back about sent batches.
 #[derive(Debug)]
 pub enum Settle {
-    /// Acknowledged or refused for good: either way, release them.
+    /// Acknowledged as committed: release them (counted in
+    /// `ferrule_agent_acked_batches_total`).
     Done(Vec<Seq>),
+    /// Refused for good by the aggregator, or dropped unsendable, and counted as
+    /// dropped already: release them too, but they were never acknowledged.
+    Dropped(Vec<Seq>),
     /// A read found a record corrupt on disk: rescan the spool (the damaged
     /// records are then counted and settled).
     Rescan,
@@ -621,14 +625,15 @@ impl Batcher {
         }
     }
 
-    /// Releases acknowledged batches, then lets a blocked batch try the room.
-    fn settle(&mut self, seqs: &[Seq]) {
+    /// Releases settled batches (`acked`: acknowledged, else dropped), then
+    /// lets a blocked batch try the room.
+    fn settle(&mut self, seqs: &[Seq], acked: bool) {
         // Bookkeeping, unless a release (fsyncs) is due.
         let spool = &mut self.spool;
         let result = if spool.release_due() {
-            blocking(|| spool.settle(seqs))
+            blocking(|| spool.settle_as(seqs, acked))
         } else {
-            spool.settle(seqs)
+            spool.settle_as(seqs, acked)
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "releasing acknowledged batches failed");
@@ -779,7 +784,8 @@ pub async fn run(
                 }
             },
             settle = b.io.settles.recv(), if b.settles_open => match settle {
-                Some(Settle::Done(seqs)) => b.settle(&seqs),
+                Some(Settle::Done(seqs)) => b.settle(&seqs, true),
+                Some(Settle::Dropped(seqs)) => b.settle(&seqs, false),
                 Some(Settle::Rescan) => {
                     tracing::warn!("a spool record read back corrupt; rescanning the spool");
                     b.recover();
@@ -814,11 +820,14 @@ pub async fn run(
             }
             // Keep settling acks while the uplink drains, until it lets go.
             while let Some(settle) = b.io.settles.recv().await {
-                if let Settle::Done(seqs) = settle {
-                    let spool = &mut b.spool;
-                    let _ = blocking(|| spool.settle(&seqs));
-                    b.publish();
-                }
+                let (seqs, acked) = match settle {
+                    Settle::Done(seqs) => (seqs, true),
+                    Settle::Dropped(seqs) => (seqs, false),
+                    Settle::Rescan => continue,
+                };
+                let spool = &mut b.spool;
+                let _ = blocking(|| spool.settle_as(&seqs, acked));
+                b.publish();
             }
             let spool = &mut b.spool;
             if let Err(e) = blocking(|| spool.release()) {

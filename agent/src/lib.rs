@@ -6,10 +6,12 @@
 //! deleting each only once acknowledged. The binary is a thin `main` over
 //! [`run`], so tests and the demo embed it.
 //!
-//! Needs a multi-threaded tokio runtime (one worker is enough). The spool's
+//! Meant for a multi-threaded tokio runtime (one worker is enough). The spool's
 //! group-commit fsyncs run on the blocking pool while the batcher goes on;
-//! other fsyncing steps (releases, `fsync = "always"` appends, replay reads)
-//! run in `block_in_place`. Buffered appends and reads of just-written
+//! other fsyncing steps (releases, `fsync = "always"` appends, replay reads,
+//! catalog saves) go through [`blocking::run`], which hands the worker over
+//! with `block_in_place` there and runs them inline on a current-thread
+//! runtime (where `block_in_place` would panic). Buffered appends and reads of just-written
 //! batches run inline, since handing the worker over to another thread costs
 //! more than they do.
 #![forbid(unsafe_code)]

@@ -120,24 +120,49 @@ impl Spooled {
     }
 }
 
+const DROPPED_BATCHES: &str = "ferrule_agent_dropped_batches_total";
+const DROPPED_BATCHES_HELP: &str =
+    "Batches dropped unacknowledged, by reason and input (a batch counts for each input in it)";
+const DROPPED_SAMPLES: &str = "ferrule_agent_dropped_samples_total";
+const DROPPED_SAMPLES_HELP: &str = "Samples dropped unacknowledged, by reason and input";
+
+/// Every reason a batch is dropped for ([`count_dropped`]): the spool's, the
+/// uplink's, and the aggregator's rejections (`rejected_<reason>`).
+pub const DROP_REASONS: &[&str] = &[
+    "spool_full",
+    "spool_corrupt",
+    "spool_unreadable",
+    "frame_too_large",
+    "encode_failed",
+    "shutdown_spool_unavailable",
+    "rejected_unknown_sensor",
+    "rejected_wrong_epoch",
+    "rejected_sink_refused",
+    "rejected_forbidden",
+    "rejected_unknown",
+];
+
+/// Publishes the dropped counters of `input` at 0 for every [`DROP_REASONS`],
+/// so `rate()` and alerts have series before the first drop.
+pub fn declare_dropped(registry: &Registry, input: &str) {
+    // `reason` first, as `count_dropped` orders the labels (a series' identity).
+    for reason in DROP_REASONS {
+        let labels = [("reason", *reason), ("input", input)];
+        registry.counter(DROPPED_BATCHES, DROPPED_BATCHES_HELP, &labels);
+        registry.counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &labels);
+    }
+}
+
 /// Counts batches dropped unacknowledged for `reason`, per input: a batch
 /// counts once for every input with samples in it.
 pub fn count_dropped(registry: &Registry, reason: &str, inputs: &[(String, u32)]) {
     for (input, samples) in inputs {
         let labels = [("reason", reason), ("input", input.as_str())];
         registry
-            .counter(
-                "ferrule_agent_dropped_batches_total",
-                "Batches dropped unacknowledged, by reason and input (a batch counts for each input in it)",
-                &labels,
-            )
+            .counter(DROPPED_BATCHES, DROPPED_BATCHES_HELP, &labels)
             .inc();
         registry
-            .counter(
-                "ferrule_agent_dropped_samples_total",
-                "Samples dropped unacknowledged, by reason and input",
-                &labels,
-            )
+            .counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &labels)
             .add(u64::from(*samples));
     }
 }
@@ -175,6 +200,7 @@ struct Counters {
     recoveries: Counter,
     bytes: Gauge,
     unacked: Gauge,
+    last_seq: Gauge,
     writable: Gauge,
     registry: Registry,
 }
@@ -234,7 +260,7 @@ impl Spool {
             ),
             acked_batches: registry.counter(
                 "ferrule_agent_acked_batches_total",
-                "Batches acknowledged by an aggregator",
+                "Batches acknowledged as committed by an aggregator (refused or dropped ones are in ferrule_agent_dropped_batches_total)",
                 &[],
             ),
             corrupt_records: registry.counter(
@@ -251,6 +277,11 @@ impl Spool {
             unacked: registry.gauge(
                 "ferrule_agent_spool_unacked_batches",
                 "Batches in the spool not yet acknowledged",
+                &[],
+            ),
+            last_seq: registry.gauge(
+                "ferrule_agent_spool_last_seq",
+                "The last sequence number given to a batch (0 before the first); with ferrule_agent_spool_unacked_batches it tells whether the spool has drained",
                 &[],
             ),
             writable: registry.gauge(
@@ -583,8 +614,15 @@ impl Spool {
     /// batch settled but not yet released is resent after a crash, and dropped as
     /// a duplicate by the aggregator.
     pub fn settle(&mut self, seqs: &[Seq]) -> Result<(), SpoolError> {
+        self.settle_as(seqs, true)
+    }
+
+    /// Like [`Spool::settle`]; `acked` false for batches refused for good or
+    /// dropped (counted as dropped elsewhere), which are released all the same
+    /// but not counted in `ferrule_agent_acked_batches_total`.
+    pub fn settle_as(&mut self, seqs: &[Seq], acked: bool) -> Result<(), SpoolError> {
         for s in seqs {
-            if self.settled.insert(*s) {
+            if self.settled.insert(*s) && acked {
                 self.c.acked_batches.inc();
             }
         }
@@ -622,6 +660,9 @@ impl Spool {
         self.c
             .unacked
             .set(i64::try_from(unacked).unwrap_or(i64::MAX));
+        self.c
+            .last_seq
+            .set(i64::try_from(self.next_seq().0.saturating_sub(1)).unwrap_or(i64::MAX));
     }
 }
 
@@ -959,6 +1000,31 @@ mod tests {
         let (spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
         assert_eq!(spool.next_seq(), Seq(3));
         assert!(spool.epoch() > e);
+    }
+
+    #[test]
+    fn gauges_say_whether_the_spool_has_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new();
+        let (mut spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        let gauge = |name: &str| {
+            let text = reg.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert_eq!(gauge("ferrule_agent_spool_last_seq"), "0");
+        let seqs = fill(&mut spool, 3);
+        assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
+        assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "3");
+        spool.settle(&seqs).unwrap();
+        assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "0");
+        assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
+        // Refused batches are released but not counted as acknowledged.
+        let more = fill(&mut spool, 2);
+        spool.settle_as(&more, false).unwrap();
+        assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "0");
+        assert_eq!(gauge("ferrule_agent_acked_batches_total"), "3");
     }
 
     #[test]

@@ -623,7 +623,7 @@ async fn drive(
                         reason = reason.name(),
                         "aggregator refused batches for good; dropped and counted"
                     );
-                    let _ = deps.settles.send(Settle::Done(seqs));
+                    let _ = deps.settles.send(Settle::Dropped(seqs));
                 }
                 AgentEvent::Clock(sample) => {
                     clock.add(sample);
@@ -767,7 +767,7 @@ async fn send_ready(
             // Never sent as garbage; counted, and settled so the spool moves on.
             let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
             count_dropped(&m.registry, "spool_unreadable", &b.inputs);
-            let _ = deps.settles.send(Settle::Done(vec![b.seq]));
+            let _ = deps.settles.send(Settle::Dropped(vec![b.seq]));
             continue;
         }
         let len = front.frame.len() as u64;
@@ -775,7 +775,7 @@ async fn send_ready(
             // Can never be accepted by this aggregator: count and release it.
             let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
             count_dropped(&m.registry, "frame_too_large", &b.inputs);
-            let _ = deps.settles.send(Settle::Done(vec![b.seq]));
+            let _ = deps.settles.send(Settle::Dropped(vec![b.seq]));
             continue;
         }
         let cost = front.cost();

@@ -4,8 +4,10 @@
 //!
 //! Checked: every type in every byte/word order decodes to exactly the served
 //! value, with the sensors' names, units and kinds in the catalog; the map is read
-//! in the planned number of requests per poll; an address range that answers an
-//! exception is counted and sends nothing while the rest keeps arriving; a dead
+//! in the planned number of requests per poll; an address that answers an
+//! exception is counted once and sends nothing while the rest keeps arriving; a
+//! merged read over a hole the device refuses is split so the points around the
+//! hole arrive on every poll, without retrying the merged read each time; a dead
 //! device and a device that never answers are counted without delaying a healthy
 //! one; a device that restarts is read again.
 //!
@@ -482,15 +484,16 @@ async fn every_type_and_order_decodes_to_the_served_value() {
     let requests = h.counter("ferrule_agent_modbus_requests_total", &[("input", "plc")]);
     let metrics = h.registry.render();
     // coils 0..10, discrete 0..10, holding 0..31 (the gap 24..30 bridged),
-    // holding 100..102, holding 1000 (the exception), input 0..3.
+    // holding 100..102, input 0..3; holding 1000 (the exception) was tried
+    // once, then dropped from the plan.
     assert!(
-        metrics.contains("ferrule_agent_modbus_planned_reads{input=\"plc\"} 6"),
+        metrics.contains("ferrule_agent_modbus_planned_reads{input=\"plc\"} 5"),
         "{metrics}"
     );
     assert!(polls >= 3, "{metrics}");
-    assert_eq!(requests, 6 * polls, "{metrics}");
-    // The exception range: counted once per poll, nothing else went wrong.
-    assert_eq!(h.errors("plc", "exception"), polls, "{metrics}");
+    assert_eq!(requests, 5 * polls + 1, "{metrics}");
+    // The refused address: counted once, nothing else went wrong.
+    assert_eq!(h.errors("plc", "exception"), 1, "{metrics}");
     for reason in [
         "timeout", "connect", "protocol", "decode", "config", "sensor",
     ] {
@@ -500,6 +503,94 @@ async fn every_type_and_order_decodes_to_the_served_value() {
         h.counter("ferrule_agent_input_samples_total", &[("input", "plc")])
             >= 3 * served().len() as u64
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_around_a_refused_hole_arrive_on_every_poll() {
+    let mut h = Harness::new();
+    let sim = start_sim(h.dir.path(), free_port()).await;
+    // A gap of 80 merges everything below 1000 into one read over the hole
+    // 97..99, which the simulator refuses; plc/hole sits in it.
+    let mut text = format!(
+        "[[inputs.modbus]]\nname = \"plc\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         poll_interval_ms = 100\ntimeout_ms = 5000\nmax_gap_addresses = 80\n",
+        sim.port
+    );
+    let good = [
+        ("plc/u16", "address = 0", 51234.0),
+        ("plc/volts", "address = 22\nscale = 0.1", 230.1),
+        (
+            "plc/swapped",
+            "address = 30\nbyte_order = \"little\"",
+            4660.0,
+        ),
+        ("plc/r96", "address = 96", 9696.0),
+        (
+            "plc/u32_cdab",
+            "address = 100\ntype = \"u32\"\nword_order = \"little\"",
+            4_000_000_001.0,
+        ),
+    ];
+    let refused = [("plc/hole", "address = 98"), (MISSING, "address = 1000")];
+    for (sensor, entry) in good
+        .iter()
+        .map(|(s, e, _)| (*s, *e))
+        .chain(refused.iter().copied())
+    {
+        text += &format!(
+            "[[inputs.modbus.registers]]\nsensor = \"{sensor}\"\nkind = \"holding\"\n{entry}\n"
+        );
+    }
+    let task = h.spawn(devices(&text).remove(0));
+
+    let polls_wanted = 8;
+    for poll in 0..polls_wanted {
+        let chunk = h.next().await;
+        let names = h.names();
+        let mut got: Vec<(String, f64)> = chunk
+            .series
+            .iter()
+            .flat_map(|s| {
+                let name = names[&s.sensor().0].clone();
+                s.values()
+                    .iter()
+                    .map(move |v| (name.clone(), *v))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut want: Vec<(String, f64)> =
+            good.iter().map(|(s, _, v)| (s.to_string(), *v)).collect();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want, "poll {poll}\n{}", h.registry.render());
+    }
+    h.shutdown(vec![task]).await;
+    let polls = h.counter("ferrule_agent_modbus_polls_total", &[("input", "plc")]);
+    let requests = h.counter("ferrule_agent_modbus_requests_total", &[("input", "plc")]);
+    let metrics = h.registry.render();
+    assert!(polls >= polls_wanted, "{metrics}");
+    // The first poll: 0..102 refused, split into 0..31 (read) and 96..102
+    // (refused), that into 96 (read) and 98..102 (refused), that into 98
+    // (refused: dropped) and 100..102 (read); 1000 refused and dropped: 8
+    // requests. Every later poll sends only the three reads that work.
+    assert!(
+        metrics.contains("ferrule_agent_modbus_planned_reads{input=\"plc\"} 3"),
+        "{metrics}"
+    );
+    assert_eq!(requests, 8 + 3 * (polls - 1), "{metrics}");
+    assert_eq!(
+        h.counter(
+            "ferrule_agent_modbus_split_reads_total",
+            &[("input", "plc")]
+        ),
+        3,
+        "{metrics}"
+    );
+    // The two refused sensors: counted once each, however many polls.
+    assert_eq!(h.errors("plc", "exception"), 2, "{metrics}");
+    for reason in ["timeout", "connect", "protocol", "decode"] {
+        assert_eq!(h.errors("plc", reason), 0, "{reason}: {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,9 +78,33 @@ pub struct SinkCounters {
     registry: Registry,
 }
 
+const COMMIT_FAILURES: &str = "ferrule_aggregator_commit_failures_total";
+const COMMIT_FAILURES_HELP: &str =
+    "Batches the sink failed to make durable (the agent keeps and resends them), by reason";
+
+/// Every reason a commit fails for (the embedded log's, then Kafka's),
+/// published at 0 from the start so `rate()` and alerts have a series before
+/// the first failure.
+pub const COMMIT_FAILURE_REASONS: &[&str] = &[
+    "embedded_log",
+    "bad_record",
+    "authorization",
+    "delivery_error",
+    "message_timeout",
+    "message_too_large",
+    "unknown_topic",
+];
+
 impl SinkCounters {
     /// Registers the sink counters.
     pub fn new(registry: &Registry) -> Self {
+        registry.declare_counters(
+            COMMIT_FAILURES,
+            COMMIT_FAILURES_HELP,
+            &[],
+            "reason",
+            COMMIT_FAILURE_REASONS,
+        );
         Self {
             committed_batches: registry.counter(
                 "ferrule_aggregator_committed_batches_total",
@@ -116,14 +140,11 @@ impl SinkCounters {
         }
     }
 
-    /// Counts a batch the sink failed to make durable, by reason.
+    /// Counts a batch the sink failed to make durable, by reason (one of
+    /// [`COMMIT_FAILURE_REASONS`]).
     pub fn failure(&self, reason: &str) {
         self.registry
-            .counter(
-                "ferrule_aggregator_commit_failures_total",
-                "Batches the sink failed to make durable (the agent keeps and resends them), by reason",
-                &[("reason", reason)],
-            )
+            .counter(COMMIT_FAILURES, COMMIT_FAILURES_HELP, &[("reason", reason)])
             .inc();
     }
 

@@ -28,7 +28,9 @@ use ferrule_transport::{
 };
 use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
 use ferrule_wire::session::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
-use ferrule_wire::{Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message};
+use ferrule_wire::{
+    Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message, Outcome,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -293,6 +295,7 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
             Some(done) = done_rx.recv() => {
                 match done.outcome {
                     CommitOutcome::Committed | CommitOutcome::Duplicate => {
+                        ctx.metrics.acked_batches.inc();
                         session.set_sink_pressure(ctx.sink.under_pressure());
                         session.committed(done.epoch, done.seq, Instant::now());
                     }
@@ -482,7 +485,9 @@ async fn send_queued(
 ) -> bool {
     while let Some(m) = session.poll_transmit() {
         match &m {
-            Message::Ack(_) => ctx.metrics.acks.inc(),
+            // A rejecting Ack is a refusal, counted per batch when the session
+            // rejected it.
+            Message::Ack(a) if a.outcome == Outcome::Committed => ctx.metrics.acks.inc(),
             Message::Credit(_) => ctx.metrics.credit_grants.inc(),
             _ => {}
         }

@@ -1,6 +1,23 @@
 //! The aggregator's named counters, created once and shared by every task.
 
 use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_wire::RejectReason;
+
+const REJECTED: &str = "ferrule_aggregator_batches_rejected_total";
+const REJECTED_HELP: &str = "Batches refused for good, by reason (never counted as acknowledged)";
+
+/// Every reason a batch is rejected for (`unknown` for codes this build does
+/// not know), published at 0 from the start so `rate()` and alerts have a
+/// series before the first rejection.
+pub fn reject_reasons() -> [&'static str; 5] {
+    [
+        RejectReason::UNKNOWN_SENSOR.name(),
+        RejectReason::WRONG_EPOCH.name(),
+        RejectReason::SINK_REFUSED.name(),
+        RejectReason::FORBIDDEN.name(),
+        RejectReason(0).name(),
+    ]
+}
 
 /// Handles for the ingest path's hot counters; labelled ones are looked up on the
 /// (rare) paths that need them.
@@ -16,8 +33,12 @@ pub struct IngestMetrics {
     pub batches_received: Counter,
     /// Samples received (before dedupe).
     pub samples_received: Counter,
-    /// Acks sent.
+    /// Ack messages sent that acknowledge committed batches (rejections are
+    /// counted per batch by [`IngestMetrics::rejected`], not here).
     pub acks: Counter,
+    /// Batches acknowledged as durable (committed now or before): never the
+    /// rejected ones.
+    pub acked_batches: Counter,
     /// Credit grants sent.
     pub credit_grants: Counter,
     /// Credit withheld because the sink was under pressure (each time it happens).
@@ -66,6 +87,7 @@ impl IngestMetrics {
         for reason in refusal_reasons() {
             Self::refused_counter(registry, reason);
         }
+        registry.declare_counters(REJECTED, REJECTED_HELP, &[], "reason", &reject_reasons());
         Self {
             registry: registry.clone(),
             connections: registry.counter(
@@ -84,7 +106,16 @@ impl IngestMetrics {
                 "Samples received, before dedupe",
                 &[],
             ),
-            acks: registry.counter("ferrule_aggregator_acks_total", "Ack messages sent", &[]),
+            acks: registry.counter(
+                "ferrule_aggregator_acks_total",
+                "Ack messages sent for committed batches (rejections are counted in ferrule_aggregator_batches_rejected_total)",
+                &[],
+            ),
+            acked_batches: registry.counter(
+                "ferrule_aggregator_acked_batches_total",
+                "Batches acknowledged as durable in the sink (rejected batches are counted in ferrule_aggregator_batches_rejected_total, never here)",
+                &[],
+            ),
             credit_grants: registry.counter(
                 "ferrule_aggregator_credit_grants_total",
                 "Credit messages sent",
@@ -125,14 +156,10 @@ impl IngestMetrics {
         )
     }
 
-    /// Counts a batch refused for good, by reason.
+    /// Counts a batch refused for good, by reason (one of [`reject_reasons`]).
     pub fn rejected(&self, reason: &str) {
         self.registry
-            .counter(
-                "ferrule_aggregator_batches_rejected_total",
-                "Batches refused for good, by reason",
-                &[("reason", reason)],
-            )
+            .counter(REJECTED, REJECTED_HELP, &[("reason", reason)])
             .inc();
     }
 
@@ -145,5 +172,42 @@ impl IngestMetrics {
                 &[("agent", agent)],
             )
             .set(offset_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Right after start, every rejection and commit-failure reason has a
+    /// series at 0, and acknowledged batches are a family of their own.
+    #[test]
+    fn reason_series_exist_at_zero_from_the_start() {
+        let registry = Registry::new();
+        let m = IngestMetrics::new(&registry);
+        let _sink = crate::commit::SinkCounters::new(&registry);
+        let text = registry.render();
+        for r in reject_reasons() {
+            let line = format!("ferrule_aggregator_batches_rejected_total{{reason=\"{r}\"}} 0");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        for r in crate::commit::COMMIT_FAILURE_REASONS {
+            let line = format!("ferrule_aggregator_commit_failures_total{{reason=\"{r}\"}} 0");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert!(
+            text.contains("ferrule_aggregator_acked_batches_total 0"),
+            "{text}"
+        );
+        // A rejection counts as rejected, never as acknowledged.
+        m.rejected("unknown_sensor");
+        assert_eq!(
+            registry.counter_value(
+                "ferrule_aggregator_batches_rejected_total",
+                &[("reason", "unknown_sensor")]
+            ),
+            Some(1)
+        );
+        assert_eq!(m.acked_batches.get(), 0);
     }
 }

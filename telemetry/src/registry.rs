@@ -135,6 +135,31 @@ impl Registry {
         }
     }
 
+    /// Publishes `name{labels, key="v"}` at zero for every `v` in `values`
+    /// (keeping any that exist). A labelled counter otherwise has no series
+    /// until its first event, so `rate()` and alerts on it see nothing, rather
+    /// than 0, until the first failure.
+    ///
+    /// ```
+    /// let reg = ferrule_telemetry::Registry::new();
+    /// reg.declare_counters("x_total", "X", &[("input", "a")], "reason", &["late", "bad"]);
+    /// assert!(reg.render().contains("x_total{input=\"a\",reason=\"late\"} 0"));
+    /// ```
+    pub fn declare_counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        key: &str,
+        values: &[&str],
+    ) {
+        for v in values {
+            let mut all: Vec<(&str, &str)> = labels.to_vec();
+            all.push((key, v));
+            self.counter(name, help, &all);
+        }
+    }
+
     /// The value of a counter if it exists (for tests and status output).
     pub fn counter_value(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
         let fams = self.families.lock().unwrap_or_else(PoisonError::into_inner);
@@ -198,5 +223,28 @@ mod tests {
         assert!(text.contains("y -2"));
         assert_eq!(r.counter_sum("x_total"), 4);
         assert_eq!(r.counter_value("x_total", &[("reason", "c")]), Some(1));
+    }
+
+    #[test]
+    fn declared_counters_render_at_zero_and_keep_counts() {
+        let r = Registry::new();
+        r.counter("x_total", "X things", &[("input", "i"), ("reason", "b")])
+            .add(2);
+        r.declare_counters(
+            "x_total",
+            "X things",
+            &[("input", "i")],
+            "reason",
+            &["a", "b"],
+        );
+        let text = r.render();
+        assert!(
+            text.contains("x_total{input=\"i\",reason=\"a\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_total{input=\"i\",reason=\"b\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -30,6 +30,17 @@ use ferrule_wire::{Quality, SensorId, SensorKind, SensorName, Series};
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+/// Every reason this input counts in `ferrule_agent_input_errors_total`,
+/// published at 0 when it starts so `rate()` and alerts have a series before
+/// the first error.
+pub const ERROR_REASONS: &[&str] = &[
+    "bad_sensor_name",
+    "catalog_error",
+    "probe_failed",
+    "too_many_sensors",
+];
+
 use sysinfo::{
     Components, CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, Pid,
     ProcessRefreshKind, ProcessesToUpdate, System,

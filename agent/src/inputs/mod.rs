@@ -159,8 +159,8 @@ impl InputContext {
     pub fn bad(&self, reason: &'static str, detail: impl Display) {
         self.registry
             .counter(
-                "ferrule_agent_input_errors_total",
-                "Bad data and failures per input and reason (the input goes on)",
+                INPUT_ERRORS,
+                INPUT_ERRORS_HELP,
                 &[("input", &self.name), ("reason", reason)],
             )
             .inc();
@@ -174,6 +174,21 @@ impl InputContext {
         } else {
             entry.1 += 1;
         }
+    }
+}
+
+const INPUT_ERRORS: &str = "ferrule_agent_input_errors_total";
+const INPUT_ERRORS_HELP: &str = "Bad data and failures per input and reason (the input goes on)";
+
+impl InputContext {
+    /// Publishes this input's error counter at 0 for each of `reasons` (the
+    /// input kind's `ERROR_REASONS`) and its dropped-batch counters for every
+    /// [`crate::spool::DROP_REASONS`], so they have series from the start.
+    pub fn declare_reasons(&self, reasons: &[&str]) {
+        let input = [("input", &*self.name)];
+        self.registry
+            .declare_counters(INPUT_ERRORS, INPUT_ERRORS_HELP, &input, "reason", reasons);
+        crate::spool::declare_dropped(&self.registry, &self.name);
     }
 }
 
@@ -194,20 +209,94 @@ pub fn start_all(
     let mut tasks = Vec::new();
     for s in &cfg.synthetic {
         let c = ctx(&s.name);
+        c.declare_reasons(&[]);
         let input = synthetic::Synthetic::new(s.clone(), &c)?;
         tasks.push(tokio::spawn(input.run(c)));
     }
+    let declared = |name: &str, reasons: &[&str]| {
+        let c = ctx(name);
+        c.declare_reasons(reasons);
+        c
+    };
     for m in &cfg.modbus {
-        tasks.push(tokio::spawn(modbus::run(m.clone(), ctx(&m.name))));
+        let c = declared(&m.name, modbus::ERROR_REASONS);
+        tasks.push(tokio::spawn(modbus::run(m.clone(), c)));
     }
     for m in &cfg.mqtt {
-        tasks.push(tokio::spawn(mqtt::run(m.clone(), ctx(&m.name))));
+        let c = declared(&m.name, mqtt::ERROR_REASONS);
+        tasks.push(tokio::spawn(mqtt::run(m.clone(), c)));
     }
     for l in &cfg.line {
-        tasks.push(tokio::spawn(line::run(l.clone(), ctx(&l.name))));
+        let c = declared(&l.name, line::ERROR_REASONS);
+        tasks.push(tokio::spawn(line::run(l.clone(), c)));
     }
     if let Some(h) = &cfg.host {
-        tasks.push(tokio::spawn(host::run(h.clone(), ctx(&h.name))));
+        let c = declared(&h.name, host::ERROR_REASONS);
+        tasks.push(tokio::spawn(host::run(h.clone(), c)));
     }
     Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Registering a sensor saves the catalog through `blocking::run`, which
+    /// must not panic on a current-thread runtime (as `block_in_place` would).
+    #[tokio::test(flavor = "current_thread")]
+    async fn sensors_register_on_a_current_thread_runtime() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = Catalog::open(dir.path()).expect("catalog");
+        let (tx, _rx) = mpsc::channel(1);
+        let (_stop, shutdown) = watch::channel(false);
+        let ctx = InputContext::new(
+            "t",
+            tx,
+            Arc::new(Mutex::new(catalog)),
+            Registry::new(),
+            shutdown,
+        );
+        let a = ctx
+            .sensor("t/a", "V", SensorKind::Gauge)
+            .expect("registers");
+        assert_eq!(ctx.sensor("t/a", "V", SensorKind::Gauge).ok(), Some(a));
+        // The save reached the disk: a reopened catalog knows the sensor.
+        let again = Catalog::open(dir.path()).expect("reopen");
+        assert!(again.defines().iter().any(|d| d.name.as_str() == "t/a"));
+    }
+
+    /// Right after an input starts, its error and drop counters have series
+    /// at 0 for every known reason.
+    #[test]
+    fn reason_series_exist_at_zero_from_the_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let catalog = Catalog::open(dir.path()).expect("catalog");
+        let (tx, _rx) = mpsc::channel(1);
+        let (_stop, shutdown) = watch::channel(false);
+        let registry = Registry::new();
+        let ctx = InputContext::new(
+            "plc",
+            tx,
+            Arc::new(Mutex::new(catalog)),
+            registry.clone(),
+            shutdown,
+        );
+        ctx.declare_reasons(modbus::ERROR_REASONS);
+        ctx.bad("timeout", "one");
+        let text = registry.render();
+        for r in modbus::ERROR_REASONS {
+            let n = u64::from(*r == "timeout");
+            let line =
+                format!("ferrule_agent_input_errors_total{{input=\"plc\",reason=\"{r}\"}} {n}");
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        for r in crate::spool::DROP_REASONS {
+            for family in ["batches", "samples"] {
+                let line = format!(
+                    "ferrule_agent_dropped_{family}_total{{reason=\"{r}\",input=\"plc\"}} 0"
+                );
+                assert!(text.contains(&line), "{line}\n{text}");
+            }
+        }
+    }
 }

@@ -7,8 +7,8 @@ Serves fixed values the test (agent/tests/input_modbus.rs) knows. Every multi-re
 value is packed here with Python's struct module, independently of the Rust decoder
 under test. Any unit id is answered.
 
-Holding registers (block 0..199; anything at 200 or above answers with exception
-0x02 IllegalDataAddress):
+Holding registers (0..199 but for the hole 97..99; a read that covers the hole or
+anything at 200 or above answers with exception 0x02 IllegalDataAddress):
     0       u16  51234
     1       i16  -1234
     2-3     u32  3000000123            ABCD (big byte, big word)
@@ -23,6 +23,8 @@ Holding registers (block 0..199; anything at 200 or above answers with exception
     23      i16  -500                  (the test scales by 0.01, offset 1: -4.0)
     24-29   unused (0): a gap the planner bridges
     30      u16  0x1234 stored byte-swapped (0x3412)
+    96      u16  9696
+    97-99   not mapped (a hole: exception 0x02)
     100-101 u32  4000000001            CDAB
 Input registers (block 0..9):
     0       u16  7
@@ -38,7 +40,11 @@ import sys
 
 try:
     import pymodbus
-    from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext
+    from pymodbus.datastore import (
+        ModbusSequentialDataBlock,
+        ModbusServerContext,
+        ModbusSparseDataBlock,
+    )
     from pymodbus.server import StartAsyncTcpServer
 except ImportError as e:  # the Rust test checks first; this is for people running it by hand
     sys.exit(f"pymodbus is missing ({e}): python3 -m pip install 'pymodbus>=3.6,<4'")
@@ -79,8 +85,23 @@ def holding():
     put(22, words("H", 2301))
     put(23, words("h", -500))
     put(30, words("H", 0x1234, byte_little=True))
+    put(96, words("H", 9696))
     put(100, words("I", 4000000001, word_little=True))
     return regs
+
+
+# Unmapped holding registers: a read covering any of them is refused.
+HOLE = range(97, 100)
+
+# A sparse block's key for protocol address 0: pymodbus 3.10+ serves key k at
+# address k (its blocks are SimData underneath, which the deprecated block
+# classes redirect to), older 3.x at address k - 1 (the "zero_mode=False" offset).
+SPARSE_BASE = 0 if hasattr(ModbusSparseDataBlock({0: 0}), "simdata") else 1
+
+
+def holding_block():
+    values = {a + SPARSE_BASE: v for a, v in enumerate(holding()) if a not in HOLE}
+    return ModbusSparseDataBlock(values)
 
 
 def inputs():
@@ -102,7 +123,7 @@ async def main(port):
     device = DeviceContext(
         di=ModbusSequentialDataBlock(1, DISCRETE),
         co=ModbusSequentialDataBlock(1, COILS),
-        hr=ModbusSequentialDataBlock(1, holding()),
+        hr=holding_block(),
         ir=ModbusSequentialDataBlock(1, inputs()),
     )
     context = ModbusServerContext(device, single=True)

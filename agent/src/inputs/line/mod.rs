@@ -49,6 +49,26 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+/// Every reason this input counts in `ferrule_agent_input_errors_total`,
+/// published at 0 when it starts so `rate()` and alerts have a series before
+/// the first error.
+pub const ERROR_REASONS: &[&str] = &[
+    "accept_failed",
+    "bad_config",
+    "bind_failed",
+    "catalog_error",
+    "connection_error",
+    "too_many_connections",
+    "line_too_long",
+    "string_field",
+    "missing_tag",
+    "bad_sensor_name",
+    "too_many_sensors",
+    "bad_line",
+    "bad_field",
+    "bad_timestamp",
+];
+
 /// Bytes read from a TCP connection at a time: also bounds the samples one send
 /// carries (every field takes at least 4 bytes: `a=1,`).
 const READ_BYTES: usize = 8 * 1024;

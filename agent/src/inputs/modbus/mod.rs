@@ -6,11 +6,18 @@
 //! this module is the driver around them: connection, timeouts, counters.
 //!
 //! Behaviour and invariants:
-//! - Sensors are registered once, before the first poll. The plan is fixed for the
-//!   life of the task; `ferrule_agent_modbus_planned_reads{input}` shows its size,
-//!   and every poll sends exactly those reads
+//! - Sensors are registered once, before the first poll, and the map is merged
+//!   into reads ([`plan::plan_reads`]); `ferrule_agent_modbus_planned_reads{input}`
+//!   shows how many, and every poll sends those reads
 //!   (`ferrule_agent_modbus_requests_total{input}`) unless the device is
 //!   unreachable, in which case the poll stops early.
+//! - A merged read the device refuses with exception 0x02 (illegal data
+//!   address, typically for an unmapped address the merge bridged) is split in
+//!   the same poll until the good points are read
+//!   ([`plan::AdaptivePlan`], `ferrule_agent_modbus_split_reads_total{input}`);
+//!   the split plan is kept, and the merged one probed again every
+//!   [`plan::REPROBE_EVERY`]. A point whose own address is refused is counted
+//!   once (reason `exception`) and not read until a re-probe finds it answers.
 //! - Modbus carries no timestamps: every sample of one poll carries the agent's
 //!   clock at the arrival of that poll's first successful response, so the points
 //!   of a device line up in time. A successful read gives quality `Good`; a float
@@ -41,13 +48,26 @@
 pub mod map;
 pub mod plan;
 
+/// Every reason this input counts in `ferrule_agent_input_errors_total`,
+/// published at 0 when it starts so `rate()` and alerts have a series before
+/// the first error.
+pub const ERROR_REASONS: &[&str] = &[
+    "exception",
+    "timeout",
+    "connect",
+    "protocol",
+    "decode",
+    "config",
+    "sensor",
+];
+
 use super::{now_ns, InputContext};
 use crate::backoff::Backoff;
 use ferrule_config::Invalid;
 use ferrule_telemetry::Counter;
 use ferrule_wire::{Quality, SensorId, SensorKind, SensorName, Series, MAX_UNIT_BYTES};
 use map::{Kind, Order, Point, Scaling, ValueType};
-use plan::{Limits, Read, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ};
+use plan::{AdaptivePlan, Limits, Read, Refusal, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -113,8 +133,10 @@ pub struct ModbusConfig {
     #[serde(default)]
     pub word_order: Order,
     /// Most consecutive unused addresses a read may span to merge neighbouring
-    /// points into one request; 0 merges only adjacent points (for devices that
-    /// answer an exception for unmapped addresses). Default 8.
+    /// points into one request; 0 merges only adjacent points. A device that
+    /// refuses a merged read for an unmapped address in it (exception 0x02) gets
+    /// smaller reads automatically, so lowering this is only needed to save the
+    /// split's few extra requests at start and at each re-probe. Default 8.
     #[serde(default = "d_max_gap_addresses")]
     pub max_gap_addresses: u16,
     /// Most registers in one read, 4 to 125. Default 125 (the protocol limit);
@@ -373,9 +395,11 @@ struct Device {
     cfg: ModbusConfig,
     points: Vec<Point>,
     sensors: Vec<(SensorId, SensorName)>,
-    plan: Vec<Read>,
+    plan: AdaptivePlan,
     timeout: Duration,
     requests: Counter,
+    splits: Counter,
+    planned_reads: ferrule_telemetry::Gauge,
     polls: Counter,
     backoff: Backoff,
     /// No connection attempt before this (backing off from an unreachable device).
@@ -406,16 +430,20 @@ impl Device {
                 Err(e) => ctx.bad("sensor", format!("{}: {e:#}", r.sensor)),
             }
         }
-        let plan = plan::plan_reads(&points, cfg.limits());
+        let plan = AdaptivePlan::new(&points, cfg.limits());
         let labels = [("input", ctx.name())];
         let registry = ctx.registry();
-        registry
-            .gauge(
-                "ferrule_agent_modbus_planned_reads",
-                "Read requests per Modbus poll, as planned from the register map",
-                &labels,
-            )
-            .set(i64::try_from(plan.len()).unwrap_or(i64::MAX));
+        let planned_reads = registry.gauge(
+            "ferrule_agent_modbus_planned_reads",
+            "Read requests per Modbus poll, as planned from the register map (less the addresses the device refuses)",
+            &labels,
+        );
+        planned_reads.set(i64::try_from(plan.reads().len()).unwrap_or(i64::MAX));
+        let splits = registry.counter(
+            "ferrule_agent_modbus_split_reads_total",
+            "Merged Modbus reads the device refused with IllegalDataAddress, split to read the good points",
+            &labels,
+        );
         let requests = registry.counter(
             "ferrule_agent_modbus_requests_total",
             "Modbus read requests sent",
@@ -436,7 +464,7 @@ impl Device {
             port = cfg.port,
             unit_id = cfg.unit_id,
             points = points.len(),
-            reads = plan.len(),
+            reads = plan.reads().len(),
             "modbus input polling"
         );
         Self {
@@ -446,6 +474,8 @@ impl Device {
             sensors,
             plan,
             requests,
+            splits,
+            planned_reads,
             polls,
             backoff: Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX, seed),
             retry_at: None,
@@ -490,11 +520,18 @@ impl Device {
         let mut series = Vec::with_capacity(self.points.len());
         let mut failures = 0;
         let mut any_ok = false;
-        for r in 0..self.plan.len() {
+        if self.plan.start_poll(Instant::now().into_std()) {
+            tracing::debug!(input = ctx.name(), "modbus: probing the merged reads again");
+        }
+        // Reads refused for an illegal address are split or dropped in place
+        // (the plan tells how), so the index advances only past a read that is
+        // still in the plan.
+        let mut r = 0;
+        while r < self.plan.reads().len() {
             let result = match self.conn.as_mut() {
                 Some(conn) => {
                     self.requests.inc();
-                    read(conn, &self.plan[r], self.timeout).await
+                    read(conn, &self.plan.reads()[r], self.timeout).await
                 }
                 // Owned arguments: the future must not borrow `self`, whose client
                 // is `Send` but not `Sync`.
@@ -508,7 +545,7 @@ impl Device {
                 {
                     Ok(mut conn) => {
                         self.requests.inc();
-                        let res = read(&mut conn, &self.plan[r], self.timeout).await;
+                        let res = read(&mut conn, &self.plan.reads()[r], self.timeout).await;
                         self.conn = Some(conn);
                         res
                     }
@@ -523,6 +560,15 @@ impl Device {
                     any_ok = true;
                     let t = *stamp.get_or_insert_with(now_ns);
                     self.decode(ctx, r, &data, t, &mut series);
+                    self.plan.answered(r);
+                }
+                Err(PollError::Exception {
+                    code: ExceptionCode::IllegalDataAddress,
+                }) => {
+                    // The device answers, so the connection is fine.
+                    any_ok = true;
+                    self.refused(ctx, r);
+                    continue;
                 }
                 Err(e) => {
                     self.report(ctx, &e, r);
@@ -535,7 +581,10 @@ impl Device {
                     }
                 }
             }
+            r += 1;
         }
+        self.planned_reads
+            .set(i64::try_from(self.plan.reads().len()).unwrap_or(i64::MAX));
         if any_ok {
             if self.retry_at.take().is_some() {
                 tracing::info!(input = ctx.name(), host = %self.cfg.host, "modbus device answers again");
@@ -547,9 +596,38 @@ impl Device {
         series
     }
 
+    /// Read `r` was refused with `IllegalDataAddress`: splits it to read its
+    /// points apart, or drops a point whose own address is refused (counted
+    /// once, reason `exception`, until it answers again after a re-probe).
+    fn refused(&mut self, ctx: &InputContext, r: usize) {
+        let what = self.describe(r);
+        match self
+            .plan
+            .refused(r, &self.points, Instant::now().into_std())
+        {
+            Refusal::Split => {
+                self.splits.inc();
+                tracing::debug!(input = ctx.name(), read = %what, "modbus device refused a merged read (illegal address): reading its points in smaller reads");
+            }
+            Refusal::Dropped { newly_bad } => {
+                for i in newly_bad {
+                    let name = self.sensors.get(i).map_or("?", |(_, n)| n.as_str());
+                    ctx.bad(
+                        "exception",
+                        format!(
+                            "{what}: exception 0x02 (illegal data address) for {name}'s own address; \
+                             it is not read again until a re-probe in {:?}",
+                            plan::REPROBE_EVERY
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     /// Appends one sample per point of read `r`.
     fn decode(&self, ctx: &InputContext, r: usize, data: &Data, t: i64, out: &mut Vec<Series>) {
-        let read = &self.plan[r];
+        let read = &self.plan.reads()[r];
         for &i in &read.points {
             let point = &self.points[i];
             // The planner puts every point of a read inside it, so this cannot underflow.
@@ -591,7 +669,7 @@ impl Device {
     }
 
     fn report(&self, ctx: &InputContext, e: &PollError, r: usize) {
-        let read = &self.plan[r];
+        let read = &self.plan.reads()[r];
         let mut detail = format!("{}: {e}; no value this poll for ", self.describe(r));
         for (n, &i) in read.points.iter().enumerate() {
             if n == NAMES_IN_DETAIL {
@@ -608,7 +686,7 @@ impl Device {
 
     /// `host:port unit 1 holding 0..31 (fn 0x03)`
     fn describe(&self, r: usize) -> String {
-        let read = &self.plan[r];
+        let read = &self.plan.reads()[r];
         format!(
             "{}:{} unit {} {} {}..{} (fn 0x{:02X})",
             self.cfg.host,

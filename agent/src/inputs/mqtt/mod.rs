@@ -96,6 +96,29 @@
 
 pub mod filter;
 pub mod payload;
+mod rawjson;
+
+/// Every reason this input counts in `ferrule_agent_input_errors_total`,
+/// published at 0 when it starts so `rate()` and alerts have a series before
+/// the first error.
+pub const ERROR_REASONS: &[&str] = &[
+    "catalog",
+    "config",
+    "connect",
+    "connection_lost",
+    "subscribe",
+    "too_many_sensors",
+    "oversized_blocking",
+    "ack",
+    "oversized",
+    "no_subscription",
+    "bad_sensor_name",
+    "not_a_number",
+    "bad_json",
+    "missing_field",
+    "bad_timestamp",
+    "bad_quality",
+];
 pub mod template;
 pub mod tls;
 

@@ -210,7 +210,13 @@ pub fn decode(format: &Format, payload: &[u8], now_ns: i64) -> Decoded {
                 .push(PayloadError::NotANumber(excerpt_bytes(payload))),
         },
         Format::Json(fields) => match serde_json::from_slice::<Value>(payload) {
-            Ok(doc @ Value::Object(_)) => json_sample(fields, &doc, now_ns, "", &mut out),
+            Ok(doc @ Value::Object(_)) => {
+                let text = Source {
+                    doc: std::str::from_utf8(payload).ok(),
+                    element: None,
+                };
+                json_sample(fields, &doc, text, now_ns, "", &mut out)
+            }
             Ok(other) => out.errors.push(PayloadError::BadJson(format!(
                 "expected an object, got {}",
                 excerpt(&other.to_string())
@@ -225,7 +231,11 @@ pub fn decode(format: &Format, payload: &[u8], now_ns: i64) -> Decoded {
                 for (i, item) in items.iter().enumerate() {
                     let at = format!("[{i}] ");
                     if item.is_object() {
-                        json_sample(fields, item, now_ns, &at, &mut out);
+                        let text = Source {
+                            doc: std::str::from_utf8(payload).ok(),
+                            element: Some(i),
+                        };
+                        json_sample(fields, item, text, now_ns, &at, &mut out);
                     } else {
                         out.errors.push(PayloadError::BadJson(format!(
                             "{at}expected an object, got {}",
@@ -261,7 +271,24 @@ fn json_value(v: &Value) -> Option<f64> {
     }
 }
 
-fn json_sample(fields: &JsonFields, doc: &Value, now_ns: i64, at: &str, out: &mut Decoded) {
+/// Where a sample's object is in the payload's text, to read a timestamp's
+/// digits exactly ([`rawjson`](super::rawjson)).
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    /// The whole payload (none if not UTF-8, which serde_json would refuse).
+    doc: Option<&'a str>,
+    /// The element of a top-level array the sample is.
+    element: Option<usize>,
+}
+
+fn json_sample(
+    fields: &JsonFields,
+    doc: &Value,
+    text: Source<'_>,
+    now_ns: i64,
+    at: &str,
+    out: &mut Decoded,
+) {
     let Some(raw) = fields.value.get(doc) else {
         out.errors.push(PayloadError::MissingField(format!(
             "{at}{}",
@@ -281,7 +308,9 @@ fn json_sample(fields: &JsonFields, doc: &Value, now_ns: i64, at: &str, out: &mu
         None => now_ns,
         Some((path, unit)) => match path.get(doc) {
             None => now_ns,
-            Some(t) => match json_timestamp(t, *unit) {
+            Some(t) => match json_timestamp(t, *unit, || {
+                super::rawjson::raw_at(text.doc?, text.element, &path.segments)
+            }) {
                 Ok(ns) => ns,
                 Err(e) => {
                     out.errors.push(PayloadError::BadTimestamp(format!(
@@ -328,8 +357,15 @@ fn json_quality(v: &Value) -> Option<Quality> {
     }
 }
 
-/// A JSON timestamp in `unit` as ns since the Unix epoch.
-fn json_timestamp(v: &Value, unit: TimeUnit) -> Result<i64, String> {
+/// A JSON timestamp in `unit` as ns since the Unix epoch. A number that is not
+/// an `i64` is read from its text in the payload (`raw`), digit by digit:
+/// serde_json holds it as an `f64`, which keeps only about 16 significant
+/// digits (`1700000000.123456789` s would come out as `...123456700` ns).
+fn json_timestamp<'a>(
+    v: &Value,
+    unit: TimeUnit,
+    raw: impl FnOnce() -> Option<&'a str>,
+) -> Result<i64, String> {
     match (unit, v) {
         (TimeUnit::Rfc3339, Value::String(s)) => parse_rfc3339(s),
         (TimeUnit::Rfc3339, other) => Err(format!(
@@ -338,9 +374,13 @@ fn json_timestamp(v: &Value, unit: TimeUnit) -> Result<i64, String> {
         )),
         (_, Value::Number(n)) => match n.as_i64() {
             Some(i) => scale_int(i, unit),
-            // serde_json prints a float in its shortest exact form; reading that
-            // text as a decimal keeps `1700000000.25` s exact (an f64 would not).
-            None => decimal_to_ns(&n.to_string(), unit),
+            // The number as written. Should the text not be found (it always
+            // is for a document serde_json parsed), the f64's shortest form is
+            // the best there is.
+            None => match raw() {
+                Some(text) => decimal_to_ns(text, unit),
+                None => decimal_to_ns(&n.to_string(), unit),
+            },
         },
         (_, Value::String(s)) => decimal_to_ns(s.trim(), unit),
         (_, other) => Err(format!("{} is not a number", excerpt(&other.to_string()))),
@@ -353,7 +393,10 @@ fn scale_int(i: i64, unit: TimeUnit) -> Result<i64, String> {
 }
 
 /// A decimal number (`-12`, `1700000000.25`, `1.7e9`) of `unit`s as exact
-/// nanoseconds, rounded half away from zero below a nanosecond.
+/// nanoseconds, rounded half away from zero below a nanosecond. Integer and
+/// fraction digits go into an `i128` mantissa with a power of ten (no `f64`);
+/// past 30 significant digits (more than any timestamp has) further digits
+/// are dropped. Out of the `i64` range (years 1677 to 2262) is an error.
 fn decimal_to_ns(s: &str, unit: TimeUnit) -> Result<i64, String> {
     let not_number = || format!("{} is not a number", excerpt(s));
     let out_of_range = || format!("{} is out of range (years 1677 to 2262)", excerpt(s));
@@ -687,6 +730,84 @@ mod tests {
         assert!(d.errors[2].to_string().contains("[3]"), "{}", d.errors[2]);
         assert_eq!(decode(&f, b"[]", NOW), Decoded::default());
         assert_eq!(reasons(&f, br#"{"value": 1}"#), vec!["bad_json"]);
+    }
+
+    #[test]
+    fn json_number_timestamps_keep_every_digit() {
+        let f = |u| Format::Json(fields("v", Some(("ts", u)), None));
+        let ts = |u, t: &str| {
+            let d = decode(&f(u), format!(r#"{{"v": 1, "ts": {t}}}"#).as_bytes(), NOW);
+            match (d.samples.first(), d.errors.first()) {
+                (Some(s), None) => Ok(s.timestamp_ns),
+                (_, Some(e)) => Err(e.reason()),
+                (None, None) => Err("nothing"),
+            }
+        };
+        // As f64s these come out as ...456700 and ...456800 (the issue's cases).
+        assert_eq!(
+            ts(TimeUnit::S, "1700000000.123456789"),
+            Ok(1_700_000_000_123_456_789)
+        );
+        assert_eq!(
+            ts(TimeUnit::Ns, "1700000000123456789.0"),
+            Ok(1_700_000_000_123_456_789)
+        );
+        assert_eq!(
+            ts(TimeUnit::Ms, "1700000000123.456789"),
+            Ok(1_700_000_000_123_456_789)
+        );
+        assert_eq!(
+            ts(TimeUnit::Us, "1700000000123456.789"),
+            Ok(1_700_000_000_123_456_789)
+        );
+        // Exponent forms, as JSON allows them.
+        assert_eq!(
+            ts(TimeUnit::S, "1.700000000123456789e9"),
+            Ok(1_700_000_000_123_456_789)
+        );
+        assert_eq!(
+            ts(TimeUnit::Ms, "17000000001234567.89E-4"),
+            Ok(1_700_000_000_123_456_789)
+        );
+        // Before 1970.
+        assert_eq!(ts(TimeUnit::S, "-1.000000001"), Ok(-1_000_000_001));
+        assert_eq!(ts(TimeUnit::S, "-0.5e-9"), Ok(-1));
+        // Digits below a nanosecond round, half away from zero, however many.
+        assert_eq!(
+            ts(TimeUnit::S, "1700000000.1234567885000000000000000001"),
+            Ok(1_700_000_000_123_456_789)
+        );
+        assert_eq!(ts(TimeUnit::Ns, &format!("12.{}", "4".repeat(200))), Ok(12));
+        // Out of range: a bad timestamp, counted, never a panic or a wrap.
+        for far in [
+            "9223372036.854775808",
+            "-9223372036.854775809",
+            "18446744073709551615",
+            "1e19",
+            "1.5e300",
+            "-1e308",
+        ] {
+            assert_eq!(ts(TimeUnit::S, far), Err("bad_timestamp"), "{far}");
+        }
+        assert_eq!(ts(TimeUnit::Ns, "9223372036854775807"), Ok(i64::MAX));
+        assert_eq!(
+            ts(TimeUnit::Ns, "9223372036854775808"),
+            Err("bad_timestamp")
+        );
+        assert_eq!(ts(TimeUnit::Ns, "9223372036854775807.4"), Ok(i64::MAX));
+        assert_eq!(
+            ts(TimeUnit::Ns, "9223372036854775807.5"),
+            Err("bad_timestamp")
+        );
+        // Arrays and nested paths read the element's own digits.
+        let arr = Format::JsonArray(fields("v", Some(("m.ts", TimeUnit::S)), None));
+        let d = decode(
+            &arr,
+            br#"[{"v": 1, "m": {"ts": 1.000000001}}, {"m": {"ts": 2.000000002}, "v": 2}]"#,
+            NOW,
+        );
+        let got: Vec<i64> = d.samples.iter().map(|s| s.timestamp_ns).collect();
+        assert_eq!(got, [1_000_000_001, 2_000_000_002]);
     }
 
     #[test]
