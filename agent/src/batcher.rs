@@ -772,9 +772,13 @@ pub async fn run(
         stopping_since: None,
         frame: Vec::new(),
     };
+    // The oldest unacknowledged batch ages while nothing happens, too.
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
+    gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let wake = b.next_wake();
         tokio::select! {
+            _ = gauges.tick() => b.spool.refresh_gauges(),
             chunk = b.io.chunks.recv(), if b.pending.is_empty() && b.open => match chunk {
                 Some(c) => b.take(c),
                 None => {

@@ -16,6 +16,7 @@
 //! more than they do.
 #![forbid(unsafe_code)]
 
+pub mod backlog;
 pub mod backoff;
 pub mod batcher;
 pub mod blocking;

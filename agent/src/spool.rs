@@ -21,6 +21,7 @@
 //! (released space first, then a rescan of the disk) brings it back without a
 //! restart. The log's directory lock keeps a second agent out of the directory.
 
+use crate::backlog::Backlog;
 use crate::config::{FsyncMode, FullPolicy, SpoolSection};
 use ferrule_disklog::{CompletedSync, FsyncPolicy, Log, LogReader, Offset, Options, PendingSync};
 use ferrule_telemetry::{Counter, Gauge, Registry};
@@ -201,6 +202,8 @@ struct Counters {
     bytes: Gauge,
     unacked: Gauge,
     last_seq: Gauge,
+    unacked_bytes: Gauge,
+    oldest_age: Gauge,
     writable: Gauge,
     registry: Registry,
 }
@@ -222,6 +225,8 @@ pub struct Spool {
     /// When settled batches were last released from disk (release costs fsyncs,
     /// so it is coalesced).
     last_release: std::time::Instant,
+    /// Unacknowledged bytes and age, for the gauges.
+    backlog: Backlog,
     c: Counters,
 }
 
@@ -284,6 +289,16 @@ impl Spool {
                 "The last sequence number given to a batch (0 before the first); with ferrule_agent_spool_unacked_batches it tells whether the spool has drained",
                 &[],
             ),
+            unacked_bytes: registry.gauge(
+                "ferrule_agent_spool_unacked_bytes",
+                "Bytes of spooled batches not yet acknowledged (0: drained), unlike ferrule_agent_spool_bytes, which counts segment files kept until a whole segment is released",
+                &[],
+            ),
+            oldest_age: registry.gauge(
+                "ferrule_agent_spool_oldest_unacked_age_seconds",
+                "Age of the oldest batch not yet acknowledged, by the wall clock (0: drained): how far behind the uplink is",
+                &[],
+            ),
             writable: registry.gauge(
                 "ferrule_agent_spool_writable",
                 "1 while the spool takes writes, 0 while it recovers from a failed write",
@@ -306,11 +321,13 @@ impl Spool {
             settled: SeqSet::with_floor(Some(Seq(first))),
             released_through: first,
             last_release: std::time::Instant::now(),
+            backlog: Backlog::default(),
             log,
             c,
         };
         let fresh = spool.log.next_offset().0 == 0 && first == 0;
         spool.after_recovery(&recovery, fresh, true, false)?;
+        spool.backlog = spool.recovered_backlog();
         tracing::info!(epoch = %spool.epoch, first_unacked = %spool.first_unacked(), next = %spool.next_seq(), "spool open");
         spool.c.writable.set(1);
         spool.update_gauges();
@@ -534,6 +551,8 @@ impl Spool {
         };
         self.c.spooled_batches.inc();
         self.c.spooled_samples.add(samples);
+        self.backlog
+            .appended(seq_of(off).0, payload.len() as u64, now_ns());
         self.update_gauges();
         Ok(seq_of(off))
     }
@@ -652,7 +671,40 @@ impl Spool {
         Ok(())
     }
 
-    fn update_gauges(&self) {
+    /// What an earlier run left unacknowledged: the spool's bytes (an upper
+    /// bound: the first segment may hold acknowledged records not yet released)
+    /// from the oldest unacknowledged batch, timed by its record.
+    fn recovered_backlog(&self) -> Backlog {
+        let (first, next) = (self.first_unacked(), self.next_seq());
+        if first >= next {
+            return Backlog::default();
+        }
+        let time_ns = self
+            .log
+            .read_records(Offset(first.0.saturating_sub(1)), 1, 1 << 20)
+            .ok()
+            .and_then(|r| r.first().map(|r| r.appended_at))
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(now_ns, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Backlog::recovered(first.0, self.log.total_bytes(), time_ns)
+    }
+
+    /// Sets the gauges again; the batcher calls it every second so the oldest
+    /// unacknowledged batch's age keeps rising while nothing else happens.
+    pub fn refresh_gauges(&mut self) {
+        self.update_gauges();
+    }
+
+    fn update_gauges(&mut self) {
+        let (first, next) = (self.first_unacked().0, self.next_seq().0);
+        self.backlog.settled_below(first);
+        self.c.unacked_bytes.set(
+            i64::try_from(self.backlog.unacked_bytes(first, next)).unwrap_or(i64::MAX),
+        );
+        let age_ns = self.backlog.oldest_age_ns(first, next, now_ns());
+        self.c
+            .oldest_age
+            .set(i64::try_from(age_ns / 1_000_000_000).unwrap_or(i64::MAX));
         self.c
             .bytes
             .set(i64::try_from(self.log.total_bytes()).unwrap_or(i64::MAX));
@@ -1014,17 +1066,53 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {name} in\n{text}"))
         };
         assert_eq!(gauge("ferrule_agent_spool_last_seq"), "0");
+        assert_eq!(gauge("ferrule_agent_spool_unacked_bytes"), "0");
+        assert_eq!(gauge("ferrule_agent_spool_oldest_unacked_age_seconds"), "0");
         let seqs = fill(&mut spool, 3);
         assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
         assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "3");
+        let unacked: u64 = gauge("ferrule_agent_spool_unacked_bytes").parse().unwrap();
+        assert!(unacked > 0);
+        spool.settle(&seqs[..1]).unwrap();
+        let fewer: u64 = gauge("ferrule_agent_spool_unacked_bytes").parse().unwrap();
+        assert!(fewer < unacked && fewer > 0, "{fewer} of {unacked}");
         spool.settle(&seqs).unwrap();
         assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "0");
+        assert_eq!(gauge("ferrule_agent_spool_unacked_bytes"), "0", "drained");
+        assert_eq!(gauge("ferrule_agent_spool_oldest_unacked_age_seconds"), "0");
         assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
         // Refused batches are released but not counted as acknowledged.
         let more = fill(&mut spool, 2);
         spool.settle_as(&more, false).unwrap();
         assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "0");
         assert_eq!(gauge("ferrule_agent_acked_batches_total"), "3");
+    }
+
+    #[test]
+    fn a_backlog_left_by_an_earlier_run_is_counted_with_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut spool, _) = Spool::open(&cfg(dir.path()), &Registry::new()).unwrap();
+            fill(&mut spool, 4);
+            spool.sync().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let reg = Registry::new();
+        let (mut spool, _) = Spool::open(&cfg(dir.path()), &reg).unwrap();
+        let gauge = |name: &str| -> u64 {
+            let text = reg.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(gauge("ferrule_agent_spool_unacked_bytes") > 0);
+        assert!(gauge("ferrule_agent_spool_oldest_unacked_age_seconds") >= 1, "timed by its record");
+        let all: Vec<Seq> = (1..=4).map(Seq).collect();
+        spool.settle(&all).unwrap();
+        assert_eq!(gauge("ferrule_agent_spool_unacked_bytes"), 0);
+        assert_eq!(gauge("ferrule_agent_spool_oldest_unacked_age_seconds"), 0);
     }
 
     #[test]

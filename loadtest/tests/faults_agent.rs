@@ -845,6 +845,23 @@ fn a_lost_epoch_file_loses_no_spooled_batch() {
         spooled.is_some(),
         "the agent did not spool its {TOTAL} samples within 30 s"
     );
+    // With no aggregator, the backlog shows in bytes and in time, and the age
+    // keeps rising while nothing else happens.
+    let behind = poll(Duration::from_secs(10), || {
+        let m = cfg.metrics();
+        let bytes = procs::metric(&m, "ferrule_agent_spool_unacked_bytes")?;
+        let age = procs::metric(&m, "ferrule_agent_spool_oldest_unacked_age_seconds")?;
+        (bytes > 0.0 && age >= 2.0).then_some((bytes, age))
+    });
+    assert!(
+        behind.is_some(),
+        "unacked bytes and the oldest batch's age did not show the backlog: {}",
+        cfg.metrics()
+            .lines()
+            .filter(|l| l.starts_with("ferrule_agent_spool"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let status = agent.term(AGENT_STOP);
     assert!(
         status.is_some(),
@@ -893,6 +910,17 @@ fn a_lost_epoch_file_loses_no_spooled_batch() {
     assert_eq!(
         dropped_total, 0.0,
         "the agent dropped batches after its epoch file was lost: {dropped:?}"
+    );
+    // Drained: the direct answers say so.
+    assert_eq!(
+        procs::metric(&m, "ferrule_agent_spool_unacked_bytes"),
+        Some(0.0),
+        "unacked bytes once drained"
+    );
+    assert_eq!(
+        procs::metric(&m, "ferrule_agent_spool_oldest_unacked_age_seconds"),
+        Some(0.0),
+        "oldest unacked age once drained"
     );
 }
 

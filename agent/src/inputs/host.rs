@@ -8,7 +8,7 @@
 //! |---------------|------------------------------------------------------------------|
 //! | `cpu`         | `cpu/usage_percent` (all cores, 0-100), `cpu/load1` `load5` `load15` |
 //! | `memory`      | `memory/total_bytes` `used_bytes` `available_bytes` `swap_total_bytes` `swap_used_bytes` |
-//! | `disk`        | `disk/<mount>/total_bytes` `used_bytes` `available_bytes`          |
+//! | `disk`        | `disk/<mount>/total_bytes` `used_bytes` `available_bytes`, as `df` shows them ([`DiskSpace`]) |
 //! | `network`     | `net/<iface>/rx_bytes_total` `tx_bytes_total` `rx_packets_total` `tx_packets_total` `rx_errors_total` `tx_errors_total` (counters) |
 //! | `temperature` | `temp/<label>/celsius`, for each sensor the hardware exposes (maybe none) |
 //! | `agent`       | `agent/cpu_percent` (0-100 per core), `agent/rss_bytes`, `agent/spool_bytes` |
@@ -318,12 +318,15 @@ impl Probe {
                 if !seen.insert(part.clone()) {
                     continue;
                 }
-                let total = d.total_space();
-                let avail = d.available_space();
+                let space = DiskSpace::of(d.mount_point()).unwrap_or(DiskSpace {
+                    total: d.total_space(),
+                    used: d.total_space().saturating_sub(d.available_space()),
+                    available: d.available_space(),
+                });
                 for (n, v) in [
-                    ("total_bytes", total),
-                    ("used_bytes", total.saturating_sub(avail)),
-                    ("available_bytes", avail),
+                    ("total_bytes", space.total),
+                    ("used_bytes", space.used),
+                    ("available_bytes", space.available),
                 ] {
                     push(
                         format!("{p}/disk/{part}/{n}"),
@@ -402,6 +405,35 @@ impl Probe {
             );
         }
         out
+    }
+}
+
+/// A file system's size as `df` reports it. `used` is blocks in use (total
+/// minus free), `available` what an unprivileged writer can still use; on a file
+/// system with blocks reserved for root (ext4 keeps 5 % by default) `total -
+/// used - available` is that reserve, so `used` is neither "total minus
+/// available" nor inflated by the reserve, and `used / (used + available)` is
+/// `df`'s Use%.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Size of the file system, bytes (`df` 1B-blocks).
+    pub total: u64,
+    /// Bytes in use (`df` Used).
+    pub used: u64,
+    /// Bytes an unprivileged writer can still use (`df` Available).
+    pub available: u64,
+}
+
+impl DiskSpace {
+    /// Reads it with statvfs(2) for the file system mounted at `mount`.
+    pub fn of(mount: &std::path::Path) -> std::io::Result<Self> {
+        let s = rustix::fs::statvfs(mount)?;
+        let unit = if s.f_frsize > 0 { s.f_frsize } else { s.f_bsize };
+        Ok(Self {
+            total: s.f_blocks.saturating_mul(unit),
+            used: s.f_blocks.saturating_sub(s.f_bfree).saturating_mul(unit),
+            available: s.f_bavail.saturating_mul(unit),
+        })
     }
 }
 
@@ -521,6 +553,30 @@ pub async fn run(cfg: HostConfig, ctx: InputContext) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_space_agrees_with_df() {
+        // df's own figures for the same file system, in bytes.
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=size,used,avail", "/"])
+            .output()
+            .expect("df runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<u64> = text
+            .lines()
+            .nth(1)
+            .expect("a line of figures")
+            .split_whitespace()
+            .map(|n| n.parse().expect("a number"))
+            .collect();
+        let ours = DiskSpace::of(std::path::Path::new("/")).expect("statvfs /");
+        // Other processes write between the two reads: allow 64 MiB of drift.
+        let close = |a: u64, b: u64| a.abs_diff(b) <= 64 << 20;
+        assert_eq!(ours.total, nums[0], "total");
+        assert!(close(ours.used, nums[1]), "used {} vs df {}", ours.used, nums[1]);
+        assert!(close(ours.available, nums[2]), "available {} vs df {}", ours.available, nums[2]);
+        assert!(ours.used + ours.available <= ours.total, "a reserve, if any, is neither");
+    }
 
     #[test]
     fn name_parts_are_valid_sensor_name_parts() {
