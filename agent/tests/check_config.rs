@@ -291,3 +291,72 @@ fn a_certificate_for_another_agent_is_refused() {
         "{out}"
     );
 }
+
+/// A key path naming something huge (a log, a disk image, `/dev/zero`) is
+/// refused after a bounded read, naming the file: it was read whole into
+/// memory (64 MiB of RSS per 64 MiB of file; `/dev/zero` never ended) and then
+/// reported as "no PRIVATE KEY found".
+#[test]
+fn a_huge_or_endless_key_file_is_refused_without_reading_it_whole() {
+    let dir = tls_dir();
+    let big = dir.path().join("big.key");
+    // Sparse: costs no disk.
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    set_mode(&big, 0o600);
+    let (ok, out) = check_tls(dir.path(), "agent.crt", "big.key", "ca-bundle.crt");
+    assert!(!ok, "{out}");
+    let line = out.lines().find(|l| l.contains("big.key")).unwrap();
+    assert!(line.contains("larger than"), "{out}");
+
+    let ca = dir.path().join("ca-bundle.crt").display().to_string();
+    let cert = dir.path().join("agent.crt").display().to_string();
+    let (ok, out) = check(
+        &example(),
+        &[
+            ("FERRULE_TLS__CERT", &cert),
+            ("FERRULE_TLS__KEY", "/dev/zero"),
+            ("FERRULE_TLS__SERVER_CA", &ca),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("/dev/zero: larger than"), "{out}");
+}
+
+/// A passphrase-protected key (PKCS#8 `ENCRYPTED PRIVATE KEY`, or a
+/// traditional key with `Proc-Type: 4,ENCRYPTED`) is named as encrypted, not
+/// as "no PRIVATE KEY found"; and no message shows the key's bytes.
+#[test]
+fn an_encrypted_key_is_named_as_encrypted() {
+    let dir = tls_dir();
+    // `openssl pkcs8 -topk8 -passout pass:x` of a throwaway P-256 key.
+    let pkcs8 = "-----BEGIN ENCRYPTED PRIVATE KEY-----\n\
+MIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAi0JrmeVMw0LAICCAAw\n\
+DAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEKjNEhXTrfZNqsUV0ROKelsEgZAE\n\
+gA5nD3YcH0nZsU8Q1l7gBlWU2z2m1Y3FZ8R0y0rTj3zCbAXmb7t0fXUbR7cS2lwA\n\
+7oB9Kq9y3M0gZ3cC1Y3s5h8z3gHk1fQm3+Rk2mN0rj1pNN3rXnPqQ0xW4jS7M2sK\n\
+8A0x0YqX5fJXc4l9kGH3ZbV1Ww2sBq8U2k8=\n\
+-----END ENCRYPTED PRIVATE KEY-----\n";
+    let traditional = "-----BEGIN EC PRIVATE KEY-----\n\
+Proc-Type: 4,ENCRYPTED\n\
+DEK-Info: AES-128-CBC,3F5B1B4E1E4C0F2A9D7E6C5B4A392817\n\
+\n\
+q9y3M0gZ3cC1Y3s5h8z3gHk1fQm3+Rk2mN0rj1pNN3rXnPqQ0xW4jS7M2sK8A0x0\n\
+YqX5fJXc4l9kGH3ZbV1Ww2sBq8U2k8gA5nD3YcH0nZsU8Q1l7gBlWU2z2m1Y3FZ8\n\
+-----END EC PRIVATE KEY-----\n";
+    for (name, text) in [("pkcs8.key", pkcs8), ("traditional.key", traditional)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        set_mode(&path, 0o600);
+        let (ok, out) = check_tls(dir.path(), "agent.crt", name, "ca-bundle.crt");
+        assert!(!ok, "{name}: {out}");
+        let line = out.lines().find(|l| l.contains(name)).unwrap();
+        assert!(line.contains("encrypted"), "{name}: {out}");
+        assert!(
+            !out.contains("q9y3M0gZ") && !out.contains("MIHsMFcG"),
+            "{out}"
+        );
+    }
+}
