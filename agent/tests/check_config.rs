@@ -360,3 +360,54 @@ YqX5fJXc4l9kGH3ZbV1Ww2sBq8U2k8gA5nD3YcH0nZsU8Q1l7gBlWU2z2m1Y3FZ8\n\
         );
     }
 }
+
+/// Two endpoints that fail in different ways (one never answers, one is an
+/// address no packet can go to): each cause is logged once. The agent kept
+/// one "last cause" for all endpoints, so it changed at every attempt and
+/// every round of retries logged a warning per endpoint, for as long as both
+/// stayed down.
+#[test]
+// A plain test thread waiting for the agent to retry: sleeping is what it should do.
+#[allow(clippy::disallowed_methods)]
+fn endpoints_failing_differently_log_each_cause_once() {
+    let dir = tls_dir();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let log_path = dir.path().join("agent.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrule-agent"))
+        .args(["run", "--config"])
+        .arg(example())
+        .envs([
+            ("FERRULE_TLS__CERT", p("agent.crt")),
+            ("FERRULE_TLS__KEY", p("agent.key")),
+            ("FERRULE_TLS__SERVER_CA", p("ca-bundle.crt")),
+            ("FERRULE_SPOOL__DIR", p("spool")),
+            ("FERRULE_METRICS__LISTEN", "127.0.0.1:0".into()),
+            // 127.0.0.1:1 never answers QUIC (a handshake timeout); 0.0.0.0 is
+            // refused before sending (quinn's invalid remote address).
+            (
+                "FERRULE_UPLINK__ENDPOINTS",
+                r#"["127.0.0.1:1", "0.0.0.0:4433"]"#.into(),
+            ),
+            ("FERRULE_UPLINK__CONNECT_TIMEOUT_SECS", "1".into()),
+            ("FERRULE_UPLINK__BACKOFF_MAX_MS", "500".into()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // At least four rounds of both endpoints.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("uplink session failed"))
+        .collect();
+    assert!(
+        failed.iter().any(|l| l.contains("127.0.0.1:1"))
+            && failed.iter().any(|l| l.contains("0.0.0.0:4433")),
+        "each endpoint's cause is logged once: {log}"
+    );
+    assert_eq!(failed.len(), 2, "a cause was logged again: {log}");
+}
