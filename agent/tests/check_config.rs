@@ -411,3 +411,23 @@ fn endpoints_failing_differently_log_each_cause_once() {
     );
     assert_eq!(failed.len(), 2, "a cause was logged again: {log}");
 }
+
+/// A certificate file with its issuing CA first and the leaf second: named as
+/// an order problem, not as "this key does not match the certificate" (the
+/// key does match; it was sent hunting for the wrong key).
+#[test]
+fn a_chain_with_the_leaf_not_first_is_named_as_such() {
+    let dir = tls_dir();
+    let pem = std::fs::read_to_string(dir.path().join("agent.crt")).unwrap();
+    let end = "-----END CERTIFICATE-----\n";
+    let first = pem.find(end).unwrap() + end.len();
+    let (leaf, issuer) = pem.split_at(first);
+    std::fs::write(dir.path().join("reversed.crt"), format!("{issuer}{leaf}")).unwrap();
+    let (ok, out) = check_tls(dir.path(), "reversed.crt", "agent.key", "ca-bundle.crt");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("must come first") && out.contains("certificate 2 of 2"),
+        "{out}"
+    );
+    assert!(!out.contains("does not match the certificate"), "{out}");
+}

@@ -45,6 +45,20 @@ pub enum MaterialProblem {
         /// The certificate file.
         cert: PathBuf,
     },
+    /// The certificate file does not start with the key's certificate: the
+    /// key belongs to a later one (the chain is in the wrong order, leaf not
+    /// first). rustls presents the first certificate as this side's own.
+    #[error("{cert}: the certificate for the key in {key} must come first in this file (it is certificate {position} of {count}); put the leaf first, then its issuing CA")]
+    LeafNotFirst {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Where the key's certificate is, counting from 1.
+        position: usize,
+        /// How many certificates the file holds.
+        count: usize,
+    },
     /// The private key parsed as PEM but cannot be used.
     #[error("{path}: unusable private key: {what}")]
     BadKey {
@@ -338,12 +352,21 @@ fn pair(
         }
     }
     if let (Some(chain), Some(k)) = (&chain, k) {
+        let k_again = k.clone_key();
         match CertifiedKey::from_der(chain.clone(), k, &provider()) {
             Ok(_) => {}
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-                r.problems.push(MaterialProblem::KeyMismatch {
-                    key: key_path.to_path_buf(),
-                    cert: cert.to_path_buf(),
+                r.problems.push(match key_cert_position(chain, &k_again) {
+                    Some(i) => MaterialProblem::LeafNotFirst {
+                        cert: cert.to_path_buf(),
+                        key: key_path.to_path_buf(),
+                        position: i + 1,
+                        count: chain.len(),
+                    },
+                    None => MaterialProblem::KeyMismatch {
+                        key: key_path.to_path_buf(),
+                        cert: cert.to_path_buf(),
+                    },
                 })
             }
             Err(e) => r.problems.push(MaterialProblem::BadKey {
@@ -353,6 +376,16 @@ fn pair(
         }
     }
     chain
+}
+
+/// Where in `chain` the certificate for `key` is, if anywhere.
+fn key_cert_position(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Option<usize> {
+    chain
+        .iter()
+        .position(|c| CertifiedKey::from_der(vec![c.clone()], key.clone_key(), &provider()).is_ok())
 }
 
 /// What the leaf's dates allow: the time to verify its chain at (now, or a
