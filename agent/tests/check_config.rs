@@ -431,3 +431,33 @@ fn a_chain_with_the_leaf_not_first_is_named_as_such() {
     );
     assert!(!out.contains("does not match the certificate"), "{out}");
 }
+
+/// Relative TLS paths resolve against the working directory (in `run` too),
+/// not the config file's: a check run from the config's directory passed while
+/// the daemon, started elsewhere (`WorkingDirectory=/`), could not find them.
+/// Now a warning names the path and the directory it was resolved against.
+#[test]
+fn relative_tls_paths_are_a_warning_naming_the_working_directory() {
+    let dir = tls_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrule-agent"))
+        .args(["check-config", "--config"])
+        .arg(example())
+        .current_dir(dir.path())
+        .envs([
+            ("FERRULE_TLS__CERT", "agent.crt"),
+            ("FERRULE_TLS__KEY", "./agent.key"),
+            ("FERRULE_TLS__SERVER_CA", "ca-bundle.crt"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 3, "{text}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("relative path") && w.contains("working directory")),
+        "{text}"
+    );
+}

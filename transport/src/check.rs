@@ -134,6 +134,17 @@ pub enum MaterialWarning {
         /// Its permission bits.
         mode: u32,
     },
+    /// A relative path: it is resolved against the process's working
+    /// directory, not the config file's, so a check run from the config's
+    /// directory can pass while the daemon (`WorkingDirectory=/` under
+    /// systemd) cannot find the file.
+    #[error("{path}: relative path, resolved against the working directory ({cwd}), not the config file's; use an absolute path")]
+    RelativePath {
+        /// The path as configured.
+        path: PathBuf,
+        /// The working directory it was resolved against here.
+        cwd: String,
+    },
     /// The CRL's nextUpdate has passed: revocations made since are not in it.
     #[error("{path}: CRL is stale (next update was due {next_update}); refresh it")]
     CrlStale {
@@ -199,6 +210,7 @@ pub fn check_client_material(
     now: SystemTime,
 ) -> MaterialReport {
     let mut r = MaterialReport::default();
+    warn_relative(&mut r, [&files.cert, &files.key, &files.server_ca]);
     let roots = note_err(&mut r, roots(&files.server_ca));
     let chain = pair(&mut r, &files.cert, &files.key);
     if let Some(chain) = &chain {
@@ -268,6 +280,12 @@ pub fn check_client_material(
 /// is valid; the CRL, if any, reads and parses.
 pub fn check_server_material(files: &ServerTls, now: SystemTime) -> MaterialReport {
     let mut r = MaterialReport::default();
+    warn_relative(
+        &mut r,
+        [&files.cert, &files.key, &files.client_ca]
+            .into_iter()
+            .chain(files.crl.as_ref()),
+    );
     let roots = note_err(&mut r, roots(&files.client_ca));
     let chain = pair(&mut r, &files.cert, &files.key);
     if let Some(chain) = &chain {
@@ -331,6 +349,18 @@ pub fn key_permission_warning(path: &Path) -> Option<MaterialWarning> {
     {
         let _ = path;
         None
+    }
+}
+
+fn warn_relative<'a>(r: &mut MaterialReport, paths: impl IntoIterator<Item = &'a PathBuf>) {
+    for p in paths {
+        if p.is_relative() {
+            r.warnings.push(MaterialWarning::RelativePath {
+                path: p.clone(),
+                cwd: std::env::current_dir()
+                    .map_or_else(|_| "unknown".into(), |d| d.display().to_string()),
+            });
+        }
     }
 }
 
