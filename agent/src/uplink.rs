@@ -165,11 +165,20 @@ fn conn_err(e: quinn::ConnectionError) -> UplinkError {
 /// each at once, but a repeat of the same cause only at debug until a session
 /// comes up or the cause changes: an agent retrying every few seconds must
 /// not bury the log, and the counter still counts every attempt.
+///
+/// The last cause is kept per address: with several endpoints failing in
+/// different ways (one down, one refusing us), one shared "last cause"
+/// changed at every attempt and each round logged every endpoint again.
 struct Failures {
     counters: Vec<(FailureReason, Counter)>,
-    /// The cause last logged: (reason, fine label).
-    last: Option<(FailureReason, &'static str)>,
+    /// The cause last logged for each address (`None`: before any connect,
+    /// loading the TLS material): (reason, fine label).
+    last: HashMap<Option<SocketAddr>, (FailureReason, &'static str)>,
 }
+
+/// Most addresses [`Failures`] remembers a cause for; beyond it (a DNS name
+/// whose addresses keep changing) it forgets them all, and logs each once more.
+const MAX_REMEMBERED_CAUSES: usize = 64;
 
 impl Failures {
     fn new(registry: &Registry) -> Self {
@@ -187,7 +196,7 @@ impl Failures {
                     )
                 })
                 .collect(),
-            last: None,
+            last: HashMap::new(),
         }
     }
 
@@ -209,8 +218,12 @@ impl Failures {
             Some((n, a)) => (n.to_string(), a.to_string()),
             None => (String::new(), String::new()),
         };
-        if self.last != Some((reason, detail)) {
-            self.last = Some((reason, detail));
+        let key = at.map(|(_, a)| a);
+        if self.last.get(&key) != Some(&(reason, detail)) {
+            if self.last.len() >= MAX_REMEMBERED_CAUSES && !self.last.contains_key(&key) {
+                self.last.clear();
+            }
+            self.last.insert(key, (reason, detail));
             if reason.needs_a_fix() {
                 tracing::error!(%endpoint, %addr, reason = reason.as_str(), detail, error = %e, "uplink session failed");
             } else {
@@ -234,7 +247,7 @@ impl Failures {
 
     /// A session came up: the next failure is news again.
     fn session_up(&mut self) {
-        self.last = None;
+        self.last.clear();
     }
 }
 
@@ -339,7 +352,7 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             }
         }
     };
-    if failures.last.is_some() {
+    if failures.last.remove(&None).is_some() {
         tracing::info!("TLS material loads now");
         backoff.reset();
     }

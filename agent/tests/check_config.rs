@@ -291,3 +291,173 @@ fn a_certificate_for_another_agent_is_refused() {
         "{out}"
     );
 }
+
+/// A key path naming something huge (a log, a disk image, `/dev/zero`) is
+/// refused after a bounded read, naming the file: it was read whole into
+/// memory (64 MiB of RSS per 64 MiB of file; `/dev/zero` never ended) and then
+/// reported as "no PRIVATE KEY found".
+#[test]
+fn a_huge_or_endless_key_file_is_refused_without_reading_it_whole() {
+    let dir = tls_dir();
+    let big = dir.path().join("big.key");
+    // Sparse: costs no disk.
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    set_mode(&big, 0o600);
+    let (ok, out) = check_tls(dir.path(), "agent.crt", "big.key", "ca-bundle.crt");
+    assert!(!ok, "{out}");
+    let line = out.lines().find(|l| l.contains("big.key")).unwrap();
+    assert!(line.contains("larger than"), "{out}");
+
+    let ca = dir.path().join("ca-bundle.crt").display().to_string();
+    let cert = dir.path().join("agent.crt").display().to_string();
+    let (ok, out) = check(
+        &example(),
+        &[
+            ("FERRULE_TLS__CERT", &cert),
+            ("FERRULE_TLS__KEY", "/dev/zero"),
+            ("FERRULE_TLS__SERVER_CA", &ca),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("/dev/zero: larger than"), "{out}");
+}
+
+/// A passphrase-protected key (PKCS#8 `ENCRYPTED PRIVATE KEY`, or a
+/// traditional key with `Proc-Type: 4,ENCRYPTED`) is named as encrypted, not
+/// as "no PRIVATE KEY found"; and no message shows the key's bytes.
+#[test]
+fn an_encrypted_key_is_named_as_encrypted() {
+    let dir = tls_dir();
+    // `openssl pkcs8 -topk8 -passout pass:x` of a throwaway P-256 key.
+    let pkcs8 = "-----BEGIN ENCRYPTED PRIVATE KEY-----\n\
+MIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAcBAi0JrmeVMw0LAICCAAw\n\
+DAYIKoZIhvcNAgkFADAdBglghkgBZQMEASoEEKjNEhXTrfZNqsUV0ROKelsEgZAE\n\
+gA5nD3YcH0nZsU8Q1l7gBlWU2z2m1Y3FZ8R0y0rTj3zCbAXmb7t0fXUbR7cS2lwA\n\
+7oB9Kq9y3M0gZ3cC1Y3s5h8z3gHk1fQm3+Rk2mN0rj1pNN3rXnPqQ0xW4jS7M2sK\n\
+8A0x0YqX5fJXc4l9kGH3ZbV1Ww2sBq8U2k8=\n\
+-----END ENCRYPTED PRIVATE KEY-----\n";
+    let traditional = "-----BEGIN EC PRIVATE KEY-----\n\
+Proc-Type: 4,ENCRYPTED\n\
+DEK-Info: AES-128-CBC,3F5B1B4E1E4C0F2A9D7E6C5B4A392817\n\
+\n\
+q9y3M0gZ3cC1Y3s5h8z3gHk1fQm3+Rk2mN0rj1pNN3rXnPqQ0xW4jS7M2sK8A0x0\n\
+YqX5fJXc4l9kGH3ZbV1Ww2sBq8U2k8gA5nD3YcH0nZsU8Q1l7gBlWU2z2m1Y3FZ8\n\
+-----END EC PRIVATE KEY-----\n";
+    for (name, text) in [("pkcs8.key", pkcs8), ("traditional.key", traditional)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        set_mode(&path, 0o600);
+        let (ok, out) = check_tls(dir.path(), "agent.crt", name, "ca-bundle.crt");
+        assert!(!ok, "{name}: {out}");
+        let line = out.lines().find(|l| l.contains(name)).unwrap();
+        assert!(line.contains("encrypted"), "{name}: {out}");
+        assert!(
+            !out.contains("q9y3M0gZ") && !out.contains("MIHsMFcG"),
+            "{out}"
+        );
+    }
+}
+
+/// Two endpoints that fail in different ways (one never answers, one is an
+/// address no packet can go to): each cause is logged once. The agent kept
+/// one "last cause" for all endpoints, so it changed at every attempt and
+/// every round of retries logged a warning per endpoint, for as long as both
+/// stayed down.
+#[test]
+// A plain test thread waiting for the agent to retry: sleeping is what it should do.
+#[allow(clippy::disallowed_methods)]
+fn endpoints_failing_differently_log_each_cause_once() {
+    let dir = tls_dir();
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let log_path = dir.path().join("agent.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrule-agent"))
+        .args(["run", "--config"])
+        .arg(example())
+        .envs([
+            ("FERRULE_TLS__CERT", p("agent.crt")),
+            ("FERRULE_TLS__KEY", p("agent.key")),
+            ("FERRULE_TLS__SERVER_CA", p("ca-bundle.crt")),
+            ("FERRULE_SPOOL__DIR", p("spool")),
+            ("FERRULE_METRICS__LISTEN", "127.0.0.1:0".into()),
+            // 127.0.0.1:1 never answers QUIC (a handshake timeout); 0.0.0.0 is
+            // refused before sending (quinn's invalid remote address).
+            (
+                "FERRULE_UPLINK__ENDPOINTS",
+                r#"["127.0.0.1:1", "0.0.0.0:4433"]"#.into(),
+            ),
+            ("FERRULE_UPLINK__CONNECT_TIMEOUT_SECS", "1".into()),
+            ("FERRULE_UPLINK__BACKOFF_MAX_MS", "500".into()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // At least four rounds of both endpoints.
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("uplink session failed"))
+        .collect();
+    assert!(
+        failed.iter().any(|l| l.contains("127.0.0.1:1"))
+            && failed.iter().any(|l| l.contains("0.0.0.0:4433")),
+        "each endpoint's cause is logged once: {log}"
+    );
+    assert_eq!(failed.len(), 2, "a cause was logged again: {log}");
+}
+
+/// A certificate file with its issuing CA first and the leaf second: named as
+/// an order problem, not as "this key does not match the certificate" (the
+/// key does match; it was sent hunting for the wrong key).
+#[test]
+fn a_chain_with_the_leaf_not_first_is_named_as_such() {
+    let dir = tls_dir();
+    let pem = std::fs::read_to_string(dir.path().join("agent.crt")).unwrap();
+    let end = "-----END CERTIFICATE-----\n";
+    let first = pem.find(end).unwrap() + end.len();
+    let (leaf, issuer) = pem.split_at(first);
+    std::fs::write(dir.path().join("reversed.crt"), format!("{issuer}{leaf}")).unwrap();
+    let (ok, out) = check_tls(dir.path(), "reversed.crt", "agent.key", "ca-bundle.crt");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("must come first") && out.contains("certificate 2 of 2"),
+        "{out}"
+    );
+    assert!(!out.contains("does not match the certificate"), "{out}");
+}
+
+/// Relative TLS paths resolve against the working directory (in `run` too),
+/// not the config file's: a check run from the config's directory passed while
+/// the daemon, started elsewhere (`WorkingDirectory=/`), could not find them.
+/// Now a warning names the path and the directory it was resolved against.
+#[test]
+fn relative_tls_paths_are_a_warning_naming_the_working_directory() {
+    let dir = tls_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrule-agent"))
+        .args(["check-config", "--config"])
+        .arg(example())
+        .current_dir(dir.path())
+        .envs([
+            ("FERRULE_TLS__CERT", "agent.crt"),
+            ("FERRULE_TLS__KEY", "./agent.key"),
+            ("FERRULE_TLS__SERVER_CA", "ca-bundle.crt"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 3, "{text}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.contains("relative path") && w.contains("working directory")),
+        "{text}"
+    );
+}

@@ -45,6 +45,20 @@ pub enum MaterialProblem {
         /// The certificate file.
         cert: PathBuf,
     },
+    /// The certificate file does not start with the key's certificate: the
+    /// key belongs to a later one (the chain is in the wrong order, leaf not
+    /// first). rustls presents the first certificate as this side's own.
+    #[error("{cert}: the certificate for the key in {key} must come first in this file (it is certificate {position} of {count}); put the leaf first, then its issuing CA")]
+    LeafNotFirst {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Where the key's certificate is, counting from 1.
+        position: usize,
+        /// How many certificates the file holds.
+        count: usize,
+    },
     /// The private key parsed as PEM but cannot be used.
     #[error("{path}: unusable private key: {what}")]
     BadKey {
@@ -120,6 +134,17 @@ pub enum MaterialWarning {
         /// Its permission bits.
         mode: u32,
     },
+    /// A relative path: it is resolved against the process's working
+    /// directory, not the config file's, so a check run from the config's
+    /// directory can pass while the daemon (`WorkingDirectory=/` under
+    /// systemd) cannot find the file.
+    #[error("{path}: relative path, resolved against the working directory ({cwd}), not the config file's; use an absolute path")]
+    RelativePath {
+        /// The path as configured.
+        path: PathBuf,
+        /// The working directory it was resolved against here.
+        cwd: String,
+    },
     /// The CRL's nextUpdate has passed: revocations made since are not in it.
     #[error("{path}: CRL is stale (next update was due {next_update}); refresh it")]
     CrlStale {
@@ -185,6 +210,7 @@ pub fn check_client_material(
     now: SystemTime,
 ) -> MaterialReport {
     let mut r = MaterialReport::default();
+    warn_relative(&mut r, [&files.cert, &files.key, &files.server_ca]);
     let roots = note_err(&mut r, roots(&files.server_ca));
     let chain = pair(&mut r, &files.cert, &files.key);
     if let Some(chain) = &chain {
@@ -254,6 +280,12 @@ pub fn check_client_material(
 /// is valid; the CRL, if any, reads and parses.
 pub fn check_server_material(files: &ServerTls, now: SystemTime) -> MaterialReport {
     let mut r = MaterialReport::default();
+    warn_relative(
+        &mut r,
+        [&files.cert, &files.key, &files.client_ca]
+            .into_iter()
+            .chain(files.crl.as_ref()),
+    );
     let roots = note_err(&mut r, roots(&files.client_ca));
     let chain = pair(&mut r, &files.cert, &files.key);
     if let Some(chain) = &chain {
@@ -320,6 +352,18 @@ pub fn key_permission_warning(path: &Path) -> Option<MaterialWarning> {
     }
 }
 
+fn warn_relative<'a>(r: &mut MaterialReport, paths: impl IntoIterator<Item = &'a PathBuf>) {
+    for p in paths {
+        if p.is_relative() {
+            r.warnings.push(MaterialWarning::RelativePath {
+                path: p.clone(),
+                cwd: std::env::current_dir()
+                    .map_or_else(|_| "unknown".into(), |d| d.display().to_string()),
+            });
+        }
+    }
+}
+
 fn note_err<T>(r: &mut MaterialReport, res: Result<T, TlsError>) -> Option<T> {
     res.map_err(|e| r.problems.push(e.into())).ok()
 }
@@ -338,12 +382,21 @@ fn pair(
         }
     }
     if let (Some(chain), Some(k)) = (&chain, k) {
+        let k_again = k.clone_key();
         match CertifiedKey::from_der(chain.clone(), k, &provider()) {
             Ok(_) => {}
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-                r.problems.push(MaterialProblem::KeyMismatch {
-                    key: key_path.to_path_buf(),
-                    cert: cert.to_path_buf(),
+                r.problems.push(match key_cert_position(chain, &k_again) {
+                    Some(i) => MaterialProblem::LeafNotFirst {
+                        cert: cert.to_path_buf(),
+                        key: key_path.to_path_buf(),
+                        position: i + 1,
+                        count: chain.len(),
+                    },
+                    None => MaterialProblem::KeyMismatch {
+                        key: key_path.to_path_buf(),
+                        cert: cert.to_path_buf(),
+                    },
                 })
             }
             Err(e) => r.problems.push(MaterialProblem::BadKey {
@@ -353,6 +406,16 @@ fn pair(
         }
     }
     chain
+}
+
+/// Where in `chain` the certificate for `key` is, if anywhere.
+fn key_cert_position(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Option<usize> {
+    chain
+        .iter()
+        .position(|c| CertifiedKey::from_der(vec![c.clone()], key.clone_key(), &provider()).is_ok())
 }
 
 /// What the leaf's dates allow: the time to verify its chain at (now, or a

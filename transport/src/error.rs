@@ -15,6 +15,16 @@ pub enum TlsError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A file is larger than any TLS file of its kind should be (a log, a
+    /// disk image or a device named by mistake): refused before it is read
+    /// whole, so a wrong path cannot exhaust memory.
+    #[error("{path}: larger than {limit_bytes} bytes; is this the right file?")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The most bytes read from a file of this kind.
+        limit_bytes: u64,
+    },
     /// A file held no usable PEM item of the expected kind.
     #[error("{path}: {what}")]
     Pem {

@@ -40,15 +40,41 @@ pub struct ClientTls {
     pub server_ca: PathBuf,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+/// The most bytes read from a certificate, key or trust bundle file. The
+/// largest public trust bundles are under 1 MiB; this leaves room for any real
+/// one and keeps a wrong path (`/var/log/syslog`, `/dev/zero`) from being read
+/// into memory whole.
+pub(crate) const MAX_PEM_BYTES: u64 = 16 << 20;
+
+/// The most bytes read from a CRL file: a large CA's CRL runs to tens of MiB.
+pub(crate) const MAX_CRL_BYTES: u64 = 256 << 20;
+
+/// Reads a whole file of at most `limit` bytes. Bounded by reading, not by the
+/// file's size in its metadata, so a device or a file still growing is
+/// bounded too.
+fn read(path: &Path, limit: u64) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read as _;
+    let io = |source| TlsError::Read {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if u64::try_from(bytes.len()).map_or(true, |n| n > limit) {
+        return Err(TlsError::TooLarge {
+            path: path.to_path_buf(),
+            limit_bytes: limit,
+        });
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
+    let bytes = read(path, MAX_PEM_BYTES)?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
     let certs = certs.map_err(|e| TlsError::Pem {
         path: path.to_path_buf(),
@@ -64,16 +90,33 @@ pub(crate) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErro
 }
 
 pub(crate) fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = read(path)?;
-    rustls_pemfile::private_key(&mut bytes.as_slice())
-        .map_err(|e| TlsError::Pem {
-            path: path.to_path_buf(),
-            what: format!("bad PEM: {e}"),
-        })?
-        .ok_or_else(|| TlsError::Pem {
-            path: path.to_path_buf(),
-            what: "no PRIVATE KEY found".into(),
-        })
+    let bytes = read(path, MAX_PEM_BYTES)?;
+    let pem = |what: String| TlsError::Pem {
+        path: path.to_path_buf(),
+        what,
+    };
+    match rustls_pemfile::private_key(&mut bytes.as_slice()) {
+        Ok(Some(key)) => Ok(key),
+        // rustls reads no encrypted key, and rustls-pemfile skips one as an
+        // unknown section (PKCS#8) or fails on its headers (traditional): "no
+        // key found" or "bad PEM" would send the operator after the wrong fault.
+        _ if is_encrypted_key(&bytes) => Err(pem(ENCRYPTED_KEY.into())),
+        Ok(None) => Err(pem("no PRIVATE KEY found".into())),
+        Err(e) => Err(pem(format!("bad PEM: {e}"))),
+    }
+}
+
+/// What an encrypted key file is told.
+const ENCRYPTED_KEY: &str = "the private key is encrypted (passphrase-protected); ferrule reads \
+     unencrypted keys only (mode 0600): decrypt it, e.g. `openssl pkey -in KEY -out KEY.plain`";
+
+/// True for a PEM private key protected by a passphrase: PKCS#8
+/// `ENCRYPTED PRIVATE KEY`, or a traditional (PKCS#1, SEC1) key with an
+/// OpenSSL `Proc-Type: 4,ENCRYPTED` header. Looks at the armour only; the key
+/// bytes are never printed.
+fn is_encrypted_key(bytes: &[u8]) -> bool {
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    has(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || has(b"Proc-Type: 4,ENCRYPTED")
 }
 
 pub(crate) fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -88,7 +131,7 @@ pub(crate) fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 pub(crate) fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let bytes = read(path)?;
+    let bytes = read(path, MAX_CRL_BYTES)?;
     let crls: Result<Vec<_>, _> = rustls_pemfile::crls(&mut bytes.as_slice()).collect();
     crls.map_err(|e| TlsError::Pem {
         path: path.to_path_buf(),
