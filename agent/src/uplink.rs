@@ -232,7 +232,10 @@ impl Failures {
         } else {
             tracing::debug!(%endpoint, %addr, reason = reason.as_str(), detail, error = %e, "uplink session failed again");
         }
-        if !opened || reason == FailureReason::Stalled {
+        // Unhealthy only for what a person must fix here (or a stuck session):
+        // an aggregator that is down or unreachable is ridden out by spooling,
+        // and a liveness probe must not restart agents through its maintenance.
+        if reason == FailureReason::Stalled || (!opened && reason.needs_a_fix()) {
             let place = if endpoint.is_empty() {
                 String::new()
             } else {
@@ -242,6 +245,8 @@ impl Failures {
                 "uplink",
                 format!("no uplink session{place}: {}: {e}", reason.as_str()),
             );
+        } else if !opened {
+            health.clear("uplink");
         }
     }
 
