@@ -32,6 +32,10 @@ pub struct Backlog {
     marks: VecDeque<Mark>,
     /// Bytes appended in all (the running total after the last append).
     bytes_total: u64,
+    /// Least seq distance between marks: 1 until [`MAX_MARKS`] is reached, then
+    /// doubled each time the marks fill up, so spacing stays even over the
+    /// whole backlog (never coarse at the old end only).
+    stride: u64,
 }
 
 impl Backlog {
@@ -52,20 +56,35 @@ impl Backlog {
 
     /// A batch `seq` of `bytes` (its record on disk) was appended at `time_ns`.
     pub fn appended(&mut self, seq: u64, bytes: u64, time_ns: u64) {
-        if self.marks.len() >= MAX_MARKS {
-            // Keep the oldest and every other one after it: resolution halves.
-            let mut i = 0usize;
-            self.marks.retain(|_| {
-                i += 1;
-                i % 2 == 1
+        if self.marks.len() >= MAX_MARKS && self.is_due(seq) {
+            // Double the spacing everywhere: keep the oldest, then each mark at
+            // least the new stride after the last one kept.
+            self.stride = self.stride.max(1).saturating_mul(2);
+            let stride = self.stride;
+            let mut last: Option<u64> = None;
+            self.marks.retain(|m| {
+                let keep = last.is_none_or(|l| m.seq.saturating_sub(l) >= stride);
+                if keep {
+                    last = Some(m.seq);
+                }
+                keep
             });
         }
-        self.marks.push_back(Mark {
-            seq,
-            bytes_before: self.bytes_total,
-            time_ns,
-        });
+        if self.is_due(seq) {
+            self.marks.push_back(Mark {
+                seq,
+                bytes_before: self.bytes_total,
+                time_ns,
+            });
+        }
         self.bytes_total = self.bytes_total.saturating_add(bytes);
+    }
+
+    /// True when `seq` is far enough past the newest mark to get its own.
+    fn is_due(&self, seq: u64) -> bool {
+        self.marks
+            .back()
+            .is_none_or(|m| seq.saturating_sub(m.seq) >= self.stride.max(1))
     }
 
     /// Everything below `first_unacked` is acknowledged (or dropped): forget the
@@ -156,7 +175,10 @@ mod tests {
             let truth = (n + 1 - first) * 10;
             let got = b.unacked_bytes(first, n + 1);
             assert!(got >= truth, "never less than the truth: {got} < {truth}");
-            assert!(got <= truth + 10 * (n / MAX_MARKS as u64) * 2, "within the resolution");
+            assert!(
+                got <= truth + 10 * 4 * (n / MAX_MARKS as u64 + 1),
+                "within the resolution: {got} for {truth}"
+            );
             let age = b.oldest_age_ns(first, n + 1, n + 10);
             assert!(age >= n + 10 - first, "age never less than the truth");
         }

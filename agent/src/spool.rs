@@ -698,9 +698,9 @@ impl Spool {
     fn update_gauges(&mut self) {
         let (first, next) = (self.first_unacked().0, self.next_seq().0);
         self.backlog.settled_below(first);
-        self.c.unacked_bytes.set(
-            i64::try_from(self.backlog.unacked_bytes(first, next)).unwrap_or(i64::MAX),
-        );
+        self.c
+            .unacked_bytes
+            .set(i64::try_from(self.backlog.unacked_bytes(first, next)).unwrap_or(i64::MAX));
         let age_ns = self.backlog.oldest_age_ns(first, next, now_ns());
         self.c
             .oldest_age
@@ -1108,7 +1108,10 @@ mod tests {
                 .unwrap()
         };
         assert!(gauge("ferrule_agent_spool_unacked_bytes") > 0);
-        assert!(gauge("ferrule_agent_spool_oldest_unacked_age_seconds") >= 1, "timed by its record");
+        assert!(
+            gauge("ferrule_agent_spool_oldest_unacked_age_seconds") >= 1,
+            "timed by its record"
+        );
         let all: Vec<Seq> = (1..=4).map(Seq).collect();
         spool.settle(&all).unwrap();
         assert_eq!(gauge("ferrule_agent_spool_unacked_bytes"), 0);

@@ -173,7 +173,9 @@ fn every_group_reports_plausible_values_each_second() {
     assert!(last(&run, "host/agent/rss_bytes") > 1e6);
     assert_eq!(last(&run, "host/agent/spool_bytes"), 123_456.0);
 
-    // At least the root file system; used + available = total for each.
+    // At least the root file system; as df shows them, used + available <= total
+    // (the rest is reserved for root, 5 % on ext4 by default; far more on some
+    // hosts, such as this project's test machines).
     let disks: Vec<&String> = run
         .got
         .keys()
@@ -185,7 +187,7 @@ fn every_group_reports_plausible_values_each_second() {
         let t = last(&run, d);
         let u = last(&run, &format!("{base}/used_bytes"));
         let a = last(&run, &format!("{base}/available_bytes"));
-        assert!(t > 0.0 && u + a == t, "{base}: {u} + {a} != {t}");
+        assert!(t > 0.0 && u > 0.0 && u + a <= t, "{base}: {u} + {a} > {t}");
     }
 
     // Loopback exists everywhere; its counters never go down.

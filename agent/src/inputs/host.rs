@@ -428,7 +428,11 @@ impl DiskSpace {
     /// Reads it with statvfs(2) for the file system mounted at `mount`.
     pub fn of(mount: &std::path::Path) -> std::io::Result<Self> {
         let s = rustix::fs::statvfs(mount)?;
-        let unit = if s.f_frsize > 0 { s.f_frsize } else { s.f_bsize };
+        let unit = if s.f_frsize > 0 {
+            s.f_frsize
+        } else {
+            s.f_bsize
+        };
         Ok(Self {
             total: s.f_blocks.saturating_mul(unit),
             used: s.f_blocks.saturating_sub(s.f_bfree).saturating_mul(unit),
@@ -573,9 +577,22 @@ mod tests {
         // Other processes write between the two reads: allow 64 MiB of drift.
         let close = |a: u64, b: u64| a.abs_diff(b) <= 64 << 20;
         assert_eq!(ours.total, nums[0], "total");
-        assert!(close(ours.used, nums[1]), "used {} vs df {}", ours.used, nums[1]);
-        assert!(close(ours.available, nums[2]), "available {} vs df {}", ours.available, nums[2]);
-        assert!(ours.used + ours.available <= ours.total, "a reserve, if any, is neither");
+        assert!(
+            close(ours.used, nums[1]),
+            "used {} vs df {}",
+            ours.used,
+            nums[1]
+        );
+        assert!(
+            close(ours.available, nums[2]),
+            "available {} vs df {}",
+            ours.available,
+            nums[2]
+        );
+        assert!(
+            ours.used + ours.available <= ours.total,
+            "a reserve, if any, is neither"
+        );
     }
 
     #[test]
