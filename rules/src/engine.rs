@@ -77,7 +77,9 @@ impl State {
 pub struct Transition {
     /// When the change took effect, ns since the Unix epoch: the timestamp of the
     /// sample that caused it, or for `no_data` firing the last sample's plus the
-    /// silence (never the time `handle_tick` happened to run).
+    /// silence (never the time `handle_tick` happened to run). Never before the
+    /// episode's start: a `no_data` episode ended by a late-delivered sample taken
+    /// before its deadline resolves at its start.
     pub ts_ns: i64,
     /// The rule's name.
     pub rule: String,
@@ -338,12 +340,17 @@ impl Engine {
                     sensor: &s.sensor,
                     quality: sample.quality,
                 };
+                // Only a no_data episode can start after the sample that ends it: a
+                // sample taken before the deadline but delivered after a tick passed
+                // it. The silence was in delivery; the episode ends where it began,
+                // so no alert's time runs backwards.
+                let ts = sample.ts_ns.max(started_ns);
                 out.push_back(transition(
                     rule,
                     at,
                     st.fingerprint,
                     state,
-                    sample.ts_ns,
+                    ts,
                     value,
                     started_ns,
                 ));

@@ -176,7 +176,7 @@ pub fn replay(
         })?;
         let ts = ts_ns(s.ts).ok_or_else(|| ReplayError::Input {
             line,
-            problem: format!("ts {} is not a usable Unix time", s.ts),
+            problem: format!("ts {:?} is not a usable Unix time", s.ts),
         })?;
         let quality = match s.quality {
             None | Some(QualityName::Good) => Quality::Good,

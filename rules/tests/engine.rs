@@ -426,3 +426,22 @@ fn the_series_limit_holds_and_evictions_are_counted() {
         1000 - e.tracked_series() as u64
     );
 }
+
+/// Found by the lifecycle property: a tick passes a no_data deadline, then a
+/// sample taken before the deadline arrives. The resolve must not precede the
+/// firing.
+#[test]
+fn a_late_sample_resolves_no_data_at_the_episode_start() {
+    let mut e = engine("kind = \"no_data\"\nsilent_for_ms = 150\n");
+    e.handle_sample(&sample(T0, 1.0));
+    e.handle_tick(T0 + 150 * MS);
+    e.handle_sample(&sample(T0 + 149 * MS, 0.0));
+    let t = drain(&mut e);
+    assert_eq!(
+        t.iter()
+            .map(|t| (t.state, (t.ts_ns - T0) / MS))
+            .collect::<Vec<_>>(),
+        [(State::Firing, 150), (State::Resolved, 150)]
+    );
+    assert_eq!(t[0].episode, t[1].episode);
+}
