@@ -127,7 +127,15 @@ fn run(engine: &mut Engine, ops: &[Op], mut check: impl FnMut(&Engine)) -> Vec<T
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Failures are kept beside this file (the default looks for a lib.rs, which an
+    // integration test does not have) and replayed first on every run.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct("tests/properties.proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn states_follow_the_lifecycle(ops in prop::collection::vec(op(NAMES.len()), 0..400)) {
