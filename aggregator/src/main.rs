@@ -37,6 +37,45 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Alert rules (see rules/README.md).
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Replay samples (JSON lines) through a rules file and print every transition
+    /// as a JSON line; a summary goes to stderr. Exits non-zero naming the file and
+    /// line of the first bad rule or sample.
+    Test {
+        /// The TOML rules file.
+        #[arg(long)]
+        rules: PathBuf,
+        /// The samples, one JSON object a line; `-` for stdin.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+/// `alerts test`: the replay lives in ferrule-rules; this only opens the files.
+fn alerts_test(rules: &std::path::Path, input: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(rules).with_context(|| format!("reading {}", rules.display()))?;
+    let rules_set =
+        ferrule_rules::RuleSet::from_toml(&text).with_context(|| format!("{}", rules.display()))?;
+    let stdout = std::io::stdout().lock();
+    let summary = if input.as_os_str() == "-" {
+        ferrule_rules::replay(&rules_set, std::io::stdin().lock(), stdout)
+    } else {
+        let file =
+            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        ferrule_rules::replay(&rules_set, std::io::BufReader::new(file), stdout)
+    }
+    .with_context(|| format!("{}", input.display()))?;
+    eprintln!("{}", serde_json::to_string(&summary)?);
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
@@ -67,6 +106,15 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("inspect {}: {e:#}", data.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Alerts {
+            command: AlertsCommand::Test { rules, input },
+        } => match alerts_test(&rules, &input) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("alerts test: {e:#}");
                 ExitCode::FAILURE
             }
         },
