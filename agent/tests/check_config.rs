@@ -75,6 +75,9 @@ fn run_warns_about_a_variable_that_looks_like_an_override_and_is_not() {
         .arg(&path)
         .env("FERRULE_SPOOL_DIR", "/elsewhere")
         .env("FERRULE_BATCH__MAX_DELAY_MS", "40")
+        // The binaries' own name and the scripts' variables draw no warning.
+        .env("FERRULE_LOG", "info")
+        .env("FERRULEDEV_CACHE", "/tmp/cache")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -103,6 +106,48 @@ fn run_warns_about_a_variable_that_looks_like_an_override_and_is_not() {
         log.contains("configuration override from the environment")
             && log.contains("FERRULE_BATCH__MAX_DELAY_MS"),
         "{log}"
+    );
+    assert!(
+        !log.contains("FERRULEDEV_CACHE") && !log.contains("var=FERRULE_LOG"),
+        "the scripts' and the binary's own variables are not overrides to warn about: {log}"
+    );
+}
+
+#[test]
+fn check_config_names_a_table_written_twice_and_a_mistyped_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example()).unwrap();
+    let twice = format!("{text}\n[spool]\ndir = \"/tmp/x\"\n");
+    let line = twice.lines().count() - 1;
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &twice).unwrap();
+    let (ok, out) = check(&path, &[]);
+    assert!(!ok, "a second [spool] accepted: {out}");
+    assert!(out.contains(&format!("agent.toml:{line}:")), "{out}");
+    assert!(out.contains("`spool`"), "names the table: {out}");
+
+    let tls = tls_dir();
+    let p = |f: &str| tls.path().join(f).display().to_string();
+    let (cert, key, ca) = (p("agent.crt"), p("agent.key"), p("ca-bundle.crt"));
+    let (ok, out) = check(
+        &example(),
+        &[
+            ("FERRULE_TLS__CERT", &cert),
+            ("FERRULE_TLS__KEY", &key),
+            ("FERRULE_TLS__SERVER_CA", &ca),
+            ("FERRULE_SPOOL_DIR", "/typo"),
+            ("FERRULE_LOG", "debug"),
+            ("FERRULEDEV_CACHE", "/tmp/cache"),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: FERRULE_SPOOL_DIR looks like an override"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("FERRULE_LOG") && !out.contains("FERRULEDEV_CACHE"),
+        "{out}"
     );
 }
 

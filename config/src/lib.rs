@@ -472,6 +472,18 @@ pub fn check_command_with<T: DeserializeOwned + Validate>(
     match load_validated::<T>(path, env_prefix) {
         Ok(loaded) => {
             let checked = more(&loaded.value);
+            // What `run` would log: overrides applied, and names that look like
+            // overrides and are not (a typo is found here, before a deploy).
+            for var in &loaded.overrides {
+                eprintln!("note: {var} overrides the file");
+            }
+            for var in &loaded.ignored {
+                eprintln!(
+                    "warning: {var} looks like an override but is not one (overrides are {}_<SECTION>__<KEY>, or {}__<KEY> for a top-level key)",
+                    env_prefix.trim_end_matches('_'),
+                    env_prefix.trim_end_matches('_')
+                );
+            }
             for w in &checked.warnings {
                 eprintln!("warning: {w}");
             }
