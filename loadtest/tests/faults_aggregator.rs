@@ -127,8 +127,10 @@ fn metric_sum(text: &str, name: &str, with: &str) -> f64 {
 
 /// Every series of `name`, as rendered (for messages).
 fn metric_lines(text: &str, name: &str) -> Vec<String> {
+    // Known reasons are published at 0 from the start: only what counted something.
     text.lines()
         .filter(|l| !l.starts_with('#') && l.starts_with(name))
+        .filter(|l| l.rsplit(' ').next().is_some_and(|v| v.trim() != "0"))
         .map(str::to_string)
         .collect()
 }
