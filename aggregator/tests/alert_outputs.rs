@@ -324,7 +324,7 @@ async fn a_silent_pager_times_out_and_blocks_nothing() {
             >= 1001
     })
     .await;
-    let first = &am.bodies.lock().unwrap()[0][0];
+    let first = am.bodies.lock().unwrap()[0][0].clone();
     assert_eq!(first["labels"]["alertname"], "undervoltage");
     // The pager: timeouts counted as errors, then given up after 2 s.
     wait_for("giving up", Duration::from_secs(10), || {
@@ -435,7 +435,7 @@ impl Drop for Alertmanager {
     }
 }
 
-fn start_alertmanager() -> Alertmanager {
+async fn start_alertmanager() -> Alertmanager {
     let bin =
         std::env::var("FERRULE_ALERTMANAGER").unwrap_or_else(|_| "prometheus-alertmanager".into());
     let dir = tempfile::tempdir().unwrap();
@@ -479,7 +479,7 @@ fn start_alertmanager() -> Alertmanager {
             start.elapsed() < Duration::from_secs(20),
             "alertmanager did not become ready"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     am
 }
@@ -525,7 +525,7 @@ fn listed(addr: std::net::SocketAddr, fingerprint: &str) -> Vec<Value> {
 /// ferrule's labels and annotations; the resolve ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_alertmanager_shows_one_alert_per_episode_and_its_resolve() {
-    let am = start_alertmanager();
+    let am = start_alertmanager().await;
     let url = format!("http://{}", am.addr);
     let (ra, rb) = (Registry::new(), Registry::new());
     let a = Notifiers::start(&section(vec![alertmanager(&url)], None, 100), &ra).unwrap();
