@@ -20,6 +20,9 @@ python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
 # Real peers for the agent's inputs: Mosquitto, socat and nc, a pymodbus simulator.
 need_apt mosquitto mosquitto mosquitto_pub mosquitto-clients socat socat nc netcat-openbsd
 python3 -c 'import pymodbus' >/dev/null 2>&1 || python3 -m pip install -q 'pymodbus>=3.6,<4'
+# A real Prometheus Alertmanager for the alert notifiers' test (its own process on a
+# free port; the package's systemd service plays no part).
+need_apt prometheus-alertmanager prometheus-alertmanager
 # Kafka brokers from Apache's jars, kcat and confluent-kafka for the independent consumer.
 need_kafka
 

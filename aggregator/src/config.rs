@@ -33,6 +33,115 @@ pub struct Config {
     /// What the dedupe ledger may remember.
     #[serde(default)]
     pub dedupe: DedupeSection,
+    /// Alert rules and where their notifications go; none: no alerting.
+    #[serde(default)]
+    pub alerts: Option<AlertsSection>,
+}
+
+/// `[alerts]`: the rules file and the notifiers fed by its `firing` and
+/// `resolved` transitions (`pending` and `inactive` never notify). Each output has
+/// its own bounded queue and task, so a dead pager delays nothing else; see
+/// [`crate::alerts`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// The rules file (TOML, see rules/README.md), checked by `check-config`.
+    /// Optional: without it nothing is evaluated, but the outputs still start.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
+    /// Notifications queued per output before the oldest is dropped (a `resolved`
+    /// before any `firing`), counted in
+    /// `ferrule_aggregator_alert_notifications_dropped_total{reason="queue_full"}`.
+    /// Default 10 000.
+    #[serde(default = "d_alert_queue")]
+    pub queue_capacity: usize,
+    /// Alertmanagers: every one gets every notification, as Prometheus does.
+    #[serde(default)]
+    pub alertmanager: Vec<AlertmanagerOutput>,
+    /// PagerDuty (Events API v2), if any.
+    #[serde(default)]
+    pub pagerduty: Option<PagerDutyOutput>,
+}
+
+fn d_alert_queue() -> usize {
+    10_000
+}
+fn d_resend() -> u64 {
+    60
+}
+fn d_http_timeout() -> u64 {
+    10_000
+}
+fn d_am_retry() -> u64 {
+    300
+}
+fn d_pd_retry() -> u64 {
+    3600
+}
+fn d_pd_url() -> String {
+    crate::alerts::pagerduty::DEFAULT_URL.into()
+}
+
+/// `[[alerts.alertmanager]]`: one Prometheus Alertmanager (v2 API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerOutput {
+    /// Base URL, `http://host:9093` (alerts are POSTed to `<url>/api/v2/alerts`).
+    /// Required.
+    pub url: String,
+    /// Firing alerts are sent again this often, so Alertmanager does not resolve
+    /// them by itself; their `endsAt` is four intervals ahead, so if this
+    /// aggregator vanishes they resolve after that. Default 60.
+    #[serde(default = "d_resend")]
+    pub resend_interval_secs: u64,
+    /// Each request (connect, send, answer) must finish within this. Default 10 000.
+    #[serde(default = "d_http_timeout")]
+    pub timeout_ms: u64,
+    /// A notification that keeps failing is retried (jittered exponential backoff,
+    /// 0.5 s doubling to 30 s) for this long, then dropped and counted (`gave_up`);
+    /// a firing alert is still resent at its next interval. Default 300.
+    #[serde(default = "d_am_retry")]
+    pub retry_for_secs: u64,
+}
+
+/// `[alerts.pagerduty]`: PagerDuty's Events API v2.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyOutput {
+    /// Where events are POSTed. Default `https://events.pagerduty.com/v2/enqueue`.
+    #[serde(default = "d_pd_url")]
+    pub url: String,
+    /// The integration's routing key; `env:NAME` reads the environment variable
+    /// NAME when the aggregator starts (keep it out of files). Required.
+    pub routing_key: String,
+    /// Each request (connect, send, answer) must finish within this. Default 10 000.
+    #[serde(default = "d_http_timeout")]
+    pub timeout_ms: u64,
+    /// A notification that keeps failing (network, 429, 5xx) is retried with
+    /// jittered exponential backoff (0.5 s doubling to 30 s) for this long, then
+    /// dropped and counted (`gave_up`). A 4xx other than 429 is not retried.
+    /// Default 3600.
+    #[serde(default = "d_pd_retry")]
+    pub retry_for_secs: u64,
+}
+
+/// A config value that names a secret: `env:NAME` is read from the environment
+/// variable NAME (so secrets stay out of files), anything else is the value itself.
+/// Shared by the Kafka properties and the alert outputs.
+pub fn resolve_secret(value: &str) -> Result<String, SecretError> {
+    match value.strip_prefix("env:") {
+        Some(var) => std::env::var(var).map_err(|_| SecretError::Unset(var.to_string())),
+        None => Ok(value.to_string()),
+    }
+}
+
+/// Why [`resolve_secret`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// `env:NAME` names a variable that is not set (or not UTF-8).
+    #[error("names environment variable {0}, which is not set")]
+    Unset(String),
 }
 
 /// `[dedupe]`: the ledger of (agent, epoch, seq) the sink made durable, which
@@ -412,6 +521,9 @@ impl Validate for Config {
                 }
             }
         }
+        if let Some(a) = &self.alerts {
+            a.validate_into(&mut bad);
+        }
         if self.log.group_commit_max_batches == 0 {
             bad.push(Invalid::new(
                 "log.group_commit_max_batches",
@@ -422,6 +534,46 @@ impl Validate for Config {
             Ok(())
         } else {
             Err(bad)
+        }
+    }
+}
+
+impl AlertsSection {
+    fn validate_into(&self, bad: &mut Vec<Invalid>) {
+        if self.queue_capacity == 0 {
+            bad.push(Invalid::new("alerts.queue_capacity", "must be at least 1"));
+        }
+        for (i, am) in self.alertmanager.iter().enumerate() {
+            let key = |k: &str| format!("alerts.alertmanager[{i}].{k}");
+            if let Err(e) = crate::alerts::Endpoint::parse(&am.url) {
+                bad.push(Invalid::new(key("url"), e.to_string()));
+            }
+            if am.resend_interval_secs == 0 {
+                bad.push(Invalid::new(
+                    key("resend_interval_secs"),
+                    "must be at least 1",
+                ));
+            }
+            if am.timeout_ms == 0 {
+                bad.push(Invalid::new(key("timeout_ms"), "must be at least 1"));
+            }
+        }
+        if let Some(pd) = &self.pagerduty {
+            if let Err(e) = crate::alerts::Endpoint::parse(&pd.url) {
+                bad.push(Invalid::new("alerts.pagerduty.url", e.to_string()));
+            }
+            if pd.routing_key.trim().is_empty() || pd.routing_key.trim() == "env:" {
+                bad.push(Invalid::new(
+                    "alerts.pagerduty.routing_key",
+                    "needs the integration key, or env:NAME",
+                ));
+            }
+            if pd.timeout_ms == 0 {
+                bad.push(Invalid::new(
+                    "alerts.pagerduty.timeout_ms",
+                    "must be at least 1",
+                ));
+            }
         }
     }
 }

@@ -106,14 +106,8 @@ fn producer(cfg: &KafkaSection) -> anyhow::Result<FutureProducer> {
             );
         }
         // Secrets stay out of the file: `"sasl.password" = "env:KAFKA_PASSWORD"`.
-        let value = match v.strip_prefix("env:") {
-            Some(var) => std::env::var(var).map_err(|_| {
-                anyhow::anyhow!(
-                    "kafka.properties.{k} names environment variable {var}, which is not set"
-                )
-            })?,
-            None => v.clone(),
-        };
+        let value = crate::config::resolve_secret(v)
+            .map_err(|e| anyhow::anyhow!("kafka.properties.{k} {e}"))?;
         c.set(k, value);
     }
     Ok(c.create()?)

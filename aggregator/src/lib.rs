@@ -4,13 +4,14 @@
 //! every batch durably before acknowledging it, and reports on what it holds. The
 //! binary is a thin `main` over this library so tests and the demo embed it.
 //!
-//! Modules: [`config`] (the TOML file), [`ingest`] (one task per agent
+//! Modules: [`alerts`] (notifiers: Alertmanager, PagerDuty), [`config`] (the TOML file), [`ingest`] (one task per agent
 //! connection), [`admission`] (how many sessions, in total and per agent), [`commit`] (the sink and its embedded log), [`ledger`] (dedupe),
 //! [`inspect`] (what the log holds), [`server`] (the
 //! main job and its shutdown).
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod alerts;
 pub mod commit;
 pub mod config;
 pub mod ingest;

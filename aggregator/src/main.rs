@@ -82,6 +82,34 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(ferrule_config::load_validated::<Config>(path, "FERRULE")?.logged())
 }
 
+/// `alerts.rules`, if set, must read and pass ferrule_rules' checks (each error
+/// names the rule and its line).
+fn check_rules(cfg: &Config, out: &mut ferrule_config::Checked) {
+    let Some(path) = cfg.alerts.as_ref().and_then(|a| a.rules.as_ref()) else {
+        return;
+    };
+    match std::fs::read_to_string(path) {
+        Err(e) => out.problems.push(format!(
+            "{}: alerts.rules: cannot read it: {e}",
+            path.display()
+        )),
+        Ok(text) => match ferrule_rules::RuleSet::from_toml(&text) {
+            Err(e) => out.problems.push(format!("{}: {e}", path.display())),
+            Ok(rules) => out.notes.push(format!(
+                "{}: {} alert rules",
+                path.display(),
+                rules.rules().len()
+            )),
+        },
+    }
+    if path.is_relative() {
+        out.warnings.push(format!(
+            "{}: alerts.rules is a relative path, resolved against the working directory, not the config file's",
+            path.display()
+        ));
+    }
+}
+
 /// The TLS report in the form `check-config` prints.
 fn checked(report: ferrule_transport::MaterialReport) -> ferrule_config::Checked {
     let mut out = ferrule_config::Checked::default();
@@ -96,7 +124,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => {
             ferrule_config::check_command_with::<Config>(&config, "FERRULE", |cfg| {
-                checked(cfg.check_tls(std::time::SystemTime::now()))
+                let mut out = checked(cfg.check_tls(std::time::SystemTime::now()));
+                check_rules(cfg, &mut out);
+                out
             })
         }
         Command::Inspect { data } => match ferrule_aggregator::inspect::inspect(&data) {

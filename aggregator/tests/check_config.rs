@@ -249,3 +249,67 @@ fn a_bad_override_names_the_variable() {
     let (ok, out) = check_env(&env, &[("FERRULE_SERVER__LISTEN", "0.0.0.0:5000")]);
     assert!(ok, "{out}");
 }
+
+/// The example with its commented `[alerts]` block switched on: `alerts.rules`
+/// is read and checked with the rule engine's own checks, so a bad rules file
+/// fails `check-config` naming the file, the rule and its line.
+#[test]
+fn the_examples_alerts_block_passes_and_a_bad_rules_file_fails() {
+    let text = std::fs::read_to_string(example()).unwrap();
+    let at = text
+        .find("# [alerts]")
+        .expect("the example documents [alerts]");
+    let mut on = text[..at].to_string();
+    for line in text[at..].lines() {
+        let line = if let Some(comment) = line.strip_prefix("# # ") {
+            format!("# {comment}")
+        } else if let Some(key) = line.strip_prefix("# ") {
+            key.to_string()
+        } else {
+            line.trim_start_matches('#').to_string()
+        };
+        on.push_str(&line);
+        on.push('\n');
+    }
+    let dir = tls_dir();
+    let cfg = dir.path().join("aggregator.toml");
+    std::fs::write(&cfg, on).unwrap();
+    let env = tls_env(
+        dir.path(),
+        "server.crt",
+        "server.key",
+        "ca-bundle.crt",
+        "crl.pem",
+    );
+    let run = |rules: &std::path::Path| {
+        let mut all: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let rules = rules.display().to_string();
+        all.push(("FERRULE_ALERTS__RULES", &rules));
+        check(&cfg, &all)
+    };
+    let good = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules/examples/three-phase.toml");
+    let (ok, out) = run(&good);
+    assert!(ok, "{out}");
+    assert!(out.contains("7 alert rules"), "{out}");
+
+    let bad = dir.path().join("bad-rules.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"low\"\nkind = \"below\"\nsensors = \"*\"\nthreshold = 1.0\nclear = 0.5\nseverity = \"critical\"\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&bad);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("bad-rules.toml") && out.contains("low"),
+        "{out}"
+    );
+
+    let (ok, out) = run(&dir.path().join("missing.toml"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("missing.toml") && out.contains("alerts.rules"),
+        "{out}"
+    );
+}
