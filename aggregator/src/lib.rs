@@ -5,7 +5,7 @@
 //! binary is a thin `main` over this library so tests and the demo embed it.
 //!
 //! Modules: [`config`] (the TOML file), [`ingest`] (one task per agent
-//! connection), [`admission`] (how many sessions, in total and per agent), [`commit`] (the sink and its embedded log), [`ledger`] (dedupe),
+//! connection), [`admission`] (how many sessions, in total and per agent), [`commit`] (the sink and its embedded log), [`ledger`] (dedupe), [`fanout`] (the real-time path: in-process or Redis Streams),
 //! [`inspect`] (what the log holds), [`server`] (the
 //! main job and its shutdown).
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod commit;
 pub mod config;
+pub mod fanout;
 pub mod ingest;
 pub mod inspect;
 pub mod kafka;
