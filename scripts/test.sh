@@ -22,6 +22,8 @@ need_apt mosquitto mosquitto mosquitto_pub mosquitto-clients socat socat nc netc
 python3 -c 'import pymodbus' >/dev/null 2>&1 || python3 -m pip install -q 'pymodbus>=3.6,<4'
 # Kafka brokers from Apache's jars, kcat and confluent-kafka for the independent consumer.
 need_kafka
+# Redis for the real-time fan-out tests (scripts/redis.sh).
+need_apt redis-server redis-server redis-cli redis-tools
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
