@@ -24,6 +24,7 @@ python3 -c 'import pymodbus' >/dev/null 2>&1 || python3 -m pip install -q 'pymod
 need_kafka
 # Redis for the real-time fan-out tests (scripts/redis.sh).
 need_apt redis-server redis-server redis-cli redis-tools
+python3 -c 'import redis' >/dev/null 2>&1 || python3 -m pip install -q redis
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
