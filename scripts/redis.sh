@@ -8,6 +8,8 @@
 #                                              SIGKILL after 10 s)
 #   scripts/redis.sh kill DIR                  SIGKILL every server under DIR (a crash)
 #   scripts/redis.sh restart DIR               start the servers of DIR again, same ports
+#   scripts/redis.sh pause DIR / resume DIR    SIGSTOP / SIGCONT every server under DIR (a
+#                                              Redis that hangs: connections open, no answers)
 # start and start-cluster print `url=redis://127.0.0.1:PORT` on stdout (everything else
 # goes to stderr). A server directory holds port, redis.pid, redis.log (and nodes.conf
 # in a cluster).
@@ -108,6 +110,14 @@ cmd_kill() {
   done < <(server_dirs "$1")
 }
 
+cmd_signal() {
+  local d pid
+  while read -r d; do
+    pid="$(cat "$d/redis.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] && kill "-$1" "$pid" 2>/dev/null || true
+  done < <(server_dirs "$2")
+}
+
 cmd_restart() {
   [ $# -eq 1 ] || die "usage: scripts/redis.sh restart DIR"
   local d
@@ -116,7 +126,7 @@ cmd_restart() {
   done < <(server_dirs "$1")
 }
 
-[ $# -ge 1 ] || die "usage: scripts/redis.sh start|start-cluster|stop|kill|restart ..."
+[ $# -ge 1 ] || die "usage: scripts/redis.sh start|start-cluster|stop|kill|restart|pause|resume ..."
 sub="$1"
 shift
 case "$sub" in
@@ -125,5 +135,7 @@ case "$sub" in
   stop) cmd_stop "$@" ;;
   kill) cmd_kill "$@" ;;
   restart) cmd_restart "$@" ;;
+  pause) [ $# -eq 1 ] || die "usage: scripts/redis.sh pause DIR"; cmd_signal STOP "$1" ;;
+  resume) [ $# -eq 1 ] || die "usage: scripts/redis.sh resume DIR"; cmd_signal CONT "$1" ;;
   *) die "unknown command $sub" ;;
 esac

@@ -61,6 +61,10 @@ pub struct Running {
     pub registry: Registry,
     /// Why the real-time path is degraded, if it is (never affects readiness).
     pub fanout_degraded: Arc<ferrule_telemetry::Health>,
+    /// Where in-process consumers (alerts, the demo) subscribe to the real-time
+    /// path; `None` when it is Redis (read the streams with consumer groups).
+    /// Subscribing in `on_ready` sees every batch.
+    pub fanout: Option<crate::fanout::embedded::Subscriptions>,
 }
 
 /// Runs the aggregator until `shutdown` completes, then drains. `on_ready` is
@@ -200,6 +204,7 @@ pub async fn run(
         metrics_addr,
         registry: registry.clone(),
         fanout_degraded: fanout.degraded(),
+        fanout: fanout.subscriptions(),
     });
 
     let mut sessions = JoinSet::new();

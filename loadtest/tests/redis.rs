@@ -11,7 +11,10 @@
 //! 3. Two consumer groups, one stalled: the other reads everything; trimming
 //!    keeps every entry the stalled group still needs until the hard cap, whose
 //!    losses are then counted for that group alone and shown at `/healthz`.
-//! 4. The same as 1 against a local 3-master Redis Cluster.
+//! 4. Redis frozen (SIGSTOP: connections open, no answers): the same as 2,
+//!    through the response timeout instead of a refused connection.
+//! 5. The same as 1 against a local 3-master Redis Cluster.
+//! 6. The fan-out's own throughput to one redis-server (printed).
 //!
 //! Run by `scripts/test.sh` with `--ignored` after `cargo build --workspace
 //! --bins`; one at a time (a lock below).
@@ -115,10 +118,22 @@ impl Redis {
     fn restart(&self) {
         redis_sh(&["restart", self.dir.to_str().unwrap()]);
     }
+
+    fn pause(&self) {
+        redis_sh(&["pause", self.dir.to_str().unwrap()]);
+    }
+
+    fn resume(&self) {
+        redis_sh(&["resume", self.dir.to_str().unwrap()]);
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        // A paused server must take SIGCONT to shut down.
+        let _ = Command::new(repo().join("scripts/redis.sh"))
+            .args(["resume", self.dir.to_str().unwrap_or("")])
+            .output();
         let _ = Command::new(repo().join("scripts/redis.sh"))
             .args(["stop", self.dir.to_str().unwrap_or("")])
             .output();
@@ -428,6 +443,24 @@ fn batches_reach_the_sites_stream_with_their_fields_and_decode() {
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn redis_killed_mid_stream_acks_go_on_and_the_fanout_resumes() {
+    outage(Outage::Kill);
+}
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn redis_frozen_mid_stream_acks_go_on_and_the_fanout_resumes() {
+    outage(Outage::Freeze);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outage {
+    /// SIGKILL, then a fresh (empty) server on the same port.
+    Kill,
+    /// SIGSTOP, then SIGCONT: the stream survives.
+    Freeze,
+}
+
+fn outage(how: Outage) {
     let _g = serial();
     let mut rig = Rig::new();
     let redis = Redis::start(&rig.root.join("redis"));
@@ -444,7 +477,10 @@ fn redis_killed_mid_stream_acks_go_on_and_the_fanout_resumes() {
         (xlen(&mut con, key) >= 100).then_some(())
     })
     .unwrap_or_else(|| panic!("no entries before the kill:\n{}", rig.logs()));
-    redis.kill();
+    match how {
+        Outage::Kill => redis.kill(),
+        Outage::Freeze => redis.pause(),
+    }
     let killed = Instant::now();
     let acked_at_kill = metric_sum(
         &rig.metrics_text(),
@@ -468,12 +504,21 @@ fn redis_killed_mid_stream_acks_go_on_and_the_fanout_resumes() {
         acked_while_down >= acked_at_kill + 30.0,
         "acks stalled while Redis was down: {acked_at_kill} -> {acked_while_down}"
     );
-    redis.restart();
+    let before = match how {
+        Outage::Kill => {
+            redis.restart();
+            0
+        }
+        Outage::Freeze => {
+            redis.resume();
+            xlen(&mut redis.conn(), key)
+        }
+    };
     let down_for = killed.elapsed();
     let mut con = redis.conn();
-    // The fan-out resumes by itself: the (empty, restarted) stream fills again.
+    // The fan-out resumes by itself: the stream grows again.
     procs::wait_for(Duration::from_secs(15), || {
-        (xlen(&mut con, key) >= 50).then_some(())
+        (xlen(&mut con, key) >= before + 50).then_some(())
     })
     .unwrap_or_else(|| panic!("the fan-out did not resume:\n{}", rig.logs()));
     rig.wait_durable(batches * 7, Duration::from_secs(60));
@@ -491,7 +536,7 @@ fn redis_killed_mid_stream_acks_go_on_and_the_fanout_resumes() {
     assert_eq!((status, body.as_str()), (200, "ok\n"), "degraded cleared");
     let delivered = metric_sum(&m, "ferrule_aggregator_fanout_delivered_total", "");
     println!(
-        "redis down {:.1} s: {skipped} batches skipped, {delivered} delivered, {} durable, healthz while down: {:?}",
+        "redis {how:?} {:.1} s: {skipped} batches skipped, {delivered} delivered, {} durable, healthz while down: {:?}",
         down_for.as_secs_f64(),
         report.total_batches,
         degraded.trim()
@@ -696,4 +741,83 @@ fn batches_reach_a_redis_cluster() {
     let got = xrange(&mut con, key);
     check_stream_matches_log(&rig, &got, "site-rt", 10);
     println!("redis cluster: {} entries == durable log", got.len());
+}
+
+/// Throughput of the Redis fan-out alone (no agents): batches handed to a
+/// `Publisher` as fast as its queue takes them, pipelined XADDs to one local
+/// redis-server, until every one is in the stream. Prints the rates and what one
+/// `publish` costs the ingest path.
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn fanout_throughput_to_one_redis() {
+    use ferrule_aggregator::config::{FanoutSection, RedisSection};
+    use ferrule_aggregator::fanout::{Fanout, Published};
+    use ferrule_wire::{Epoch, Seq};
+    let _g = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&tmp.path().join("redis"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (record_bytes, n) in [(200usize, 200_000u64), (3000, 50_000)] {
+        let registry = ferrule_telemetry::Registry::new();
+        let cfg = FanoutSection::default();
+        let redis_cfg: RedisSection = toml_redis(&redis.url);
+        let record = vec![0x5au8; record_bytes];
+        let (rate, publish_ns, skipped) = rt.block_on(async {
+            let (fanout, publisher) = Fanout::start(&cfg, Some(&redis_cfg), &registry).unwrap();
+            // Connected before the clock starts.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = Instant::now();
+            let mut publish_time = Duration::ZERO;
+            let mut full = 0u64;
+            for q in 1..=n {
+                loop {
+                    let t = Instant::now();
+                    let r = publisher.publish("bench", "a1", Epoch(1), Seq(q), 1000, &record);
+                    publish_time += t.elapsed();
+                    match r {
+                        Published::Queued => break,
+                        Published::Skipped(_) => {
+                            full += 1;
+                            tokio::task::yield_now().await;
+                        }
+                        Published::Repeat => panic!("repeat"),
+                    }
+                }
+            }
+            drop(publisher);
+            fanout.join().await;
+            let elapsed = started.elapsed();
+            (
+                n as f64 / elapsed.as_secs_f64(),
+                publish_time.as_nanos() as f64 / (n + full) as f64,
+                registry.counter_sum("ferrule_aggregator_fanout_skipped_total"),
+            )
+        });
+        let mut con = redis.conn();
+        let len = xlen(&mut con, "ferrule:{bench}");
+        redis::cmd("DEL")
+            .arg("ferrule:{bench}")
+            .query::<()>(&mut con)
+            .unwrap();
+        assert_eq!(len, n, "every batch in the stream");
+        println!(
+            "fan-out to one redis-server: {record_bytes}-byte records: {rate:.0} entries/s ({:.1} MB/s); publish() {publish_ns:.0} ns a call; {skipped} queue_full retries counted",
+            rate * record_bytes as f64 / 1e6
+        );
+    }
+}
+
+fn toml_redis(url: &str) -> ferrule_aggregator::config::RedisSection {
+    ferrule_aggregator::config::RedisSection {
+        url: url.into(),
+        username: None,
+        password: None,
+        cluster: false,
+        stream_prefix: "ferrule".into(),
+        max_in_flight: 512,
+        max_len: 10_000_000,
+        trim_interval_ms: 1000,
+        response_timeout_ms: 2000,
+        reconnect_max_ms: 5000,
+    }
 }

@@ -103,10 +103,43 @@ impl Drop for Subscriber {
     }
 }
 
+/// Where in-process consumers subscribe: cheap to clone, so the aggregator
+/// can hand it to whatever runs beside it (the alert evaluator, the demo).
+#[derive(Debug, Clone)]
+pub struct Subscriptions {
+    /// The subscribers, and whether the hub has stopped (set under the lock,
+    /// so a late subscriber is closed at once, never left waiting).
+    subscribers: Arc<Mutex<(Vec<Arc<Queue>>, bool)>>,
+    metrics: FanoutMetrics,
+}
+
+impl Subscriptions {
+    /// A new consumer with a queue of `capacity` entries (at least 1). It sees
+    /// what is published from now on; when it falls behind it loses its oldest
+    /// entries, counted, and nobody else notices.
+    pub fn subscribe(&self, name: &str, capacity: usize) -> Subscriber {
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let queue = Arc::new(Queue {
+            name: name.to_string(),
+            capacity: capacity.max(1),
+            entries: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            closed: AtomicBool::new(subs.1),
+            dropped: AtomicBool::new(false),
+            lagged: AtomicU64::new(0),
+            lagged_counter: self.metrics.lagged(name),
+        });
+        subs.0.push(queue.clone());
+        Subscriber { queue }
+    }
+}
+
 /// The running in-process fan-out.
 pub struct Hub {
-    subscribers: Arc<Mutex<Vec<Arc<Queue>>>>,
-    metrics: FanoutMetrics,
+    subscriptions: Subscriptions,
     degraded: Arc<Health>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -114,49 +147,43 @@ pub struct Hub {
 impl Hub {
     /// Starts the task that hands queued batches to the subscribers.
     pub fn start(mut rx: mpsc::Receiver<Entry>, metrics: FanoutMetrics) -> Hub {
-        let subscribers: Arc<Mutex<Vec<Arc<Queue>>>> = Arc::default();
-        let subs = subscribers.clone();
+        let subscriptions = Subscriptions {
+            subscribers: Arc::default(),
+            metrics: metrics.clone(),
+        };
+        let subs = subscriptions.subscribers.clone();
         let delivered = metrics.delivered.clone();
         let task = tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
                 let mut s = subs.lock().unwrap_or_else(PoisonError::into_inner);
-                s.retain(|q| !q.dropped.load(Ordering::Acquire));
-                for q in s.iter() {
+                s.0.retain(|q| !q.dropped.load(Ordering::Acquire));
+                for q in s.0.iter() {
                     q.push(e.clone());
                 }
                 drop(s);
                 delivered.inc();
             }
-            for q in subs.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let mut s = subs.lock().unwrap_or_else(PoisonError::into_inner);
+            s.1 = true;
+            for q in s.0.iter() {
                 q.close();
             }
         });
         Hub {
-            subscribers,
-            metrics,
+            subscriptions,
             degraded: Arc::default(),
             task,
         }
     }
 
-    /// A new consumer with a queue of `capacity` entries (at least 1). It sees
-    /// what is published from now on.
+    /// A new consumer (see [`Subscriptions::subscribe`]).
     pub fn subscribe(&self, name: &str, capacity: usize) -> Subscriber {
-        let queue = Arc::new(Queue {
-            name: name.to_string(),
-            capacity: capacity.max(1),
-            entries: Mutex::new(VecDeque::new()),
-            notify: Notify::new(),
-            closed: AtomicBool::new(self.task.is_finished()),
-            dropped: AtomicBool::new(false),
-            lagged: AtomicU64::new(0),
-            lagged_counter: self.metrics.lagged(name),
-        });
-        self.subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(queue.clone());
-        Subscriber { queue }
+        self.subscriptions.subscribe(name, capacity)
+    }
+
+    /// Where consumers subscribe, to hand to whatever runs beside the aggregator.
+    pub fn subscriptions(&self) -> Subscriptions {
+        self.subscriptions.clone()
     }
 
     /// Always healthy: nothing outside the process can fail here.
@@ -240,5 +267,21 @@ mod tests {
             ),
             Some(0)
         );
+    }
+
+    /// A consumer that subscribes after the fan-out stopped is told at once.
+    #[tokio::test]
+    async fn a_late_subscriber_is_closed_not_left_waiting() {
+        let registry = Registry::new();
+        let (fanout, publisher) = Fanout::start(&FanoutSection::default(), None, &registry)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let subs = fanout.subscriptions().unwrap_or_else(|| panic!("embedded"));
+        drop(publisher);
+        fanout.join().await;
+        let mut late = subs.subscribe("late", 4);
+        let got = tokio::time::timeout(Duration::from_secs(2), late.recv())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(got.is_none());
     }
 }

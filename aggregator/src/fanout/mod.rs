@@ -346,6 +346,14 @@ impl Fanout {
         }
     }
 
+    /// Where in-process consumers subscribe (cheap to clone); `None` with Redis.
+    pub fn subscriptions(&self) -> Option<embedded::Subscriptions> {
+        match self {
+            Fanout::Embedded(h) => Some(h.subscriptions()),
+            Fanout::Redis(_) => None,
+        }
+    }
+
     /// Why the real-time path is degraded, if it is: shown at `/healthz`
     /// without making the aggregator unready.
     pub fn degraded(&self) -> Arc<Health> {
