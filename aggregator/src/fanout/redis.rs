@@ -4,10 +4,11 @@
 //! with consumer groups, each at its own pace, and drop repeats by
 //! (agent, epoch, seq).
 //!
-//! The driver is one task: it takes up to `max_in_flight` queued batches at a
-//! time, pipelines their `XADD`s (one pipeline per stream, so a Cluster routes
-//! each to its slot's node), and every `trim_interval_ms` trims each stream it
-//! wrote to down to what every consumer group is done with ([`super::trim`]).
+//! The writer is one task: it takes up to `max_in_flight` queued batches at a
+//! time and pipelines their `XADD`s (one pipeline per stream, so a Cluster
+//! routes each to its slot's node). A second task, every `trim_interval_ms`,
+//! trims each stream written to down to what every consumer group is done with
+//! ([`super::trim`]), so trimming many streams never holds up the writes.
 //! `XADD ... MAXLEN ~ max_len` caps memory whatever the groups do; entries a
 //! slow group loses to the cap are counted per group.
 //!
@@ -23,9 +24,9 @@ use crate::config::RedisSection;
 use ferrule_telemetry::Health;
 use redis::{IntoConnectionInfo, RedisError, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Streams the driver remembers writing to (and so trims). Sites are bounded by
 /// the certificates issued; this only guards against a surprise.
@@ -155,10 +156,28 @@ impl RedisFanout {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
+        let streams: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let (conn_tx, conn_rx) = watch::channel(None);
+        if cfg.trim_interval_ms > 0 {
+            // Its own task: trimming many streams (a few round trips each) never
+            // holds up the XADDs.
+            let trimmer = Trimmer {
+                response_timeout: Duration::from_millis(cfg.response_timeout_ms.max(1)),
+                conn: conn_rx,
+                streams: streams.clone(),
+                metrics: metrics.clone(),
+                degraded: degraded.clone(),
+                group_reported: HashMap::new(),
+                removed_before: HashMap::new(),
+                last_group_loss: None,
+            };
+            tokio::spawn(trimmer.run(Duration::from_millis(cfg.trim_interval_ms)));
+        }
         let driver = Driver {
             cfg: cfg.clone(),
             target,
             conn: None,
+            conn_tx,
             backoff: Backoff::new(
                 RECONNECT_FIRST,
                 Duration::from_millis(cfg.reconnect_max_ms.max(1)),
@@ -167,10 +186,7 @@ impl RedisFanout {
             next_try: Instant::now(),
             metrics,
             degraded: degraded.clone(),
-            streams: BTreeSet::new(),
-            group_reported: HashMap::new(),
-            removed_before: HashMap::new(),
-            last_group_loss: None,
+            streams,
             down: None,
         };
         let task = tokio::spawn(driver.run(rx));
@@ -205,13 +221,27 @@ struct Driver {
     next_try: Instant,
     metrics: FanoutMetrics,
     degraded: Arc<Health>,
-    streams: BTreeSet<String>,
+    /// The connection, for the trimmer.
+    conn_tx: watch::Sender<Option<Conn>>,
+    /// Streams written to (so trimmed), shared with the trimmer.
+    streams: Arc<Mutex<BTreeSet<String>>>,
+    down: Option<Down>,
+}
+
+/// The trimming task: every `trim_interval_ms`, each stream written to is
+/// trimmed to what its groups are done with, and groups' losses to the cap are
+/// counted. Connection problems are the writer's to notice and repair.
+struct Trimmer {
+    response_timeout: Duration,
+    conn: watch::Receiver<Option<Conn>>,
+    streams: Arc<Mutex<BTreeSet<String>>>,
+    metrics: FanoutMetrics,
+    degraded: Arc<Health>,
     /// What was counted so far as each (stream, group)'s loss.
     group_reported: HashMap<(String, String), u64>,
     /// Entries removed from each stream at the last trim pass.
     removed_before: HashMap<String, u64>,
     last_group_loss: Option<Instant>,
-    down: Option<Down>,
 }
 
 /// Whether an error means the connection is unusable (rebuild it) rather
@@ -263,10 +293,6 @@ impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Entry>) {
         let limit = self.cfg.max_in_flight.max(1);
         let mut buf = Vec::with_capacity(limit);
-        let trim_every = Duration::from_millis(self.cfg.trim_interval_ms.max(1));
-        let mut trim_tick = tokio::time::interval(trim_every);
-        trim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let trimming = self.cfg.trim_interval_ms > 0;
         loop {
             let reconnect = tokio::time::Instant::from_std(self.next_try);
             tokio::select! {
@@ -277,7 +303,6 @@ impl Driver {
                     self.write(&mut buf).await;
                 }
                 _ = tokio::time::sleep_until(reconnect), if self.conn.is_none() => self.connect().await,
-                _ = trim_tick.tick(), if trimming && self.conn.is_some() => self.trim_all().await,
             }
         }
         tracing::info!("redis fan-out stopped");
@@ -291,6 +316,7 @@ impl Driver {
         };
         match result {
             Ok(c) => {
+                self.conn_tx.send_replace(Some(c.clone()));
                 self.conn = Some(c);
                 self.backoff.reset();
                 self.degraded.clear("redis");
@@ -311,6 +337,7 @@ impl Driver {
     /// The connection is unusable: degrade, and try again after a backoff.
     fn lost(&mut self, why: &str) {
         self.conn = None;
+        self.conn_tx.send_replace(None);
         let delay = self.backoff.next_delay(self.jitter.next_unit());
         self.next_try = Instant::now() + delay;
         if self.down.is_none() {
@@ -390,8 +417,9 @@ impl Driver {
             match r {
                 Ok(()) => {
                     self.metrics.delivered.add(n);
-                    if self.streams.len() < MAX_TRACKED_STREAMS || self.streams.contains(&stream) {
-                        self.streams.insert(stream);
+                    let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+                    if streams.len() < MAX_TRACKED_STREAMS || streams.contains(&stream) {
+                        streams.insert(stream);
                     }
                 }
                 Err((true, why)) => {
@@ -410,24 +438,42 @@ impl Driver {
             self.lost(&why);
         }
     }
+}
+
+impl Trimmer {
+    async fn run(mut self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.trim_all().await,
+                changed = self.conn.changed() => if changed.is_err() {
+                    // The writer stopped.
+                    return;
+                },
+            }
+        }
+    }
 
     async fn trim_all(&mut self) {
-        let streams: Vec<String> = self.streams.iter().cloned().collect();
+        let streams: Vec<String> = self
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
         for s in streams {
-            let Some(conn) = &mut self.conn else { return };
-            let mut conn = conn.clone();
-            let timeout = Duration::from_millis(self.cfg.response_timeout_ms.max(1)) * 4;
+            let Some(mut conn) = self.conn.borrow().clone() else {
+                return;
+            };
+            let timeout = self.response_timeout * 4;
             match tokio::time::timeout(timeout, self.trim(&mut conn, &s)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) if connection_lost(&e) => {
-                    self.lost(&e.to_string());
-                    return;
-                }
+                // The writer notices a lost connection by itself.
+                Ok(Err(e)) if connection_lost(&e) => return,
                 Ok(Err(e)) => tracing::debug!(stream = s, error = %e, "trimming failed"),
-                Err(_) => {
-                    self.lost("trimming got no answer");
-                    return;
-                }
+                Err(_) => return,
             }
         }
         if self
