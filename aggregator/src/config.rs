@@ -54,6 +54,10 @@ pub struct FanoutSection {
     /// waited for. Each holds one record (about the batch's frame size).
     /// Default 4096.
     pub queue_batches: usize,
+    /// Record bytes queued there at most (batches beyond it are skipped the
+    /// same way): with large batches this, not the count, bounds the memory.
+    /// Default 64 MiB.
+    pub queue_max_bytes: u64,
     /// Agents whose published (epoch, seq) are remembered, so a batch resent
     /// after a failed commit is not published twice. Default 100 000.
     pub seen_max_agents: usize,
@@ -68,6 +72,7 @@ impl Default for FanoutSection {
         let b = crate::fanout::seen::SeenBounds::default();
         Self {
             queue_batches: 4096,
+            queue_max_bytes: 64 << 20,
             seen_max_agents: b.max_agents,
             seen_epochs_per_agent: b.epochs_per_agent,
             seen_max_ranges_per_epoch: b.max_ranges_per_epoch,

@@ -7,12 +7,12 @@
 //! ingest path. Entries are shared (`Arc`), so a slow subscriber holds at most
 //! its capacity in entries.
 
-use super::{Entry, FanoutMetrics};
+use super::{Entry, FanoutMetrics, Inbox};
 use ferrule_telemetry::{Counter, Health};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 #[derive(Debug)]
 struct Queue {
@@ -146,7 +146,7 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the task that hands queued batches to the subscribers.
-    pub fn start(mut rx: mpsc::Receiver<Entry>, metrics: FanoutMetrics) -> Hub {
+    pub fn start(mut rx: Inbox, metrics: FanoutMetrics) -> Hub {
         let subscriptions = Subscriptions {
             subscribers: Arc::default(),
             metrics: metrics.clone(),

@@ -4,8 +4,8 @@
 //!
 //! Invariants (ARCHITECTURE.md, invariant 5):
 //! - **Neither path waits for the other.** [`Publisher::publish`] never waits: a
-//!   bounded queue ([`FanoutSection::queue_batches`]) sits between ingest and the
-//!   fan-out; when it is full the batch is skipped for the real-time path and
+//!   bounded queue ([`FanoutSection::queue_batches`] and `queue_max_bytes`) sits
+//!   between ingest and the fan-out; when it is full the batch is skipped for the real-time path and
 //!   counted (`ferrule_aggregator_fanout_skipped_total{stream,reason}`). Commits
 //!   and acks never look at the fan-out, and the fan-out never waits for a commit.
 //! - **Published once per (agent, epoch, seq) if it can be.** A bounded
@@ -39,8 +39,36 @@ use crate::config::{FanoutSection, RedisSection};
 use ferrule_telemetry::{Counter, Health, Registry};
 use ferrule_wire::{Epoch, Seq};
 use seen::{RecentSeen, SeenBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
+
+/// The fan-out's end of the queue between ingest and the fan-out: taking an
+/// entry releases its bytes, so the publisher's byte bound holds.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Entry>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Inbox {
+    /// The next entry; `None` once every publisher is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Entry> {
+        let e = self.rx.recv().await?;
+        self.bytes
+            .fetch_sub(e.record.len() as u64, Ordering::Relaxed);
+        Some(e)
+    }
+
+    /// Up to `limit` entries into `buf` (at least one unless closed); how many.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Entry>, limit: usize) -> usize {
+        let start = buf.len();
+        let n = self.rx.recv_many(buf, limit).await;
+        let taken: u64 = buf[start..].iter().map(|e| e.record.len() as u64).sum();
+        self.bytes.fetch_sub(taken, Ordering::Relaxed);
+        n
+    }
+}
 
 /// One batch on the real-time path: the committed record (the same bytes the
 /// durable sink gets, see `wire/README.md`) with its key.
@@ -181,6 +209,9 @@ pub struct Publisher {
 #[derive(Debug)]
 struct PublisherInner {
     tx: mpsc::Sender<Entry>,
+    /// Record bytes queued, and the most that may be.
+    queued_bytes: Arc<AtomicU64>,
+    max_bytes: u64,
     seen: Mutex<RecentSeen>,
     reported_forgotten: std::sync::atomic::AtomicU64,
     metrics: FanoutMetrics,
@@ -200,6 +231,8 @@ pub fn stream_key(prefix: &str, site: &str) -> String {
 impl Publisher {
     fn new(
         tx: mpsc::Sender<Entry>,
+        queued_bytes: Arc<AtomicU64>,
+        max_bytes: u64,
         bounds: SeenBounds,
         metrics: FanoutMetrics,
         stream_prefix: Option<String>,
@@ -207,6 +240,8 @@ impl Publisher {
         Self {
             inner: Arc::new(PublisherInner {
                 tx,
+                queued_bytes,
+                max_bytes,
                 seen: Mutex::new(RecentSeen::new(bounds)),
                 reported_forgotten: Default::default(),
                 metrics,
@@ -244,8 +279,18 @@ impl Publisher {
             i.metrics.repeats.inc();
             return Published::Repeat;
         }
+        let len = record.len() as u64;
+        let queued = i.queued_bytes.load(Ordering::Relaxed);
+        // An empty queue takes any record, so one larger than the bound still
+        // goes out when nothing else waits.
+        let room = queued == 0 || queued.saturating_add(len) <= i.max_bytes;
         let permit = match i.tx.try_reserve() {
-            Ok(p) => p,
+            Ok(p) if room => p,
+            Ok(_) => {
+                drop(seen);
+                i.metrics.skipped(&self.stream_label(site), "queue_full", 1);
+                return Published::Skipped("queue_full");
+            }
             Err(e) => {
                 drop(seen);
                 let reason = match e {
@@ -259,12 +304,12 @@ impl Publisher {
         seen.insert(&key, epoch, seq);
         let forgotten = seen.forgotten();
         drop(seen);
-        let before = i
-            .reported_forgotten
-            .swap(forgotten, std::sync::atomic::Ordering::Relaxed);
+        let before = i.reported_forgotten.swap(forgotten, Ordering::Relaxed);
         i.metrics
             .seen_forgotten
             .add(forgotten.saturating_sub(before));
+        // Counted before it is sent: the fan-out releases it once taken.
+        i.queued_bytes.fetch_add(len, Ordering::Relaxed);
         permit.send(Entry {
             site: site.into(),
             agent: agent.into(),
@@ -314,6 +359,12 @@ impl Fanout {
     ) -> Result<(Fanout, Publisher), FanoutError> {
         let metrics = FanoutMetrics::new(registry);
         let (tx, rx) = mpsc::channel(cfg.queue_batches.max(1));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let rx = Inbox {
+            rx,
+            bytes: bytes.clone(),
+        };
+        let max_bytes = cfg.queue_max_bytes.max(1);
         let bounds = SeenBounds {
             max_agents: cfg.seen_max_agents,
             epochs_per_agent: cfg.seen_epochs_per_agent,
@@ -321,13 +372,19 @@ impl Fanout {
         };
         match redis {
             Some(r) => {
-                let publisher =
-                    Publisher::new(tx, bounds, metrics.clone(), Some(r.stream_prefix.clone()));
+                let publisher = Publisher::new(
+                    tx,
+                    bytes,
+                    max_bytes,
+                    bounds,
+                    metrics.clone(),
+                    Some(r.stream_prefix.clone()),
+                );
                 let f = redis::RedisFanout::start(r, rx, metrics)?;
                 Ok((Fanout::Redis(f), publisher))
             }
             None => {
-                let publisher = Publisher::new(tx, bounds, metrics.clone(), None);
+                let publisher = Publisher::new(tx, bytes, max_bytes, bounds, metrics.clone(), None);
                 Ok((
                     Fanout::Embedded(embedded::Hub::start(rx, metrics)),
                     publisher,
@@ -376,11 +433,22 @@ impl Fanout {
 mod tests {
     use super::*;
 
-    fn publisher(capacity: usize) -> (Publisher, mpsc::Receiver<Entry>, Registry) {
+    fn publisher(capacity: usize) -> (Publisher, Inbox, Registry) {
+        publisher_bytes(capacity, u64::MAX)
+    }
+
+    fn publisher_bytes(capacity: usize, max_bytes: u64) -> (Publisher, Inbox, Registry) {
         let registry = Registry::new();
         let (tx, rx) = mpsc::channel(capacity);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let rx = Inbox {
+            rx,
+            bytes: bytes.clone(),
+        };
         let p = Publisher::new(
             tx,
+            bytes,
+            max_bytes,
             SeenBounds::default(),
             FanoutMetrics::new(&registry),
             Some("ferrule".into()),
@@ -410,7 +478,7 @@ mod tests {
             Some(1)
         );
         // The agent resends 1 (already published) and 3 (skipped before).
-        let _ = rx.try_recv();
+        let _ = rx.rx.try_recv();
         assert_eq!(
             p.publish("s1", "a1", Epoch(1), Seq(1), 10, b"rec"),
             Published::Repeat
@@ -419,10 +487,46 @@ mod tests {
             p.publish("s1", "a1", Epoch(1), Seq(3), 10, b"rec"),
             Published::Queued
         );
-        let e = rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
+        let e = rx.rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((e.seq, &*e.agent, &*e.site), (Seq(2), "a1", "s1"));
-        let e = rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
+        let e = rx.rx.try_recv().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((e.seq, &*e.record), (Seq(3), &b"rec"[..]));
+    }
+
+    /// The queue is bounded in bytes too: large records fill it before its
+    /// batch count does; taking entries frees the room; an empty queue takes a
+    /// record larger than the bound.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let (p, mut rx, _registry) = publisher_bytes(100, 1000);
+        let big = vec![0u8; 400];
+        let pubs: Vec<Published> = (1..=3)
+            .map(|q| p.publish("s1", "a1", Epoch(1), Seq(q), 1, &big))
+            .collect();
+        assert_eq!(
+            pubs,
+            [
+                Published::Queued,
+                Published::Queued,
+                Published::Skipped("queue_full")
+            ]
+        );
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 10).await, 2);
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(3), 1, &big),
+            Published::Queued
+        );
+        assert!(rx.recv().await.is_some());
+        let huge = vec![0u8; 5000];
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(4), 1, &huge),
+            Published::Queued
+        );
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(5), 1, &big),
+            Published::Skipped("queue_full")
+        );
     }
 
     #[test]

@@ -19,14 +19,14 @@
 
 use super::backoff::{Backoff, Jitter};
 use super::trim::{lost_by_ids, lost_to_trimming, safe_trim_point, GroupPos, StreamId};
-use super::{stream_key, Entry, FanoutError, FanoutMetrics};
+use super::{stream_key, Entry, FanoutError, FanoutMetrics, Inbox};
 use crate::config::RedisSection;
 use ferrule_telemetry::Health;
 use redis::{IntoConnectionInfo, RedisError, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Streams the driver remembers writing to (and so trims). Sites are bounded by
 /// the certificates issued; this only guards against a surprise.
@@ -146,7 +146,7 @@ impl RedisFanout {
     /// an unreachable Redis is a degraded cause, not a failure to start.
     pub fn start(
         cfg: &RedisSection,
-        rx: mpsc::Receiver<Entry>,
+        rx: Inbox,
         metrics: FanoutMetrics,
     ) -> Result<RedisFanout, FanoutError> {
         let target = target(cfg)?;
@@ -290,7 +290,7 @@ fn items(v: &Value) -> &[Value] {
 }
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Entry>) {
+    async fn run(mut self, mut rx: Inbox) {
         let limit = self.cfg.max_in_flight.max(1);
         let mut buf = Vec::with_capacity(limit);
         loop {
