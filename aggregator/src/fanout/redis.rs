@@ -418,7 +418,12 @@ impl Driver {
                 Ok(()) => {
                     self.metrics.delivered.add(n);
                     let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-                    if streams.len() < MAX_TRACKED_STREAMS || streams.contains(&stream) {
+                    if !streams.contains(&stream) && streams.len() < MAX_TRACKED_STREAMS {
+                        // A new stream: its skip series exist at 0 from now on,
+                        // so rate() and alerts have them before the first skip.
+                        for reason in super::SKIP_REASONS {
+                            self.metrics.skipped(&stream, reason, 0);
+                        }
                         streams.insert(stream);
                     }
                 }
