@@ -60,7 +60,7 @@ pub struct Running {
     /// The registry (for in-process callers such as the demo).
     pub registry: Registry,
     /// Why the real-time path is degraded, if it is (never affects readiness).
-    pub fanout_degraded: Arc<ferrule_telemetry::Health>,
+    pub fanout_degraded: Arc<crate::fanout::Degraded>,
     /// Where in-process consumers (alerts, the demo) subscribe to the real-time
     /// path; `None` when it is Redis (read the streams with consumer groups).
     /// Subscribing in `on_ready` sees every batch.
@@ -155,7 +155,7 @@ pub async fn run(
                 listener,
                 registry.clone(),
                 move || health_sink.health(),
-                move || degraded.check().err(),
+                move || degraded.check(),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -7,8 +7,9 @@
 //! ingest path. Entries are shared (`Arc`), so a slow subscriber holds at most
 //! its capacity in entries.
 
+use super::Degraded;
 use super::{Entry, FanoutMetrics, Inbox};
-use ferrule_telemetry::{Counter, Health};
+use ferrule_telemetry::Counter;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -140,7 +141,7 @@ impl Subscriptions {
 /// The running in-process fan-out.
 pub struct Hub {
     subscriptions: Subscriptions,
-    degraded: Arc<Health>,
+    degraded: Arc<Degraded>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -187,7 +188,7 @@ impl Hub {
     }
 
     /// Always healthy: nothing outside the process can fail here.
-    pub fn degraded(&self) -> Arc<Health> {
+    pub fn degraded(&self) -> Arc<Degraded> {
         self.degraded.clone()
     }
 

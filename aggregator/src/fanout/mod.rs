@@ -36,9 +36,10 @@ pub mod seen;
 pub mod trim;
 
 use crate::config::{FanoutSection, RedisSection};
-use ferrule_telemetry::{Counter, Health, Registry};
+use ferrule_telemetry::{Counter, Registry};
 use ferrule_wire::{Epoch, Seq};
 use seen::{RecentSeen, SeenBounds};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
@@ -67,6 +68,49 @@ impl Inbox {
         let taken: u64 = buf[start..].iter().map(|e| e.record.len() as u64).sum();
         self.bytes.fetch_sub(taken, Ordering::Relaxed);
         n
+    }
+}
+
+/// Why the real-time path is degraded, by cause: what `/healthz` shows beside
+/// the durable path's readiness, never instead of it. Unlike
+/// [`ferrule_telemetry::Health`] nothing here makes the process unready, and a
+/// cause appearing is logged as a warning, not as the process being unhealthy.
+///
+/// ```
+/// let d = ferrule_aggregator::fanout::Degraded::default();
+/// d.set("redis", "redis (real-time path only): connection refused");
+/// assert!(d.check().is_some());
+/// d.clear("redis");
+/// assert_eq!(d.check(), None);
+/// ```
+#[derive(Debug, Default)]
+pub struct Degraded {
+    causes: Mutex<BTreeMap<&'static str, String>>,
+}
+
+impl Degraded {
+    /// `cause` degrades the real-time path, for this reason.
+    pub fn set(&self, cause: &'static str, why: impl Into<String>) {
+        let why = why.into();
+        let mut c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !c.contains_key(cause) {
+            tracing::warn!(cause, reason = %why, "real-time path degraded (the durable path is not affected)");
+        }
+        c.insert(cause, why);
+    }
+
+    /// `cause` no longer holds.
+    pub fn clear(&self, cause: &'static str) {
+        let mut c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = c.remove(cause) {
+            tracing::info!(cause, was = %old, "real-time path no longer degraded by this cause");
+        }
+    }
+
+    /// The reasons, joined, if any cause holds.
+    pub fn check(&self) -> Option<String> {
+        let c = self.causes.lock().unwrap_or_else(PoisonError::into_inner);
+        (!c.is_empty()).then(|| c.values().cloned().collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -413,7 +457,7 @@ impl Fanout {
 
     /// Why the real-time path is degraded, if it is: shown at `/healthz`
     /// without making the aggregator unready.
-    pub fn degraded(&self) -> Arc<Health> {
+    pub fn degraded(&self) -> Arc<Degraded> {
         match self {
             Fanout::Embedded(h) => h.degraded(),
             Fanout::Redis(r) => r.degraded(),

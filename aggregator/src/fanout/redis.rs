@@ -19,9 +19,9 @@
 
 use super::backoff::{Backoff, Jitter};
 use super::trim::{lost_by_ids, lost_to_trimming, safe_trim_point, GroupPos, StreamId};
+use super::Degraded;
 use super::{stream_key, Entry, FanoutError, FanoutMetrics, Inbox};
 use crate::config::RedisSection;
-use ferrule_telemetry::Health;
 use redis::{IntoConnectionInfo, RedisError, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,7 +39,7 @@ const GROUP_LOSS_SHOWN: Duration = Duration::from_secs(300);
 /// The running Redis fan-out.
 pub struct RedisFanout {
     task: tokio::task::JoinHandle<()>,
-    degraded: Arc<Health>,
+    degraded: Arc<Degraded>,
 }
 
 /// A connection to one Redis or to a cluster. Both are multiplexed and cheap
@@ -150,7 +150,7 @@ impl RedisFanout {
         metrics: FanoutMetrics,
     ) -> Result<RedisFanout, FanoutError> {
         let target = target(cfg)?;
-        let degraded = Arc::new(Health::default());
+        let degraded = Arc::new(Degraded::default());
         metrics.degraded("redis", false);
         metrics.degraded("redis_group_lost", false);
         let seed = std::time::SystemTime::now()
@@ -195,7 +195,7 @@ impl RedisFanout {
 
     /// Why the real-time path is degraded (`redis`: no connection or failing
     /// commands; `redis_group_lost`: a group lost entries to the cap).
-    pub fn degraded(&self) -> Arc<Health> {
+    pub fn degraded(&self) -> Arc<Degraded> {
         self.degraded.clone()
     }
 
@@ -220,7 +220,7 @@ struct Driver {
     jitter: Jitter,
     next_try: Instant,
     metrics: FanoutMetrics,
-    degraded: Arc<Health>,
+    degraded: Arc<Degraded>,
     /// The connection, for the trimmer.
     conn_tx: watch::Sender<Option<Conn>>,
     /// Streams written to (so trimmed), shared with the trimmer.
@@ -236,7 +236,7 @@ struct Trimmer {
     conn: watch::Receiver<Option<Conn>>,
     streams: Arc<Mutex<BTreeSet<String>>>,
     metrics: FanoutMetrics,
-    degraded: Arc<Health>,
+    degraded: Arc<Degraded>,
     /// What was counted so far as each (stream, group)'s loss.
     group_reported: HashMap<(String, String), u64>,
     /// Entries removed from each stream at the last trim pass.
@@ -347,7 +347,7 @@ impl Driver {
                 skipped: 0,
             });
         }
-        self.degraded.set_unready(
+        self.degraded.set(
             "redis",
             format!(
                 "redis (real-time path only): {why}; retrying in {} ms",
@@ -584,7 +584,7 @@ impl Trimmer {
                 self.group_reported.insert(key, total);
                 self.last_group_loss = Some(Instant::now());
                 tracing::warn!(stream, group = %g.name, lost = n, "consumer group fell behind the max_len cap and lost entries");
-                self.degraded.set_unready(
+                self.degraded.set(
                     "redis_group_lost",
                     format!(
                         "redis (real-time path only): consumer group {:?} on {stream} lost {total} entries to redis.max_len",
