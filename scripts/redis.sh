@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Runs throwaway redis-server instances (Debian's redis-server, 7.0 on these machines)
 # for ferrule's tests: no persistence, bound to 127.0.0.1, everything under DIR. Usage:
-#   scripts/redis.sh start DIR PORT            one server on 127.0.0.1:PORT
+#   scripts/redis.sh start DIR PORT [CERT KEY CA]
+#                      one server on 127.0.0.1:PORT; with CERT KEY CA (PEM files) it speaks
+#                      TLS only, on PORT, and requires client certificates chaining to CA
 #   scripts/redis.sh start-cluster DIR BASEPORT
 #                      3 masters on BASEPORT..+2, no replicas, slots spread evenly
-#   scripts/redis.sh stop DIR                  stop every server under DIR (SHUTDOWN NOSAVE,
-#                                              SIGKILL after 10 s)
+#   scripts/redis.sh stop DIR                  stop every server under DIR (SIGTERM, SIGKILL
+#                                              after 10 s)
 #   scripts/redis.sh kill DIR                  SIGKILL every server under DIR (a crash)
 #   scripts/redis.sh restart DIR               start the servers of DIR again, same ports
 #   scripts/redis.sh pause DIR / resume DIR    SIGSTOP / SIGCONT every server under DIR (a
 #                                              Redis that hangs: connections open, no answers)
-# start and start-cluster print `url=redis://127.0.0.1:PORT` on stdout (everything else
+# start and start-cluster print `url=redis://127.0.0.1:PORT` (`url=rediss://localhost:PORT`
+# with TLS) on stdout (everything else
 # goes to stderr). A server directory holds port, redis.pid, redis.log (and nodes.conf
 # in a cluster).
 set -euo pipefail
@@ -31,13 +34,24 @@ start_one() {
   cluster="${2:-no}"
   local extra=()
   [ "$cluster" = yes ] && extra=(--cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 5000)
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --daemonize yes \
+  local ping=(redis-cli -p "$port")
+  local plain_port="$port"
+  if [ -f "$dir/tls" ]; then
+    local cert key ca
+    { read -r cert; read -r key; read -r ca; } <"$dir/tls"
+    extra+=(--tls-port "$port" --tls-cert-file "$cert" --tls-key-file "$key" --tls-ca-cert-file "$ca" --tls-auth-clients yes)
+    plain_port=0
+    # Clients need a certificate: readiness is read from the log instead.
+    : >"$dir/redis.log"
+    ping=(grep -q "Ready to accept connections" "$dir/redis.log")
+  fi
+  redis-server --port "$plain_port" --bind 127.0.0.1 --dir "$dir" --daemonize yes \
     --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
     --save '' --appendonly no --protected-mode yes "${extra[@]}" >&2 \
     || die "redis-server on port $port did not start (see $dir/redis.log)"
   local i
   for i in $(seq 1 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+    if [ -f "$dir/tls" ]; then "${ping[@]}" && return 0; else "${ping[@]}" ping >/dev/null 2>&1 && return 0; fi
     sleep 0.1
   done
   tail -20 "$dir/redis.log" >&2 || true
@@ -53,12 +67,21 @@ server_dirs() {
 }
 
 cmd_start() {
-  [ $# -eq 2 ] || die "usage: scripts/redis.sh start DIR PORT"
+  [ $# -eq 2 ] || [ $# -eq 5 ] || die "usage: scripts/redis.sh start DIR PORT [CERT KEY CA]"
   mkdir -p "$1"
   printf '%s\n' "$2" >"$1/port"
+  if [ $# -eq 5 ]; then
+    local f out=()
+    for f in "$3" "$4" "$5"; do out+=("$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"); done
+    printf '%s\n' "${out[@]}" >"$1/tls"
+  fi
   start_one "$1" no
   log "redis-server up on 127.0.0.1:$2 ($1)"
-  printf 'url=redis://127.0.0.1:%s\n' "$2"
+  if [ -f "$1/tls" ]; then
+    printf 'url=rediss://localhost:%s\n' "$2"
+  else
+    printf 'url=redis://127.0.0.1:%s\n' "$2"
+  fi
 }
 
 cmd_start_cluster() {
@@ -86,11 +109,13 @@ cmd_start_cluster() {
 
 cmd_stop() {
   [ $# -eq 1 ] || die "usage: scripts/redis.sh stop DIR"
-  local d port pid
+  local d pid
   while read -r d; do
-    port="$(cat "$d/port")"
     pid="$(cat "$d/redis.pid" 2>/dev/null || true)"
-    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    # SIGTERM is a SHUTDOWN (nothing to save: persistence is off); it also
+    # reaches a TLS-only server, which redis-cli on the plain port would not.
+    [ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null || true
+    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
     if [ -n "$pid" ]; then
       for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || break

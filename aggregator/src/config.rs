@@ -102,6 +102,17 @@ pub struct RedisSection {
     /// The URL names a Redis Cluster node. Default false.
     #[serde(default)]
     pub cluster: bool,
+    /// With `rediss://`: the CA bundle (PEM) Redis's certificate must chain
+    /// to. Default: the system's trust store.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://` and a Redis that asks for client certificates
+    /// (`tls-auth-clients yes`): this certificate (PEM) and the key below.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key (PEM) of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
     /// Stream names are `{stream_prefix}:{site}`. Default `ferrule`.
     #[serde(default = "d_stream_prefix")]
     pub stream_prefix: String,
@@ -539,6 +550,20 @@ impl Validate for Config {
                 bad.push(Invalid::new(
                     "redis.stream_prefix",
                     "must be non-empty and without braces (the site is the hash tag)",
+                ));
+            }
+            if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+                bad.push(Invalid::new(
+                    "redis.tls_cert_file",
+                    "tls_cert_file and tls_key_file go together",
+                ));
+            }
+            if (r.tls_ca_file.is_some() || r.tls_cert_file.is_some())
+                && !r.url.starts_with("rediss://")
+            {
+                bad.push(Invalid::new(
+                    "redis.url",
+                    "TLS files are set: the URL must be rediss:// (TLS)",
                 ));
             }
             if r.max_in_flight == 0 {

@@ -259,7 +259,7 @@ fn example_with_redis(url: &str) -> (tempfile::TempDir, PathBuf) {
         out.push_str(line.strip_prefix("# ").unwrap_or(line));
         out.push('\n');
     }
-    let out = out.replace("redis://redis-1:6379", url);
+    let out = out.replace("rediss://redis-1:6380", url);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("aggregator.toml");
     std::fs::write(&path, out).unwrap();
@@ -277,7 +277,7 @@ fn the_examples_redis_section_is_valid_and_a_bad_url_is_named() {
         "crl.pem",
     );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (_d, good) = example_with_redis("redis://redis-1:6379");
+    let (_d, good) = example_with_redis("rediss://redis-1:6380");
     let (ok, out) = check(&good, &env);
     assert!(ok, "{out}");
     let (_d, bad) = example_with_redis("http://redis-1:6379");

@@ -13,7 +13,8 @@
 //!    losses are then counted for that group alone and shown at `/healthz`.
 //! 4. Redis frozen (SIGSTOP: connections open, no answers): the same as 2,
 //!    through the response timeout instead of a refused connection.
-//! 5. The same as 1 against a local 3-master Redis Cluster.
+//! 5. The same as 1 against a local 3-master Redis Cluster, and over TLS
+//!    (`rediss://`, a private CA, a client certificate).
 //! 6. The fan-out's own throughput to one redis-server (printed).
 //!
 //! Run by `scripts/test.sh` with `--ignored` after `cargo build --workspace
@@ -64,12 +65,37 @@ fn redis_sh(args: &[&str]) -> String {
 struct Redis {
     dir: PathBuf,
     url: String,
+    /// For a TLS server: the CA bundle, and the test's client certificate and key.
+    tls: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
 }
 
 impl Redis {
     fn start(dir: &Path) -> Self {
         let port = procs::free_tcp_port().unwrap().to_string();
         Self::from_output(dir, &redis_sh(&["start", dir.to_str().unwrap(), &port]))
+    }
+
+    /// TLS only, with the dev PKI's server certificate (for `localhost`).
+    fn start_tls(dir: &Path, pki: &DevPki) -> Self {
+        let port = procs::free_tcp_port().unwrap().to_string();
+        let mut r = Self::from_output(
+            dir,
+            &redis_sh(&[
+                "start",
+                dir.to_str().unwrap(),
+                &port,
+                pki.server_cert().to_str().unwrap(),
+                pki.server_key().to_str().unwrap(),
+                pki.ca_bundle().to_str().unwrap(),
+            ]),
+        );
+        let (cert, key) = pki.agent("redis-clients", "test-reader").unwrap();
+        r.tls = Some((
+            std::fs::read(pki.ca_bundle()).unwrap(),
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+        r
     }
 
     fn cluster(dir: &Path) -> Self {
@@ -101,11 +127,25 @@ impl Redis {
         Self {
             dir: dir.to_path_buf(),
             url,
+            tls: None,
         }
     }
 
     fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url.as_str())
+        let client = match &self.tls {
+            Some((ca, cert, key)) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.clone(),
+                    }),
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(self.url.as_str()),
+        };
+        client
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(2))
             .unwrap()
@@ -717,6 +757,57 @@ fn a_stalled_group_holds_trimming_until_the_cap_which_counts_its_losses() {
 
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
+fn batches_reach_redis_over_tls_with_a_client_certificate() {
+    let _g = serial();
+    let mut rig = Rig::new();
+    let redis = Redis::start_tls(&rig.root.join("redis"), &rig.pki);
+    let (cert, key) = rig.pki.agent("redis-clients", "aggregator").unwrap();
+    rig.start_aggregator(&format!(
+        "[redis]\nurl = {:?}\ntls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        redis.url,
+        rig.pki.ca_bundle(),
+        cert,
+        key
+    ));
+    let batches = 100;
+    rig.start_agent("site-rt", "a1", 200, batches);
+    rig.wait_durable(batches * 7, Duration::from_secs(60));
+    let key = "ferrule:{site-rt}";
+    let mut con = redis.conn();
+    procs::wait_for(Duration::from_secs(10), || {
+        (xlen(&mut con, key) >= rig.durable().total_batches).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "stream has {} entries:\n{}",
+            xlen(&mut con, key),
+            rig.logs()
+        )
+    });
+    check_stream_matches_log(&rig, &xrange(&mut con, key), "site-rt", 10);
+    let (status, body) = http(rig.metrics, "/healthz").unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // Without its client certificate the aggregator is refused: degraded, still ready.
+    drop(rig.agg.take());
+    rig.start_aggregator(&format!(
+        "[redis]\nurl = {:?}\ntls_ca_file = {:?}\n",
+        redis.url,
+        rig.pki.ca_bundle(),
+    ));
+    let body = procs::wait_for(Duration::from_secs(10), || {
+        let (status, body) = http(rig.metrics, "/healthz")?;
+        assert_eq!(status, 200, "{body}");
+        body.contains("degraded: redis").then_some(body)
+    })
+    .unwrap_or_else(|| panic!("not degraded without a client certificate:\n{}", rig.logs()));
+    println!(
+        "redis over TLS: ok with a client certificate; without: {:?}",
+        body.trim()
+    );
+}
+
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
 fn batches_reach_a_redis_cluster() {
     let _g = serial();
     let mut rig = Rig::new();
@@ -815,6 +906,9 @@ fn toml_redis(url: &str) -> ferrule_aggregator::config::RedisSection {
         username: None,
         password: None,
         cluster: false,
+        tls_ca_file: None,
+        tls_cert_file: None,
+        tls_key_file: None,
         stream_prefix: "ferrule".into(),
         max_in_flight: 512,
         max_len: 10_000_000,

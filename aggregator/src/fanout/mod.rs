@@ -374,6 +374,16 @@ pub enum FanoutError {
     /// `redis.url` is not a Redis URL.
     #[error("redis.url: {0}")]
     BadUrl(String),
+    /// A TLS file named in `[redis]` cannot be read.
+    #[error("redis.{key} {path}: {source}")]
+    TlsFile {
+        /// The config key.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A secret names an environment variable that is not set.
     #[error("redis.{key} names environment variable {var}, which is not set")]
     MissingEnv {

@@ -101,7 +101,45 @@ fn secret(key: &'static str, v: &Option<String>) -> Result<Option<String>, Fanou
     }
 }
 
+fn read_pem(
+    key: &'static str,
+    path: &Option<std::path::PathBuf>,
+) -> Result<Option<Vec<u8>>, FanoutError> {
+    path.as_ref()
+        .map(|p| {
+            std::fs::read(p).map_err(|source| FanoutError::TlsFile {
+                key,
+                path: p.clone(),
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// The CA and client certificate for `rediss://`, when any is configured
+/// (else the system trust store and no client certificate).
+fn tls_files(cfg: &RedisSection) -> Result<Option<redis::TlsCertificates>, FanoutError> {
+    let root_cert = read_pem("tls_ca_file", &cfg.tls_ca_file)?;
+    let client_tls = match (
+        read_pem("tls_cert_file", &cfg.tls_cert_file)?,
+        read_pem("tls_key_file", &cfg.tls_key_file)?,
+    ) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        _ => None,
+    };
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
+}
+
 fn target(cfg: &RedisSection) -> Result<Target, FanoutError> {
+    let tls = tls_files(cfg)?;
     let username = secret("username", &cfg.username)?;
     let password = secret("password", &cfg.password)?;
     let timeout = Duration::from_millis(cfg.response_timeout_ms.max(1));
@@ -116,6 +154,9 @@ fn target(cfg: &RedisSection) -> Result<Target, FanoutError> {
         }
         if let Some(p) = password {
             b = b.password(p);
+        }
+        if let Some(certs) = tls {
+            b = b.certs(certs);
         }
         return Ok(Target::Cluster(
             b.build().map_err(|e| FanoutError::BadUrl(e.to_string()))?,
@@ -133,8 +174,12 @@ fn target(cfg: &RedisSection) -> Result<Target, FanoutError> {
     if let Some(p) = password {
         settings = settings.set_password(p);
     }
-    let client = redis::Client::open(info.set_redis_settings(settings))
-        .map_err(|e| FanoutError::BadUrl(e.to_string()))?;
+    let info = info.set_redis_settings(settings);
+    let client = match tls {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| FanoutError::BadUrl(e.to_string()))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
