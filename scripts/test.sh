@@ -25,6 +25,9 @@ python3 -c 'import pymodbus' >/dev/null 2>&1 || python3 -m pip install -q 'pymod
 need_apt prometheus-alertmanager prometheus-alertmanager
 # Kafka brokers from Apache's jars, kcat and confluent-kafka for the independent consumer.
 need_kafka
+# Redis for the real-time fan-out tests (scripts/redis.sh).
+need_apt redis-server redis-server redis-cli redis-tools
+python3 -c 'import redis' >/dev/null 2>&1 || python3 -m pip install -q redis
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

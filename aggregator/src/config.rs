@@ -36,6 +36,13 @@ pub struct Config {
     /// Alert rules and where their notifications go; none: no alerting.
     #[serde(default)]
     pub alerts: Option<AlertsSection>,
+    /// The real-time path's queue and memory of what it published.
+    #[serde(default)]
+    pub fanout: FanoutSection,
+    /// Redis Streams: when present, the real-time path publishes to Redis
+    /// instead of in-process consumers.
+    #[serde(default)]
+    pub redis: Option<RedisSection>,
 }
 
 /// `[alerts]`: the rules file and the notifiers fed by its `firing` and
@@ -142,6 +149,123 @@ pub enum SecretError {
     /// `env:NAME` names a variable that is not set (or not UTF-8).
     #[error("names environment variable {0}, which is not set")]
     Unset(String),
+}
+
+/// `[fanout]`: the real-time path, whichever its backend. Every batch is
+/// published as it arrives, in parallel with its commit; nothing here can delay
+/// a commit or an ack.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutSection {
+    /// Batches queued between ingest and the fan-out; when full, a batch is
+    /// skipped for the real-time path (counted in
+    /// `ferrule_aggregator_fanout_skipped_total{reason="queue_full"}`), never
+    /// waited for. Each holds one record (about the batch's frame size).
+    /// Default 4096.
+    pub queue_batches: usize,
+    /// Record bytes queued there at most (batches beyond it are skipped the
+    /// same way): with large batches this, not the count, bounds the memory.
+    /// Default 64 MiB.
+    pub queue_max_bytes: u64,
+    /// Agents whose published (epoch, seq) are remembered, so a batch resent
+    /// after a failed commit is not published twice. Default 100 000.
+    pub seen_max_agents: usize,
+    /// Epochs remembered per agent. Default 2.
+    pub seen_epochs_per_agent: usize,
+    /// Seq ranges remembered per agent epoch (contiguous seqs take one). Default 64.
+    pub seen_max_ranges_per_epoch: usize,
+}
+
+impl Default for FanoutSection {
+    fn default() -> Self {
+        let b = crate::fanout::seen::SeenBounds::default();
+        Self {
+            queue_batches: 4096,
+            queue_max_bytes: 64 << 20,
+            seen_max_agents: b.max_agents,
+            seen_epochs_per_agent: b.epochs_per_agent,
+            seen_max_ranges_per_epoch: b.max_ranges_per_epoch,
+        }
+    }
+}
+
+/// `[redis]`: publish the real-time path to Redis Streams, one stream per site
+/// (`{stream_prefix}:{site}`, the braces a Cluster hash tag). Each entry has the
+/// fields `agent`, `epoch`, `seq`, `samples` and `record` (the committed record,
+/// the same bytes as the Kafka sink's). Redis being down or slow never delays
+/// commits or acks: batches are skipped for the real-time path, counted, and
+/// `/healthz` says degraded while the aggregator stays ready.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port` or `rediss://host:port` (TLS). With `cluster = true`,
+    /// any node of the cluster (the others are discovered). Required.
+    pub url: String,
+    /// ACL user name, if any (or in the URL).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password; `env:NAME` reads it from environment variable NAME so the
+    /// secret stays out of the file.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The URL names a Redis Cluster node. Default false.
+    #[serde(default)]
+    pub cluster: bool,
+    /// With `rediss://`: the CA bundle (PEM) Redis's certificate must chain
+    /// to. Default: the system's trust store.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://` and a Redis that asks for client certificates
+    /// (`tls-auth-clients yes`): this certificate (PEM) and the key below.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key (PEM) of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Stream names are `{stream_prefix}:{site}`. Default `ferrule`.
+    #[serde(default = "d_stream_prefix")]
+    pub stream_prefix: String,
+    /// XADD commands in flight at once (pipelined). Default 512.
+    #[serde(default = "d_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Hard cap on a stream's length, entries (`XADD ... MAXLEN ~`): bounds
+    /// Redis memory whatever the consumer groups do; what a slow group loses to
+    /// it is counted in `ferrule_aggregator_fanout_group_lost_total`.
+    /// Default 1 000 000.
+    #[serde(default = "d_max_len")]
+    pub max_len: u64,
+    /// How often streams are trimmed to what every consumer group is done with
+    /// (`XTRIM MINID`), milliseconds. 0 turns that off (only the cap trims).
+    /// Default 1000.
+    #[serde(default = "d_trim_interval_ms")]
+    pub trim_interval_ms: u64,
+    /// A command unanswered this long counts as failed and the connection is
+    /// rebuilt, milliseconds. Default 2000.
+    #[serde(default = "d_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// Longest wait between reconnect attempts (jittered exponential backoff
+    /// from 100 ms), milliseconds. Default 5000.
+    #[serde(default = "d_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn d_stream_prefix() -> String {
+    "ferrule".into()
+}
+fn d_max_in_flight() -> usize {
+    512
+}
+fn d_max_len() -> u64 {
+    1_000_000
+}
+fn d_trim_interval_ms() -> u64 {
+    1000
+}
+fn d_response_timeout_ms() -> u64 {
+    2000
+}
+fn d_reconnect_max_ms() -> u64 {
+    5000
 }
 
 /// `[dedupe]`: the ledger of (agent, epoch, seq) the sink made durable, which
@@ -523,6 +647,49 @@ impl Validate for Config {
         }
         if let Some(a) = &self.alerts {
             a.validate_into(&mut bad);
+        }
+        if self.fanout.queue_batches == 0 {
+            bad.push(Invalid::new("fanout.queue_batches", "must be at least 1"));
+        }
+        if let Some(r) = &self.redis {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                bad.push(Invalid::new(
+                    "redis.url",
+                    "must start with redis:// or rediss:// (TLS)",
+                ));
+            }
+            if r.stream_prefix.is_empty() || r.stream_prefix.contains(['{', '}']) {
+                bad.push(Invalid::new(
+                    "redis.stream_prefix",
+                    "must be non-empty and without braces (the site is the hash tag)",
+                ));
+            }
+            if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+                bad.push(Invalid::new(
+                    "redis.tls_cert_file",
+                    "tls_cert_file and tls_key_file go together",
+                ));
+            }
+            if (r.tls_ca_file.is_some() || r.tls_cert_file.is_some())
+                && !r.url.starts_with("rediss://")
+            {
+                bad.push(Invalid::new(
+                    "redis.url",
+                    "TLS files are set: the URL must be rediss:// (TLS)",
+                ));
+            }
+            if r.max_in_flight == 0 {
+                bad.push(Invalid::new("redis.max_in_flight", "must be at least 1"));
+            }
+            if r.max_len == 0 {
+                bad.push(Invalid::new("redis.max_len", "must be at least 1"));
+            }
+            if r.response_timeout_ms == 0 {
+                bad.push(Invalid::new(
+                    "redis.response_timeout_ms",
+                    "must be at least 1",
+                ));
+            }
         }
         if self.log.group_commit_max_batches == 0 {
             bad.push(Invalid::new(

@@ -19,6 +19,7 @@
 
 use crate::admission::{Admission, Ticket};
 use crate::commit::{CommitDone, CommitOutcome, CommitRequest, Sink};
+use crate::fanout::Publisher;
 use crate::ledger::LedgerKey;
 use crate::metrics::IngestMetrics;
 use ferrule_transport::quinn;
@@ -57,6 +58,9 @@ pub struct IngestContext {
     pub alternate: Option<String>,
     /// Sessions held, bounded in total and per agent.
     pub admission: Arc<Admission<quinn::Connection>>,
+    /// The real-time path: each batch is published here as it arrives, in
+    /// parallel with its commit, never waited for.
+    pub fanout: Publisher,
 }
 
 /// Frames decoded ahead of the session per connection. With the credit (which
@@ -453,6 +457,17 @@ fn take_events(
                     ));
                 }
                 ctx.metrics.clock_offset(agent_key, batch.clock_offset_ns);
+                // The real-time path gets it now, in parallel with the commit:
+                // never waits, skips (counted) when its queue is full, and drops
+                // a resend it already had.
+                ctx.fanout.publish(
+                    agent.site(),
+                    agent.agent(),
+                    batch.epoch,
+                    batch.seq,
+                    samples,
+                    record,
+                );
                 let req = CommitRequest {
                     key: LedgerKey::new(agent.site(), agent.agent(), batch.epoch, batch.seq),
                     record: std::mem::take(record),

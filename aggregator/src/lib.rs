@@ -4,8 +4,11 @@
 //! every batch durably before acknowledging it, and reports on what it holds. The
 //! binary is a thin `main` over this library so tests and the demo embed it.
 //!
-//! Modules: [`alerts`] (notifiers: Alertmanager, PagerDuty), [`config`] (the TOML file), [`ingest`] (one task per agent
-//! connection), [`admission`] (how many sessions, in total and per agent), [`commit`] (the sink and its embedded log), [`ledger`] (dedupe),
+//! Modules: [`config`] (the TOML file), [`ingest`] (one task per agent
+//! connection), [`admission`] (how many sessions, in total and per agent),
+//! [`commit`] (the sink and its embedded log), [`ledger`] (dedupe), [`fanout`]
+//! (the real-time path: in-process or Redis Streams), [`alerts`] (notifiers:
+//! Alertmanager, PagerDuty),
 //! [`inspect`] (what the log holds), [`server`] (the
 //! main job and its shutdown).
 #![forbid(unsafe_code)]
@@ -14,6 +17,7 @@ pub mod admission;
 pub mod alerts;
 pub mod commit;
 pub mod config;
+pub mod fanout;
 pub mod ingest;
 pub mod inspect;
 pub mod kafka;

@@ -9,6 +9,7 @@
 use crate::admission::Admission;
 use crate::commit::{Embedded, EmbeddedOptions};
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::ingest::{self, IngestContext};
 use crate::kafka::Kafka;
 use crate::metrics::IngestMetrics;
@@ -58,6 +59,12 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// The registry (for in-process callers such as the demo).
     pub registry: Registry,
+    /// Why the real-time path is degraded, if it is (never affects readiness).
+    pub fanout_degraded: Arc<crate::fanout::Degraded>,
+    /// Where in-process consumers (alerts, the demo) subscribe to the real-time
+    /// path; `None` when it is Redis (read the streams with consumer groups).
+    /// Subscribing in `on_ready` sees every batch.
+    pub fanout: Option<crate::fanout::embedded::Subscriptions>,
 }
 
 /// Runs the aggregator until `shutdown` completes, then drains. `on_ready` is
@@ -98,6 +105,17 @@ pub async fn run(
         ),
     };
     let sink = committer.sink();
+    // The real-time path, beside the durable one: Redis Streams when `[redis]`
+    // is configured, else in-process. Neither waits for the other.
+    let (fanout, publisher) = Fanout::start(&cfg.fanout, cfg.redis.as_ref(), &registry)
+        .context("starting the real-time fan-out")?;
+    match &cfg.redis {
+        Some(r) => {
+            tracing::info!(stream_prefix = %r.stream_prefix, cluster = r.cluster, "real-time path: Redis Streams")
+        }
+        None => tracing::info!("real-time path: in-process"),
+    }
+    let degraded = fanout.degraded();
 
     // Named now, with the file at fault; what rustls refuses below stops the
     // start, the rest (an expired certificate, one agents cannot verify) would
@@ -130,10 +148,14 @@ pub async fn run(
             let bound = listener.local_addr()?;
             let health_sink = sink.clone();
             let mut stop = stop_rx.clone();
-            tokio::spawn(ferrule_telemetry::serve(
+            let degraded = degraded.clone();
+            // Readiness is the durable path's alone: a Redis that is down shows
+            // as degraded in the body (and the fan-out's gauges), still 200.
+            tokio::spawn(ferrule_telemetry::serve_with_degraded(
                 listener,
                 registry.clone(),
                 move || health_sink.health(),
+                move || degraded.check(),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
@@ -173,6 +195,7 @@ pub async fn run(
         shutdown: stop_rx.clone(),
         alternate: cfg.server.alternate.clone(),
         admission: Admission::new(cfg.server.max_sessions, cfg.server.max_sessions_per_agent),
+        fanout: publisher,
     });
     drop(sink);
     tracing::info!(%quic_addr, metrics = ?metrics_addr, data = %cfg.log.dir.display(), "aggregator listening");
@@ -180,6 +203,8 @@ pub async fn run(
         quic_addr,
         metrics_addr,
         registry: registry.clone(),
+        fanout_degraded: fanout.degraded(),
+        fanout: fanout.subscriptions(),
     });
 
     let mut sessions = JoinSet::new();
@@ -219,6 +244,14 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     drop(ctx);
     committer.join().await;
+    // What the real-time path still holds gets a moment; a dead Redis must not
+    // hold the shutdown (what is left is skipped, as while it runs).
+    if tokio::time::timeout(Duration::from_secs(5), fanout.join())
+        .await
+        .is_err()
+    {
+        tracing::warn!("real-time fan-out did not finish within 5 s; leaving it");
+    }
     tracing::info!("aggregator stopped");
     Ok(())
 }

@@ -313,3 +313,38 @@ fn the_examples_alerts_block_passes_and_a_bad_rules_file_fails() {
         "{out}"
     );
 }
+
+/// The example with its commented `[redis]` section switched on.
+fn example_with_redis(url: &str) -> (tempfile::TempDir, PathBuf) {
+    let text = std::fs::read_to_string(example()).unwrap();
+    let (head, tail) = text.split_once("# [redis]\n").unwrap();
+    let mut out = format!("{head}[redis]\n");
+    for line in tail.lines() {
+        out.push_str(line.strip_prefix("# ").unwrap_or(line));
+        out.push('\n');
+    }
+    let out = out.replace("rediss://redis-1:6380", url);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aggregator.toml");
+    std::fs::write(&path, out).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn the_examples_redis_section_is_valid_and_a_bad_url_is_named() {
+    let dir = tls_dir();
+    let env = tls_env(
+        dir.path(),
+        "server.crt",
+        "server.key",
+        "ca-bundle.crt",
+        "crl.pem",
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (_d, good) = example_with_redis("rediss://redis-1:6380");
+    let (ok, out) = check(&good, &env);
+    assert!(ok, "{out}");
+    let (_d, bad) = example_with_redis("http://redis-1:6379");
+    let (ok, out) = check(&bad, &env);
+    assert!(!ok && out.contains("redis.url"), "{out}");
+}

@@ -20,7 +20,26 @@ where
     F: Fn() -> Result<(), String> + Send + Sync + 'static,
     S: Future<Output = ()>,
 {
+    serve_with_degraded(listener, registry, health, || None, shutdown).await
+}
+
+/// [`serve`], plus what is degraded without making the process unready (a
+/// best-effort side path such as a real-time fan-out whose Redis is down):
+/// `/healthz` still answers 200 by `health` alone, its body then says
+/// `ok` and, on a second line, `degraded: <reasons>`.
+pub async fn serve_with_degraded<F, D, S>(
+    listener: TcpListener,
+    registry: Registry,
+    health: F,
+    degraded: D,
+    shutdown: S,
+) where
+    F: Fn() -> Result<(), String> + Send + Sync + 'static,
+    D: Fn() -> Option<String> + Send + Sync + 'static,
+    S: Future<Output = ()>,
+{
     let health = Arc::new(health);
+    let degraded = Arc::new(degraded);
     tokio::pin!(shutdown);
     loop {
         let (mut sock, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
@@ -36,6 +55,7 @@ where
         };
         let registry = registry.clone();
         let health = health.clone();
+        let degraded = degraded.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut used = 0;
@@ -61,7 +81,10 @@ where
             let (status, body, ctype) = match path {
                 "/metrics" => ("200 OK", registry.render(), "text/plain; version=0.0.4"),
                 "/healthz" => match health() {
-                    Ok(()) => ("200 OK", "ok\n".to_string(), "text/plain"),
+                    Ok(()) => match degraded() {
+                        None => ("200 OK", "ok\n".to_string(), "text/plain"),
+                        Some(why) => ("200 OK", format!("ok\ndegraded: {why}\n"), "text/plain"),
+                    },
                     Err(why) => (
                         "503 Service Unavailable",
                         format!("unready: {why}\n"),

@@ -22,7 +22,7 @@ mod registry;
 mod health;
 
 pub use health::Health;
-pub use http::serve;
+pub use http::{serve, serve_with_degraded};
 pub use registry::{Counter, Gauge, Registry};
 
 /// Logs to stderr with the filter in `FERRULE_LOG` (`info` when unset), the way
