@@ -260,7 +260,11 @@ fn the_examples_alerts_block_passes_and_a_bad_rules_file_fails() {
         .find("# [alerts]")
         .expect("the example documents [alerts]");
     let mut on = text[..at].to_string();
-    for line in text[at..].lines() {
+    // Up to the next live section: the [alerts] block and its subtables only.
+    let block_end = text[at..]
+        .find("\n[")
+        .map_or(text.len(), |i| at + i + 1);
+    for line in text[at..block_end].lines() {
         let line = if let Some(comment) = line.strip_prefix("# # ") {
             format!("# {comment}")
         } else if let Some(key) = line.strip_prefix("# ") {
@@ -271,6 +275,7 @@ fn the_examples_alerts_block_passes_and_a_bad_rules_file_fails() {
         on.push_str(&line);
         on.push('\n');
     }
+    on.push_str(&text[block_end..]);
     let dir = tls_dir();
     let cfg = dir.path().join("aggregator.toml");
     std::fs::write(&cfg, on).unwrap();
