@@ -261,9 +261,7 @@ fn the_examples_alerts_block_passes_and_a_bad_rules_file_fails() {
         .expect("the example documents [alerts]");
     let mut on = text[..at].to_string();
     // Up to the next live section: the [alerts] block and its subtables only.
-    let block_end = text[at..]
-        .find("\n[")
-        .map_or(text.len(), |i| at + i + 1);
+    let block_end = text[at..].find("\n[").map_or(text.len(), |i| at + i + 1);
     for line in text[at..block_end].lines() {
         let line = if let Some(comment) = line.strip_prefix("# # ") {
             format!("# {comment}")
