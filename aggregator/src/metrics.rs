@@ -5,6 +5,8 @@ use ferrule_wire::RejectReason;
 
 const REJECTED: &str = "ferrule_aggregator_batches_rejected_total";
 const REJECTED_HELP: &str = "Batches refused for good, by reason (never counted as acknowledged)";
+const REFUSED: &str = "ferrule_aggregator_connections_refused_total";
+const REFUSED_HELP: &str = "Connections refused or cut off, by reason";
 
 /// Every reason a batch is rejected for (`unknown` for codes this build does
 /// not know), published at 0 from the start so `rate()` and alerts have a
@@ -84,9 +86,8 @@ pub fn refusal_reasons() -> impl Iterator<Item = &'static str> {
 impl IngestMetrics {
     /// Registers the ingest metrics in `registry`, every refusal reason at 0.
     pub fn new(registry: &Registry) -> Self {
-        for reason in refusal_reasons() {
-            Self::refused_counter(registry, reason);
-        }
+        let refusals: Vec<&str> = refusal_reasons().collect();
+        registry.declare_counters(REFUSED, REFUSED_HELP, &[], "reason", &refusals);
         registry.declare_counters(REJECTED, REJECTED_HELP, &[], "reason", &reject_reasons());
         Self {
             registry: registry.clone(),
@@ -145,15 +146,9 @@ impl IngestMetrics {
     /// `no_client_certificate`, `malformed`, `frame_timeout`, ...; see
     /// [`refusal_reasons`]).
     pub fn refused(&self, reason: &str) {
-        Self::refused_counter(&self.registry, reason).inc();
-    }
-
-    fn refused_counter(registry: &Registry, reason: &str) -> Counter {
-        registry.counter(
-            "ferrule_aggregator_connections_refused_total",
-            "Connections refused or cut off, by reason",
-            &[("reason", reason)],
-        )
+        self.registry
+            .counter(REFUSED, REFUSED_HELP, &[("reason", reason)])
+            .inc();
     }
 
     /// Counts a batch refused for good, by reason (one of [`reject_reasons`]).
