@@ -62,6 +62,11 @@ pub struct AlertsSection {
     /// Default 10 000.
     #[serde(default = "d_alert_queue")]
     pub queue_capacity: usize,
+    /// Batches waiting for the evaluator before the oldest is dropped (it never
+    /// holds up ingest), counted in
+    /// `ferrule_aggregator_fanout_lagged_total{consumer="alerts"}`. Default 1024.
+    #[serde(default = "d_evaluate_queue")]
+    pub evaluate_queue_batches: usize,
     /// Alertmanagers: every one gets every notification, as Prometheus does.
     #[serde(default)]
     pub alertmanager: Vec<AlertmanagerOutput>,
@@ -72,6 +77,9 @@ pub struct AlertsSection {
 
 fn d_alert_queue() -> usize {
     10_000
+}
+fn d_evaluate_queue() -> usize {
+    1024
 }
 fn d_resend() -> u64 {
     60
@@ -709,6 +717,12 @@ impl AlertsSection {
     fn validate_into(&self, bad: &mut Vec<Invalid>) {
         if self.queue_capacity == 0 {
             bad.push(Invalid::new("alerts.queue_capacity", "must be at least 1"));
+        }
+        if self.evaluate_queue_batches == 0 {
+            bad.push(Invalid::new(
+                "alerts.evaluate_queue_batches",
+                "must be at least 1",
+            ));
         }
         for (i, am) in self.alertmanager.iter().enumerate() {
             let key = |k: &str| format!("alerts.alertmanager[{i}].{k}");

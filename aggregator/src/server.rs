@@ -7,6 +7,8 @@
 //! its last group. Agents move elsewhere with nothing lost.
 
 use crate::admission::Admission;
+use crate::alerts::evaluate::{Evaluated, Evaluator};
+use crate::alerts::Notifiers;
 use crate::commit::{Embedded, EmbeddedOptions};
 use crate::config::Config;
 use crate::fanout::Fanout;
@@ -22,7 +24,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 /// The sink behind the ingest path: the embedded log, or Kafka.
@@ -61,10 +63,13 @@ pub struct Running {
     pub registry: Registry,
     /// Why the real-time path is degraded, if it is (never affects readiness).
     pub fanout_degraded: Arc<crate::fanout::Degraded>,
-    /// Where in-process consumers (alerts, the demo) subscribe to the real-time
-    /// path; `None` when it is Redis (read the streams with consumer groups).
-    /// Subscribing in `on_ready` sees every batch.
-    pub fanout: Option<crate::fanout::embedded::Subscriptions>,
+    /// Where in-process consumers (the demo, tests) subscribe to the real-time
+    /// path: every batch this aggregator publishes (with Redis too, handed over
+    /// before the Redis write). Subscribing in `on_ready` sees every batch.
+    pub fanout: crate::fanout::embedded::Subscriptions,
+    /// Every `firing` and `resolved` alert transition, as it is emitted, when rules are configured
+    /// (`[alerts] rules`); subscribe to watch them (the demo prints them).
+    pub alerts: Option<broadcast::Sender<Arc<Evaluated>>>,
 }
 
 /// Runs the aggregator until `shutdown` completes, then drains. `on_ready` is
@@ -116,6 +121,12 @@ pub async fn run(
         None => tracing::info!("real-time path: in-process"),
     }
     let degraded = fanout.degraded();
+    // The alert evaluator subscribes before any agent can connect, so it sees
+    // every batch.
+    let evaluator = match &cfg.alerts {
+        Some(a) => start_alerts(a, &fanout, &registry)?,
+        None => None,
+    };
 
     // Named now, with the file at fault; what rustls refuses below stops the
     // start, the rest (an expired certificate, one agents cannot verify) would
@@ -205,6 +216,7 @@ pub async fn run(
         registry: registry.clone(),
         fanout_degraded: fanout.degraded(),
         fanout: fanout.subscriptions(),
+        alerts: evaluator.as_ref().map(Evaluator::watcher),
     });
 
     let mut sessions = JoinSet::new();
@@ -252,6 +264,40 @@ pub async fn run(
     {
         tracing::warn!("real-time fan-out did not finish within 5 s; leaving it");
     }
+    if let Some(e) = evaluator {
+        if tokio::time::timeout(Duration::from_secs(5), e.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!("alert evaluator did not finish within 5 s; leaving it");
+        }
+    }
     tracing::info!("aggregator stopped");
     Ok(())
+}
+
+/// Loads the rules and starts the notifiers and the evaluator on an in-process
+/// subscription; `None` without a rules file (nothing would produce alerts).
+fn start_alerts(
+    a: &crate::config::AlertsSection,
+    fanout: &Fanout,
+    registry: &Registry,
+) -> anyhow::Result<Option<Evaluator>> {
+    let Some(path) = &a.rules else {
+        tracing::info!("alerts: no rules file (alerts.rules); nothing is evaluated");
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the alert rules {}", path.display()))?;
+    let rules = ferrule_rules::RuleSet::from_toml(&text)
+        .with_context(|| format!("alert rules {}", path.display()))?;
+    let notifiers = Notifiers::start(a, registry).context("starting the alert outputs")?;
+    tracing::info!(rules = rules.rules().len(), file = %path.display(), outputs = ?notifiers.outputs(), "alerts: evaluating");
+    let sub = fanout.subscribe("alerts", a.evaluate_queue_batches.max(1));
+    Ok(Some(Evaluator::start(
+        sub,
+        rules,
+        Some(notifiers),
+        registry,
+    )))
 }

@@ -72,6 +72,7 @@ fn section(
     AlertsSection {
         rules: None,
         queue_capacity: queue,
+        evaluate_queue_batches: 1024,
         alertmanager: am,
         pagerduty: pd,
     }

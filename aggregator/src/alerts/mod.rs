@@ -31,6 +31,7 @@
 //! and agents failing over would not fix a pager; the counters and logs say it.
 
 pub mod alertmanager;
+pub mod evaluate;
 pub mod notify;
 pub mod pagerduty;
 

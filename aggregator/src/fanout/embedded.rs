@@ -50,7 +50,7 @@ impl Queue {
 ///
 /// ```no_run
 /// # async fn f(fanout: ferrule_aggregator::fanout::Fanout) {
-/// let mut alerts = fanout.subscribe("alerts", 4096).expect("embedded fan-out");
+/// let mut alerts = fanout.subscribe("alerts", 4096);
 /// while let Some(entry) = alerts.recv().await {
 ///     // decode entry.record with ferrule_wire::record::decode_record ...
 /// #   let _ = entry;
@@ -115,6 +115,40 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// No subscribers yet.
+    pub(crate) fn new(metrics: FanoutMetrics) -> Self {
+        Self {
+            subscribers: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Hands `e` to every subscriber's queue (each drops its oldest when full);
+    /// never waits on a consumer.
+    pub(crate) fn deliver(&self, e: &Entry) {
+        let mut s = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.0.retain(|q| !q.dropped.load(Ordering::Acquire));
+        for q in s.0.iter() {
+            q.push(e.clone());
+        }
+    }
+
+    /// Ends every subscription once its queue is read; later subscribers start
+    /// closed.
+    pub(crate) fn close(&self) {
+        let mut s = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.1 = true;
+        for q in s.0.iter() {
+            q.close();
+        }
+    }
+
     /// A new consumer with a queue of `capacity` entries (at least 1). It sees
     /// what is published from now on; when it falls behind it loses its oldest
     /// entries, counted, and nobody else notices.
@@ -148,27 +182,15 @@ pub struct Hub {
 impl Hub {
     /// Starts the task that hands queued batches to the subscribers.
     pub fn start(mut rx: Inbox, metrics: FanoutMetrics) -> Hub {
-        let subscriptions = Subscriptions {
-            subscribers: Arc::default(),
-            metrics: metrics.clone(),
-        };
-        let subs = subscriptions.subscribers.clone();
+        let subscriptions = Subscriptions::new(metrics.clone());
+        let subs = subscriptions.clone();
         let delivered = metrics.delivered.clone();
         let task = tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
-                let mut s = subs.lock().unwrap_or_else(PoisonError::into_inner);
-                s.0.retain(|q| !q.dropped.load(Ordering::Acquire));
-                for q in s.0.iter() {
-                    q.push(e.clone());
-                }
-                drop(s);
+                subs.deliver(&e);
                 delivered.inc();
             }
-            let mut s = subs.lock().unwrap_or_else(PoisonError::into_inner);
-            s.1 = true;
-            for q in s.0.iter() {
-                q.close();
-            }
+            subs.close();
         });
         Hub {
             subscriptions,
@@ -217,12 +239,8 @@ mod tests {
         };
         let (fanout, publisher) =
             Fanout::start(&cfg, None, &registry).unwrap_or_else(|e| panic!("{e}"));
-        let mut fast = fanout
-            .subscribe("fast", 1000)
-            .unwrap_or_else(|| panic!("embedded"));
-        let mut slow = fanout
-            .subscribe("slow", 10)
-            .unwrap_or_else(|| panic!("embedded"));
+        let mut fast = fanout.subscribe("fast", 1000);
+        let mut slow = fanout.subscribe("slow", 10);
         let reader = tokio::spawn(async move {
             let mut seqs = Vec::new();
             while let Some(e) = fast.recv().await {
@@ -276,7 +294,7 @@ mod tests {
         let registry = Registry::new();
         let (fanout, publisher) = Fanout::start(&FanoutSection::default(), None, &registry)
             .unwrap_or_else(|e| panic!("{e}"));
-        let subs = fanout.subscriptions().unwrap_or_else(|| panic!("embedded"));
+        let subs = fanout.subscriptions();
         drop(publisher);
         fanout.join().await;
         let mut late = subs.subscribe("late", 4);

@@ -36,6 +36,7 @@ pub mod seen;
 pub mod trim;
 
 use crate::config::{FanoutSection, RedisSection};
+use embedded::Subscriptions;
 use ferrule_telemetry::{Counter, Registry};
 use ferrule_wire::{Epoch, Seq};
 use seen::{RecentSeen, SeenBounds};
@@ -260,6 +261,18 @@ struct PublisherInner {
     reported_forgotten: std::sync::atomic::AtomicU64,
     metrics: FanoutMetrics,
     stream_prefix: Option<String>,
+    /// With Redis: the in-process consumers beside it (the alert evaluator),
+    /// fed here directly so they never wait for a Redis round trip.
+    local: Option<Subscriptions>,
+}
+
+impl Drop for PublisherInner {
+    fn drop(&mut self) {
+        // The last publisher is gone: local consumers read what is left and stop.
+        if let Some(l) = &self.local {
+            l.close();
+        }
+    }
 }
 
 /// The stream a site's entries go to: `{prefix}:{site}`, the braces a Redis
@@ -280,6 +293,7 @@ impl Publisher {
         bounds: SeenBounds,
         metrics: FanoutMetrics,
         stream_prefix: Option<String>,
+        local: Option<Subscriptions>,
     ) -> Self {
         Self {
             inner: Arc::new(PublisherInner {
@@ -290,6 +304,7 @@ impl Publisher {
                 reported_forgotten: Default::default(),
                 metrics,
                 stream_prefix,
+                local,
             }),
         }
     }
@@ -354,14 +369,18 @@ impl Publisher {
             .add(forgotten.saturating_sub(before));
         // Counted before it is sent: the fan-out releases it once taken.
         i.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        permit.send(Entry {
+        let entry = Entry {
             site: site.into(),
             agent: agent.into(),
             epoch,
             seq,
             samples,
             record: record.into(),
-        });
+        };
+        if let Some(l) = &i.local {
+            l.deliver(&entry);
+        }
+        permit.send(entry);
         i.metrics.published.inc();
         Published::Queued
     }
@@ -426,6 +445,7 @@ impl Fanout {
         };
         match redis {
             Some(r) => {
+                let local = Subscriptions::new(metrics.clone());
                 let publisher = Publisher::new(
                     tx,
                     bytes,
@@ -433,12 +453,14 @@ impl Fanout {
                     bounds,
                     metrics.clone(),
                     Some(r.stream_prefix.clone()),
+                    Some(local.clone()),
                 );
-                let f = redis::RedisFanout::start(r, rx, metrics)?;
+                let f = redis::RedisFanout::start(r, rx, metrics, local)?;
                 Ok((Fanout::Redis(f), publisher))
             }
             None => {
-                let publisher = Publisher::new(tx, bytes, max_bytes, bounds, metrics.clone(), None);
+                let publisher =
+                    Publisher::new(tx, bytes, max_bytes, bounds, metrics.clone(), None, None);
                 Ok((
                     Fanout::Embedded(embedded::Hub::start(rx, metrics)),
                     publisher,
@@ -447,21 +469,19 @@ impl Fanout {
         }
     }
 
-    /// A consumer of the in-process fan-out, with its own queue of `capacity`
-    /// entries (its oldest are dropped, counted, when it falls behind). `None`
-    /// with Redis: consumers read the streams through consumer groups.
-    pub fn subscribe(&self, name: &str, capacity: usize) -> Option<embedded::Subscriber> {
-        match self {
-            Fanout::Embedded(h) => Some(h.subscribe(name, capacity)),
-            Fanout::Redis(_) => None,
-        }
+    /// A consumer in this process, with its own queue of `capacity` entries (its
+    /// oldest are dropped, counted, when it falls behind). With Redis it sees
+    /// what this aggregator publishes, handed over before the Redis write;
+    /// consumers elsewhere read the streams through consumer groups.
+    pub fn subscribe(&self, name: &str, capacity: usize) -> embedded::Subscriber {
+        self.subscriptions().subscribe(name, capacity)
     }
 
-    /// Where in-process consumers subscribe (cheap to clone); `None` with Redis.
-    pub fn subscriptions(&self) -> Option<embedded::Subscriptions> {
+    /// Where in-process consumers subscribe (cheap to clone).
+    pub fn subscriptions(&self) -> embedded::Subscriptions {
         match self {
-            Fanout::Embedded(h) => Some(h.subscriptions()),
-            Fanout::Redis(_) => None,
+            Fanout::Embedded(h) => h.subscriptions(),
+            Fanout::Redis(r) => r.local(),
         }
     }
 
@@ -506,8 +526,55 @@ mod tests {
             SeenBounds::default(),
             FanoutMetrics::new(&registry),
             Some("ferrule".into()),
+            None,
         );
         (p, rx, registry)
+    }
+
+    /// With Redis, the consumers in this process (the alert evaluator) get each
+    /// batch from the publisher itself, repeats excluded, and end when the last
+    /// publisher is gone.
+    #[tokio::test]
+    async fn local_consumers_beside_redis_get_each_batch_once_and_end_with_the_publishers() {
+        let registry = Registry::new();
+        let (tx, mut rx) = mpsc::channel(8);
+        let local = Subscriptions::new(FanoutMetrics::new(&registry));
+        let mut sub = local.subscribe("alerts", 8);
+        let p = Publisher::new(
+            tx,
+            Arc::new(AtomicU64::new(0)),
+            u64::MAX,
+            SeenBounds::default(),
+            FanoutMetrics::new(&registry),
+            Some("ferrule".into()),
+            Some(local),
+        );
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(1), 1, b"r1"),
+            Published::Queued
+        );
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(1), 1, b"r1"),
+            Published::Repeat
+        );
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(2), 1, b"r2"),
+            Published::Queued
+        );
+        let clone = p.clone();
+        drop(p);
+        assert_eq!(sub.try_recv().map(|e| e.seq), Some(Seq(1)));
+        drop(clone);
+        assert_eq!(sub.recv().await.map(|e| e.seq), Some(Seq(2)));
+        assert!(
+            sub.recv().await.is_none(),
+            "ends once every publisher is gone"
+        );
+        assert_eq!(
+            rx.try_recv().map(|e| e.seq).ok(),
+            Some(Seq(1)),
+            "Redis still gets it"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ const GROUP_LOSS_SHOWN: Duration = Duration::from_secs(300);
 pub struct RedisFanout {
     task: tokio::task::JoinHandle<()>,
     degraded: Arc<Degraded>,
+    local: super::embedded::Subscriptions,
 }
 
 /// A connection to one Redis or to a cluster. Both are multiplexed and cheap
@@ -193,6 +194,7 @@ impl RedisFanout {
         cfg: &RedisSection,
         rx: Inbox,
         metrics: FanoutMetrics,
+        local: super::embedded::Subscriptions,
     ) -> Result<RedisFanout, FanoutError> {
         let target = target(cfg)?;
         let degraded = Arc::new(Degraded::default());
@@ -235,7 +237,17 @@ impl RedisFanout {
             down: None,
         };
         let task = tokio::spawn(driver.run(rx));
-        Ok(RedisFanout { task, degraded })
+        Ok(RedisFanout {
+            task,
+            degraded,
+            local,
+        })
+    }
+
+    /// Where consumers in this process subscribe: they get what this
+    /// aggregator publishes, before it is written to Redis.
+    pub fn local(&self) -> super::embedded::Subscriptions {
+        self.local.clone()
     }
 
     /// Why the real-time path is degraded (`redis`: no connection or failing

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use ferrule_loadtest::devpki::DevPki;
 use ferrule_loadtest::procs::{agent_toml, aggregator_toml, AgentSpec};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -20,9 +20,14 @@ const AGENTS: [(&str, &str); 3] = [
     ("substation-2", "rtu-3"),
 ];
 const RATE_HZ: u32 = 1000;
+/// The alert rules the demo evaluates (the same file the rules crate tests).
+const RULES: &str = include_str!("../../../rules/examples/three-phase.toml");
 
 fn main() -> ExitCode {
-    ferrule_telemetry::init_logging_with("warn,ferrule_aggregator=info,ferrule_agent=warn");
+    // Alerts are printed by the demo itself, one line each.
+    ferrule_telemetry::init_logging_with(
+        "warn,ferrule_aggregator=info,ferrule_aggregator::alerts=warn,ferrule_agent=warn",
+    );
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -44,15 +49,29 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 async fn demo() -> anyhow::Result<()> {
-    let root = PathBuf::from("ferrule-demo");
-    std::fs::create_dir_all(&root).context("creating ./ferrule-demo")?;
+    std::fs::create_dir_all("ferrule-demo").context("creating ./ferrule-demo")?;
+    // Absolute, so the configs it writes work from any directory (and the
+    // config checks have no relative path to warn about).
+    let root = std::fs::canonicalize("ferrule-demo").context("locating ./ferrule-demo")?;
     let pki = DevPki::ensure(&root.join("pki"))?;
     let quic: SocketAddr = QUIC.parse()?;
     let metrics: SocketAddr = METRICS.parse()?;
+    // The rules of rules/examples/three-phase.toml: the feed's sag fires the
+    // undervoltage alert and resolves it. Written once; edit it to experiment.
+    let rules_path = root.join("rules.toml");
+    if !rules_path.exists() {
+        write(&rules_path, RULES)?;
+    }
     let agg_path = root.join("aggregator.toml");
     write(
         &agg_path,
-        &aggregator_toml(&pki, &root.join("aggregator"), quic, Some(metrics), ""),
+        &aggregator_toml(
+            &pki,
+            &root.join("aggregator"),
+            quic,
+            Some(metrics),
+            &format!("[alerts]\nrules = {:?}\n", rules_path.display().to_string()),
+        ),
     )?;
     let agg_cfg =
         ferrule_config::load_validated::<ferrule_aggregator::config::Config>(&agg_path, "FERRULE")?
@@ -131,6 +150,7 @@ async fn demo() -> anyhow::Result<()> {
         "  its metrics:                curl -s http://{METRICS}/metrics | grep ferrule_aggregator_"
     );
     println!("  configs and certificates:   ferrule-demo/*.toml, ferrule-demo/pki/");
+    println!("  alert rules:                ferrule-demo/rules.toml (alerts print below as they fire and resolve)");
     println!("  Ctrl-C stops everything cleanly; run the demo again to continue where it stopped.");
     println!();
 
@@ -141,8 +161,21 @@ async fn demo() -> anyhow::Result<()> {
     let mut last = (Instant::now(), committed(&running.registry));
     let mut every = tokio::time::interval(Duration::from_secs(5));
     every.tick().await;
+    let mut alerts = running.alerts.as_ref().map(|a| a.subscribe());
     loop {
         tokio::select! {
+            a = async {
+                match alerts.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match a {
+                Ok(e) => print_alert(started, &e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    println!("({n} alert transitions not shown: the terminal fell behind)");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => alerts = None,
+            },
             _ = every.tick() => {
                 let now = (Instant::now(), committed(&running.registry));
                 let rate = (now.1 - last.1) as f64 / now.0.duration_since(last.0).as_secs_f64();
@@ -174,4 +207,24 @@ async fn demo() -> anyhow::Result<()> {
     }
     println!("stopped. `cargo run --release -p ferrule-aggregator -- inspect --data ferrule-demo/aggregator` shows what was committed.");
     Ok(())
+}
+
+/// One line per firing or resolved alert, with how long after the batch's arrival
+/// the evaluator emitted it.
+fn print_alert(started: Instant, e: &ferrule_aggregator::alerts::evaluate::Evaluated) {
+    use ferrule_rules::State;
+    let t = &e.transition;
+    let what = match t.state {
+        State::Firing => format!("ALERT FIRING   {}", t.annotation),
+        State::Resolved => format!("alert resolved {} back to {:.1}", t.sensor, t.value),
+        _ => return,
+    };
+    let after_ms = (e.emitted_ns - e.received_ns) as f64 / 1e6;
+    println!(
+        "[{:>4} s] {what} [{} {}/{}; {after_ms:.2} ms after the batch arrived]",
+        started.elapsed().as_secs(),
+        t.rule,
+        t.site,
+        t.agent,
+    );
 }

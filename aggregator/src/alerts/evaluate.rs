@@ -1,0 +1,305 @@
+//! The alert evaluator: the aggregator's own real-time consumer. It reads every
+//! batch this aggregator publishes from an in-process subscription (handed over as
+//! the batch arrives, before its durable commit and before any Redis write),
+//! feeds the samples to the pure rule engine and hands each transition to the
+//! notifiers and to whoever watches in this process (the demo, the benchmark).
+//!
+//! ```text
+//! ingest ──publish──► subscription "alerts" ──► decode ──► Engine ──► Notifiers
+//!   (never waits)      bounded, drops oldest      record    pure       (never wait)
+//!                                                              └──► watchers (broadcast)
+//! ```
+//!
+//! Time: a sample's timestamp is the agent's clock; the record carries the
+//! agent's clock offset, so samples are evaluated on the aggregator's clock, the
+//! one `no_data` deadlines are checked against ([`TICK`]).
+//!
+//! Nothing here blocks ingest: when evaluation falls behind, the subscription
+//! loses its oldest batches (counted in
+//! `ferrule_aggregator_fanout_lagged_total{consumer="alerts"}`). A record that
+//! does not decode is counted and skipped.
+//!
+//! Counters: `ferrule_aggregator_alert_transitions_total{state}`,
+//! `ferrule_aggregator_alert_samples_total`,
+//! `ferrule_aggregator_alert_records_undecodable_total`,
+//! `ferrule_aggregator_alert_samples_skipped_total{reason}` (the engine's own
+//! counts: `out_of_order`, `bad_quality`, `not_finite`, `series_evicted`), and the
+//! gauge `ferrule_aggregator_alert_series` (series tracked).
+
+use super::Notifiers;
+use crate::fanout::embedded::Subscriber;
+use ferrule_rules::{Engine, RuleSet, Sample, State, Transition};
+use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_wire::record::decode_record;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+/// How often `no_data` deadlines are checked against the clock.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Transitions kept for a slow watcher before it misses the oldest.
+pub const WATCH_CAPACITY: usize = 1024;
+
+/// Most samples a record may hold to be evaluated (a record is at most one wire
+/// batch; this only bounds the decode of a damaged one).
+const MAX_RECORD_SAMPLES: u64 = 1 << 20;
+
+/// One transition as a watcher sees it, with the times that say how fast it was.
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    /// The transition (its `ts_ns` is the sample's time on the aggregator's clock).
+    pub transition: Transition,
+    /// When the batch that caused it reached the aggregator, ns since the Unix
+    /// epoch (0 for a `no_data` transition, which no batch caused).
+    pub received_ns: i64,
+    /// When the evaluator emitted it, ns since the Unix epoch (handed to the
+    /// notifiers at the same moment).
+    pub emitted_ns: i64,
+}
+
+/// The running evaluator.
+pub struct Evaluator {
+    task: tokio::task::JoinHandle<()>,
+    watch: broadcast::Sender<Arc<Evaluated>>,
+}
+
+impl Evaluator {
+    /// Starts evaluating `rules` over what `sub` receives, sending transitions to
+    /// `notifiers` (when given). Stops when the subscription closes (the
+    /// aggregator's publishers are gone), then stops the notifiers.
+    pub fn start(
+        sub: Subscriber,
+        rules: RuleSet,
+        notifiers: Option<Notifiers>,
+        registry: &Registry,
+    ) -> Self {
+        let (watch, _) = broadcast::channel(WATCH_CAPACITY);
+        let counters = EvalCounters::new(registry);
+        let task = tokio::spawn(run(
+            sub,
+            Engine::new(rules),
+            notifiers,
+            counters,
+            watch.clone(),
+        ));
+        Self { task, watch }
+    }
+
+    /// A receiver of every `firing` and `resolved` transition from now on (a
+    /// slow one misses the oldest, never slowing evaluation).
+    pub fn watch(&self) -> broadcast::Receiver<Arc<Evaluated>> {
+        self.watch.subscribe()
+    }
+
+    /// The sender watchers subscribe through (cheap to clone).
+    pub fn watcher(&self) -> broadcast::Sender<Arc<Evaluated>> {
+        self.watch.clone()
+    }
+
+    /// Waits until the evaluator has read what was published and stopped.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+struct EvalCounters {
+    transitions: HashMap<&'static str, Counter>,
+    samples: Counter,
+    undecodable: Counter,
+    skipped: [(Counter, u64); 4],
+    series: Gauge,
+}
+
+impl EvalCounters {
+    fn new(r: &Registry) -> Self {
+        let transitions = ["pending", "firing", "resolved", "inactive"]
+            .into_iter()
+            .map(|s| {
+                (
+                    s,
+                    r.counter(
+                        "ferrule_aggregator_alert_transitions_total",
+                        "Alert state changes the evaluator emitted, by state entered",
+                        &[("state", s)],
+                    ),
+                )
+            })
+            .collect();
+        let skip = |reason: &str| {
+            (
+                r.counter(
+                    "ferrule_aggregator_alert_samples_skipped_total",
+                    "Samples or evaluations the alert engine skipped, by reason",
+                    &[("reason", reason)],
+                ),
+                0,
+            )
+        };
+        Self {
+            transitions,
+            samples: r.counter(
+                "ferrule_aggregator_alert_samples_total",
+                "Samples the alert evaluator handled",
+                &[],
+            ),
+            undecodable: r.counter(
+                "ferrule_aggregator_alert_records_undecodable_total",
+                "Records the alert evaluator could not decode (skipped)",
+                &[],
+            ),
+            skipped: [
+                skip("out_of_order"),
+                skip("bad_quality"),
+                skip("not_finite"),
+                skip("series_evicted"),
+            ],
+            series: r.gauge(
+                "ferrule_aggregator_alert_series",
+                "Series (site, agent, sensor) the alert engine tracks",
+                &[],
+            ),
+        }
+    }
+
+    /// Publishes the engine's own counts (it keeps totals; counters add deltas).
+    fn sync(&mut self, engine: &Engine) {
+        let c = engine.counters();
+        let now = [
+            c.samples_out_of_order,
+            c.evaluations_skipped_bad_quality,
+            c.evaluations_skipped_not_finite,
+            c.series_evicted,
+        ];
+        for ((counter, seen), n) in self.skipped.iter_mut().zip(now) {
+            counter.add(n.saturating_sub(*seen));
+            *seen = n;
+        }
+        self.series
+            .set(i64::try_from(engine.tracked_series()).unwrap_or(i64::MAX));
+    }
+}
+
+fn wall_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Feeds one record's samples to the engine: the batch's arrival time and the
+/// samples fed, or why the record does not decode.
+fn feed(engine: &mut Engine, record: &[u8]) -> Result<(i64, u64), ferrule_wire::DecodeError> {
+    let r = decode_record(record, MAX_RECORD_SAMPLES)?;
+    let h = &r.header;
+    let mut n = 0u64;
+    for series in &r.series {
+        // A series naming a sensor the header does not list is skipped: the
+        // record was checked at ingest, so this is damage, not data.
+        let Some(info) = h.sensors.iter().find(|s| s.id == series.sensor()) else {
+            continue;
+        };
+        for (ts, value, quality) in series.iter() {
+            engine.handle_sample(&Sample {
+                ts_ns: ts.saturating_add(h.clock_offset_ns),
+                site: &h.site,
+                agent: &h.agent,
+                sensor: info.name.as_str(),
+                value,
+                quality,
+            });
+            n += 1;
+        }
+    }
+    Ok((h.received_ns, n))
+}
+
+async fn run(
+    mut sub: Subscriber,
+    mut engine: Engine,
+    notifiers: Option<Notifiers>,
+    mut counters: EvalCounters,
+    watch: broadcast::Sender<Arc<Evaluated>>,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut undecodable_logged = false;
+    loop {
+        let received_ns = tokio::select! {
+            biased;
+            e = sub.recv() => match e {
+                None => break,
+                Some(e) => match feed(&mut engine, &e.record) {
+                    Ok((received_ns, n)) => {
+                        counters.samples.add(n);
+                        received_ns
+                    }
+                    Err(err) => {
+                        counters.undecodable.inc();
+                        if !undecodable_logged {
+                            undecodable_logged = true;
+                            tracing::warn!(site = %e.site, agent = %e.agent, seq = e.seq.0, error = %err, "alert evaluator: a record does not decode; skipped (counted in ferrule_aggregator_alert_records_undecodable_total)");
+                        }
+                        continue;
+                    }
+                },
+            },
+            _ = tick.tick() => {
+                engine.handle_tick(wall_ns());
+                counters.sync(&engine);
+                0
+            }
+        };
+        let mut emitted_ns = 0;
+        while let Some(t) = engine.poll_transition() {
+            if emitted_ns == 0 {
+                emitted_ns = wall_ns();
+            }
+            if let Some(c) = counters.transitions.get(t.state.as_str()) {
+                c.inc();
+            }
+            if let Some(n) = &notifiers {
+                n.send(&t);
+            }
+            // Firing and resolved are what a person acts on; pending and inactive
+            // are the engine's bookkeeping.
+            if matches!(t.state, State::Firing | State::Resolved) {
+                tracing::info!(
+                    target: "ferrule_aggregator::alerts",
+                    rule = %t.rule,
+                    site = %t.site,
+                    agent = %t.agent,
+                    sensor = %t.sensor,
+                    value = t.value,
+                    "alert {}: {}",
+                    t.state.as_str(),
+                    t.annotation
+                );
+            } else {
+                tracing::debug!(
+                    target: "ferrule_aggregator::alerts",
+                    rule = %t.rule,
+                    site = %t.site,
+                    agent = %t.agent,
+                    sensor = %t.sensor,
+                    "alert {}",
+                    t.state.as_str()
+                );
+            }
+            // Watchers get what notifiers act on (a waveform rule goes pending and
+            // back every cycle). No watcher is fine: the send only fails when
+            // nobody listens.
+            if matches!(t.state, State::Firing | State::Resolved) {
+                let _ = watch.send(Arc::new(Evaluated {
+                    transition: t,
+                    received_ns,
+                    emitted_ns,
+                }));
+            }
+        }
+    }
+    counters.sync(&engine);
+    if let Some(n) = notifiers {
+        n.stop().await;
+    }
+}
