@@ -290,6 +290,29 @@ struct Counters {
     retention_deleted: Counter,
 }
 
+impl Counters {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            sink: SinkCounters::new(registry),
+            group_commits: registry.counter(
+                "ferrule_aggregator_group_commits_total",
+                "fsyncs of the embedded log",
+                &[],
+            ),
+            log_bytes: registry.gauge(
+                "ferrule_aggregator_log_bytes",
+                "Size of the embedded log",
+                &[],
+            ),
+            retention_deleted: registry.counter(
+                "ferrule_aggregator_retention_deleted_records_total",
+                "Records deleted from the embedded log by retention",
+                &[],
+            ),
+        }
+    }
+}
+
 impl Embedded {
     /// Opens (recovering) the log under `opts.dir`, rebuilds the dedupe ledger and
     /// starts the committer thread.
@@ -315,24 +338,7 @@ impl Embedded {
             dir = %log_dir.display(),
             "embedded log open"
         );
-        let counters = Counters {
-            sink: SinkCounters::new(registry),
-            group_commits: registry.counter(
-                "ferrule_aggregator_group_commits_total",
-                "fsyncs of the embedded log",
-                &[],
-            ),
-            log_bytes: registry.gauge(
-                "ferrule_aggregator_log_bytes",
-                "Size of the embedded log",
-                &[],
-            ),
-            retention_deleted: registry.counter(
-                "ferrule_aggregator_retention_deleted_records_total",
-                "Records deleted from the embedded log by retention",
-                &[],
-            ),
-        };
+        let counters = Counters::new(registry);
         let (sink, backend) = Sink::new(opts.group_max.max(1) * 4, opts.high_water_bytes);
         let stats_path = opts.dir.join(STATS_FILE);
         let group_max = opts.group_max.max(1);
@@ -426,7 +432,7 @@ fn recv_until(
 
 /// Tries to bring the log back after a failed write: retention frees what it
 /// may (the log itself may have filled the disk), the disk must take a probe
-/// write and fsync, then the log rescans what reached the disk.
+/// write and fsync, then the log is cut back to what was durable and rescanned.
 fn try_recover(log: &mut Log, dir: &Path) -> anyhow::Result<()> {
     if let Err(e) = log.enforce_retention(SystemTime::now()) {
         tracing::debug!(error = %e, "retention while recovering failed");
@@ -440,11 +446,24 @@ fn try_recover(log: &mut Log, dir: &Path) -> anyhow::Result<()> {
     })();
     let _ = std::fs::remove_file(&probe);
     result?;
-    log.reopen()?;
-    // Records written after the last good fsync may have survived only in the
-    // page cache (a retried fsync can falsely succeed): they are not taken into
-    // the ledger, so the agents' resends are written again. A duplicate in the
-    // log at worst, never a batch acknowledged that is not on disk.
+    // Records written after the last good fsync were reported failed, so they
+    // are not in the ledger and the agents resend them: kept, they would be
+    // stored twice. Nor can they be trusted: after a failed fsync they may live
+    // only in the page cache (a retried fsync can falsely succeed). So they are
+    // cut, and each resend is stored exactly once. (Explicitly, not through
+    // `reopen`'s poisoned check: an append can fail without poisoning the log,
+    // after earlier batches of its group were written.)
+    let rec = log.truncate_to_durable()?;
+    if rec.cut_records > 0 {
+        tracing::info!(
+            records = rec.cut_records,
+            bytes = rec.cut_bytes,
+            "cut batches written after the last good fsync (never acknowledged; the agents resend them)"
+        );
+    }
+    if !rec.is_clean() {
+        tracing::warn!(recovery = ?rec, "embedded log recovered from damage");
+    }
     Ok(())
 }
 
@@ -500,11 +519,12 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut written = Vec::with_capacity(group.len());
+        // (request, offset) of each batch appended.
+        let mut written: Vec<(usize, Offset)> = Vec::with_capacity(group.len());
         let mut dups = Vec::new();
-        // Copies of a batch written earlier in this group: they share its fate
-        // (durable only if the group's fsync works).
-        let mut same_group = Vec::new();
+        // (copy, original): copies of a batch written earlier in this group share
+        // its fate (durable only if its fsync works).
+        let mut same_group: Vec<(usize, usize)> = Vec::new();
         let mut error: Option<String> = broken
             .as_ref()
             .map(|b| format!("embedded log unavailable: {}", b.cause));
@@ -513,13 +533,13 @@ fn run(
                 dups.push(i);
                 continue;
             }
-            if written.iter().any(|j: &usize| group[*j].key == req.key) {
-                same_group.push(i);
+            if let Some(&(j, _)) = written.iter().find(|(j, _)| group[*j].key == req.key) {
+                same_group.push((i, j));
                 continue;
             }
             if error.is_none() {
                 match log.append(&req.record) {
-                    Ok(_) => written.push(i),
+                    Ok(offset) => written.push((i, offset)),
                     Err(e) => error = Some(format!("append: {e}")),
                 }
             }
@@ -543,15 +563,25 @@ fn run(
                 wait: RECOVER_FIRST,
             });
         }
+        // What is durable is decided by the log, not by whether the group failed:
+        // a segment roll in the middle of the group fsyncs the batches before it,
+        // which then stay in the log through recovery (it cuts only above the
+        // durable offset). Reported failed and left out of the ledger, their
+        // resends would be stored a second time.
+        let durable = log.durable_offset();
+        let is_durable = |i: usize| written.iter().any(|&(j, o)| j == i && o < durable);
         let mut bytes_done = 0u64;
         for (i, req) in group.drain(..).enumerate() {
             let bytes = req.record.len() as u64;
             bytes_done += bytes;
-            let outcome = if dups.contains(&i) || (same_group.contains(&i) && error.is_none()) {
+            let copy_of_durable = same_group
+                .iter()
+                .any(|&(copy, original)| copy == i && is_durable(original));
+            let outcome = if dups.contains(&i) || copy_of_durable {
                 c.sink.duplicates.inc();
                 ledger.count_duplicate(&req.key);
                 CommitOutcome::Duplicate
-            } else if let (true, None) = (written.contains(&i), &error) {
+            } else if is_durable(i) {
                 ledger.insert(&req.key);
                 c.sink.committed(req.samples);
                 CommitOutcome::Committed
@@ -598,5 +628,188 @@ fn housekeeping(log: &mut Log, ledger: &mut Ledger, c: &Counters, stats_path: &P
         .set(i64::try_from(log.total_bytes()).unwrap_or(i64::MAX));
     if let Err(e) = ledger.save_stats(stats_path) {
         tracing::warn!(error = %e, path = %stats_path.display(), "saving stats failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The committer after a failed fsync of the embedded log (injected): every
+    //! batch ends up in the log exactly once, however its resend arrives.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use ferrule_disklog::{Fault, LogReader};
+    use ferrule_wire::record::{encode_record, RecordHeader};
+    use std::collections::BTreeMap;
+    use CommitOutcome::{Committed, Duplicate, Failed};
+
+    fn batch(seq: u64) -> (LedgerKey, Vec<u8>) {
+        let header = RecordHeader {
+            site: "s1".into(),
+            agent: "a1".into(),
+            epoch: Epoch(1),
+            seq: Seq(seq),
+            clock_offset_ns: 0,
+            received_ns: 0,
+            samples: 0,
+            sensors: Vec::new(),
+        };
+        let mut rec = Vec::new();
+        encode_record(&header, &[], &mut rec).unwrap();
+        (LedgerKey::new("s1", "a1", Epoch(1), Seq(seq)), rec)
+    }
+
+    /// Queues batch `seq` as an ingest session would; its reply comes on the
+    /// returned channel.
+    fn submit(sink: &Sink, seq: u64) -> mpsc::UnboundedReceiver<CommitDone> {
+        let (key, record) = batch(seq);
+        let (reply, rx) = mpsc::unbounded_channel();
+        sink.queued_bytes
+            .fetch_add(record.len() as u64, Ordering::Relaxed);
+        let req = CommitRequest {
+            key,
+            record,
+            samples: 0,
+            reply,
+        };
+        sink.tx.blocking_send(req).unwrap();
+        rx
+    }
+
+    /// A committer thread and the replies it owes.
+    struct Committer {
+        sink: Sink,
+        thread: std::thread::JoinHandle<()>,
+        replies: Vec<mpsc::UnboundedReceiver<CommitDone>>,
+    }
+
+    impl Committer {
+        /// Starts one over `log` (data directory `dir`) with `queued` batches
+        /// already waiting, so that they form its first group.
+        fn start(log: Log, dir: &Path, queued: &[u64]) -> Self {
+            let (sink, backend) = Sink::new(64, u64::MAX);
+            let replies = queued.iter().map(|&seq| submit(&sink, seq)).collect();
+            let counters = Counters::new(&Registry::new());
+            let ledger = Ledger::with_bounds(Default::default());
+            let stats = dir.join(STATS_FILE);
+            let thread = std::thread::spawn(move || run(log, ledger, backend, 16, counters, stats));
+            Committer {
+                sink,
+                thread,
+                replies,
+            }
+        }
+
+        fn send(&mut self, seq: u64) {
+            let rx = submit(&self.sink, seq);
+            self.replies.push(rx);
+        }
+
+        /// The outcomes of everything sent so far, in order.
+        fn outcomes(&mut self) -> Vec<(u64, CommitOutcome)> {
+            self.replies
+                .drain(..)
+                .map(|mut rx| {
+                    let d = rx.blocking_recv().unwrap();
+                    let outcome = match d.outcome {
+                        CommitOutcome::Failed(_) => CommitOutcome::Failed(String::new()),
+                        o => o,
+                    };
+                    (d.seq.0, outcome)
+                })
+                .collect()
+        }
+
+        /// Waits until the committer has recovered the log by itself.
+        // A plain test thread, no executor: sleeping is what it should do.
+        #[allow(clippy::disallowed_methods)]
+        fn wait_healthy(&self) {
+            let t = Instant::now();
+            while self.sink.health().is_err() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "the log never recovered"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn stop(self) {
+            drop(self.sink);
+            self.thread.join().unwrap();
+        }
+    }
+
+    /// How often each seq is in the log, read as `inspect` reads it.
+    fn copies(log_dir: &Path) -> BTreeMap<u64, usize> {
+        let (reader, _) = LogReader::open_read_only(log_dir).unwrap();
+        let mut n = BTreeMap::new();
+        for r in reader.read_records(Offset(0), 10_000, usize::MAX).unwrap() {
+            *n.entry(decode_record_header(&r.payload).unwrap().seq.0)
+                .or_insert(0) += 1;
+        }
+        n
+    }
+
+    /// A failure, whatever its text.
+    fn failed() -> CommitOutcome {
+        Failed(String::new())
+    }
+
+    #[test]
+    fn a_batch_whose_fsync_failed_is_stored_once_after_its_resend() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().join(LOG_SUBDIR);
+        let (mut log, _) = Log::open(&log_dir, Options::default()).unwrap();
+        // The group's records reach the file; its fsync fails (a full disk).
+        log.inject_fault(Fault::Fsync { after: 0 });
+        let mut c = Committer::start(log, dir.path(), &[1]);
+        assert_eq!(c.outcomes(), vec![(1, failed())]);
+        c.wait_healthy();
+        // The agent resends what was not acknowledged.
+        c.send(1);
+        c.send(2);
+        assert_eq!(c.outcomes(), vec![(1, Committed), (2, Committed)]);
+        c.send(1);
+        assert_eq!(c.outcomes(), vec![(1, Duplicate)]);
+        c.stop();
+        assert_eq!(copies(&log_dir), BTreeMap::from([(1, 1), (2, 1)]));
+    }
+
+    #[test]
+    fn batches_a_roll_made_durable_before_the_group_failed_are_not_stored_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().join(LOG_SUBDIR);
+        // Room for two batches per segment: the third of a group rolls.
+        let frame = ferrule_disklog::record::HEADER_LEN + batch(1).1.len();
+        let mut o = Options::default();
+        o.segment_bytes = (ferrule_disklog::segment::SEGMENT_HEADER_LEN + 2 * frame) as u64;
+        let (mut log, _) = Log::open(&log_dir, o).unwrap();
+        // The roll's fsync works, the group's own fails.
+        log.inject_fault(Fault::Fsync { after: 1 });
+        let mut c = Committer::start(log, dir.path(), &[1, 2, 3, 4]);
+        assert_eq!(
+            c.outcomes(),
+            vec![(1, Committed), (2, Committed), (3, failed()), (4, failed())]
+        );
+        c.wait_healthy();
+        // An agent resends everything from its oldest unacknowledged batch on.
+        for seq in 1..=4 {
+            c.send(seq);
+        }
+        assert_eq!(
+            c.outcomes(),
+            vec![
+                (1, Duplicate),
+                (2, Duplicate),
+                (3, Committed),
+                (4, Committed)
+            ]
+        );
+        c.stop();
+        assert_eq!(
+            copies(&log_dir),
+            BTreeMap::from([(1, 1), (2, 1), (3, 1), (4, 1)])
+        );
     }
 }

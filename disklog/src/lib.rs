@@ -10,7 +10,9 @@
 //!   [`FsyncPolicy::Batch`] many appends share one fsync (group commit).
 //! - **Recovery by itself.** [`Log::open`] scans every segment, truncates a torn tail,
 //!   skips and counts damaged records ([`Recovery`]), and never returns garbage. No
-//!   failure mode needs a person to delete files.
+//!   failure mode needs a person to delete files. After a failed write or fsync,
+//!   [`Log::reopen`] cuts what was never reported durable
+//!   ([`Log::truncate_to_durable`]), so a caller's resend is stored exactly once.
 //! - **Bounded.** [`Log::release_through`] frees what has been acknowledged,
 //!   [`Log::drop_oldest_segment`] implements a spool's drop-oldest policy and
 //!   [`Log::enforce_retention`] the embedded log's size and age limits.
@@ -45,6 +47,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use error::{Error, Result};
+#[cfg(any(test, feature = "fault-injection"))]
+pub use log::Fault;
 pub use log::{CompletedSync, DeletedSegment, Log, PendingSync, Recovery, RetentionReport};
 pub use read::{LogReader, Record};
 

@@ -12,7 +12,11 @@
 //!   anything durable: records a killed predecessor left only in the page cache become
 //!   durable before this process acknowledges them.
 //! - After any failed write or fsync the log is poisoned ([`Error::Poisoned`]): what is
-//!   on disk is unknown, so only a reopen (which recovers from the disk) may continue.
+//!   on disk is unknown, so only a reopen may continue. A reopen of a poisoned log
+//!   first cuts everything past the last successful fsync ([`Log::truncate_to_durable`]):
+//!   after a failed fsync the page cache may show records the disk does not hold (and a
+//!   retried fsync can falsely succeed), so they are never trusted, and since they were
+//!   never reported durable the caller writes them again, exactly once.
 //! - The floor file is replaced atomically before the segments it frees are deleted.
 
 use std::fs::{self, File, OpenOptions};
@@ -59,6 +63,14 @@ pub struct Recovery {
     /// Segment files removed because they lay entirely below the released floor (a
     /// crash came between writing the floor and deleting them).
     pub released_segments_removed: u64,
+    /// Records appended after the last successful sync that
+    /// [`Log::truncate_to_durable`] (or a reopen after a failure) cut: never reported
+    /// durable, so the caller writes them again. Not damage: [`Recovery::is_clean`]
+    /// ignores it.
+    pub cut_records: u64,
+    /// Bytes those records (including a part of one a failed write left) took on disk,
+    /// with any segment file created after the last durable one.
+    pub cut_bytes: u64,
     /// The floor file was missing or damaged and was rebuilt from the segments; some
     /// released records may be read again.
     pub floor_rebuilt: bool,
@@ -118,6 +130,10 @@ struct Active {
     base: u64,
     /// Bytes of the file handed to the OS.
     written: u64,
+    /// Bytes of the file known on stable storage (a successful fsync covered them):
+    /// where [`Log::truncate_to_durable`] cuts. Always the durable offset's position,
+    /// because a roll makes everything durable before it replaces the active segment.
+    durable_len: u64,
     /// Framed records not yet written.
     pending: Vec<u8>,
 }
@@ -128,17 +144,29 @@ pub struct PendingSync {
     file: Arc<File>,
     path: PathBuf,
     next: u64,
+    /// The segment's base and length written when the sync began.
+    base: u64,
+    len: u64,
+    /// The log's generation then (see [`Log::finish_sync`]).
+    generation: u64,
+    /// An injected failure (tests).
+    fail: bool,
 }
 
 impl PendingSync {
     /// Fsyncs the segment (blocking: run it on a thread that may block).
     pub fn run(self) -> CompletedSync {
-        let result = self
-            .file
-            .sync_data()
-            .map_err(io_err("fsync segment", &self.path));
+        let result = if self.fail {
+            Err(injected_error())
+        } else {
+            self.file.sync_data()
+        }
+        .map_err(io_err("fsync segment", &self.path));
         CompletedSync {
             next: self.next,
+            base: self.base,
+            len: self.len,
+            generation: self.generation,
             result,
         }
     }
@@ -148,7 +176,40 @@ impl PendingSync {
 #[derive(Debug)]
 pub struct CompletedSync {
     next: u64,
+    base: u64,
+    len: u64,
+    generation: u64,
     result: Result<()>,
+}
+
+/// A write-path failure a test makes the log meet, so that recovery from a failed
+/// write or fsync is tested without a full disk (feature `fault-injection`, which
+/// only tests enable). The failures leave the file as the real ones do: what was
+/// written stays in the file (the page cache), exactly what the log must not trust.
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The segment fsync after `after` successful ones fails with ENOSPC (the
+    /// group commit's, a roll's, or a [`PendingSync`]'s).
+    Fsync {
+        /// Segment fsyncs that still succeed first.
+        after: u32,
+    },
+    /// The next write of buffered records hands only their first `bytes` bytes to
+    /// the OS, then fails with ENOSPC: a record torn in the middle.
+    ShortWrite {
+        /// Bytes written before the failure.
+        bytes: usize,
+    },
+}
+
+/// The error an injected [`Fault`] fails with: the full disk the aggregator meets.
+fn injected_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        "No space left on device (injected)",
+    )
 }
 
 /// A crash-safe segmented log in one directory. One `Log` per directory: it holds
@@ -166,6 +227,12 @@ pub struct Log {
     shared: Arc<Mutex<Shared>>,
     active: Active,
     poisoned: Option<String>,
+    /// Counts recoveries in place, so that a [`PendingSync`] begun before one cannot
+    /// report records appended after it durable.
+    generation: u64,
+    /// A failure to inject (tests).
+    #[cfg(any(test, feature = "fault-injection"))]
+    fault: Option<Fault>,
     /// Holds the directory's lock for as long as the log lives.
     _lock: File,
 }
@@ -252,6 +319,9 @@ impl Log {
             shared: Arc::new(Mutex::new(r.shared)),
             active: r.active,
             poisoned: None,
+            generation: 0,
+            #[cfg(any(test, feature = "fault-injection"))]
+            fault: None,
             _lock: lock,
         };
         Ok((log, rec))
@@ -261,15 +331,185 @@ impl Log {
     /// failed ([`Error::Poisoned`]), a full disk, or a corrupt record found while
     /// reading, this rescans every segment as [`Log::open`] does and the log (and
     /// every [`LogReader`] of it) goes on from what actually reached the disk.
-    /// Records appended but not yet durable may be gone: compare
-    /// [`Log::next_offset`] before and after.
+    ///
+    /// If the log is poisoned, everything at or above [`Log::durable_offset`] is
+    /// cut first ([`Log::truncate_to_durable`]): after a failed fsync the page cache
+    /// can show records the disk does not hold, so keeping them would report data
+    /// durable that may not be, and a caller that resends what was never reported
+    /// durable would store it twice. Otherwise records handed to the OS are kept
+    /// (and made durable); records still buffered are gone either way. Compare
+    /// [`Log::next_offset`] before and after: append again from the new one.
     pub fn reopen(&mut self) -> Result<Recovery> {
+        if self.poisoned.is_some() {
+            return self.truncate_to_durable();
+        }
+        self.rescan()
+    }
+
+    /// Cuts every record at or above [`Log::durable_offset`] from the disk, then
+    /// recovers in place as [`Log::reopen`] does: afterwards the log holds exactly
+    /// the records a successful [`Log::sync`] reported durable, and the next append
+    /// gets the old durable offset.
+    ///
+    /// Why: records appended after the last successful fsync were never reported
+    /// durable, so the caller has not acknowledged them and will write them again
+    /// (a group whose fsync failed is resent). Left in the file they would be stored
+    /// twice; worse, after a failed fsync Linux may have dropped or marked clean
+    /// the pages holding them, so what the page cache shows is not what the disk
+    /// holds (a retried fsync can falsely succeed). Cutting them is the only answer
+    /// that stays true after a power loss. The cut is crash safe: segment files
+    /// created after the durable one (a roll that failed part-way) are deleted
+    /// newest first and the directory fsynced, then the active segment is truncated
+    /// to its durable length (a record torn by a failed write goes with it) and
+    /// fsynced, so a kill at any point leaves a prefix of the log that
+    /// [`Log::open`] recovers as usual. What was cut is counted in
+    /// [`Recovery::cut_records`] and [`Recovery::cut_bytes`]. Readers (in this
+    /// process or [`LogReader::open_read_only`] in another) never see the cut
+    /// records again.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), ferrule_disklog::Error> {
+    /// # let dir = tempfile::tempdir().map_err(|e| ferrule_disklog::Error::Io { op: "tempdir", path: ".".into(), source: e })?;
+    /// use ferrule_disklog::{Log, Offset, Options};
+    /// let (mut log, _) = Log::open(dir.path(), Options::default())?;
+    /// log.append(b"acknowledged")?;
+    /// log.sync()?;
+    /// log.append(b"never synced")?;
+    /// log.flush()?; // in the file, not durable
+    /// let rec = log.truncate_to_durable()?;
+    /// assert_eq!(rec.cut_records, 1);
+    /// assert_eq!(log.next_offset(), Offset(1));
+    /// assert_eq!(log.read_from(Offset(0), 10)?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn truncate_to_durable(&mut self) -> Result<Recovery> {
+        let (durable, next) = {
+            let s = lock(&self.shared);
+            (s.durable, s.next)
+        };
+        let cut_bytes = self.cut_to_durable()?;
+        let mut rec = self.rescan()?;
+        rec.cut_records = next.saturating_sub(durable);
+        rec.cut_bytes = cut_bytes;
+        Ok(rec)
+    }
+
+    /// Rescans the disk and replaces the log's state with what it holds.
+    fn rescan(&mut self) -> Result<Recovery> {
         let (r, rec) = Self::recover(&self.dir)?;
         *lock(&self.shared) = r.shared;
         self.active = r.active;
         self.salt = r.salt;
         self.poisoned = None;
+        self.generation += 1;
         Ok(rec)
+    }
+
+    /// The file system half of [`Log::truncate_to_durable`]; returns the bytes cut.
+    /// Idempotent, so a failed attempt is simply repeated. Only files are changed:
+    /// the in-memory view is rebuilt by the rescan that follows.
+    fn cut_to_durable(&mut self) -> Result<u64> {
+        let dir = self.dir.clone();
+        let (base, keep, path) = (
+            self.active.base,
+            self.active.durable_len,
+            self.active.path.clone(),
+        );
+        self.active.pending.clear();
+        let mut cut = 0u64;
+        // Segments created after the active one: a roll that failed after creating
+        // the file. Newest first, so a crash part-way leaves a prefix of the log.
+        let mut later = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("list log directory", &dir))? {
+            let entry = entry.map_err(io_err("list log directory", &dir))?;
+            if let Some(b) = entry
+                .file_name()
+                .to_str()
+                .and_then(segment::parse_file_name)
+                .filter(|&b| b > base)
+            {
+                later.push(b);
+            }
+        }
+        later.sort_unstable_by(|a, b| b.cmp(a));
+        for b in &later {
+            let p = segment::path(&dir, *b);
+            match fs::metadata(&p) {
+                Ok(m) => cut += m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat segment", &p)(e)),
+            }
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io_err("delete segment created after the durable one", &p)(
+                        e,
+                    ))
+                }
+            }
+        }
+        if !later.is_empty() {
+            floor::sync_dir(&dir)?;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open segment to cut", &path))?;
+        let len = f.metadata().map_err(io_err("stat segment", &path))?.len();
+        if len > keep {
+            f.set_len(keep)
+                .map_err(io_err("cut segment to its durable length", &path))?;
+            cut += len - keep;
+        }
+        // Even if nothing was cut now: an earlier attempt may have cut and then
+        // failed before this fsync.
+        f.sync_all().map_err(io_err("fsync cut segment", &path))?;
+        Ok(cut)
+    }
+
+    /// Makes the log meet `fault` (tests; see [`Fault`]).
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn inject_fault(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    /// Whether an injected fsync failure is due now (counting this fsync).
+    #[cfg(any(test, feature = "fault-injection"))]
+    fn fsync_fault(&mut self) -> bool {
+        match &mut self.fault {
+            Some(Fault::Fsync { after: 0 }) => {
+                self.fault = None;
+                true
+            }
+            Some(Fault::Fsync { after }) => {
+                *after -= 1;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    fn fsync_fault(&mut self) -> bool {
+        false
+    }
+
+    /// How many bytes of `len` an injected short write lets through, if one is due.
+    #[cfg(any(test, feature = "fault-injection"))]
+    fn short_write(&mut self, len: usize) -> Option<usize> {
+        match self.fault {
+            Some(Fault::ShortWrite { bytes }) => {
+                self.fault = None;
+                Some(bytes.min(len))
+            }
+            _ => None,
+        }
+    }
+
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    fn short_write(&mut self, _len: usize) -> Option<usize> {
+        None
     }
 
     /// The recovery [`Log::open`] and [`Log::reopen`] share.
@@ -442,6 +682,8 @@ impl Log {
             path: path.to_path_buf(),
             base: header.base,
             written: cut,
+            // Fsynced just above.
+            durable_len: cut,
             pending: Vec::new(),
         })
     }
@@ -463,6 +705,7 @@ impl Log {
             path: path.to_path_buf(),
             base: header.base,
             written: SEG_HEADER,
+            durable_len: SEG_HEADER,
             pending: Vec::new(),
         })
     }
@@ -544,6 +787,13 @@ impl Log {
         if self.active.pending.is_empty() {
             return Ok(());
         }
+        if let Some(n) = self.short_write(self.active.pending.len()) {
+            let a = &self.active;
+            (&*a.file)
+                .write_all(&a.pending[..n])
+                .and(Err(injected_error()))
+                .map_err(io_err("write segment", &a.path))?;
+        }
         let a = &mut self.active;
         (&*a.file)
             .write_all(&a.pending)
@@ -574,23 +824,39 @@ impl Log {
                 let s = lock(&log.shared);
                 (s.next, s.durable)
             };
-            Ok((durable < next).then(|| PendingSync {
+            if durable >= next {
+                return Ok(None);
+            }
+            Ok(Some(PendingSync {
                 file: log.active.file.clone(),
                 path: log.active.path.clone(),
                 next,
+                base: log.active.base,
+                len: log.active.written,
+                generation: log.generation,
+                fail: log.fsync_fault(),
             }))
         })
     }
 
     /// Completes a [`Log::begin_sync`]: on success everything below its
     /// offset is durable and the new durable offset is returned; a failed
-    /// fsync poisons the log, since what the OS dropped cannot be known.
+    /// fsync poisons the log, since what the OS dropped cannot be known. A sync
+    /// begun before a [`Log::reopen`] reports nothing durable (its offsets may
+    /// name other records now).
     pub fn finish_sync(&mut self, done: CompletedSync) -> Result<Offset> {
         self.guarded(|log| {
             done.result?;
             let mut s = lock(&log.shared);
             // A roll in between synced this segment already, maybe further.
-            s.durable = s.durable.max(done.next);
+            if done.generation == log.generation && done.next > s.durable {
+                s.durable = done.next;
+                // No roll came in between (it would have made `done.next`
+                // durable), so this is the active segment.
+                if done.base == log.active.base {
+                    log.active.durable_len = log.active.durable_len.max(done.len);
+                }
+            }
             Ok(Offset(s.durable))
         })
     }
@@ -602,10 +868,15 @@ impl Log {
             (s.next, s.durable)
         };
         if durable < next {
-            let a = &self.active;
-            a.file
-                .sync_data()
-                .map_err(io_err("fsync segment", &a.path))?;
+            let fail = self.fsync_fault();
+            let a = &mut self.active;
+            if fail {
+                Err(injected_error())
+            } else {
+                a.file.sync_data()
+            }
+            .map_err(io_err("fsync segment", &a.path))?;
+            a.durable_len = a.written;
             lock(&self.shared).durable = next;
         }
         Ok(Offset(next))
@@ -982,4 +1253,190 @@ fn survey(
     rec.first_offset = Offset(plan.first_offset);
     rec.next_offset = Offset(plan.next_offset);
     Ok((metas, plan, last_cut))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Recovery after a failed write or fsync, with the failures injected ([`Fault`]):
+    //! what no successful fsync covered is cut, so a resend is stored exactly once.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            segment_bytes: 4 << 10,
+            ..Options::default()
+        }
+    }
+
+    fn payload(i: u64) -> Vec<u8> {
+        format!("record {i} {}", "x".repeat((i % 40) as usize)).into_bytes()
+    }
+
+    fn append(log: &mut Log, n: u64) {
+        for _ in 0..n {
+            let next = log.next_offset().0;
+            assert_eq!(log.append(&payload(next)).unwrap().0, next);
+        }
+    }
+
+    /// Every record `0..n` is there once, with its payload, in the running log, in
+    /// a read-only open and after a fresh open.
+    fn check_exactly(log: Log, n: u64) {
+        let want: Vec<(Offset, Vec<u8>)> = (0..n).map(|i| (Offset(i), payload(i))).collect();
+        assert_eq!(log.read_from(Offset(0), 1000).unwrap(), want);
+        let (ro, _) = open_read_only(log.dir()).unwrap();
+        assert_eq!(ro.read_from(Offset(0), 1000).unwrap(), want);
+        let (dir, o) = (log.dir().to_path_buf(), log.opts.clone());
+        drop(log);
+        let (again, rec) = Log::open(&dir, o).unwrap();
+        assert!(rec.is_clean(), "{rec:?}");
+        assert_eq!(again.next_offset(), Offset(n));
+        assert_eq!(again.read_from(Offset(0), 1000).unwrap(), want);
+    }
+
+    #[test]
+    fn a_failed_fsync_then_reopen_cuts_what_it_did_not_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), opts()).unwrap();
+        append(&mut log, 3);
+        assert_eq!(log.sync().unwrap(), Offset(3));
+        // A group reaches the file, its fsync fails: not durable, not acknowledged.
+        append(&mut log, 2);
+        log.inject_fault(Fault::Fsync { after: 0 });
+        let err = log.sync().unwrap_err();
+        assert!(err.is_storage_full(), "{err}");
+        assert_eq!(log.durable_offset(), Offset(3));
+        let rec = log.reopen().unwrap();
+        assert_eq!(
+            (rec.cut_records, rec.next_offset),
+            (2, Offset(3)),
+            "{rec:?}"
+        );
+        assert!(rec.cut_bytes > 0 && rec.is_clean(), "{rec:?}");
+        assert_eq!(log.next_offset(), Offset(3));
+        // The resend gets the cut offsets: each record once.
+        append(&mut log, 2);
+        assert_eq!(log.sync().unwrap(), Offset(5));
+        check_exactly(log, 5);
+    }
+
+    #[test]
+    fn a_record_torn_by_a_failed_write_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), opts()).unwrap();
+        append(&mut log, 2);
+        log.sync().unwrap();
+        append(&mut log, 2);
+        log.inject_fault(Fault::ShortWrite { bytes: 30 });
+        assert!(log.sync().is_err());
+        let seg = segment::path(dir.path(), 0);
+        let torn = fs::metadata(&seg).unwrap().len();
+        let rec = log.reopen().unwrap();
+        assert_eq!((rec.cut_records, rec.cut_bytes), (2, 30), "{rec:?}");
+        assert_eq!(fs::metadata(&seg).unwrap().len(), torn - 30);
+        append(&mut log, 2);
+        log.sync().unwrap();
+        check_exactly(log, 4);
+    }
+
+    #[test]
+    fn a_failure_spanning_a_roll_keeps_what_the_roll_made_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), opts()).unwrap();
+        append(&mut log, 5);
+        log.sync().unwrap();
+        // One group: its appends roll the segment (the roll's fsync works), then
+        // the group's own fsync fails.
+        log.inject_fault(Fault::Fsync { after: 1 });
+        let segs = log.segment_count();
+        while log.segment_count() == segs {
+            append(&mut log, 1);
+        }
+        let rolled_at = log.durable_offset();
+        append(&mut log, 3);
+        assert!(log.sync().is_err());
+        assert_eq!(log.durable_offset(), rolled_at);
+        let rec = log.reopen().unwrap();
+        assert_eq!(rec.cut_records, 4, "{rec:?}");
+        assert_eq!(log.next_offset(), rolled_at);
+        assert_eq!(log.segment_count(), segs + 1);
+        append(&mut log, 4);
+        log.sync().unwrap();
+        check_exactly(log, rolled_at.0 + 4);
+    }
+
+    #[test]
+    fn a_segment_created_after_the_durable_one_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), opts()).unwrap();
+        append(&mut log, 3);
+        log.sync().unwrap();
+        append(&mut log, 1);
+        log.inject_fault(Fault::Fsync { after: 0 });
+        assert!(log.sync().is_err());
+        // What a roll that failed after creating its file leaves behind.
+        let stray = segment::path(dir.path(), 4);
+        fs::write(
+            &stray,
+            SegmentHeader {
+                salt: log.salt,
+                base: 4,
+            }
+            .encode(),
+        )
+        .unwrap();
+        let rec = log.reopen().unwrap();
+        assert!(!stray.exists());
+        assert_eq!((rec.cut_records, rec.segments), (1, 1), "{rec:?}");
+        append(&mut log, 2);
+        log.sync().unwrap();
+        check_exactly(log, 5);
+    }
+
+    #[test]
+    fn a_kill_before_the_cut_leaves_a_log_open_recovers() {
+        // The process dies after the failed fsync, before (or during) the cut: the
+        // next open keeps what reached the file (it makes it durable and the
+        // aggregator rebuilds its dedupe ledger from it), never a hole.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), opts()).unwrap();
+        append(&mut log, 3);
+        log.sync().unwrap();
+        append(&mut log, 2);
+        log.inject_fault(Fault::Fsync { after: 0 });
+        assert!(log.sync().is_err());
+        drop(log);
+        let (log, rec) = Log::open(dir.path(), opts()).unwrap();
+        assert!(rec.is_clean(), "{rec:?}");
+        assert_eq!(log.next_offset(), Offset(5));
+        assert_eq!(log.read_from(Offset(0), 10).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_failed_pending_sync_is_cut_and_a_stale_one_reports_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), opts()).unwrap();
+        append(&mut log, 2);
+        let done = log.begin_sync().unwrap().unwrap().run();
+        assert_eq!(log.finish_sync(done).unwrap(), Offset(2));
+        append(&mut log, 2);
+        log.inject_fault(Fault::Fsync { after: 0 });
+        let done = log.begin_sync().unwrap().unwrap().run();
+        assert!(log.finish_sync(done).is_err());
+        assert_eq!(log.reopen().unwrap().cut_records, 2);
+        // A sync begun before a reopen must not make the records appended after
+        // it at the same offsets durable.
+        append(&mut log, 1);
+        let stale = log.begin_sync().unwrap().unwrap();
+        append(&mut log, 1);
+        log.inject_fault(Fault::Fsync { after: 0 });
+        assert!(log.sync().is_err());
+        assert_eq!(log.reopen().unwrap().cut_records, 2);
+        append(&mut log, 3);
+        assert_eq!(log.finish_sync(stale.run()).unwrap(), Offset(2));
+        assert_eq!(log.sync().unwrap(), Offset(5));
+        check_exactly(log, 5);
+    }
 }
