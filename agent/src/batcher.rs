@@ -187,6 +187,9 @@ pub struct BatcherIo {
     /// The agent's health: the spool says here why it takes no writes, while it
     /// does not (cause `spool`).
     pub health: Arc<ferrule_telemetry::Health>,
+    /// The alert rules that cut a batch short when one fires or resolves
+    /// (`[alerts] rules`), if any.
+    pub crossings: Option<crate::crossing::Crossings>,
 }
 
 fn publish(spool: &Spool, tx: &watch::Sender<SpoolState>) {
@@ -273,7 +276,12 @@ struct Batcher {
 
 impl Batcher {
     /// Adds a chunk to the batch; cuts it at `max_samples`.
-    fn take(&mut self, c: Chunk) {
+    fn take(&mut self, mut c: Chunk) {
+        // A sample that makes an alert fire or resolve leaves now, not when the
+        // window closes (see `crossing`).
+        if let Some(x) = &mut self.io.crossings {
+            c.flush |= x.check(&c.series);
+        }
         let b = &mut self.builder;
         let mut n = 0usize;
         for s in c.series {
@@ -888,6 +896,7 @@ mod tests {
                 clock_offset_ns: Arc::new(AtomicI64::new(0)),
                 shutdown: stop_rx,
                 health: Arc::default(),
+                crossings: None,
             },
             BatchSection {
                 max_samples,

@@ -29,6 +29,21 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The crossing fast path (see `crossing`).
+    #[serde(default)]
+    pub alerts: AlertsSection,
+}
+
+/// `[alerts]`: the aggregator's alert rules, run here only to send a batch at
+/// once when a sample makes an alert fire or resolve (paging is the
+/// aggregator's). Without it batches leave when their window closes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// The rules file (the same TOML the aggregator's `alerts.rules` reads; see
+    /// rules/README.md). Default none.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
 }
 
 /// `[agent]`

@@ -21,6 +21,7 @@ pub mod backoff;
 pub mod batcher;
 pub mod blocking;
 pub mod catalog;
+pub mod crossing;
 pub mod config;
 pub mod failure;
 pub mod inputs;
@@ -58,6 +59,23 @@ pub async fn run(
         &cfg.spool.dir,
         cfg.agent.max_sensors,
     )?));
+    let crossings = match &cfg.alerts.rules {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the alert rules {}", path.display()))?;
+            let rules = ferrule_rules::RuleSet::from_toml(&text)
+                .with_context(|| format!("alert rules {}", path.display()))?;
+            tracing::info!(rules = rules.rules().len(), file = %path.display(), "alerts: a batch leaves at once when one of these rules fires or resolves");
+            Some(crossing::Crossings::new(
+                rules,
+                &cfg.agent.site,
+                &cfg.agent.id,
+                catalog.clone(),
+                &registry,
+            ))
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (chunk_tx, chunk_rx) = mpsc::channel(64);
     // Inputs register their sensors before anything runs, so a bad name fails the start.
@@ -101,6 +119,7 @@ pub async fn run(
             clock_offset_ns: clock_offset.clone(),
             shutdown: stop_rx.clone(),
             health: health.clone(),
+            crossings,
         },
         cfg.batch.clone(),
         cfg.spool.fsync,

@@ -141,9 +141,9 @@ impl FrameMaker {
 }
 
 #[derive(Default)]
-struct Tally {
-    acked_batches: AtomicU64,
-    acked_samples: AtomicU64,
+pub(crate) struct Tally {
+    pub(crate) acked_batches: AtomicU64,
+    pub(crate) acked_samples: AtomicU64,
     refused_connections: AtomicU64,
     lost_sessions: AtomicU64,
     first_refusal: Mutex<Option<String>>,
@@ -162,13 +162,13 @@ impl Tally {
 }
 
 /// What one blast client sends and to whom.
-struct BlastSpec {
-    addr: SocketAddr,
-    site: String,
-    id: String,
-    samples: usize,
-    seed: u64,
-    rate: u64,
+pub(crate) struct BlastSpec {
+    pub(crate) addr: SocketAddr,
+    pub(crate) site: String,
+    pub(crate) id: String,
+    pub(crate) samples: usize,
+    pub(crate) seed: u64,
+    pub(crate) rate: u64,
 }
 
 /// How one session of a blast client ended.
@@ -184,7 +184,7 @@ enum SessionEnd {
 /// One blast client: connects as `site/id` and sends until `stop`, recording ack
 /// latencies; reconnects after a backoff whenever a connection is refused or
 /// lost (counted in `tally`).
-async fn blast(
+pub(crate) async fn blast(
     pki: DevPki,
     spec: BlastSpec,
     stop: Arc<AtomicBool>,
@@ -465,7 +465,7 @@ impl Drop for Broker {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

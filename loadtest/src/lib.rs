@@ -5,6 +5,7 @@
 //! binaries as processes on loopback, kill them, and read what they hold.
 #![forbid(unsafe_code)]
 
+pub mod alertbench;
 pub mod alertmanager;
 pub mod bench;
 pub mod devpki;

@@ -64,6 +64,35 @@ enum Scenario {
         #[arg(long)]
         kafka_port: Option<u16>,
     },
+    /// Alert latency under load: an in-process aggregator evaluating the
+    /// three-phase rules, real agents whose feed sags once a second, and blast
+    /// clients for load; prints latency from arrival and from the agent's read.
+    Alerts {
+        /// Measured seconds (after 3 s of warm-up).
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Real agents, each with a sag a second.
+        #[arg(long, default_value_t = 2)]
+        agents: usize,
+        /// Samples per second per sensor of each agent's feed (7 sensors).
+        #[arg(long, default_value_t = 1000)]
+        agent_rate_hz: u32,
+        /// Blast connections for load.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Samples per blast batch.
+        #[arg(long, default_value_t = 4096)]
+        batch_samples: usize,
+        /// Offered blast load, events/s; 0 for as fast as credit allows.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Evaluate no rules: the baseline throughput.
+        #[arg(long)]
+        no_rules: bool,
+        /// Agents without the crossing fast path.
+        #[arg(long)]
+        no_fast_path: bool,
+    },
     /// One real agent reading Modbus (pymodbus) and MQTT (Mosquitto) sensors and
     /// forwarding to an aggregator: print its CPU and RSS. Build the release
     /// binaries first; needs python3 with pymodbus and Debian's mosquitto.
@@ -154,6 +183,64 @@ fn main() -> Result<()> {
                 r.lost_sessions,
                 r.first_loss
                     .map_or(String::new(), |e| format!(" (first: {e})"))
+            );
+            Ok(())
+        }
+        Scenario::Alerts {
+            secs,
+            agents,
+            agent_rate_hz,
+            connections,
+            batch_samples,
+            rate,
+            no_rules,
+            no_fast_path,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let r = rt.block_on(ferrule_loadtest::alertbench::alerts(
+                ferrule_loadtest::alertbench::Options {
+                    secs,
+                    agents,
+                    agent_rate_hz,
+                    connections,
+                    batch_samples,
+                    rate,
+                    no_rules,
+                    no_fast_path,
+                },
+            ))?;
+            let offered = if rate == 0 {
+                "as fast as credit allows".to_string()
+            } else {
+                format!("{rate} events/s offered")
+            };
+            println!(
+                "alerts: {secs} s measured; {agents} agents at {} samples/s each with a sag a second ({}); {connections} blast connections, {batch_samples} samples/batch, {offered}; {}",
+                agent_rate_hz * 7,
+                if no_fast_path || no_rules { "no crossing fast path" } else { "crossing fast path on" },
+                if no_rules { "no rules evaluated" } else { "rules/examples/three-phase.toml evaluated" }
+            );
+            println!(
+                "  committed: {:.0} events/s in all, {:.0} events/s acknowledged to the blast clients",
+                r.committed_events_per_sec, r.blast_events_per_sec
+            );
+            if !no_rules {
+                println!(
+                    "  undervoltage firing: {} seen of {} sags expected; evaluator lost {} batches by falling behind",
+                    r.firing, r.expected_firing, r.evaluator_lagged
+                );
+                let [a50, a99, amax] = r.from_arrival_ms;
+                let [r50, r99, rmax] = r.from_read_ms;
+                println!(
+                    "  alert latency from arrival at the aggregator: p50 {a50:.3} ms, p99 {a99:.3} ms, max {amax:.3} ms"
+                );
+                println!(
+                    "  alert latency from the agent's read:          p50 {r50:.3} ms, p99 {r99:.3} ms, max {rmax:.3} ms"
+                );
+            }
+            println!(
+                "  process (aggregator, agents and load together): {:.2} cores, RSS {:.1} MiB",
+                r.cores, r.rss_mib
             );
             Ok(())
         }
