@@ -409,6 +409,15 @@ pub struct CreditSection {
     pub session_window_bytes: u64,
     /// Batches one agent may have in flight towards the sink. Default 256.
     pub session_window_batches: u32,
+    /// The queueing delay at the sink the window is sized to hold, milliseconds.
+    /// The two windows above are then ceilings: every session's window is sized
+    /// from the sink's measured commit latency (its base, and the mean above
+    /// it) so that the batches all agents have in flight wait about this long,
+    /// which keeps acks fast at saturation without starving the sink. A long
+    /// round trip still gets its window (up to the ceilings): the delay is
+    /// measured from a batch's arrival. 0 for a fixed window at the ceilings.
+    /// Default 2.
+    pub target_queue_delay_ms: u64,
     /// Above this many bytes queued at the sink (or while the sink is unready),
     /// credit that batches return is withheld and owed, so agents spool instead of
     /// adding to the queue (`ferrule_aggregator_credit_withheld_total`). Default 256 MiB.
@@ -420,6 +429,7 @@ impl Default for CreditSection {
         Self {
             session_window_bytes: 16 << 20,
             session_window_batches: 256,
+            target_queue_delay_ms: 2,
             sink_high_water_bytes: 256 << 20,
         }
     }

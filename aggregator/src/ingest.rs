@@ -9,7 +9,9 @@
 //! stream, and the session's timers in between.
 //!
 //! The driver is thin: credit (returned for every batch whatever its fate, held
-//! back while the sink is under pressure), dedupe, acks and every deadline (Hello,
+//! back while the sink is under pressure, within a window one
+//! [`WindowController`] sizes for every session from the commit latencies the
+//! sessions measure: see [`SharedWindow`]), dedupe, acks and every deadline (Hello,
 //! a silent agent, commits that stall, the drain after GoAway) are the session's.
 //! What stays here is I/O and its bounds: readers decode at most
 //! [`READ_AHEAD_FRAMES`] frames ahead of the session (which then charges each batch
@@ -28,12 +30,14 @@ use ferrule_transport::{
     VerifiedAgent, PEER_REFUSED_SERVER_CERTIFICATE,
 };
 use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
-use ferrule_wire::session::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
+use ferrule_wire::session::{
+    IngestConfig, IngestEvent, IngestSession, PeerIdentity, WindowController,
+};
 use ferrule_wire::{
     Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message, Outcome,
 };
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
@@ -61,6 +65,66 @@ pub struct IngestContext {
     /// The real-time path: each batch is published here as it arrives, in
     /// parallel with its commit, never waited for.
     pub fanout: Publisher,
+    /// The credit window every session grants, sized from the sink's latency.
+    pub window: SharedWindow,
+}
+
+/// One [`WindowController`] for all the sessions: they share the sink, so its
+/// queue is theirs together. Each session reports the commit latency of its
+/// batches and takes the window it returns; the gauges show it.
+///
+/// A lock held for a few arithmetic operations per commit: tens of thousands a
+/// second at saturation, far below what it would take to contend.
+#[derive(Debug)]
+pub struct SharedWindow {
+    controller: Mutex<WindowController>,
+    metrics: IngestMetrics,
+}
+
+impl SharedWindow {
+    /// Shares `controller`, publishing its window in `metrics`.
+    pub fn new(controller: WindowController, metrics: IngestMetrics) -> Self {
+        let w = Self {
+            controller: Mutex::new(controller),
+            metrics,
+        };
+        w.publish(&w.lock());
+        w
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowController> {
+        // Nothing in the controller can be left half-updated by a panic that
+        // matters more than stopping ingest would: take it as it is.
+        self.controller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, c: &WindowController) {
+        let w = c.window();
+        self.metrics.credit_window_batches.set(i64::from(w.batches));
+        self.metrics
+            .credit_window_bytes
+            .set(i64::try_from(w.bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .sink_queue_delay_us
+            .set(i64::try_from(c.stats().queue_delay.as_micros()).unwrap_or(i64::MAX));
+    }
+
+    /// The window now.
+    pub fn current(&self) -> Credit {
+        self.lock().window()
+    }
+
+    /// A batch was durable `latency` after it arrived from an agent `rtt`
+    /// away; the window now.
+    pub fn on_commit(&self, now: Instant, latency: Duration, rtt: Duration) -> Credit {
+        let mut c = self.lock();
+        if c.on_commit(now, latency, rtt) {
+            self.publish(&c);
+        }
+        c.window()
+    }
 }
 
 /// Frames decoded ahead of the session per connection. With the credit (which
@@ -249,6 +313,7 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
         Instant::now(),
     );
     session.set_sink_pressure(ctx.sink.under_pressure());
+    session.set_window(ctx.window.current());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CommitDone>();
     let mut shutdown = ctx.shutdown.clone();
     let mut draining = false;
@@ -301,7 +366,11 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
                     CommitOutcome::Committed | CommitOutcome::Duplicate => {
                         ctx.metrics.acked_batches.inc();
                         session.set_sink_pressure(ctx.sink.under_pressure());
-                        session.committed(done.epoch, done.seq, Instant::now());
+                        let at = Instant::now();
+                        match session.committed(done.epoch, done.seq, at) {
+                            Some(latency) => session.set_window(ctx.window.on_commit(at, latency, conn.rtt())),
+                            None => session.set_window(ctx.window.current()),
+                        }
                     }
                     CommitOutcome::Failed(why) => {
                         // Not durable: end the session so the agent resends it
@@ -324,6 +393,7 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
             },
             _ = pressure_poll.tick(), if owed => {
                 session.set_sink_pressure(ctx.sink.under_pressure());
+                session.set_window(ctx.window.current());
             },
             permit = ctx.sink.reserve(), if !outbox.is_empty() => match (permit, outbox.pop_front()) {
                 (Some(p), Some(req)) => p.send(req),

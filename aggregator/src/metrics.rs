@@ -49,6 +49,13 @@ pub struct IngestMetrics {
     pub defines_refused: Counter,
     /// Batches an agent sent twice on one session (acknowledged again, not committed).
     pub session_duplicates: Counter,
+    /// The credit window every session grants now, batches.
+    pub credit_window_batches: Gauge,
+    /// The credit window every session grants now, bytes.
+    pub credit_window_bytes: Gauge,
+    /// Mean commit latency above the sink's base over the last interval, what
+    /// the window is sized to keep near `credit.target_queue_delay_ms`.
+    pub sink_queue_delay_us: Gauge,
 }
 
 /// Every reason `ferrule_aggregator_connections_refused_total` counts, each
@@ -135,6 +142,21 @@ impl IngestMetrics {
             session_duplicates: registry.counter(
                 "ferrule_aggregator_session_duplicates_total",
                 "Batches sent twice on one session: acknowledged again, not committed again",
+                &[],
+            ),
+            credit_window_batches: registry.gauge(
+                "ferrule_aggregator_credit_window_batches",
+                "Credit window each session grants now, batches (sized from the sink's commit latency unless credit.target_queue_delay_ms is 0)",
+                &[],
+            ),
+            credit_window_bytes: registry.gauge(
+                "ferrule_aggregator_credit_window_bytes",
+                "Credit window each session grants now, bytes",
+                &[],
+            ),
+            sink_queue_delay_us: registry.gauge(
+                "ferrule_aggregator_sink_queue_delay_microseconds",
+                "Mean commit latency above the sink's base latency over the last interval (the queue the credit window is sized to keep near its target)",
                 &[],
             ),
         }

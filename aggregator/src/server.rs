@@ -12,13 +12,13 @@ use crate::alerts::Notifiers;
 use crate::commit::{Embedded, EmbeddedOptions};
 use crate::config::Config;
 use crate::fanout::Fanout;
-use crate::ingest::{self, IngestContext};
+use crate::ingest::{self, IngestContext, SharedWindow};
 use crate::kafka::Kafka;
 use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
 use ferrule_transport::{accept_validated, server_crypto, server_endpoint, EndpointLimits};
-use ferrule_wire::session::IngestConfig;
+use ferrule_wire::session::{IngestConfig, WindowConfig, WindowController};
 use ferrule_wire::{Credit, Limits, ServerLimits};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -196,17 +196,27 @@ pub async fn run(
     session.hello_timeout = Duration::from_secs(cfg.server.hello_timeout_secs);
     session.peer_timeout = Duration::from_secs(cfg.server.peer_timeout_secs);
     session.stall_timeout = Duration::from_secs(cfg.server.stall_timeout_secs);
+    let ingest_metrics = IngestMetrics::new(&registry);
+    let window = SharedWindow::new(
+        WindowController::new(WindowConfig::new(
+            Duration::from_millis(cfg.credit.target_queue_delay_ms),
+            session.initial_credit,
+            u64::from(cfg.server.max_frame_bytes),
+        )),
+        ingest_metrics.clone(),
+    );
     let ctx = Arc::new(IngestContext {
         session,
         limits: wire_limits,
         frame_timeout: cfg.server.frame_timeout(),
         control_send_timeout: Duration::from_secs(cfg.server.control_send_timeout_secs),
         sink: sink.clone(),
-        metrics: IngestMetrics::new(&registry),
+        metrics: ingest_metrics,
         shutdown: stop_rx.clone(),
         alternate: cfg.server.alternate.clone(),
         admission: Admission::new(cfg.server.max_sessions, cfg.server.max_sessions_per_agent),
         fanout: publisher,
+        window,
     });
     drop(sink);
     tracing::info!(%quic_addr, metrics = ?metrics_addr, data = %cfg.log.dir.display(), "aggregator listening");

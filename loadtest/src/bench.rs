@@ -48,8 +48,12 @@ pub struct Options {
     /// credit allows (throughput at saturation, where latency is the queue).
     pub rate: u64,
     /// Per-agent credit window in batches the aggregator grants (its
-    /// `credit.session_window_batches`).
+    /// `credit.session_window_batches`): the ceiling when the window is sized
+    /// from the sink's latency.
     pub window_batches: u32,
+    /// The aggregator's `credit.target_queue_delay_ms`; `None` for its default,
+    /// 0 for a fixed window.
+    pub target_queue_delay_ms: Option<u64>,
     /// Commit to a real Kafka broker started with `scripts/kafka.sh` (on this
     /// port) instead of the embedded log.
     pub kafka_port: Option<u16>,
@@ -492,6 +496,9 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         "[credit]\nsession_window_batches = {}\n",
         opts.window_batches.max(1)
     );
+    if let Some(ms) = opts.target_queue_delay_ms {
+        extra.push_str(&format!("target_queue_delay_ms = {ms}\n"));
+    }
     let _broker = match opts.kafka_port {
         Some(port) => {
             let broker = Broker::start(&dir.join("kafka"), port)?;

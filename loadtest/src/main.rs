@@ -56,9 +56,14 @@ enum Scenario {
         /// Offered events per second over all connections; 0 for as fast as credit allows.
         #[arg(long, default_value_t = 0)]
         rate: u64,
-        /// Credit window per agent, in batches.
+        /// Credit window per agent, in batches (the ceiling of the window the
+        /// aggregator sizes from its sink's latency).
         #[arg(long, default_value_t = 256)]
         window_batches: u32,
+        /// The aggregator's `credit.target_queue_delay_ms` (its default if not
+        /// given); 0 for a fixed window of `--window-batches`.
+        #[arg(long)]
+        target_queue_delay_ms: Option<u64>,
         /// Commit to a real Kafka broker (started with scripts/kafka.sh on this port,
         /// e.g. 39092) instead of the embedded log. Run from the repository root.
         #[arg(long)]
@@ -134,6 +139,7 @@ fn main() -> Result<()> {
             no_agent,
             rate,
             window_batches,
+            target_queue_delay_ms,
             kafka_port,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -145,6 +151,7 @@ fn main() -> Result<()> {
                     agent_rss: !no_agent,
                     rate,
                     window_batches,
+                    target_queue_delay_ms,
                     kafka_port,
                 },
             ))?;
@@ -153,8 +160,13 @@ fn main() -> Result<()> {
             } else {
                 format!("{rate} events/s offered")
             };
+            let window = match target_queue_delay_ms {
+                Some(0) => format!("fixed window {window_batches} batches"),
+                Some(ms) => format!("window up to {window_batches} batches for {ms} ms of queue"),
+                None => format!("window up to {window_batches} batches (default queue target)"),
+            };
             println!(
-                "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, window {window_batches} batches, {}",
+                "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, {window}, {}",
                 if kafka_port.is_some() { "Kafka (1 broker on this machine, acks=all, idempotent, lz4)" } else { "embedded log (fsync per group commit)" }
             );
             println!(

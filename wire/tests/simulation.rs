@@ -8,8 +8,10 @@
 //! (only the sessions' deadlines notice), a sink that stalls for longer than the
 //! stall timeout, sink pressure that withholds credit, batches naming a sensor
 //! beyond the aggregator's limit (refused), a spool that releases acknowledged
-//! batches late (so they are resent, on a new session or the same one), and agent
-//! restarts that begin a new epoch while the old one's batches are still spooled.
+//! batches late (so they are resent, on a new session or the same one), agent
+//! restarts that begin a new epoch while the old one's batches are still spooled,
+//! and a credit window that the sink's latency resizes as the aggregator's does,
+//! and that now and then is set to anything, down to nothing.
 //!
 //! Checked for every seed: every generated batch ends up durable in the sink
 //! (resent by the spool's late release, it is caught by the sink's ledger), or refused, and refused only if it named the refused sensor; an Ack
@@ -160,6 +162,13 @@ fn run(seed: u64, batches: u64) -> Totals {
     let mut durable: HashSet<Key> = HashSet::new();
     let mut sink_stalled_until = 0u64;
     let mut pressure_until = 0u64;
+    // The window, sized from the sink's latency as the aggregator does (a
+    // target of one tick against commits taking up to fifteen, so it moves).
+    let mut window = WindowController::new(WindowConfig::new(
+        Duration::from_millis(TICK_MS),
+        icfg().initial_credit,
+        u64::from(limits.max_frame_bytes),
+    ));
 
     let mut conn: Option<Conn> = None;
     let mut tick = 0u64;
@@ -338,6 +347,14 @@ fn run(seed: u64, batches: u64) -> Totals {
                 close = true;
             }
             c.ingest.set_sink_pressure(tick < pressure_until);
+            // Now and then a window out of nowhere, down to nothing (the session
+            // keeps one batch): shrinking or growing must never strand the agent.
+            if rng.chance(5) {
+                c.ingest.set_window(Credit {
+                    bytes: rng.below(20_000),
+                    batches: rng.below(9) as u32,
+                });
+            }
             while let Some(ev) = c.ingest.poll_event() {
                 match ev {
                     IngestEvent::Commit { batch, .. } => {
@@ -381,7 +398,11 @@ fn run(seed: u64, batches: u64) -> Totals {
             };
             durable.insert(key);
             if let Some(c) = conn.as_mut().filter(|c| c.id == cid) {
-                c.ingest.committed(key.0, key.1, n.mono);
+                if let Some(latency) = c.ingest.committed(key.0, key.1, n.mono) {
+                    // The link's round trip is up to 60 ticks.
+                    window.on_commit(n.mono, latency, Duration::from_millis(60 * TICK_MS));
+                    c.ingest.set_window(window.window());
+                }
             }
         }
         if let Some(c) = conn.as_mut() {

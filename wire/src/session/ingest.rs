@@ -13,6 +13,13 @@
 //!   it is owed and paid when the pressure is gone. Nothing is granted while
 //!   draining. So no sequence of rejects or duplicates can leave an agent without
 //!   credit while the sink is fine.
+//! - The window can be resized while the session runs
+//!   ([`IngestSession::set_window`], from a [`super::WindowController`]): what
+//!   the session grants keeps the credit the agent holds plus the batches at the
+//!   sink within the window. A smaller window is reached by granting less of
+//!   what batches return (never by taking credit back), a larger one by granting
+//!   more. It is never less than one batch of a full frame, so an agent always
+//!   has room for its next batch once the sink has answered.
 //! - A batch is acknowledged as committed only after the driver reports it durable
 //!   ([`IngestSession::committed`]); a batch pending or settled in this session is
 //!   never handed to the sink twice.
@@ -59,7 +66,8 @@ pub struct IngestConfig {
     /// among them).
     pub limits: ServerLimits,
     /// The window: credit granted with Welcome, and the most an agent can have
-    /// outstanding (bytes in [`batch_cost`] units).
+    /// outstanding (bytes in [`batch_cost`] units), until the driver resizes it
+    /// with [`IngestSession::set_window`].
     pub initial_credit: Credit,
     /// Hello must arrive within this of the session's start.
     pub hello_timeout: Duration,
@@ -198,13 +206,17 @@ pub struct IngestSession {
     /// Credit granted in total and spent in total (cost bytes, batches).
     granted: (u64, u64),
     spent: (u64, u64),
-    /// Returned by settled batches and not yet granted again.
-    owed: Credit,
+    /// Most credit the agent may hold plus what is at the sink. What it holds,
+    /// what is pending and what it is owed add up to this.
+    window: Credit,
+    /// Cost of the pending batches, summed.
+    pending_cost: u64,
     pressure: bool,
     books: HashMap<Epoch, EpochBook>,
     use_tick: u64,
-    /// Handed to the sink, fate not yet known, with the cost each spent.
-    pending: BTreeMap<(Epoch, Seq), u64>,
+    /// Handed to the sink, fate not yet known, with the cost each spent and
+    /// when it arrived.
+    pending: BTreeMap<(Epoch, Seq), (u64, Instant)>,
     last_clock_offset_ns: Option<i64>,
     hello_deadline: Option<Instant>,
     last_rx: Instant,
@@ -220,6 +232,7 @@ impl IngestSession {
     /// A session for a peer whose certificate names `peer`, starting at `now`.
     pub fn new(cfg: IngestConfig, peer: PeerIdentity, now: Instant) -> Self {
         let hello_deadline = Some(now + cfg.hello_timeout);
+        let window = cfg.initial_credit;
         Self {
             cfg,
             peer,
@@ -228,7 +241,8 @@ impl IngestSession {
             sensors: HashMap::new(),
             granted: (0, 0),
             spent: (0, 0),
-            owed: Credit::default(),
+            window,
+            pending_cost: 0,
             pressure: false,
             books: HashMap::new(),
             use_tick: 0,
@@ -278,9 +292,40 @@ impl IngestSession {
         }
     }
 
-    /// Credit returned by settled batches and held back (sink under pressure).
+    /// Credit returned by settled batches and held back (sink under pressure),
+    /// or not yet sent: the window less what the agent holds and what is at
+    /// the sink. Zero while those exceed a window that shrank.
     pub fn owed_credit(&self) -> Credit {
-        self.owed
+        if self.state == State::AwaitHello {
+            return Credit::default();
+        }
+        let held_bytes = (self.granted.0 - self.spent.0).saturating_add(self.pending_cost);
+        let held_batches =
+            (self.granted.1 - self.spent.1).saturating_add(self.pending.len() as u64);
+        Credit {
+            bytes: self.window.bytes.saturating_sub(held_bytes),
+            batches: u32::try_from(u64::from(self.window.batches).saturating_sub(held_batches))
+                .unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The window this session grants up to now.
+    pub fn window(&self) -> Credit {
+        self.window
+    }
+
+    /// Resizes the window (see the module's invariants). Raised to one batch
+    /// of `max_frame_bytes` if lower (or to the configured window, if that is
+    /// smaller): an agent must always have room for a whole batch, or it could
+    /// hold credit it can never spend.
+    pub fn set_window(&mut self, window: Credit) {
+        let floor_bytes = u64::from(self.cfg.limits.max_frame_bytes)
+            .min(self.cfg.initial_credit.bytes)
+            .max(1);
+        self.window = Credit {
+            bytes: window.bytes.max(floor_bytes),
+            batches: window.batches.max(1),
+        };
     }
 
     /// Batches handed to the sink whose fate is not known yet.
@@ -398,13 +443,12 @@ impl IngestSession {
         book.settled = SeqSet::with_floor(h.resume_from.0.checked_sub(1).map(Seq));
         self.state = State::Established;
         self.hello_deadline = None;
-        let window = self.cfg.initial_credit;
+        let window = self.window;
         let credit = if self.pressure {
             // Owed, and paid once the sink can take it: a new session must not add
             // to a backlog the sink cannot absorb.
-            self.owed = window;
             self.events
-                .push_back(IngestEvent::CreditWithheld { owed: self.owed });
+                .push_back(IngestEvent::CreditWithheld { owed: window });
             Credit::default()
         } else {
             window
@@ -503,7 +547,7 @@ impl IngestSession {
         let (epoch, seq) = (b.epoch, b.seq);
         if self.pending.contains_key(&(epoch, seq)) {
             self.events.push_back(IngestEvent::Duplicate { epoch, seq });
-            self.give_back(cost);
+            self.give_back();
             return Ok(());
         }
         let max_ranges = self.cfg.max_seq_ranges;
@@ -519,7 +563,7 @@ impl IngestSession {
             book.rejects.push((seq, reason));
             self.events
                 .push_back(IngestEvent::Rejected { epoch, seq, reason });
-            self.give_back(cost);
+            self.give_back();
             return Ok(());
         }
         if book.settled.contains(seq) {
@@ -528,7 +572,7 @@ impl IngestSession {
             book.unacked.forget_oldest(max_ranges);
             book.ack_due = true;
             self.events.push_back(IngestEvent::Duplicate { epoch, seq });
-            self.give_back(cost);
+            self.give_back();
             return Ok(());
         }
         if b.series
@@ -541,14 +585,15 @@ impl IngestSession {
                 seq,
                 reason: RejectReason::UNKNOWN_SENSOR,
             });
-            self.give_back(cost);
+            self.give_back();
             return Ok(());
         }
         self.last_clock_offset_ns = Some(b.clock_offset_ns);
         if self.pending.is_empty() {
             self.progress_at = Some(now);
         }
-        self.pending.insert((epoch, seq), cost);
+        self.pending.insert((epoch, seq), (cost, now));
+        self.pending_cost += cost;
         self.drain_until = None;
         self.events.push_back(IngestEvent::Commit {
             batch: b,
@@ -576,48 +621,51 @@ impl IngestSession {
         }
     }
 
-    /// Returns a settled batch's credit: granted again at once, or owed while the
-    /// sink is under pressure.
-    fn give_back(&mut self, cost: u64) {
-        self.owed.bytes = self.owed.bytes.saturating_add(cost);
-        self.owed.batches = self.owed.batches.saturating_add(1);
+    /// A settled batch's credit comes back (its cost is no longer spent nor
+    /// pending, so the window has room for it): granted again at once, or owed
+    /// while the sink is under pressure.
+    fn give_back(&mut self) {
         if self.pressure && self.state == State::Established {
-            self.events
-                .push_back(IngestEvent::CreditWithheld { owed: self.owed });
+            self.events.push_back(IngestEvent::CreditWithheld {
+                owed: self.owed_credit(),
+            });
         }
     }
 
-    /// Removes a pending batch; its cost, if it was pending.
-    fn take_pending(&mut self, epoch: Epoch, seq: Seq, now: Instant) -> Option<u64> {
-        let cost = self.pending.remove(&(epoch, seq))?;
+    /// Removes a pending batch; its cost and arrival, if it was pending.
+    fn take_pending(&mut self, epoch: Epoch, seq: Seq, now: Instant) -> Option<(u64, Instant)> {
+        let (cost, arrived) = self.pending.remove(&(epoch, seq))?;
+        self.pending_cost -= cost;
         self.progress_at = (!self.pending.is_empty()).then_some(now);
         if self.state == State::Draining && self.pending.is_empty() {
             self.drain_until = Some(now + self.cfg.drain_grace);
         }
-        Some(cost)
+        Some((cost, arrived))
     }
 
     /// The sink made batch (epoch, seq) durable at `now`: it will be acknowledged,
-    /// and its credit returned.
-    pub fn committed(&mut self, epoch: Epoch, seq: Seq, now: Instant) {
-        if let Some(cost) = self.take_pending(epoch, seq, now) {
-            let max_ranges = self.cfg.max_seq_ranges;
-            let book = self.book(epoch);
-            book.settled.insert(seq);
-            book.settled.forget_oldest(max_ranges);
-            book.unacked.insert(seq);
-            book.unacked.forget_oldest(max_ranges);
-            book.ack_due = true;
-            self.give_back(cost);
-        }
+    /// and its credit returned. Returns its commit latency (from its arrival in
+    /// this session to now), what a [`super::WindowController`] sizes the window
+    /// from; `None` if the batch was not pending.
+    pub fn committed(&mut self, epoch: Epoch, seq: Seq, now: Instant) -> Option<Duration> {
+        let (_, arrived) = self.take_pending(epoch, seq, now)?;
+        let max_ranges = self.cfg.max_seq_ranges;
+        let book = self.book(epoch);
+        book.settled.insert(seq);
+        book.settled.forget_oldest(max_ranges);
+        book.unacked.insert(seq);
+        book.unacked.forget_oldest(max_ranges);
+        book.ack_due = true;
+        self.give_back();
+        Some(now.saturating_duration_since(arrived))
     }
 
     /// The sink refused batch (epoch, seq) for good at `now`: the agent will be
     /// told to drop it, and its credit is returned.
     pub fn rejected(&mut self, epoch: Epoch, seq: Seq, reason: RejectReason, now: Instant) {
-        if let Some(cost) = self.take_pending(epoch, seq, now) {
+        if self.take_pending(epoch, seq, now).is_some() {
             self.settle_rejected(epoch, seq, reason);
-            self.give_back(cost);
+            self.give_back();
         }
     }
 
@@ -732,8 +780,11 @@ impl IngestSession {
         if let Some(m) = self.next_commit_ack() {
             return Some(m);
         }
-        if self.state == State::Established && !self.pressure && self.owed != Credit::default() {
-            let c = std::mem::take(&mut self.owed);
+        if self.state == State::Established && !self.pressure {
+            let c = self.owed_credit();
+            if c == Credit::default() {
+                return None;
+            }
             self.granted.0 += c.bytes;
             self.granted.1 += u64::from(c.batches);
             return Some(Message::Credit(c));

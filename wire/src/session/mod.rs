@@ -14,12 +14,16 @@
 //!   coalescing per epoch, credit returned for every batch whatever its fate
 //!   (withheld while the sink is under pressure), and the deadlines that notice a
 //!   silent or stuck agent.
+//! - [`WindowController`]: the window those sessions grant, sized from the
+//!   sink's commit latency so its queue stays near a target delay.
 
 mod agent;
 mod ingest;
+mod window;
 
 pub use agent::{AgentConfig, AgentEvent, AgentSession, SendError};
 pub use ingest::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
+pub use window::{WindowConfig, WindowController, WindowStats};
 
 use crate::message::{ErrorCode, ErrorMessage};
 use std::time::Instant;
