@@ -253,6 +253,15 @@ pub struct SyntheticInput {
     /// Stop after this many samples (load tests); none to run forever.
     #[serde(default)]
     pub total_samples: Option<u64>,
+    /// How often the feed hands what is due to the batcher, milliseconds: the
+    /// feed's read cadence, so a sample waits up to this long before the agent
+    /// has it (a latency benchmark sets 1). Default 10.
+    #[serde(default = "d_tick")]
+    pub tick_ms: u64,
+}
+
+fn d_tick() -> u64 {
+    10
 }
 
 fn d_rate() -> u32 {

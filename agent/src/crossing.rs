@@ -65,9 +65,7 @@ impl Crossings {
                 // A sensor registered since the last look: the catalog knows it.
                 let cat = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
                 for d in cat.defines() {
-                    self.names
-                        .entry(d.sensor)
-                        .or_insert_with(|| d.name.clone());
+                    self.names.entry(d.sensor).or_insert_with(|| d.name.clone());
                 }
             }
             let Some(name) = self.names.get(&id) else {

@@ -109,10 +109,9 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         &agg_path,
         procs::aggregator_toml(&pki, &dir.join("aggregator"), addr, None, &alerts),
     )?;
-    let cfg = ferrule_config::load_validated::<ferrule_aggregator::config::Config>(
-        &agg_path, "FERRULE",
-    )?
-    .value;
+    let cfg =
+        ferrule_config::load_validated::<ferrule_aggregator::config::Config>(&agg_path, "FERRULE")?
+            .value;
     let (stop_agg, mut stop_agg_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let aggregator = tokio::spawn(ferrule_aggregator::server::run(
@@ -172,12 +171,13 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
             total_samples: None,
             fsync: "interval",
             metrics: None,
-            extra: format!("sag_every_secs = 1\n{fast_path}"),
+            // A 1 ms read cadence, so the feed itself adds at most 1 ms.
+            extra: format!("sag_every_secs = 1\ntick_ms = 1\n{fast_path}"),
         };
         let p = dir.join(format!("agent-{i}.toml"));
         std::fs::write(&p, procs::agent_toml(&pki, &spec)?)?;
-        let cfg = ferrule_config::load_validated::<ferrule_agent::config::Config>(&p, "FERRULE")?
-            .value;
+        let cfg =
+            ferrule_config::load_validated::<ferrule_agent::config::Config>(&p, "FERRULE")?.value;
         let mut stop = stop_agents_rx.clone();
         agents.push(tokio::spawn(ferrule_agent::run(
             cfg,

@@ -39,7 +39,7 @@ impl Synthetic {
         let mut ticks_done: u64 = 0;
         let mut total: u64 = 0;
         let limit = self.cfg.total_samples.unwrap_or(u64::MAX);
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.tick_ms.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
