@@ -73,6 +73,53 @@ pub struct AlertsSection {
     /// PagerDuty (Events API v2), if any.
     #[serde(default)]
     pub pagerduty: Option<PagerDutyOutput>,
+    /// With a `[redis]` section: every notification is also added to the stream
+    /// `{redis.stream_prefix}:alerts` (one stream, one entry per notification,
+    /// fields in [`crate::alerts::stream`]), for consumers in any language.
+    /// `false` leaves Redis to the real-time path alone. Default true.
+    #[serde(default = "d_true")]
+    pub redis_stream: bool,
+    /// That stream's cap, entries (`XADD ... MAXLEN ~`): it is a feed to read,
+    /// not an archive, and nothing trims it otherwise. Default 100 000.
+    #[serde(default = "d_alert_stream_len")]
+    pub redis_stream_max_len: u64,
+    /// A notification Redis does not take (down, refusing, unanswered within
+    /// `redis.response_timeout_ms`) is retried with jittered exponential backoff
+    /// (0.5 s doubling to `redis.reconnect_max_ms`) for this long, then dropped
+    /// and counted (`gave_up`). Default 3600.
+    #[serde(default = "d_stream_retry")]
+    pub redis_retry_for_secs: u64,
+    /// With a `[kafka]` section: every notification is also one JSON record on
+    /// [`Self::kafka_topic`], keyed by the alert's fingerprint. `false` turns that
+    /// off. Default true.
+    #[serde(default = "d_true")]
+    pub kafka: bool,
+    /// The topic alert records go to. Default `<kafka.topic>.alerts` (beside the
+    /// batches of the same deployment). Like every topic, it must exist where
+    /// auto-create is off; until it does, records are retried and counted.
+    #[serde(default)]
+    pub kafka_topic: Option<String>,
+    /// librdkafka gives up on one attempt at a record after this long
+    /// (`message.timeout.ms` of the alert producer), milliseconds; it is then
+    /// retried (below). At least 1000. Default 30 000.
+    #[serde(default = "d_alert_kafka_timeout")]
+    pub kafka_timeout_ms: u64,
+    /// A record that keeps failing (brokers down, topic missing) is retried with
+    /// jittered exponential backoff (0.5 s doubling to 30 s) for this long, then
+    /// dropped and counted (`gave_up`). Default 3600.
+    #[serde(default = "d_stream_retry")]
+    pub kafka_retry_for_secs: u64,
+}
+
+impl AlertsSection {
+    /// The topic alert records go to with Kafka section `kafka`:
+    /// [`Self::kafka_topic`], else `<kafka.topic>.alerts`.
+    pub fn kafka_topic_for(&self, kafka: &KafkaSection) -> String {
+        match &self.kafka_topic {
+            Some(t) => t.clone(),
+            None => format!("{}.alerts", kafka.topic),
+        }
+    }
 }
 
 fn d_alert_queue() -> usize {
@@ -80,6 +127,18 @@ fn d_alert_queue() -> usize {
 }
 fn d_evaluate_queue() -> usize {
     1024
+}
+fn d_true() -> bool {
+    true
+}
+fn d_alert_stream_len() -> u64 {
+    100_000
+}
+fn d_stream_retry() -> u64 {
+    3600
+}
+fn d_alert_kafka_timeout() -> u64 {
+    30_000
 }
 fn d_resend() -> u64 {
     60
@@ -751,6 +810,30 @@ impl AlertsSection {
                 bad.push(Invalid::new(key("timeout_ms"), "must be at least 1"));
             }
         }
+        if self.redis_stream_max_len == 0 {
+            bad.push(Invalid::new(
+                "alerts.redis_stream_max_len",
+                "must be at least 1",
+            ));
+        }
+        if let Some(t) = &self.kafka_topic {
+            // Kafka's own rule for topic names; a bad one would only show as
+            // records failing forever.
+            let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if t.is_empty() || t.len() > 249 || !t.chars().all(legal) || t == "." || t == ".." {
+                bad.push(Invalid::new(
+                    "alerts.kafka_topic",
+                    "must be a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -), or be left out for <kafka.topic>.alerts",
+                ));
+            }
+        }
+        if self.kafka_timeout_ms < 1000 {
+            // librdkafka reads 0 as "never time out": one attempt could hang forever.
+            bad.push(Invalid::new(
+                "alerts.kafka_timeout_ms",
+                "must be at least 1000",
+            ));
+        }
         if let Some(pd) = &self.pagerduty {
             if let Err(e) = crate::alerts::Endpoint::parse(&pd.url) {
                 bad.push(Invalid::new("alerts.pagerduty.url", e.to_string()));
@@ -768,5 +851,83 @@ impl AlertsSection {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alerts() -> AlertsSection {
+        AlertsSection {
+            rules: None,
+            queue_capacity: 1,
+            evaluate_queue_batches: 1,
+            alertmanager: vec![],
+            pagerduty: None,
+            redis_stream: true,
+            redis_stream_max_len: 100_000,
+            redis_retry_for_secs: 3600,
+            kafka: true,
+            kafka_topic: None,
+            kafka_timeout_ms: 30_000,
+            kafka_retry_for_secs: 3600,
+        }
+    }
+
+    fn bad_keys(a: &AlertsSection) -> Vec<String> {
+        let mut bad = Vec::new();
+        a.validate_into(&mut bad);
+        bad.into_iter().map(|i| i.key).collect()
+    }
+
+    #[test]
+    fn alert_stream_keys_are_checked() {
+        assert!(bad_keys(&alerts()).is_empty());
+        for topic in ["", "a b", "x/y", "..", &"t".repeat(250)] {
+            let a = AlertsSection {
+                kafka_topic: Some(topic.to_string()),
+                ..alerts()
+            };
+            let bad = bad_keys(&a);
+            assert!(
+                bad.len() == 1 && bad[0].contains("alerts.kafka_topic"),
+                "{topic:?}: {bad:?}"
+            );
+        }
+        let a = AlertsSection {
+            kafka_topic: Some("ferrule.signals-alerts_1".into()),
+            ..alerts()
+        };
+        assert!(bad_keys(&a).is_empty());
+        let a = AlertsSection {
+            redis_stream_max_len: 0,
+            kafka_timeout_ms: 0,
+            ..alerts()
+        };
+        assert_eq!(bad_keys(&a).len(), 2);
+    }
+
+    #[test]
+    fn the_alert_topic_defaults_beside_the_batches() {
+        let k: KafkaSection = KafkaSection {
+            brokers: "b:9092".into(),
+            topic: "ferrule.signals".into(),
+            format: RecordFormat::Compact,
+            compression: "lz4".into(),
+            linger_ms: 5,
+            batch_bytes: 1,
+            message_timeout_ms: 1000,
+            queue_max_kbytes: 1,
+            client_id: "c".into(),
+            routes: vec![],
+            properties: Default::default(),
+        };
+        assert_eq!(alerts().kafka_topic_for(&k), "ferrule.signals.alerts");
+        let a = AlertsSection {
+            kafka_topic: Some("pages".into()),
+            ..alerts()
+        };
+        assert_eq!(a.kafka_topic_for(&k), "pages");
     }
 }

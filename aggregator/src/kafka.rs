@@ -99,6 +99,14 @@ fn producer(cfg: &KafkaSection) -> anyhow::Result<FutureProducer> {
             cfg.queue_max_kbytes.to_string(),
         )
         .set("client.id", &cfg.client_id);
+    pass_through(&mut c, cfg)?;
+    Ok(c.create()?)
+}
+
+/// Sets `kafka.properties` (TLS, SASL: what any client of these brokers needs)
+/// on `c`, secrets read from the environment; refuses the ones ferrule always
+/// sets. Shared with the alert producer ([`crate::alerts`]).
+pub(crate) fn pass_through(c: &mut ClientConfig, cfg: &KafkaSection) -> anyhow::Result<()> {
     for (k, v) in &cfg.properties {
         if matches!(k.as_str(), "enable.idempotence" | "acks") {
             anyhow::bail!(
@@ -110,7 +118,7 @@ fn producer(cfg: &KafkaSection) -> anyhow::Result<FutureProducer> {
             .map_err(|e| anyhow::anyhow!("kafka.properties.{k} {e}"))?;
         c.set(k, value);
     }
-    Ok(c.create()?)
+    Ok(())
 }
 
 impl Kafka {

@@ -124,7 +124,13 @@ pub async fn run(
     // The alert evaluator subscribes before any agent can connect, so it sees
     // every batch.
     let evaluator = match &cfg.alerts {
-        Some(a) => start_alerts(a, &fanout, &registry)?,
+        Some(a) => start_alerts(
+            a,
+            cfg.redis.as_ref(),
+            cfg.kafka.as_ref(),
+            &fanout,
+            &registry,
+        )?,
         None => None,
     };
 
@@ -290,6 +296,8 @@ pub async fn run(
 /// subscription; `None` without a rules file (nothing would produce alerts).
 fn start_alerts(
     a: &crate::config::AlertsSection,
+    redis: Option<&crate::config::RedisSection>,
+    kafka: Option<&crate::config::KafkaSection>,
     fanout: &Fanout,
     registry: &Registry,
 ) -> anyhow::Result<Option<Evaluator>> {
@@ -301,7 +309,8 @@ fn start_alerts(
         .with_context(|| format!("reading the alert rules {}", path.display()))?;
     let rules = ferrule_rules::RuleSet::from_toml(&text)
         .with_context(|| format!("alert rules {}", path.display()))?;
-    let notifiers = Notifiers::start(a, registry).context("starting the alert outputs")?;
+    let notifiers =
+        Notifiers::start(a, redis, kafka, registry).context("starting the alert outputs")?;
     tracing::info!(rules = rules.rules().len(), file = %path.display(), outputs = ?notifiers.outputs(), "alerts: evaluating");
     let sub = fanout.subscribe("alerts", a.evaluate_queue_batches.max(1));
     Ok(Some(Evaluator::start(

@@ -75,6 +75,13 @@ fn section(
         evaluate_queue_batches: 1024,
         alertmanager: am,
         pagerduty: pd,
+        redis_stream: true,
+        redis_stream_max_len: 100_000,
+        redis_retry_for_secs: 3600,
+        kafka: true,
+        kafka_topic: None,
+        kafka_timeout_ms: 30_000,
+        kafka_retry_for_secs: 3600,
     }
 }
 
@@ -233,6 +240,8 @@ async fn pagerduty_events_v2_with_retries() {
     let registry = Registry::new();
     let n = Notifiers::start(
         &section(vec![], Some(pagerduty(&rx.url, 2000, 60)), 100),
+        None,
+        None,
         &registry,
     )
     .unwrap();
@@ -296,6 +305,8 @@ async fn a_silent_pager_times_out_and_blocks_nothing() {
             Some(pagerduty(&silent.url, 300, 2)),
             2000,
         ),
+        None,
+        None,
         &registry,
     )
     .unwrap();
@@ -376,6 +387,8 @@ async fn a_dead_output_never_blocks_and_drops_are_counted() {
             Some(pagerduty(&format!("http://{dead}/v2/enqueue"), 1000, 300)),
             100,
         ),
+        None,
+        None,
         &registry,
     )
     .unwrap();
@@ -529,8 +542,20 @@ async fn a_real_alertmanager_shows_one_alert_per_episode_and_its_resolve() {
     let am = start_alertmanager().await;
     let url = format!("http://{}", am.addr);
     let (ra, rb) = (Registry::new(), Registry::new());
-    let a = Notifiers::start(&section(vec![alertmanager(&url)], None, 100), &ra).unwrap();
-    let b = Notifiers::start(&section(vec![alertmanager(&url)], None, 100), &rb).unwrap();
+    let a = Notifiers::start(
+        &section(vec![alertmanager(&url)], None, 100),
+        None,
+        None,
+        &ra,
+    )
+    .unwrap();
+    let b = Notifiers::start(
+        &section(vec![alertmanager(&url)], None, 100),
+        None,
+        None,
+        &rb,
+    )
+    .unwrap();
     let start = now_ns() - 3_000_000_000;
     let fired = start + 1_000_000_000;
     let firing = transition(State::Firing, "feed/va", start, fired);

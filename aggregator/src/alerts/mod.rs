@@ -1,8 +1,11 @@
 //! Alert notifiers: the rule engine's `firing` and `resolved` transitions go to
-//! Prometheus Alertmanagers and PagerDuty (`pending` and `inactive` never notify).
+//! Prometheus Alertmanagers, PagerDuty, a Redis stream and a Kafka topic
+//! (`pending` and `inactive` never notify: a pending alert may end without ever
+//! firing, and a stream's readers want incidents, not the rule engine's
+//! bookkeeping).
 //!
 //! ```text
-//! engine ──transition──► Notifiers::send ──► Outbox (per output) ──► task ──HTTP──► output
+//! engine ──transition──► Notifiers::send ──► Outbox (per output) ──► task ──► output
 //!          (never blocks)                 bounded, dedupe, resend     retry, backoff, timeout
 //! ```
 //!
@@ -10,13 +13,21 @@
 //! task, so a dead or slow output delays neither evaluation nor the other outputs:
 //! [`Notifiers::send`] only takes each outbox's lock for an enqueue and returns.
 //! The decisions (what to drop, dedupe, resend, when to retry or give up) are pure
-//! code in [`notify`]; the payloads are built in [`alertmanager`] and
-//! [`pagerduty`]; this module reads clocks and moves bytes.
+//! code in [`notify`]; the payloads are built in [`alertmanager`],
+//! [`pagerduty`] and [`stream`]; this module and the stream drivers read clocks
+//! and move bytes.
+//!
+//! The outputs: every `[[alerts.alertmanager]]`, `[alerts.pagerduty]`, and, when
+//! those sections exist, the stream `{redis.stream_prefix}:alerts` (unless
+//! `alerts.redis_stream = false`) and the topic `alerts.kafka_topic` (unless
+//! `alerts.kafka = false`). Streams get no resends (a reader has the `firing`
+//! until the cap or retention removes it) but the same dedupe: a `firing` for an
+//! alert already open is not written again.
 //!
 //! Counters (every label value published at 0 from the start):
 //! - `ferrule_aggregator_alert_notifications_total{output,result}`: each attempt,
-//!   `result` = `ok`, `error` (no answer, timeout, 429, 5xx: retried), `rejected`
-//!   (other 4xx: not retried);
+//!   `result` = `ok`, `error` (no answer, timeout, 429, 5xx, Redis or Kafka
+//!   failing: retried), `rejected` (other 4xx: not retried);
 //! - `ferrule_aggregator_alert_notifications_dropped_total{output,reason}`:
 //!   `queue_full`, `gave_up`, `rejected`;
 //! - `ferrule_aggregator_alert_notifications_deduped_total{output}`: a `firing`
@@ -25,17 +36,21 @@
 //!   alerts beyond [`MAX_OPEN_ALERTS`], sent once but never resent;
 //! - gauge `ferrule_aggregator_alert_queue{output}`: notifications waiting.
 //!
-//! An output's `output` label is `alertmanager:<host:port>` or `pagerduty`.
+//! An output's `output` label is `alertmanager:<host:port>`, `pagerduty`,
+//! `redis:<stream>` or `kafka:<topic>`.
 //!
 //! A failing output does not make the aggregator unready: its data path works,
 //! and agents failing over would not fix a pager; the counters and logs say it.
 
 pub mod alertmanager;
 pub mod evaluate;
+mod kafka_topic;
 pub mod notify;
 pub mod pagerduty;
+mod redis_stream;
+pub mod stream;
 
-use crate::config::AlertsSection;
+use crate::config::{AlertsSection, KafkaSection, RedisSection};
 use ferrule_rules::Transition;
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use http_body_util::{BodyExt as _, Full};
@@ -130,6 +145,12 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error("TLS for alert outputs: {0}")]
     Tls(String),
+    /// The `[redis]` section cannot make a client for the alert stream.
+    #[error("alert stream: {0}")]
+    Redis(#[from] crate::fanout::FanoutError),
+    /// The `[kafka]` section cannot make the alert producer.
+    #[error("alert topic: {0}")]
+    Kafka(String),
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -234,11 +255,38 @@ impl OutputCounters {
     }
 }
 
-/// Where and how one output sends.
+/// Where and how an HTTP output sends.
 #[derive(Debug, Clone)]
-enum Target {
+enum HttpTarget {
     Alertmanager { uri: Uri, resend: Duration },
     PagerDuty { uri: Uri, routing_key: String },
+}
+
+/// How one output's task makes an attempt.
+// One per output, moved once into its task: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Sender {
+    Http {
+        client: HttpClient,
+        target: HttpTarget,
+        timeout: Duration,
+    },
+    Redis(redis_stream::RedisStream),
+    Kafka(kafka_topic::KafkaTopic),
+}
+
+/// What one attempt at a batch ended in.
+enum Outcome {
+    /// All of it was taken.
+    Delivered,
+    /// Refused for good, all of it: dropped and counted, not retried.
+    Reject(String),
+    /// Failed: `again` (all of the batch, or what a partial failure left) is
+    /// tried again after a backoff.
+    Retry {
+        why: String,
+        again: Vec<Arc<Notification>>,
+    },
 }
 
 /// What `send` and an output's task share.
@@ -261,9 +309,15 @@ struct Shutdown {
 /// it stops the output tasks (what is queued is not sent).
 ///
 /// ```no_run
-/// # async fn f(cfg: ferrule_aggregator::config::AlertsSection, t: ferrule_rules::Transition) -> anyhow::Result<()> {
+/// # async fn f(cfg: ferrule_aggregator::config::Config, t: ferrule_rules::Transition) -> anyhow::Result<()> {
+/// # let Some(alerts) = &cfg.alerts else { return Ok(()) };
 /// let registry = ferrule_telemetry::Registry::new();
-/// let notifiers = ferrule_aggregator::alerts::Notifiers::start(&cfg, &registry)?;
+/// let notifiers = ferrule_aggregator::alerts::Notifiers::start(
+///     alerts,
+///     cfg.redis.as_ref(),
+///     cfg.kafka.as_ref(),
+///     &registry,
+/// )?;
 /// notifiers.send(&t); // returns at once, whatever the outputs do
 /// # Ok(()) }
 /// ```
@@ -275,10 +329,19 @@ pub struct Notifiers {
 }
 
 impl Notifiers {
-    /// Starts one task per configured output, on the current tokio runtime.
-    /// Fails on an unusable URL, an unset `env:` routing key or a TLS setup error.
-    pub fn start(cfg: &AlertsSection, registry: &Registry) -> Result<Self, StartError> {
-        let mut targets = Vec::new();
+    /// Starts one task per configured output, on the current tokio runtime:
+    /// `cfg`'s Alertmanagers and PagerDuty, the alert stream when `redis` is
+    /// given (and `cfg.redis_stream`), the alert topic when `kafka` is given
+    /// (and `cfg.kafka`). Fails on an unusable URL, an unset `env:` secret, an
+    /// unreadable TLS file or a TLS or producer setup error; never on an
+    /// output being unreachable (that is retried and counted).
+    pub fn start(
+        cfg: &AlertsSection,
+        redis: Option<&RedisSection>,
+        kafka: Option<&KafkaSection>,
+        registry: &Registry,
+    ) -> Result<Self, StartError> {
+        let mut http = Vec::new();
         for (i, am) in cfg.alertmanager.iter().enumerate() {
             let key = format!("alerts.alertmanager[{i}].url");
             let ep = Endpoint::parse(&am.url).map_err(|source| StartError::Endpoint {
@@ -288,9 +351,9 @@ impl Notifiers {
             let uri = ep
                 .join(alertmanager::PATH)
                 .map_err(|source| StartError::Endpoint { key, source })?;
-            targets.push((
+            http.push((
                 format!("alertmanager:{}", ep.authority()),
-                Target::Alertmanager {
+                HttpTarget::Alertmanager {
                     uri,
                     resend: Duration::from_secs(am.resend_interval_secs.max(1)),
                 },
@@ -303,9 +366,9 @@ impl Notifiers {
                 key: "alerts.pagerduty.url".into(),
                 source,
             })?;
-            targets.push((
+            http.push((
                 "pagerduty".to_string(),
-                Target::PagerDuty {
+                HttpTarget::PagerDuty {
                     uri: ep.uri.clone(),
                     routing_key: crate::config::resolve_secret(&pd.routing_key)?,
                 },
@@ -313,20 +376,57 @@ impl Notifiers {
                 Duration::from_secs(pd.retry_for_secs),
             ));
         }
-        let connect = targets
-            .iter()
-            .map(|t| t.2)
-            .max()
-            .unwrap_or(Duration::from_secs(10));
-        let client = http_client(connect)?;
+        // (output label, sender, backoff, resend interval)
+        let mut senders: Vec<(String, Sender, Backoff, Option<Duration>)> = Vec::new();
+        if !http.is_empty() {
+            let connect = http
+                .iter()
+                .map(|t| t.2)
+                .max()
+                .unwrap_or(Duration::from_secs(10));
+            let client = http_client(connect)?;
+            for (name, target, timeout, retry_for) in http {
+                let resend = match &target {
+                    HttpTarget::Alertmanager { resend, .. } => Some(*resend),
+                    HttpTarget::PagerDuty { .. } => None,
+                };
+                let sender = Sender::Http {
+                    client: client.clone(),
+                    target,
+                    timeout,
+                };
+                senders.push((name, sender, Backoff::new(retry_for), resend));
+            }
+        }
+        if let (Some(r), true) = (redis, cfg.redis_stream) {
+            let out = redis_stream::RedisStream::new(r, cfg.redis_stream_max_len)?;
+            // Redis comes back by itself after a restart or failover: wait no
+            // longer between tries than the real-time path does to reconnect.
+            let backoff = Backoff {
+                max: Duration::from_millis(r.reconnect_max_ms.max(1)),
+                ..Backoff::new(Duration::from_secs(cfg.redis_retry_for_secs))
+            };
+            senders.push((
+                format!("redis:{}", out.stream()),
+                Sender::Redis(out),
+                backoff,
+                None,
+            ));
+        }
+        if let (Some(k), true) = (kafka, cfg.kafka) {
+            let out = kafka_topic::KafkaTopic::new(k, cfg.kafka_topic_for(k), cfg.kafka_timeout_ms)
+                .map_err(|e| StartError::Kafka(format!("{e:#}")))?;
+            senders.push((
+                format!("kafka:{}", out.topic()),
+                Sender::Kafka(out),
+                Backoff::new(Duration::from_secs(cfg.kafka_retry_for_secs)),
+                None,
+            ));
+        }
         let shutdown = Arc::new(Shutdown::default());
         let mut outputs = Vec::new();
         let mut tasks = Vec::new();
-        for (name, target, timeout, retry_for) in targets {
-            let resend = match &target {
-                Target::Alertmanager { resend, .. } => Some(*resend),
-                Target::PagerDuty { .. } => None,
-            };
+        for (name, sender, backoff, resend) in senders {
             let output = Arc::new(Output {
                 counters: OutputCounters::new(registry, &name),
                 outbox: Mutex::new(Outbox::new(cfg.queue_capacity, MAX_OPEN_ALERTS, resend)),
@@ -335,10 +435,8 @@ impl Notifiers {
             });
             let driver = Driver {
                 output: output.clone(),
-                target,
-                timeout,
-                backoff: Backoff::new(retry_for),
-                client: client.clone(),
+                sender,
+                backoff,
                 shutdown: shutdown.clone(),
             };
             tasks.push(tokio::spawn(driver.run()));
@@ -384,8 +482,8 @@ impl Notifiers {
         }
     }
 
-    /// The `output` label of each output, in config order (Alertmanagers, then
-    /// PagerDuty).
+    /// The `output` label of each output: Alertmanagers in config order, then
+    /// PagerDuty, the Redis stream, the Kafka topic.
     pub fn outputs(&self) -> Vec<String> {
         self.outputs.iter().map(|o| o.name.clone()).collect()
     }
@@ -425,7 +523,7 @@ fn wall_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// What one attempt ended in.
+/// What one HTTP attempt ended in.
 enum Attempt {
     Status(u16, String),
     Failed(String),
@@ -434,10 +532,8 @@ enum Attempt {
 /// One output's task.
 struct Driver {
     output: Arc<Output>,
-    target: Target,
-    timeout: Duration,
+    sender: Sender,
     backoff: Backoff,
-    client: HttpClient,
     shutdown: Arc<Shutdown>,
 }
 
@@ -448,10 +544,17 @@ impl Driver {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn run(self) {
-        let max = match self.target {
-            Target::Alertmanager { .. } => alertmanager::MAX_BATCH,
-            Target::PagerDuty { .. } => 1,
+    async fn run(mut self) {
+        let max = match &self.sender {
+            Sender::Http {
+                target: HttpTarget::Alertmanager { .. },
+                ..
+            } => alertmanager::MAX_BATCH,
+            Sender::Http {
+                target: HttpTarget::PagerDuty { .. },
+                ..
+            } => 1,
+            Sender::Redis(_) | Sender::Kafka(_) => stream::MAX_BATCH,
         };
         while !self.closed() {
             let now = wall_ns();
@@ -481,37 +584,44 @@ impl Driver {
                 }
                 continue;
             }
-            self.deliver(&batch).await;
+            self.deliver(batch).await;
         }
     }
 
     /// Sends `batch` until it is delivered, refused, or retried for too long.
-    async fn deliver(&self, batch: &[Arc<Notification>]) {
+    async fn deliver(&mut self, batch: Vec<Arc<Notification>>) {
         let first = Instant::now();
-        let c = &self.output.counters;
-        let n = batch.len() as u64;
+        let c = self.output.counters.clone();
+        let mut pending = batch;
         for attempt in 1u32.. {
             if self.closed() {
                 return;
             }
-            let why = match self.attempt(batch).await {
-                Attempt::Status(status, answer) => match Verdict::of_status(status) {
-                    Verdict::Delivered => {
-                        c.ok.inc();
-                        tracing::debug!(output = %self.output.name, notifications = n, "alert notifications delivered");
-                        return;
+            let why = match self.attempt(&pending).await {
+                Outcome::Delivered => {
+                    c.ok.inc();
+                    if attempt > 1 {
+                        tracing::info!(output = %self.output.name, attempt, notifications = pending.len(), "alert notifications delivered after retrying");
+                    } else {
+                        tracing::debug!(output = %self.output.name, notifications = pending.len(), "alert notifications delivered");
                     }
-                    Verdict::Reject => {
-                        c.rejected.inc();
-                        c.dropped(DropReason::Rejected, n);
-                        tracing::warn!(output = %self.output.name, status, answer = %answer, notifications = n, "alert output refused notifications; not retried");
-                        return;
-                    }
-                    Verdict::Retry => format!("HTTP {status}: {answer}"),
-                },
-                Attempt::Failed(why) => why,
+                    return;
+                }
+                Outcome::Reject(why) => {
+                    c.rejected.inc();
+                    c.dropped(DropReason::Rejected, pending.len() as u64);
+                    tracing::warn!(output = %self.output.name, answer = %why, notifications = pending.len(), "alert output refused notifications; not retried");
+                    return;
+                }
+                Outcome::Retry { why, again } => {
+                    pending = again;
+                    why
+                }
             };
             c.error.inc();
+            if pending.is_empty() {
+                return;
+            }
             match self.backoff.next(attempt, first.elapsed(), fastrand::f64()) {
                 Retry::After(wait) => {
                     tracing::warn!(output = %self.output.name, attempt, error = %why, retry_in_ms = wait.as_millis() as u64, "alert notification failed");
@@ -521,67 +631,97 @@ impl Driver {
                     }
                 }
                 Retry::GiveUp => {
-                    c.dropped(DropReason::GaveUp, n);
-                    tracing::error!(output = %self.output.name, attempt, error = %why, notifications = n, "alert notification failed; giving up");
+                    c.dropped(DropReason::GaveUp, pending.len() as u64);
+                    tracing::error!(output = %self.output.name, attempt, error = %why, notifications = pending.len(), "alert notification failed; giving up");
                     return;
                 }
             }
         }
     }
 
-    /// One POST with the request timeout over connect, send and the answer.
-    async fn attempt(&self, batch: &[Arc<Notification>]) -> Attempt {
-        let (uri, body) = match &self.target {
-            Target::Alertmanager { uri, resend } => {
-                (uri.clone(), alertmanager::body(batch, wall_ns(), *resend))
-            }
-            Target::PagerDuty { uri, routing_key } => {
-                let body = batch
-                    .first()
-                    .map(|n| pagerduty::event(n, routing_key).to_string().into_bytes())
-                    .unwrap_or_default();
-                (uri.clone(), body)
-            }
-        };
-        let req = match hyper::Request::post(uri)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("ferrule-aggregator/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::from(body)))
-        {
-            Ok(r) => r,
-            Err(e) => return Attempt::Failed(format!("building the request: {e}")),
-        };
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                // hyper-util's error says "client error (Connect)"; the cause says why.
-                let mut s = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(cause) = src {
-                    s.push_str(": ");
-                    s.push_str(&cause.to_string());
-                    src = cause.source();
-                }
-                s
-            })?;
-            let status = resp.status().as_u16();
-            let mut answer = Vec::new();
-            let mut body = resp.into_body();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
-                if let Some(data) = frame.data_ref() {
-                    let room = MAX_ANSWER_BYTES.saturating_sub(answer.len());
-                    answer.extend_from_slice(&data[..data.len().min(room)]);
-                }
-            }
-            Ok::<_, String>((status, String::from_utf8_lossy(&answer).into_owned()))
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((status, answer))) => Attempt::Status(status, answer),
-            Ok(Err(why)) => Attempt::Failed(why),
-            Err(_) => Attempt::Failed(format!("no answer within {} ms", self.timeout.as_millis())),
+    async fn attempt(&mut self, batch: &[Arc<Notification>]) -> Outcome {
+        match &mut self.sender {
+            Sender::Http {
+                client,
+                target,
+                timeout,
+            } => match http_attempt(client, target, *timeout, batch).await {
+                Attempt::Status(status, answer) => match Verdict::of_status(status) {
+                    Verdict::Delivered => Outcome::Delivered,
+                    Verdict::Reject => Outcome::Reject(format!("HTTP {status}: {answer}")),
+                    Verdict::Retry => Outcome::Retry {
+                        why: format!("HTTP {status}: {answer}"),
+                        again: batch.to_vec(),
+                    },
+                },
+                Attempt::Failed(why) => Outcome::Retry {
+                    why,
+                    again: batch.to_vec(),
+                },
+            },
+            Sender::Redis(r) => r.attempt(batch).await,
+            Sender::Kafka(k) => k.attempt(batch).await,
         }
+    }
+}
+
+/// One POST with the request timeout over connect, send and the answer.
+async fn http_attempt(
+    client: &HttpClient,
+    target: &HttpTarget,
+    timeout: Duration,
+    batch: &[Arc<Notification>],
+) -> Attempt {
+    let (uri, body) = match target {
+        HttpTarget::Alertmanager { uri, resend } => {
+            (uri.clone(), alertmanager::body(batch, wall_ns(), *resend))
+        }
+        HttpTarget::PagerDuty { uri, routing_key } => {
+            let body = batch
+                .first()
+                .map(|n| pagerduty::event(n, routing_key).to_string().into_bytes())
+                .unwrap_or_default();
+            (uri.clone(), body)
+        }
+    };
+    let req = match hyper::Request::post(uri)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("ferrule-aggregator/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(Bytes::from(body)))
+    {
+        Ok(r) => r,
+        Err(e) => return Attempt::Failed(format!("building the request: {e}")),
+    };
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
+            // hyper-util's error says "client error (Connect)"; the cause says why.
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(cause) = src {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                src = cause.source();
+            }
+            s
+        })?;
+        let status = resp.status().as_u16();
+        let mut answer = Vec::new();
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("reading the answer: {e}"))?;
+            if let Some(data) = frame.data_ref() {
+                let room = MAX_ANSWER_BYTES.saturating_sub(answer.len());
+                answer.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
+        Ok::<_, String>((status, String::from_utf8_lossy(&answer).into_owned()))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((status, answer))) => Attempt::Status(status, answer),
+        Ok(Err(why)) => Attempt::Failed(why),
+        Err(_) => Attempt::Failed(format!("no answer within {} ms", timeout.as_millis())),
     }
 }

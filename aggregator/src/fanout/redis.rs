@@ -44,15 +44,16 @@ pub struct RedisFanout {
 }
 
 /// A connection to one Redis or to a cluster. Both are multiplexed and cheap
-/// to clone, so pipelines for several streams run at once.
+/// to clone, so pipelines for several streams run at once. Shared with the
+/// alert stream output ([`crate::alerts`]), which connects the same way.
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     Single(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Conn {
-    async fn pipe(&mut self, p: &redis::Pipeline) -> Result<Value, RedisError> {
+    pub(crate) async fn pipe(&mut self, p: &redis::Pipeline) -> Result<Value, RedisError> {
         match self {
             Conn::Single(c) => p.query_async(c).await,
             Conn::Cluster(c) => p.query_async(c).await,
@@ -68,13 +69,13 @@ impl Conn {
 }
 
 /// Where to connect.
-enum Target {
+pub(crate) enum Target {
     Single(redis::Client, redis::AsyncConnectionConfig),
     Cluster(redis::cluster::ClusterClient),
 }
 
 impl Target {
-    async fn connect(&self) -> Result<Conn, RedisError> {
+    pub(crate) async fn connect(&self) -> Result<Conn, RedisError> {
         match self {
             Target::Single(client, config) => Ok(Conn::Single(
                 client
@@ -139,7 +140,9 @@ fn tls_files(cfg: &RedisSection) -> Result<Option<redis::TlsCertificates>, Fanou
     )
 }
 
-fn target(cfg: &RedisSection) -> Result<Target, FanoutError> {
+/// The client for `cfg`: URL, credentials (`env:` read now), TLS files, and
+/// the connect and response timeouts.
+pub(crate) fn target(cfg: &RedisSection) -> Result<Target, FanoutError> {
     let tls = tls_files(cfg)?;
     let username = secret("username", &cfg.username)?;
     let password = secret("password", &cfg.password)?;
@@ -303,7 +306,7 @@ struct Trimmer {
 
 /// Whether an error means the connection is unusable (rebuild it) rather
 /// than Redis refusing one command.
-fn connection_lost(e: &RedisError) -> bool {
+pub(crate) fn connection_lost(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
