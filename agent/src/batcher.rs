@@ -272,6 +272,8 @@ struct Batcher {
     /// When shutdown began (bounds the wait for room).
     stopping_since: Option<Instant>,
     frame: Vec<u8>,
+    /// When a crossing last cut a batch short (see `crossing`).
+    last_alert_cut: Option<Instant>,
 }
 
 impl Batcher {
@@ -279,8 +281,15 @@ impl Batcher {
     fn take(&mut self, mut c: Chunk) {
         // A sample that makes an alert fire or resolve leaves now, not when the
         // window closes (see `crossing`).
+        // At most one such cut per quarter window, so a rule flapping on a noisy
+        // signal cannot turn every chunk into its own batch and fsync.
         if let Some(x) = &mut self.io.crossings {
-            c.flush |= x.check(&c.series);
+            let now = Instant::now();
+            let gap = Duration::from_millis(self.cfg.max_delay_ms / 4);
+            if x.check(&c.series) && self.last_alert_cut.is_none_or(|t| now >= t + gap) {
+                self.last_alert_cut = Some(now);
+                c.flush = true;
+            }
         }
         let b = &mut self.builder;
         let mut n = 0usize;
@@ -779,6 +788,7 @@ pub async fn run(
         settles_open: true,
         stopping_since: None,
         frame: Vec::new(),
+        last_alert_cut: None,
     };
     // The oldest unacknowledged batch ages while nothing happens, too.
     let mut gauges = tokio::time::interval(Duration::from_secs(1));

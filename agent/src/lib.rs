@@ -59,23 +59,29 @@ pub async fn run(
         &cfg.spool.dir,
         cfg.agent.max_sensors,
     )?));
-    let crossings = match &cfg.alerts.rules {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the alert rules {}", path.display()))?;
-            let rules = ferrule_rules::RuleSet::from_toml(&text)
-                .with_context(|| format!("alert rules {}", path.display()))?;
-            tracing::info!(rules = rules.rules().len(), file = %path.display(), "alerts: a batch leaves at once when one of these rules fires or resolves");
-            Some(crossing::Crossings::new(
-                rules,
-                &cfg.agent.site,
-                &cfg.agent.id,
-                catalog.clone(),
-                &registry,
-            ))
+    // The rules only pick when a batch leaves: a file this agent cannot read or
+    // does not understand (a newer rule kind) costs latency, not the data.
+    let crossings = cfg.alerts.rules.as_ref().and_then(|path| {
+        let rules = std::fs::read_to_string(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Ok(ferrule_rules::RuleSet::from_toml(&text)?));
+        match rules {
+            Ok(rules) => {
+                tracing::info!(rules = rules.rules().len(), file = %path.display(), "alerts: a batch leaves at once when one of these rules fires or resolves");
+                Some(crossing::Crossings::new(
+                    rules,
+                    &cfg.agent.site,
+                    &cfg.agent.id,
+                    catalog.clone(),
+                    &registry,
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %format!("{e:#}"), "alerts.rules: not used (batches leave when their window closes)");
+                None
+            }
         }
-        None => None,
-    };
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (chunk_tx, chunk_rx) = mpsc::channel(64);
     // Inputs register their sensors before anything runs, so a bad name fails the start.

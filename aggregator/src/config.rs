@@ -67,6 +67,10 @@ pub struct AlertsSection {
     /// `ferrule_aggregator_fanout_lagged_total{consumer="alerts"}`. Default 1024.
     #[serde(default = "d_evaluate_queue")]
     pub evaluate_queue_batches: usize,
+    /// Record bytes waiting for the evaluator before the oldest batch is dropped
+    /// (counted as above). Default 67 108 864 (64 MiB).
+    #[serde(default = "d_evaluate_queue_bytes")]
+    pub evaluate_queue_max_bytes: u64,
     /// Alertmanagers: every one gets every notification, as Prometheus does.
     #[serde(default)]
     pub alertmanager: Vec<AlertmanagerOutput>,
@@ -127,6 +131,9 @@ fn d_alert_queue() -> usize {
 }
 fn d_evaluate_queue() -> usize {
     1024
+}
+fn d_evaluate_queue_bytes() -> u64 {
+    64 << 20
 }
 fn d_true() -> bool {
     true
@@ -863,6 +870,7 @@ mod tests {
             rules: None,
             queue_capacity: 1,
             evaluate_queue_batches: 1,
+            evaluate_queue_max_bytes: 1,
             alertmanager: vec![],
             pagerduty: None,
             redis_stream: true,

@@ -312,7 +312,11 @@ fn start_alerts(
     let notifiers =
         Notifiers::start(a, redis, kafka, registry).context("starting the alert outputs")?;
     tracing::info!(rules = rules.rules().len(), file = %path.display(), outputs = ?notifiers.outputs(), "alerts: evaluating");
-    let sub = fanout.subscribe("alerts", a.evaluate_queue_batches.max(1));
+    let sub = fanout.subscribe_bounded(
+        "alerts",
+        a.evaluate_queue_batches.max(1),
+        a.evaluate_queue_max_bytes.max(1),
+    );
     Ok(Some(Evaluator::start(
         sub,
         rules,

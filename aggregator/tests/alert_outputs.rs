@@ -73,6 +73,7 @@ fn section(
         rules: None,
         queue_capacity: queue,
         evaluate_queue_batches: 1024,
+        evaluate_queue_max_bytes: 64 << 20,
         alertmanager: am,
         pagerduty: pd,
         redis_stream: true,

@@ -92,6 +92,7 @@ fn section(queue: usize) -> AlertsSection {
         rules: None,
         queue_capacity: queue,
         evaluate_queue_batches: 1024,
+        evaluate_queue_max_bytes: 64 << 20,
         alertmanager: vec![],
         pagerduty: None,
         redis_stream: true,

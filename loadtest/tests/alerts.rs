@@ -82,7 +82,11 @@ async fn a_sag_pages_a_real_alertmanager_once_per_episode() {
         total_samples: None,
         fsync: "interval",
         metrics: None,
-        extra: "sag_every_secs = 5\n".into(),
+        // The crossing fast path on: a firing or resolve leaves at once.
+        extra: format!(
+            "sag_every_secs = 5\n\n[alerts]\nrules = {:?}\n",
+            rules.display().to_string()
+        ),
     };
     let agent_path = dir.path().join("agent.toml");
     std::fs::write(&agent_path, agent_toml(&pki, &spec).unwrap()).unwrap();
@@ -91,12 +95,13 @@ async fn a_sag_pages_a_real_alertmanager_once_per_episode() {
             .unwrap()
             .value;
     let (stop_agent, mut stop_agent_rx) = watch::channel(false);
+    let agent_registry = ferrule_telemetry::Registry::new();
     let agent = tokio::spawn(ferrule_agent::run(
         agent_cfg,
         async move {
             let _ = stop_agent_rx.wait_for(|s| *s).await;
         },
-        ferrule_telemetry::Registry::new(),
+        agent_registry.clone(),
     ));
 
     // The first sag (within 5 s): each phase fires and resolves once.
@@ -127,6 +132,10 @@ async fn a_sag_pages_a_real_alertmanager_once_per_episode() {
     // Stop the feed before the next sag: one episode per phase.
     let _ = stop_agent.send(true);
     agent.await.unwrap().unwrap();
+    assert!(
+        agent_registry.counter_sum("ferrule_agent_alert_flushes_total") >= 1,
+        "the agent's own rules cut the crossing's batch short"
+    );
 
     let under: Vec<&Arc<Evaluated>> = seen
         .iter()

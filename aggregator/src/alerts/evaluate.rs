@@ -193,11 +193,17 @@ fn feed(engine: &mut Engine, record: &[u8]) -> Result<(i64, u64), ferrule_wire::
     let r = decode_record(record, MAX_RECORD_SAMPLES)?;
     let h = &r.header;
     let mut n = 0u64;
-    for series in &r.series {
-        // A series naming a sensor the header does not list is skipped: the
-        // record was checked at ingest, so this is damage, not data.
-        let Some(info) = h.sensors.iter().find(|s| s.id == series.sensor()) else {
-            continue;
+    for (i, series) in r.series.iter().enumerate() {
+        // Ingest lists the sensors in series order: the same index first, a
+        // search only for a record built otherwise. A series naming a sensor
+        // the header does not list is skipped (damage, not data).
+        let id = series.sensor();
+        let info = match h.sensors.get(i) {
+            Some(s) if s.id == id => s,
+            _ => match h.sensors.iter().find(|s| s.id == id) {
+                Some(s) => s,
+                None => continue,
+            },
         };
         for (ts, value, quality) in series.iter() {
             engine.handle_sample(&Sample {
@@ -225,8 +231,10 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut undecodable_logged = false;
     loop {
+        // Not biased: under a backlog the tick still runs (no_data deadlines,
+        // counters), and each record yields to the runtime's budget.
+        tokio::task::consume_budget().await;
         let received_ns = tokio::select! {
-            biased;
             e = sub.recv() => match e {
                 None => break,
                 Some(e) => match feed(&mut engine, &e.record) {

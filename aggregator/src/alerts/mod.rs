@@ -68,6 +68,9 @@ use tokio::sync::Notify;
 /// each). Beyond it a firing alert is still sent, once.
 pub const MAX_OPEN_ALERTS: usize = 100_000;
 
+/// Longest [`Notifiers::stop`] waits for queued notifications to go out.
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+
 /// Bytes of an answer read (to log why a request was refused); the rest is dropped.
 const MAX_ANSWER_BYTES: usize = 4096;
 
@@ -488,8 +491,22 @@ impl Notifiers {
         self.outputs.iter().map(|o| o.name.clone()).collect()
     }
 
-    /// Stops the tasks and waits for them (what is queued is not sent).
+    /// Gives queued notifications up to 2 s to go out, then stops the tasks and
+    /// waits for them (what is still queued then is not sent).
     pub async fn stop(mut self) {
+        // What the last batches produced (often a `resolved`) gets a moment to
+        // go out; a dead output cannot hold the shutdown longer than this.
+        let until = Instant::now() + STOP_DRAIN;
+        while Instant::now() < until
+            && self.outputs.iter().any(|o| {
+                !o.outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_empty()
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.signal_stop();
         for t in std::mem::take(&mut self.tasks) {
             // A task may sit in a retry's wait or an HTTP request: end it there.

@@ -251,10 +251,18 @@ impl Outbox {
     /// Up to `max` notifications to send now, at wall time `now_ns`: queued ones
     /// first, oldest first, then firing alerts due for a resend (each due again
     /// one interval later). A resend already in the batch as queued is not added
-    /// twice.
+    /// twice. A notification for an alert already in the batch waits for the
+    /// next one: an Alertmanager given an alert's `firing` and `resolved` in one
+    /// request keeps only the last, and would never page a short episode.
     pub fn pop_batch(&mut self, max: usize, now_ns: i64) -> Vec<Arc<Notification>> {
-        let mut batch = Vec::new();
+        let mut batch: Vec<Arc<Notification>> = Vec::new();
         while batch.len() < max {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if batch.iter().any(|b| b.fingerprint == front.fingerprint) {
+                break;
+            }
             let Some(n) = self.queue.pop_front() else {
                 break;
             };
@@ -485,6 +493,25 @@ mod tests {
         assert!(o.is_empty());
     }
 
+    /// A short episode's firing and resolve, queued together, go out in two
+    /// requests: in one, Alertmanager keeps only the resolve and never pages.
+    #[test]
+    fn an_alerts_firing_and_resolve_never_share_a_request() {
+        let mut o = Outbox::new(10, 100, None);
+        assert!(o.offer(note(Kind::Firing, 1, 10, 10), 0).queued);
+        assert!(o.offer(note(Kind::Firing, 2, 10, 10), 0).queued);
+        assert!(o.offer(note(Kind::Resolved, 1, 10, 20), 0).queued);
+        let kinds = |b: Vec<Arc<Notification>>| -> Vec<(Kind, u64)> {
+            b.iter().map(|n| (n.kind, n.fingerprint.0)).collect()
+        };
+        assert_eq!(
+            kinds(o.pop_batch(64, 0)),
+            [(Kind::Firing, 1), (Kind::Firing, 2)]
+        );
+        assert_eq!(kinds(o.pop_batch(64, 0)), [(Kind::Resolved, 1)]);
+        assert!(o.is_empty());
+    }
+
     #[test]
     fn a_second_firing_while_open_is_the_same_incident_and_resolve_closes_the_first_episode() {
         let mut o = Outbox::new(10, 100, None);
@@ -493,7 +520,10 @@ mod tests {
         let again = o.offer(note(Kind::Firing, 1, 15, 16), 0);
         assert!(again.duplicate && !again.queued);
         o.offer(note(Kind::Resolved, 1, 15, 30), 0);
-        let b = o.pop_batch(10, 0);
+        // The firing and its resolve go out one request after the other.
+        let mut b = o.pop_batch(10, 0);
+        assert_eq!(b.len(), 1);
+        b.extend(o.pop_batch(10, 0));
         assert_eq!(b.len(), 2);
         assert_eq!(b[1].kind, Kind::Resolved);
         assert_eq!(

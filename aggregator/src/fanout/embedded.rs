@@ -19,6 +19,10 @@ use tokio::sync::Notify;
 struct Queue {
     name: String,
     capacity: usize,
+    /// Record bytes it may hold (entries share their records, but a consumer's
+    /// backlog pins them after everyone else let go).
+    max_bytes: u64,
+    bytes: AtomicU64,
     entries: Mutex<VecDeque<Entry>>,
     notify: Notify,
     closed: AtomicBool,
@@ -30,11 +34,19 @@ struct Queue {
 impl Queue {
     fn push(&self, e: Entry) {
         let mut q = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.len() >= self.capacity {
-            q.pop_front();
+        let len = e.record.len() as u64;
+        let mut bytes = self.bytes.load(Ordering::Relaxed);
+        while !q.is_empty()
+            && (q.len() >= self.capacity || bytes.saturating_add(len) > self.max_bytes)
+        {
+            if let Some(old) = q.pop_front() {
+                bytes = bytes.saturating_sub(old.record.len() as u64);
+            }
             self.lagged.fetch_add(1, Ordering::Relaxed);
             self.lagged_counter.inc();
         }
+        self.bytes
+            .store(bytes.saturating_add(len), Ordering::Relaxed);
         q.push_back(e);
         drop(q);
         self.notify.notify_one();
@@ -79,11 +91,19 @@ impl Subscriber {
 
     /// The next entry if one is queued.
     pub fn try_recv(&mut self) -> Option<Entry> {
-        self.queue
+        let mut q = self
+            .queue
             .entries
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front()
+            .unwrap_or_else(PoisonError::into_inner);
+        let e = q.pop_front()?;
+        let left = self
+            .queue
+            .bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(e.record.len() as u64);
+        self.queue.bytes.store(left, Ordering::Relaxed);
+        Some(e)
     }
 
     /// Entries this subscriber lost by falling behind, so far.
@@ -153,6 +173,12 @@ impl Subscriptions {
     /// what is published from now on; when it falls behind it loses its oldest
     /// entries, counted, and nobody else notices.
     pub fn subscribe(&self, name: &str, capacity: usize) -> Subscriber {
+        self.subscribe_bounded(name, capacity, u64::MAX)
+    }
+
+    /// Like [`Subscriptions::subscribe`], also holding at most `max_bytes` of
+    /// records (one larger record is still taken when the queue is empty).
+    pub fn subscribe_bounded(&self, name: &str, capacity: usize, max_bytes: u64) -> Subscriber {
         let mut subs = self
             .subscribers
             .lock()
@@ -160,6 +186,8 @@ impl Subscriptions {
         let queue = Arc::new(Queue {
             name: name.to_string(),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: AtomicU64::new(0),
             entries: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             closed: AtomicBool::new(subs.1),

@@ -338,6 +338,21 @@ impl Publisher {
             i.metrics.repeats.inc();
             return Published::Repeat;
         }
+        let entry = Entry {
+            site: site.into(),
+            agent: agent.into(),
+            epoch,
+            seq,
+            samples,
+            record: record.into(),
+        };
+        // Consumers in this process (the alert evaluator) get it whatever Redis
+        // does: a Redis that is slow or down must not cost a page. A resend of a
+        // batch skipped below reaches them again; the rule engine ignores samples
+        // no newer than those it has.
+        if let Some(l) = &i.local {
+            l.deliver(&entry);
+        }
         let len = record.len() as u64;
         let queued = i.queued_bytes.load(Ordering::Relaxed);
         // An empty queue takes any record, so one larger than the bound still
@@ -369,17 +384,6 @@ impl Publisher {
             .add(forgotten.saturating_sub(before));
         // Counted before it is sent: the fan-out releases it once taken.
         i.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        let entry = Entry {
-            site: site.into(),
-            agent: agent.into(),
-            epoch,
-            seq,
-            samples,
-            record: record.into(),
-        };
-        if let Some(l) = &i.local {
-            l.deliver(&entry);
-        }
         permit.send(entry);
         i.metrics.published.inc();
         Published::Queued
@@ -475,6 +479,17 @@ impl Fanout {
     /// consumers elsewhere read the streams through consumer groups.
     pub fn subscribe(&self, name: &str, capacity: usize) -> embedded::Subscriber {
         self.subscriptions().subscribe(name, capacity)
+    }
+
+    /// Like [`Fanout::subscribe`], the queue also bounded to `max_bytes` of records.
+    pub fn subscribe_bounded(
+        &self,
+        name: &str,
+        capacity: usize,
+        max_bytes: u64,
+    ) -> embedded::Subscriber {
+        self.subscriptions()
+            .subscribe_bounded(name, capacity, max_bytes)
     }
 
     /// Where in-process consumers subscribe (cheap to clone).
@@ -575,6 +590,63 @@ mod tests {
             Some(Seq(1)),
             "Redis still gets it"
         );
+    }
+
+    /// A Redis too slow to keep up skips batches (counted), but the consumers
+    /// in this process still get them: a slow Redis never costs a page.
+    #[test]
+    fn local_consumers_get_what_a_full_redis_queue_skips() {
+        let registry = Registry::new();
+        let (tx, _rx) = mpsc::channel(1);
+        let local = Subscriptions::new(FanoutMetrics::new(&registry));
+        let mut sub = local.subscribe("alerts", 8);
+        let p = Publisher::new(
+            tx,
+            Arc::new(AtomicU64::new(0)),
+            u64::MAX,
+            SeenBounds::default(),
+            FanoutMetrics::new(&registry),
+            Some("ferrule".into()),
+            Some(local),
+        );
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(1), 1, b"r1"),
+            Published::Queued
+        );
+        assert_eq!(
+            p.publish("s1", "a1", Epoch(1), Seq(2), 1, b"r2"),
+            Published::Skipped("queue_full")
+        );
+        assert_eq!(sub.try_recv().map(|e| e.seq), Some(Seq(1)));
+        assert_eq!(sub.try_recv().map(|e| e.seq), Some(Seq(2)));
+    }
+
+    /// A bounded consumer holds at most its bytes of records: a backlog cannot
+    /// pin more than that, whatever the batch count allows.
+    #[test]
+    fn a_consumers_bytes_are_bounded_oldest_dropped_and_counted() {
+        let registry = Registry::new();
+        let subs = Subscriptions::new(FanoutMetrics::new(&registry));
+        let mut sub = subs.subscribe_bounded("alerts", 100, 10);
+        let entry = |seq: u64, len: usize| Entry {
+            site: "s".into(),
+            agent: "a".into(),
+            epoch: Epoch(1),
+            seq: Seq(seq),
+            samples: 1,
+            record: vec![0u8; len].into(),
+        };
+        for q in 1..=4 {
+            subs.deliver(&entry(q, 4));
+        }
+        // 4 + 4 fit in 10 bytes; 1 and 2 were dropped for 3 and 4.
+        assert_eq!(sub.lagged(), 2);
+        assert_eq!(sub.try_recv().map(|e| e.seq), Some(Seq(3)));
+        // One record larger than the bound still goes through alone.
+        subs.deliver(&entry(5, 50));
+        assert_eq!(sub.try_recv().map(|e| e.seq), Some(Seq(5)));
+        assert!(sub.try_recv().is_none());
+        assert_eq!(sub.lagged(), 3);
     }
 
     #[test]

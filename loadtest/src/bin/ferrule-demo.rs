@@ -88,7 +88,12 @@ async fn demo() -> anyhow::Result<()> {
             total_samples: None,
             fsync: "interval",
             metrics: None,
-            extra: "sag_every_secs = 20\n".into(),
+            // The same rules: a crossing leaves the agent at once, not when its
+            // batch window closes.
+            extra: format!(
+                "sag_every_secs = 20\n\n[alerts]\nrules = {:?}\n",
+                rules_path.display().to_string()
+            ),
         };
         let path = root.join(format!("agent-{id}.toml"));
         write(&path, &agent_toml(&pki, &spec)?)?;
