@@ -281,14 +281,22 @@ impl Batcher {
     fn take(&mut self, mut c: Chunk) {
         // A sample that makes an alert fire or resolve leaves now, not when the
         // window closes (see `crossing`).
-        // At most one such cut per quarter window, so a rule flapping on a noisy
+        // At most one such cut per tenth of a window, so a rule flapping on a noisy
         // signal cannot turn every chunk into its own batch and fsync.
+        // A crossing within that gap of the last cut is cut at the gap's end, not
+        // left for the window (three phases cross a few ms apart).
+        let mut cut_by = None;
         if let Some(x) = &mut self.io.crossings {
-            let now = Instant::now();
-            let gap = Duration::from_millis(self.cfg.max_delay_ms / 4);
-            if x.check(&c.series) && self.last_alert_cut.is_none_or(|t| now >= t + gap) {
-                self.last_alert_cut = Some(now);
-                c.flush = true;
+            if x.check(&c.series) {
+                let now = Instant::now();
+                let gap = Duration::from_millis(self.cfg.max_delay_ms / 10);
+                match self.last_alert_cut {
+                    Some(t) if now < t + gap => cut_by = Some(t + gap),
+                    _ => {
+                        self.last_alert_cut = Some(now);
+                        c.flush = true;
+                    }
+                }
             }
         }
         let b = &mut self.builder;
@@ -335,6 +343,12 @@ impl Batcher {
                 self.cut_at = Some(Instant::now());
             } else if !self.unsynced.is_empty() {
                 self.sync_at = Some(Instant::now());
+            }
+        }
+        if let Some(by) = cut_by {
+            if self.builder.samples > 0 && self.cut_at.is_none_or(|at| at > by) {
+                self.cut_at = Some(by);
+                self.last_alert_cut = Some(by);
             }
         }
         let full = self.builder.samples >= self.cfg.max_samples;

@@ -16,7 +16,7 @@
 //! `ferrule_agent_alert_flushes_total`.
 
 use crate::catalog::Catalog;
-use ferrule_rules::{Engine, RuleSet, Sample, State};
+use ferrule_rules::{Engine, RuleSet, State};
 use ferrule_telemetry::{Counter, Registry};
 use ferrule_wire::{SensorId, SensorName, Series};
 use std::collections::HashMap;
@@ -71,16 +71,8 @@ impl Crossings {
             let Some(name) = self.names.get(&id) else {
                 continue;
             };
-            for (ts, value, quality) in s.iter() {
-                self.engine.handle_sample(&Sample {
-                    ts_ns: ts,
-                    site: &self.site,
-                    agent: &self.agent,
-                    sensor: name.as_str(),
-                    value,
-                    quality,
-                });
-            }
+            self.engine
+                .handle_series(&self.site, &self.agent, name.as_str(), s.iter());
             while let Some(t) = self.engine.poll_transition() {
                 crossed |= matches!(t.state, State::Firing | State::Resolved);
             }

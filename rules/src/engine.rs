@@ -329,32 +329,79 @@ impl Engine {
             s.last_value = sample.value;
             s.last_quality = sample.quality;
         }
-        for st in &mut s.states {
-            let rule = &rules.rules[st.rule];
-            let (verdict, value) = verdict(rule, st, sample, counters);
-            if let Some((state, started_ns)) = step(rule, &mut st.phase, verdict, sample.ts_ns) {
-                counters.transitions += 1;
-                let at = At {
-                    site: &s.site,
-                    agent: &s.agent,
-                    sensor: &s.sensor,
-                    quality: sample.quality,
+        evaluate(rules, s, out, counters, sample);
+    }
+
+    /// Evaluates a run of samples of one series, oldest first: the same as
+    /// [`Engine::handle_sample`] for each, with the series looked up once (a
+    /// batch carries hundreds of samples per sensor, and the lookup hashes three
+    /// names).
+    pub fn handle_series(
+        &mut self,
+        site: &str,
+        agent: &str,
+        sensor: &str,
+        samples: impl IntoIterator<Item = (i64, f64, Quality)>,
+    ) {
+        let mut samples = samples.into_iter();
+        let key = fnv(&[site.as_bytes(), agent.as_bytes(), sensor.as_bytes()]);
+        let find = |e: &Self| {
+            e.series
+                .get(&key)
+                .and_then(|b| b.iter().position(|s| s.is(site, agent, sensor)))
+        };
+        let idx = match find(self) {
+            Some(i) => i,
+            None => {
+                // A new series: the first sample makes it, as handle_sample does.
+                let Some((ts_ns, value, quality)) = samples.next() else {
+                    return;
                 };
-                // Only a no_data episode can start after the sample that ends it: a
-                // sample taken before the deadline but delivered after a tick passed
-                // it. The silence was in delivery; the episode ends where it began,
-                // so no alert's time runs backwards.
-                let ts = sample.ts_ns.max(started_ns);
-                out.push_back(transition(
-                    rule,
-                    at,
-                    st.fingerprint,
-                    state,
-                    ts,
+                self.handle_sample(&Sample {
+                    ts_ns,
+                    site,
+                    agent,
+                    sensor,
                     value,
-                    started_ns,
-                ));
+                    quality,
+                });
+                match find(self) {
+                    Some(i) => i,
+                    None => return,
+                }
             }
+        };
+        let Self {
+            rules,
+            series,
+            out,
+            counters,
+            ..
+        } = self;
+        let Some(s) = series.get_mut(&key).and_then(|b| b.get_mut(idx)) else {
+            return;
+        };
+        for (ts_ns, value, quality) in samples {
+            counters.samples += 1;
+            if ts_ns <= s.last_ts_ns {
+                counters.samples_out_of_order += 1;
+                continue;
+            }
+            s.last_ts_ns = ts_ns;
+            s.last_value = value;
+            s.last_quality = quality;
+            if s.states.is_empty() {
+                continue;
+            }
+            let sample = Sample {
+                ts_ns,
+                site,
+                agent,
+                sensor,
+                value,
+                quality,
+            };
+            evaluate(rules, s, out, counters, &sample);
         }
     }
 
@@ -648,5 +695,43 @@ fn transition(
         labels: rule.labels.clone(),
         annotation,
         quality: at.quality,
+    }
+}
+
+/// Steps every rule state of series `s` with `sample` (already in order),
+/// queueing transitions.
+fn evaluate(
+    rules: &RuleSet,
+    s: &mut Series,
+    out: &mut VecDeque<Transition>,
+    counters: &mut Counters,
+    sample: &Sample<'_>,
+) {
+    for st in &mut s.states {
+        let rule = &rules.rules[st.rule];
+        let (verdict, value) = verdict(rule, st, sample, counters);
+        if let Some((state, started_ns)) = step(rule, &mut st.phase, verdict, sample.ts_ns) {
+            counters.transitions += 1;
+            let at = At {
+                site: &s.site,
+                agent: &s.agent,
+                sensor: &s.sensor,
+                quality: sample.quality,
+            };
+            // Only a no_data episode can start after the sample that ends it: a
+            // sample taken before the deadline but delivered after a tick passed
+            // it. The silence was in delivery; the episode ends where it began,
+            // so no alert's time runs backwards.
+            let ts = sample.ts_ns.max(started_ns);
+            out.push_back(transition(
+                rule,
+                at,
+                st.fingerprint,
+                state,
+                ts,
+                value,
+                started_ns,
+            ));
+        }
     }
 }

@@ -177,6 +177,44 @@ proptest! {
     }
 
     #[test]
+    fn a_series_run_at_once_is_the_same_as_sample_by_sample(
+        ops in prop::collection::vec(op(NAMES.len()), 0..300),
+        max in 1usize..10,
+    ) {
+        // Consecutive samples of one sensor go through handle_series as one run.
+        let mut one = Engine::new(rules(max));
+        let by_sample = run(&mut one, &ops, |_| {});
+        let mut two = Engine::new(rules(max));
+        let mut now = T0;
+        let mut by_series = Vec::new();
+        let mut i = 0;
+        while i < ops.len() {
+            match ops[i] {
+                Op::Tick { dt_ms } => {
+                    now += dt_ms * MS;
+                    two.handle_tick(now);
+                    i += 1;
+                }
+                Op::Sample { sensor, .. } => {
+                    let mut run_of = Vec::new();
+                    while let Some(Op::Sample { sensor: s, dt_ms, value, quality }) = ops.get(i).cloned() {
+                        if s != sensor {
+                            break;
+                        }
+                        now += dt_ms.max(0) * MS;
+                        run_of.push((now + dt_ms.min(0) * MS, value, quality));
+                        i += 1;
+                    }
+                    two.handle_series("site", "agent", NAMES[sensor], run_of);
+                }
+            }
+            by_series.extend(std::iter::from_fn(|| two.poll_transition()));
+        }
+        prop_assert_eq!(by_sample, by_series);
+        prop_assert_eq!(one.counters(), two.counters());
+    }
+
+    #[test]
     fn the_engine_is_deterministic(ops in prop::collection::vec(op(NAMES.len()), 0..300)) {
         let a = run(&mut Engine::new(rules(1000)), &ops, |_| {});
         let b = run(&mut Engine::new(rules(1000)), &ops, |_| {});

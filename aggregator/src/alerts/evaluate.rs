@@ -28,7 +28,7 @@
 
 use super::Notifiers;
 use crate::fanout::embedded::Subscriber;
-use ferrule_rules::{Engine, RuleSet, Sample, State, Transition};
+use ferrule_rules::{Engine, RuleSet, State, Transition};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_wire::record::decode_record;
 use std::collections::HashMap;
@@ -205,17 +205,16 @@ fn feed(engine: &mut Engine, record: &[u8]) -> Result<(i64, u64), ferrule_wire::
                 None => continue,
             },
         };
-        for (ts, value, quality) in series.iter() {
-            engine.handle_sample(&Sample {
-                ts_ns: ts.saturating_add(h.clock_offset_ns),
-                site: &h.site,
-                agent: &h.agent,
-                sensor: info.name.as_str(),
-                value,
-                quality,
-            });
-            n += 1;
-        }
+        let offset = h.clock_offset_ns;
+        engine.handle_series(
+            &h.site,
+            &h.agent,
+            info.name.as_str(),
+            series
+                .iter()
+                .map(|(ts, v, q)| (ts.saturating_add(offset), v, q)),
+        );
+        n += series.len() as u64;
     }
     Ok((h.received_ns, n))
 }
