@@ -71,6 +71,14 @@ pub struct AlertsSection {
     /// (counted as above). Default 67 108 864 (64 MiB).
     #[serde(default = "d_evaluate_queue_bytes")]
     pub evaluate_queue_max_bytes: u64,
+    /// An agent that sent this aggregator nothing for this long is forgotten:
+    /// its series are dropped and its open alerts no longer resent, so after a
+    /// failover the aggregator that receives the agent now speaks for them
+    /// (Alertmanager expires what nobody resends at its `endsAt`, four resend
+    /// intervals on). Its `no_data` alerts go with it. Counted in
+    /// `ferrule_aggregator_alert_agents_forgotten_total`. Default 300; 0 never.
+    #[serde(default = "d_forget_agent")]
+    pub forget_agent_after_secs: u64,
     /// Alertmanagers: every one gets every notification, as Prometheus does.
     #[serde(default)]
     pub alertmanager: Vec<AlertmanagerOutput>,
@@ -134,6 +142,9 @@ fn d_evaluate_queue() -> usize {
 }
 fn d_evaluate_queue_bytes() -> u64 {
     64 << 20
+}
+fn d_forget_agent() -> u64 {
+    300
 }
 fn d_true() -> bool {
     true
@@ -871,6 +882,7 @@ mod tests {
             queue_capacity: 1,
             evaluate_queue_batches: 1,
             evaluate_queue_max_bytes: 1,
+            forget_agent_after_secs: 300,
             alertmanager: vec![],
             pagerduty: None,
             redis_stream: true,

@@ -317,10 +317,13 @@ fn start_alerts(
         a.evaluate_queue_batches.max(1),
         a.evaluate_queue_max_bytes.max(1),
     );
+    let forget_after =
+        (a.forget_agent_after_secs > 0).then(|| Duration::from_secs(a.forget_agent_after_secs));
     Ok(Some(Evaluator::start(
         sub,
         rules,
         Some(notifiers),
+        forget_after,
         registry,
     )))
 }

@@ -74,6 +74,7 @@ fn section(
         queue_capacity: queue,
         evaluate_queue_batches: 1024,
         evaluate_queue_max_bytes: 64 << 20,
+        forget_agent_after_secs: 300,
         alertmanager: am,
         pagerduty: pd,
         redis_stream: true,

@@ -93,6 +93,7 @@ fn section(queue: usize) -> AlertsSection {
         queue_capacity: queue,
         evaluate_queue_batches: 1024,
         evaluate_queue_max_bytes: 64 << 20,
+        forget_agent_after_secs: 300,
         alertmanager: vec![],
         pagerduty: None,
         redis_stream: true,

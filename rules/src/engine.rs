@@ -127,6 +127,9 @@ pub struct Counters {
     pub series_evicted: u64,
     /// Transitions emitted.
     pub transitions: u64,
+    /// Series dropped by [`Engine::forget_agent`] (an agent that went quiet
+    /// here, most likely sending to another aggregator now).
+    pub series_forgotten: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -240,6 +243,9 @@ pub struct Engine {
     series: HashMap<u64, Vec<Series>>,
     tracked: usize,
     out: VecDeque<Transition>,
+    /// Firing alerts whose series were dropped without a transition (evicted or
+    /// forgotten): notifiers stop resending them.
+    forgotten: VecDeque<Fingerprint>,
     counters: Counters,
 }
 
@@ -256,6 +262,7 @@ impl Engine {
             series: HashMap::new(),
             tracked: 0,
             out: VecDeque::new(),
+            forgotten: VecDeque::new(),
             counters: Counters::default(),
         }
     }
@@ -285,6 +292,43 @@ impl Engine {
             .filter_map(|st| st.window.as_ref())
             .map(|w| w.points.len())
             .sum()
+    }
+
+    /// The next alert that was firing when its series was dropped without a
+    /// transition (evicted at `max_series`, or by [`Engine::forget_agent`]): no
+    /// `resolved` will come for it from here, so a notifier should stop
+    /// resending it and let its receiver expire it.
+    pub fn poll_forgotten(&mut self) -> Option<Fingerprint> {
+        self.forgotten.pop_front()
+    }
+
+    /// Drops every series of `agent` at `site` without a transition; their firing
+    /// alerts come out of [`Engine::poll_forgotten`]. For an agent that stopped
+    /// sending here: after a failover another aggregator evaluates its samples,
+    /// and a `resolved` can only come from there. Returns the series dropped.
+    pub fn forget_agent(&mut self, site: &str, agent: &str) -> usize {
+        let mut n = 0;
+        let forgotten = &mut self.forgotten;
+        self.series.retain(|_, bucket| {
+            bucket.retain(|s| {
+                if &*s.site == site && &*s.agent == agent {
+                    forgotten.extend(
+                        s.states
+                            .iter()
+                            .filter(|st| matches!(st.phase, Phase::Firing { .. }))
+                            .map(|st| st.fingerprint),
+                    );
+                    n += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            !bucket.is_empty()
+        });
+        self.tracked -= n;
+        self.counters.series_forgotten += n as u64;
+        n
     }
 
     /// The next transition, if any. Call until `None` after each `handle_*`; the
@@ -511,6 +555,14 @@ impl Engine {
             .collect();
         for (key, site, agent, sensor) in victims {
             if let Some(bucket) = self.series.get_mut(&key) {
+                for s in bucket.iter().filter(|s| s.is(&site, &agent, &sensor)) {
+                    self.forgotten.extend(
+                        s.states
+                            .iter()
+                            .filter(|st| matches!(st.phase, Phase::Firing { .. }))
+                            .map(|st| st.fingerprint),
+                    );
+                }
                 bucket.retain(|s| !s.is(&site, &agent, &sensor));
                 if bucket.is_empty() {
                     self.series.remove(&key);

@@ -212,6 +212,8 @@ fn write_all(
     summary: &mut Summary,
     out: &mut impl Write,
 ) -> Result<(), ReplayError> {
+    // No notifier here: nothing to stop resending.
+    while engine.poll_forgotten().is_some() {}
     while let Some(t) = engine.poll_transition() {
         match t.state {
             State::Pending => summary.pending += 1,

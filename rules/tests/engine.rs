@@ -445,3 +445,51 @@ fn a_late_sample_resolves_no_data_at_the_episode_start() {
     );
     assert_eq!(t[0].episode, t[1].episode);
 }
+
+/// An agent forgotten (silent here after a failover) takes its series with it
+/// without a transition; its firing alerts are reported so notifiers stop
+/// resending them, and its next sample starts afresh.
+#[test]
+fn forgetting_an_agent_reports_its_firing_alerts_and_starts_afresh() {
+    let mut e = engine("kind = \"below\"\nthreshold = 200.0");
+    let other = |ts_ns, value| Sample {
+        agent: "rtu-9",
+        ..sample(ts_ns, value)
+    };
+    e.handle_sample(&sample(T0, 150.0));
+    e.handle_sample(&other(T0, 150.0));
+    let fired: Vec<Fingerprint> = drain(&mut e).iter().map(|t| t.fingerprint).collect();
+    assert_eq!(fired.len(), 2);
+    assert_eq!(e.forget_agent("substation-7", "rtu-3"), 1);
+    assert_eq!(e.poll_forgotten(), Some(fired[0]));
+    assert_eq!(e.poll_forgotten(), None);
+    assert!(
+        drain(&mut e).is_empty(),
+        "no transition for a forgotten series"
+    );
+    assert_eq!(e.tracked_series(), 1);
+    assert_eq!(e.counters().series_forgotten, 1);
+    // Its next sample is a new series: the breach fires again (a new episode).
+    e.handle_sample(&sample(T0 + S, 150.0));
+    let again = drain(&mut e);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].state, State::Firing);
+}
+
+/// A firing alert whose series is evicted at the series limit is reported too.
+#[test]
+fn an_evicted_series_reports_its_firing_alert() {
+    let mut e = Engine::new(
+        RuleSet::from_toml(
+            "[limits]\nmax_series = 1\n\n[[rule]]\nname = \"r\"\nsensors = \"*\"\nseverity = \"critical\"\nkind = \"below\"\nthreshold = 200.0\n",
+        )
+        .unwrap(),
+    );
+    e.handle_sample(&sample(T0, 150.0));
+    let fp = drain(&mut e)[0].fingerprint;
+    e.handle_sample(&Sample {
+        sensor: "feed/vb",
+        ..sample(T0 + MS, 230.0)
+    });
+    assert_eq!(e.poll_forgotten(), Some(fp));
+}

@@ -33,7 +33,7 @@ use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_wire::record::decode_record;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 /// How often `no_data` deadlines are checked against the clock.
@@ -69,10 +69,13 @@ impl Evaluator {
     /// Starts evaluating `rules` over what `sub` receives, sending transitions to
     /// `notifiers` (when given). Stops when the subscription closes (the
     /// aggregator's publishers are gone), then stops the notifiers.
+    /// An agent silent here for `forget_after` is forgotten (its series dropped,
+    /// its open alerts no longer resent); `None` never.
     pub fn start(
         sub: Subscriber,
         rules: RuleSet,
         notifiers: Option<Notifiers>,
+        forget_after: Option<Duration>,
         registry: &Registry,
     ) -> Self {
         let (watch, _) = broadcast::channel(WATCH_CAPACITY);
@@ -81,6 +84,7 @@ impl Evaluator {
             sub,
             Engine::new(rules),
             notifiers,
+            Quiet::new(forget_after),
             counters,
             watch.clone(),
         ));
@@ -108,6 +112,7 @@ struct EvalCounters {
     transitions: HashMap<&'static str, Counter>,
     samples: Counter,
     undecodable: Counter,
+    agents_forgotten: Counter,
     skipped: [(Counter, u64); 4],
     series: Gauge,
 }
@@ -147,6 +152,11 @@ impl EvalCounters {
             undecodable: r.counter(
                 "ferrule_aggregator_alert_records_undecodable_total",
                 "Records the alert evaluator could not decode (skipped)",
+                &[],
+            ),
+            agents_forgotten: r.counter(
+                "ferrule_aggregator_alert_agents_forgotten_total",
+                "Agents silent here for alerts.forget_agent_after_secs whose series and open alerts were dropped",
                 &[],
             ),
             skipped: [
@@ -219,10 +229,64 @@ fn feed(engine: &mut Engine, record: &[u8]) -> Result<(i64, u64), ferrule_wire::
     Ok((h.received_ns, n))
 }
 
+/// When each agent last sent a batch here, to forget those gone quiet (most
+/// likely sending to another aggregator after a failover, which now evaluates
+/// and resolves their alerts).
+struct Quiet {
+    after: Option<Duration>,
+    last: HashMap<(Arc<str>, Arc<str>), Instant>,
+    next_scan: Instant,
+}
+
+impl Quiet {
+    fn new(after: Option<Duration>) -> Self {
+        Self {
+            after,
+            last: HashMap::new(),
+            next_scan: Instant::now(),
+        }
+    }
+
+    fn heard(&mut self, site: &Arc<str>, agent: &Arc<str>, now: Instant) {
+        if self.after.is_none() {
+            return;
+        }
+        match self.last.get_mut(&(site.clone(), agent.clone())) {
+            Some(t) => *t = now,
+            None => {
+                self.last.insert((site.clone(), agent.clone()), now);
+            }
+        }
+    }
+
+    /// The agents silent for longer than `after`, removed from tracking; scans
+    /// at most once a second.
+    fn gone(&mut self, now: Instant) -> Vec<(Arc<str>, Arc<str>)> {
+        let Some(after) = self.after else {
+            return Vec::new();
+        };
+        if now < self.next_scan {
+            return Vec::new();
+        }
+        self.next_scan = now + Duration::from_secs(1);
+        let gone: Vec<_> = self
+            .last
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= after)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &gone {
+            self.last.remove(k);
+        }
+        gone
+    }
+}
+
 async fn run(
     mut sub: Subscriber,
     mut engine: Engine,
     notifiers: Option<Notifiers>,
+    mut quiet: Quiet,
     mut counters: EvalCounters,
     watch: broadcast::Sender<Arc<Evaluated>>,
 ) {
@@ -239,6 +303,7 @@ async fn run(
                 Some(e) => match feed(&mut engine, &e.record) {
                     Ok((received_ns, n)) => {
                         counters.samples.add(n);
+                        quiet.heard(&e.site, &e.agent, Instant::now());
                         received_ns
                     }
                     Err(err) => {
@@ -253,10 +318,22 @@ async fn run(
             },
             _ = tick.tick() => {
                 engine.handle_tick(wall_ns());
+                for (site, agent) in quiet.gone(Instant::now()) {
+                    let n = engine.forget_agent(&site, &agent);
+                    counters.agents_forgotten.inc();
+                    tracing::info!(%site, %agent, series = n, "alerts: agent silent here; its series are forgotten and its open alerts no longer resent (whoever receives it now evaluates them)");
+                }
                 counters.sync(&engine);
                 0
             }
         };
+        // Alerts whose series were dropped without a transition (evicted, or
+        // their agent forgotten): no resolve will come from here.
+        while let Some(fp) = engine.poll_forgotten() {
+            if let Some(n) = &notifiers {
+                n.forget(fp);
+            }
+        }
         let mut emitted_ns = 0;
         while let Some(t) = engine.poll_transition() {
             if emitted_ns == 0 {

@@ -485,6 +485,16 @@ impl Notifiers {
         }
     }
 
+    /// Stops resending alert `fp` on every output (see [`Outbox::forget`]).
+    pub fn forget(&self, fp: ferrule_rules::Fingerprint) {
+        for o in &self.outputs {
+            o.outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget(fp);
+        }
+    }
+
     /// The `output` label of each output: Alertmanagers in config order, then
     /// PagerDuty, the Redis stream, the Kafka topic.
     pub fn outputs(&self) -> Vec<String> {

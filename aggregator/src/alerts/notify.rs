@@ -287,6 +287,14 @@ impl Outbox {
         batch
     }
 
+    /// Stops tracking alert `fp` (no more resends, no dedupe); true if it was
+    /// open. For an alert whose series this aggregator no longer evaluates: its
+    /// receiver expires it (Alertmanager at its `endsAt`) unless whoever
+    /// evaluates it now keeps it firing.
+    pub fn forget(&mut self, fp: Fingerprint) -> bool {
+        self.open.remove(&fp).is_some()
+    }
+
     /// The earliest wall time a resend is due, if any alert is open.
     pub fn next_resend_ns(&self) -> Option<i64> {
         self.open.values().filter_map(|o| o.next_resend_ns).min()
@@ -491,6 +499,22 @@ mod tests {
         let left: Vec<u64> = o.pop_batch(10, 0).iter().map(|n| n.fingerprint.0).collect();
         assert_eq!(left, [2, 3, 4]);
         assert!(o.is_empty());
+    }
+
+    /// A forgotten alert is no longer resent (its receiver expires it).
+    #[test]
+    fn a_forgotten_alert_is_not_resent() {
+        let s = 1_000_000_000i64;
+        let mut o = Outbox::new(10, 100, Some(Duration::from_secs(60)));
+        assert!(o.offer(note(Kind::Firing, 1, 10, 10), 0).queued);
+        assert_eq!(o.pop_batch(64, 0).len(), 1);
+        assert_eq!(o.pop_batch(64, 61 * s).len(), 1, "resent while open");
+        assert!(o.forget(Fingerprint(1)));
+        assert!(
+            o.pop_batch(64, 200 * s).is_empty(),
+            "not resent once forgotten"
+        );
+        assert_eq!(o.open_count(), 0);
     }
 
     /// A short episode's firing and resolve, queued together, go out in two
