@@ -25,6 +25,7 @@ pub mod config;
 pub mod crossing;
 pub mod failure;
 pub mod inputs;
+pub mod live;
 pub mod spool;
 pub mod uplink;
 

@@ -6,7 +6,12 @@
 //! the Defines a batch needs before it and sends the spool in sequence order,
 //! oldest first: the backlog left by an outage, then what is being written. One
 //! ordered lane is what keeps an agent's batches in order in Kafka and the
-//! embedded log; control traffic never waits behind it.
+//! embedded log; control traffic never waits behind it. While that lane is behind
+//! (see [`crate::live`]), each new batch is also copied, best-effort, onto a
+//! second lane of live copies the aggregator only publishes to its real-time
+//! path, so alerts see fresh data at once while the backlog replays. Copies
+//! spend no credit and never hold up the durable lane or the batcher: a copy
+//! the live stream cannot take at once is skipped and counted.
 //!
 //! Invariants kept here: the session is up only on Welcome; a batch is sent only
 //! when durable in the spool and within credit; the spool releases a batch only on
@@ -18,6 +23,7 @@ use crate::batcher::{Settle, SpoolState};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::failure::{self, FailureReason};
+use crate::live::LiveGate;
 use crate::spool::{count_dropped, InputCounts, SpoolReader, Spooled};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::quinn;
@@ -26,7 +32,7 @@ use ferrule_transport::{
 };
 use ferrule_wire::clock::ClockFilter;
 use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession, SendError};
-use ferrule_wire::{Limits, Message, Seq, SeqSet};
+use ferrule_wire::{batch_frame_to_live, encode, Limits, Message, Seq, SeqSet};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -65,7 +71,18 @@ struct Metrics {
     sent_bytes: Counter,
     acked: Counter,
     clock_offset: Gauge,
+    live_sent: Counter,
+    /// By reason: the live stream had no room (`stream_full`), it is gone
+    /// (`lane_closed`), or more were due at once than a poll sends (`burst`).
+    live_skipped: [Counter; 3],
 }
+
+const LIVE_SKIPPED: &str = "ferrule_agent_live_skipped_total";
+const LIVE_SKIPPED_HELP: &str =
+    "Live copies not sent (the batches still go on the durable lane), by reason";
+const STREAM_FULL: usize = 0;
+const LANE_CLOSED: usize = 1;
+const BURST: usize = 2;
 
 enum End {
     /// The aggregator asked us to move; try `alternate` first.
@@ -333,6 +350,15 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             "Estimated clock offset to the aggregator (aggregator minus agent), nanoseconds",
             &[],
         ),
+        live_sent: deps.registry.counter(
+            "ferrule_agent_live_sent_total",
+            "Live copies of new batches sent while the durable lane was behind",
+            &[],
+        ),
+        live_skipped: ["stream_full", "lane_closed", "burst"].map(|r| {
+            deps.registry
+                .counter(LIVE_SKIPPED, LIVE_SKIPPED_HELP, &[("reason", r)])
+        }),
     };
     let seed = now_ns() as u64 ^ u64::from(std::process::id());
     let mut backoff = Backoff::new(
@@ -443,6 +469,13 @@ struct Sending {
 /// The lane's id in the session (its Defines are tracked per lane).
 const LANE: usize = 0;
 
+/// The live lane's id in the session.
+const LIVE_LANE: usize = 1;
+
+/// Live copies queued for the live stream's writer at most; beyond that the
+/// stream is taken for full and copies are skipped.
+const LIVE_QUEUE: usize = 4;
+
 /// Batches read ahead from the spool at a time.
 const READ_AHEAD: usize = 256;
 
@@ -452,6 +485,106 @@ struct Lane {
     tx: FrameSender,
     cursor: Seq,
     buf: VecDeque<Spooled>,
+}
+
+/// The live lane: which batches to copy, and a writer task that owns the stream
+/// (so a stream that flow control holds never holds the uplink's loop).
+struct LiveLane {
+    gate: LiveGate,
+    tx: mpsc::Sender<Vec<u8>>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LiveLane {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+impl LiveLane {
+    fn open(mut stream: FrameSender, gate: LiveGate) -> Self {
+        // Ahead of the durable lane when both have data to send.
+        stream.set_priority(1);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LIVE_QUEUE);
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if stream.send_frame(&bytes).await.is_err() {
+                    // The connection's end is the control stream's to notice.
+                    return;
+                }
+            }
+            stream.finish();
+        });
+        Self { gate, tx, writer }
+    }
+}
+
+/// Sends live copies of what became durable while the durable lane is behind
+/// (it has sent nothing from `unsent_from` on). Never waits: a copy the live
+/// stream cannot take now is skipped and counted.
+fn send_live(
+    s: &mut AgentSession,
+    live: &mut LiveLane,
+    unsent_from: Seq,
+    deps: &UplinkDeps,
+    m: &Metrics,
+    out: &Sending,
+) {
+    let st = *deps.state.borrow();
+    let copies = live
+        .gate
+        .poll(st.durable_until, unsent_from, Instant::now());
+    m.live_skipped[BURST].add(copies.skipped);
+    let n = copies.send.end.0 - copies.send.start.0;
+    if n == 0 {
+        return;
+    }
+    // The newest batches, just written: in the page cache, read inline.
+    let batches = match deps
+        .reader
+        .read(copies.send.start, usize::try_from(n).unwrap_or(usize::MAX))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            // The durable lane reads these again and deals with the damage.
+            tracing::debug!(error = %e, "live copies not read");
+            return;
+        }
+    };
+    let limits = Limits::for_frame_bytes(out.max_frame);
+    for b in batches {
+        if b.seq >= copies.send.end || b.unreadable || b.frame.len() > out.max_frame as usize {
+            continue;
+        }
+        let permit = match live.tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                m.live_skipped[STREAM_FULL].inc();
+                continue;
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                m.live_skipped[LANE_CLOSED].inc();
+                continue;
+            }
+        };
+        // Room is reserved: the Defines the session hands out now are written.
+        let Ok(defines) = s.on_send_live(LIVE_LANE, b.epoch, b.seq) else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        for d in defines {
+            if let Err(e) = encode(&Message::Define(d), &limits, &mut bytes) {
+                tracing::warn!(error = %e, "a Define does not encode for the live lane");
+            }
+        }
+        let mut frame = b.frame;
+        if batch_frame_to_live(&mut frame).is_err() {
+            continue;
+        }
+        bytes.extend_from_slice(&frame);
+        permit.send(bytes);
+        m.live_sent.inc();
+    }
 }
 
 /// One session; `opened` is set once the aggregator welcomed us.
@@ -559,6 +692,17 @@ async fn drive(
         cursor: start.first_unacked,
         buf: VecDeque::new(),
     };
+    let mut live = if up.live_lag_ms > 0 && s.live_enabled() {
+        let gate = LiveGate::new(
+            Duration::from_millis(up.live_lag_ms),
+            deps.state.borrow().durable_until,
+            Instant::now(),
+        );
+        let stream = FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits);
+        Some(LiveLane::open(stream, gate))
+    } else {
+        None
+    };
 
     let mut state = deps.state.clone();
     let mut shutdown = deps.shutdown.clone();
@@ -574,6 +718,12 @@ async fn drive(
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     loop {
         if goaway.is_none() && !stopping {
+            // Copies first: the durable lane may read a backlog from the disk
+            // before its next write, and a copy must not wait for that.
+            if let Some(live) = live.as_mut() {
+                let unsent_from = lane.buf.front().map_or(lane.cursor, |b| b.seq);
+                send_live(&mut s, live, unsent_from, deps, m, &sending);
+            }
             let mut blocked = false;
             blocked |= send_ready(&mut s, &mut lane, deps, m, &mut sending).await?;
             s.set_blocked(blocked, Instant::now());
