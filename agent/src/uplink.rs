@@ -7,11 +7,11 @@
 //! oldest first: the backlog left by an outage, then what is being written. One
 //! ordered lane is what keeps an agent's batches in order in Kafka and the
 //! embedded log; control traffic never waits behind it. While that lane is behind
-//! (see [`crate::live`]), each new batch is also copied, best-effort, onto a
-//! second lane of live copies the aggregator only publishes to its real-time
-//! path, so alerts see fresh data at once while the backlog replays. Copies
-//! spend no credit and never hold up the durable lane or the batcher: a copy
-//! the live stream cannot take at once is skipped and counted.
+//! (see [`crate::live`]), each new batch is also copied as the batcher cuts it,
+//! best-effort, onto a second lane of live copies the aggregator only publishes
+//! to its real-time path, so alerts see fresh data at once while the backlog
+//! replays. Copies spend no credit and never hold up the durable lane or the
+//! batcher: a copy the live stream cannot take at once is skipped and counted.
 //!
 //! Invariants kept here: the session is up only on Welcome; a batch is sent only
 //! when durable in the spool and within credit; the spool releases a batch only on
@@ -23,7 +23,7 @@ use crate::batcher::{Settle, SpoolState};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::failure::{self, FailureReason};
-use crate::live::LiveGate;
+use crate::live::{Fresh, LiveGate, LiveTapRx};
 use crate::spool::{count_dropped, InputCounts, SpoolReader, Spooled};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::quinn;
@@ -61,6 +61,9 @@ pub struct UplinkDeps {
     /// The agent's health: a session that stalled says so here (cause
     /// `uplink`) until the next one is up.
     pub health: Arc<ferrule_telemetry::Health>,
+    /// New batches from the batcher, for live copies while the durable lane
+    /// is behind (one session at a time takes them).
+    pub live: tokio::sync::Mutex<LiveTapRx>,
 }
 
 struct Metrics {
@@ -72,17 +75,13 @@ struct Metrics {
     acked: Counter,
     clock_offset: Gauge,
     live_sent: Counter,
-    /// By reason: the live stream had no room (`stream_full`), it is gone
-    /// (`lane_closed`), or more were due at once than a poll sends (`burst`).
-    live_skipped: [Counter; 3],
+    /// By reason: the live stream had no room (`stream_full`), or it is gone
+    /// (`lane_closed`); the tap counts its own (`tap_full`).
+    live_skipped: [Counter; 2],
 }
 
-const LIVE_SKIPPED: &str = "ferrule_agent_live_skipped_total";
-const LIVE_SKIPPED_HELP: &str =
-    "Live copies not sent (the batches still go on the durable lane), by reason";
 const STREAM_FULL: usize = 0;
 const LANE_CLOSED: usize = 1;
-const BURST: usize = 2;
 
 enum End {
     /// The aggregator asked us to move; try `alternate` first.
@@ -355,9 +354,12 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             "Live copies of new batches sent while the durable lane was behind",
             &[],
         ),
-        live_skipped: ["stream_full", "lane_closed", "burst"].map(|r| {
-            deps.registry
-                .counter(LIVE_SKIPPED, LIVE_SKIPPED_HELP, &[("reason", r)])
+        live_skipped: ["stream_full", "lane_closed"].map(|r| {
+            deps.registry.counter(
+                crate::live::SKIPPED,
+                crate::live::SKIPPED_HELP,
+                &[("reason", r)],
+            )
         }),
     };
     let seed = now_ns() as u64 ^ u64::from(std::process::id());
@@ -472,9 +474,14 @@ const LANE: usize = 0;
 /// The live lane's id in the session.
 const LIVE_LANE: usize = 1;
 
-/// Live copies queued for the live stream's writer at most; beyond that the
-/// stream is taken for full and copies are skipped.
-const LIVE_QUEUE: usize = 4;
+/// Live copies queued for the live stream's writer at most, and their bytes
+/// (Defines included; a copy larger than that still goes when nothing waits).
+/// Beyond either the stream is taken for full and copies are skipped. Deep
+/// enough for a burst while the aggregator is busy with the replay: a copy
+/// skipped reaches the real-time path only with the replay, and a rule engine
+/// that has seen newer samples by then ignores it.
+const LIVE_QUEUE: usize = 256;
+const LIVE_QUEUE_BYTES: usize = 2 << 20;
 
 /// Batches read ahead from the spool at a time.
 const READ_AHEAD: usize = 256;
@@ -492,6 +499,8 @@ struct Lane {
 struct LiveLane {
     gate: LiveGate,
     tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued for the writer and not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -506,85 +515,80 @@ impl LiveLane {
         // Ahead of the durable lane when both have data to send.
         stream.set_priority(1);
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LIVE_QUEUE);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = queued.clone();
         let writer = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
-                if stream.send_frame(&bytes).await.is_err() {
+                let sent = stream.send_frame(&bytes).await;
+                left.fetch_sub(bytes.len(), Ordering::Relaxed);
+                if sent.is_err() {
                     // The connection's end is the control stream's to notice.
                     return;
                 }
             }
             stream.finish();
         });
-        Self { gate, tx, writer }
+        Self {
+            gate,
+            tx,
+            queued,
+            writer,
+        }
     }
 }
 
-/// Sends live copies of what became durable while the durable lane is behind
-/// (it has sent nothing from `unsent_from` on). Never waits: a copy the live
-/// stream cannot take now is skipped and counted.
-fn send_live(
+/// Sends a live copy of a batch just cut, if the live stream can take it at
+/// once; never waits: a copy it cannot take now is skipped and counted.
+fn send_copy(
     s: &mut AgentSession,
     live: &mut LiveLane,
-    unsent_from: Seq,
+    fresh: Fresh,
     deps: &UplinkDeps,
     m: &Metrics,
-    out: &Sending,
+    out: &mut Sending,
 ) {
-    let st = *deps.state.borrow();
-    let copies = live
-        .gate
-        .poll(st.durable_until, unsent_from, Instant::now());
-    m.live_skipped[BURST].add(copies.skipped);
-    let n = copies.send.end.0 - copies.send.start.0;
-    if n == 0 {
+    // Too large for this aggregator: the durable lane drops and counts it.
+    if fresh.frame.len() > out.max_frame as usize {
         return;
     }
-    // The newest batches, just written: in the page cache, read inline.
-    let batches = match deps
-        .reader
-        .read(copies.send.start, usize::try_from(n).unwrap_or(usize::MAX))
-    {
-        Ok(b) => b,
-        Err(e) => {
-            // The durable lane reads these again and deals with the damage.
-            tracing::debug!(error = %e, "live copies not read");
+    let queued = live.queued.load(Ordering::Relaxed);
+    if queued > 0 && queued + fresh.frame.len() > LIVE_QUEUE_BYTES {
+        m.live_skipped[STREAM_FULL].inc();
+        return;
+    }
+    let permit = match live.tx.try_reserve() {
+        Ok(p) => p,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            m.live_skipped[STREAM_FULL].inc();
+            return;
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => {
+            m.live_skipped[LANE_CLOSED].inc();
             return;
         }
     };
+    // The batcher registers a sensor in the catalog before it spools a batch
+    // naming it: the catalog now covers this batch.
+    out.catalog_seen = sync_defines(s, deps, out.catalog_seen);
+    // Room is reserved: the Defines the session hands out now are written.
+    let Ok(defines) = s.on_send_live(LIVE_LANE, fresh.epoch, fresh.seq) else {
+        return;
+    };
     let limits = Limits::for_frame_bytes(out.max_frame);
-    for b in batches {
-        if b.seq >= copies.send.end || b.unreadable || b.frame.len() > out.max_frame as usize {
-            continue;
+    let mut bytes = Vec::new();
+    for d in defines {
+        if let Err(e) = encode(&Message::Define(d), &limits, &mut bytes) {
+            tracing::warn!(error = %e, "a Define does not encode for the live lane");
         }
-        let permit = match live.tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                m.live_skipped[STREAM_FULL].inc();
-                continue;
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                m.live_skipped[LANE_CLOSED].inc();
-                continue;
-            }
-        };
-        // Room is reserved: the Defines the session hands out now are written.
-        let Ok(defines) = s.on_send_live(LIVE_LANE, b.epoch, b.seq) else {
-            continue;
-        };
-        let mut bytes = Vec::new();
-        for d in defines {
-            if let Err(e) = encode(&Message::Define(d), &limits, &mut bytes) {
-                tracing::warn!(error = %e, "a Define does not encode for the live lane");
-            }
-        }
-        let mut frame = b.frame;
-        if batch_frame_to_live(&mut frame).is_err() {
-            continue;
-        }
-        bytes.extend_from_slice(&frame);
-        permit.send(bytes);
-        m.live_sent.inc();
     }
+    let mut frame = fresh.frame;
+    if batch_frame_to_live(&mut frame).is_err() {
+        return;
+    }
+    bytes.extend_from_slice(&frame);
+    live.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+    permit.send(bytes);
+    m.live_sent.inc();
 }
 
 /// One session; `opened` is set once the aggregator welcomed us.
@@ -612,6 +616,7 @@ async fn session(
         Err(_) => return Err(UplinkError::Timeout(HANDSHAKE)),
     };
     let result = drive(&conn, deps, m, clock, backoff, opened).await;
+    deps.live.lock().await.set_wanted(false);
     match &result {
         Ok(End::Shutdown) | Ok(End::GoAway(_)) => conn.close(0u32.into(), b"bye"),
         Err(e) => conn.close(1u32.into(), e.reason().as_bytes()),
@@ -692,6 +697,11 @@ async fn drive(
         cursor: start.first_unacked,
         buf: VecDeque::new(),
     };
+    let mut tap = deps.live.lock().await;
+    tap.set_wanted(false);
+    // What an earlier session was offered is no news now.
+    while tap.try_recv().is_some() {}
+    let mut tap_open = true;
     let mut live = if up.live_lag_ms > 0 && s.live_enabled() {
         let gate = LiveGate::new(
             Duration::from_millis(up.live_lag_ms),
@@ -718,15 +728,22 @@ async fn drive(
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     loop {
         if goaway.is_none() && !stopping {
-            // Copies first: the durable lane may read a backlog from the disk
-            // before its next write, and a copy must not wait for that.
-            if let Some(live) = live.as_mut() {
-                let unsent_from = lane.buf.front().map_or(lane.cursor, |b| b.seq);
-                send_live(&mut s, live, unsent_from, deps, m, &sending);
-            }
             let mut blocked = false;
             blocked |= send_ready(&mut s, &mut lane, deps, m, &mut sending).await?;
             s.set_blocked(blocked, Instant::now());
+            // New batches are copied as they are cut while the durable lane is
+            // behind; the batcher is asked for them only then.
+            if let Some(live) = live.as_mut() {
+                let unsent_from = lane.buf.front().map_or(lane.cursor, |b| b.seq);
+                let durable_until = deps.state.borrow().durable_until;
+                let behind = live.gate.behind(durable_until, unsent_from, Instant::now());
+                if behind != tap.wanted() {
+                    tracing::debug!(behind, "live copies");
+                }
+                tap.set_wanted(behind && s.live_enabled());
+            }
+        } else {
+            tap.set_wanted(false);
         }
         flush(&mut s, &mut ctl, write_within).await?;
         if let Some(alt) = &goaway {
@@ -751,6 +768,14 @@ async fn drive(
                 Err(e) => return Err(stream_or_conn(e, conn)),
             },
             _ = state.changed() => {}
+            fresh = tap.recv(), if tap_open => match (fresh, live.as_mut()) {
+                // Offered while the lane was behind; not copied once it is not.
+                (Some(f), Some(live)) if tap.wanted() => {
+                    send_copy(&mut s, live, f, deps, m, &mut sending)
+                }
+                (Some(_), _) => {}
+                (None, _) => tap_open = false,
+            },
             _ = sleep_until(deadline) => s.handle_timeout(now())?,
             _ = shutdown.changed() => {
                 if *shutdown.borrow() && !stopping {

@@ -313,13 +313,14 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
     let agent_skipped = agent_registry.counter_sum("ferrule_agent_live_skipped_total");
     println!(
         "undervoltage firings after the reconnect: {}, {} of them during the catch-up; \
-         from the agent's read to emitted: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (debug build); \
+         from the agent's read to emitted: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} build); \
          live copies: agent sent {agent_sent}, skipped {agent_skipped}; aggregator published {live_batches}, refused {live_refused}",
         fired.len(),
         during.len(),
         quantile(&lat_ms, 0.5),
         quantile(&lat_ms, 0.99),
         quantile(&lat_ms, 1.0),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
     );
     assert!(
         !during.is_empty(),
