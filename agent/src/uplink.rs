@@ -466,7 +466,16 @@ struct Sending {
     write_within: Duration,
     /// Catalog entries handed to the session so far.
     catalog_seen: usize,
+    /// Most batches one [`send_ready`] sends before it returns (so the loop
+    /// gets to the live copies between them while a backlog replays).
+    budget: usize,
+    /// The last [`send_ready`] stopped at its budget with more to send.
+    more: bool,
 }
+
+/// Batches one [`send_ready`] sends at most while live copies are wanted: a
+/// copy waits for at most this many durable writes.
+const SEND_BUDGET_LIVE: usize = 8;
 
 /// The lane's id in the session (its Defines are tracked per lane).
 const LANE: usize = 0;
@@ -722,6 +731,8 @@ async fn drive(
         max_frame,
         write_within,
         catalog_seen: 0,
+        budget: usize::MAX,
+        more: false,
     };
     let mut goaway: Option<Option<String>> = None;
     let mut stopping = *shutdown.borrow();
@@ -729,6 +740,11 @@ async fn drive(
     loop {
         if goaway.is_none() && !stopping {
             let mut blocked = false;
+            sending.budget = if tap.wanted() {
+                SEND_BUDGET_LIVE
+            } else {
+                usize::MAX
+            };
             blocked |= send_ready(&mut s, &mut lane, deps, m, &mut sending).await?;
             s.set_blocked(blocked, Instant::now());
             // New batches are copied as they are cut while the durable lane is
@@ -744,6 +760,7 @@ async fn drive(
             }
         } else {
             tap.set_wanted(false);
+            sending.more = false;
         }
         flush(&mut s, &mut ctl, write_within).await?;
         if let Some(alt) = &goaway {
@@ -767,7 +784,6 @@ async fn drive(
                 Ok(None) => return Err(closed_or_conn(conn)),
                 Err(e) => return Err(stream_or_conn(e, conn)),
             },
-            _ = state.changed() => {}
             fresh = tap.recv(), if tap_open => match (fresh, live.as_mut()) {
                 // Offered while the lane was behind; not copied once it is not.
                 (Some(f), Some(live)) if tap.wanted() => {
@@ -776,6 +792,7 @@ async fn drive(
                 (Some(_), _) => {}
                 (None, _) => tap_open = false,
             },
+            _ = state.changed() => {}
             _ = sleep_until(deadline) => s.handle_timeout(now())?,
             _ = shutdown.changed() => {
                 if *shutdown.borrow() && !stopping {
@@ -784,6 +801,9 @@ async fn drive(
                 }
             },
             _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {},
+            // The durable lane stopped at its budget: on with it once nothing
+            // above is ready.
+            _ = std::future::ready(()), if sending.more => {},
             e = conn.closed() => return Err(conn_err(e)),
         }
         while let Some(ev) = s.poll_event() {
@@ -903,7 +923,13 @@ async fn send_ready(
     m: &Metrics,
     out: &mut Sending,
 ) -> Result<bool, UplinkError> {
+    out.more = false;
+    let mut sent = 0usize;
     loop {
+        if sent >= out.budget {
+            out.more = true;
+            return Ok(false);
+        }
         if lane.buf.is_empty() {
             let st = *deps.state.borrow();
             // Every batch below `durable_until` names only sensors the catalog held
@@ -992,6 +1018,7 @@ async fn send_ready(
             .await?;
         }
         timed(out.write_within, "lane write", lane.tx.send_frame(&b.frame)).await?;
+        sent += 1;
         m.sent_batches.inc();
         m.sent_bytes.add(len);
         out.sent_meta.insert(b.seq, b.inputs);

@@ -155,10 +155,13 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
         total_samples: None,
         fsync: "interval",
         metrics: None,
-        // A sag every second; the agent's own rules cut a crossing's batch at
-        // once (the fast path); small batches make a long replay.
+        // A sag every second, read every millisecond; the agent's own rules
+        // cut a crossing's batch at once (the fast path), at most once per
+        // quarter of `max_delay_ms`: 20 ms lets each phase's crossing (6.7 ms
+        // apart at 50 Hz) have its own cut, where the default 50 ms holds two
+        // of three back for up to a batch. Small batches make a long replay.
         extra: format!(
-            "sag_every_secs = 1\ntick_ms = 1\n\n[batch]\nmax_samples = 70\n\n[alerts]\nrules = {:?}\n",
+            "sag_every_secs = 1\ntick_ms = 1\n\n[batch]\nmax_samples = 70\nmax_delay_ms = 20\n\n[alerts]\nrules = {:?}\n",
             rules.display().to_string()
         ),
     };
