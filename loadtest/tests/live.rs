@@ -221,8 +221,14 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
             Err(_) => break,
         }
     }
+    // Caught up by now (the replay takes seconds): the steady state sends no
+    // copies.
+    let copies_then = agent_registry.counter_sum("ferrule_agent_live_sent_total");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let copies_steady = agent_registry.counter_sum("ferrule_agent_live_sent_total") - copies_then;
     let _ = stop_agent.send(true);
     agent.await.unwrap().unwrap();
+    assert_eq!(copies_steady, 0, "live copies in the steady state");
     let live_batches = second
         .running
         .registry
