@@ -190,6 +190,9 @@ pub struct BatcherIo {
     /// The alert rules that cut a batch short when one fires or resolves
     /// (`[alerts] rules`), if any.
     pub crossings: Option<crate::crossing::Crossings>,
+    /// Where the uplink takes new batches as they are cut, for live copies
+    /// while its durable lane is behind (an atomic load per batch otherwise).
+    pub live: Option<crate::live::LiveTap>,
 }
 
 fn publish(spool: &Spool, tx: &watch::Sender<SpoolState>) {
@@ -453,6 +456,9 @@ impl Batcher {
         };
         match result {
             Ok(seq) => {
+                if let Some(tap) = &self.io.live {
+                    tap.offer(self.spool.epoch(), seq, &self.frame);
+                }
                 if self.fsync == FsyncMode::Always {
                     self.healthy();
                     fire(&marks);
@@ -921,6 +927,7 @@ mod tests {
                 shutdown: stop_rx,
                 health: Arc::default(),
                 crossings: None,
+                live: None,
             },
             BatchSection {
                 max_samples,

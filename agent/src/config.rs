@@ -109,6 +109,15 @@ pub struct UplinkSection {
     /// Longest reconnect delay, milliseconds. Default 5000.
     #[serde(default = "d_backoff_max")]
     pub backoff_max_ms: u64,
+    /// While the oldest batch not yet sent has waited this many milliseconds
+    /// (a backlog replays after an outage, or credit runs short), each new
+    /// batch is also sent at once as a live copy on a stream of its own, for
+    /// the aggregator's real-time path (alerts, dashboards); the durable lane
+    /// still sends every batch in order. Copies spend no credit and are skipped
+    /// (`ferrule_agent_live_skipped_total`) rather than waited for. Needs an
+    /// aggregator that offers them. 0 turns them off. Default 1000.
+    #[serde(default = "d_live_lag")]
+    pub live_lag_ms: u64,
 }
 
 fn d_connect_timeout() -> u64 {
@@ -125,6 +134,9 @@ fn d_stall_timeout() -> u64 {
 }
 fn d_backoff_initial() -> u64 {
     200
+}
+fn d_live_lag() -> u64 {
+    1_000
 }
 fn d_backoff_max() -> u64 {
     5_000

@@ -25,6 +25,7 @@ pub mod config;
 pub mod crossing;
 pub mod failure;
 pub mod inputs;
+pub mod live;
 pub mod spool;
 pub mod uplink;
 
@@ -116,6 +117,7 @@ pub async fn run(
         ));
     }
 
+    let (live_tap, live_rx) = live::tap(&registry);
     let batcher = tokio::spawn(batcher::run(
         spool,
         batcher::BatcherIo {
@@ -126,6 +128,7 @@ pub async fn run(
             shutdown: stop_rx.clone(),
             health: health.clone(),
             crossings,
+            live: Some(live_tap),
         },
         cfg.batch.clone(),
         cfg.spool.fsync,
@@ -142,6 +145,7 @@ pub async fn run(
         registry: registry.clone(),
         shutdown: stop_rx.clone(),
         health,
+        live: tokio::sync::Mutex::new(live_rx),
     }));
     tracing::info!(site = %cfg.agent.site, agent = %cfg.agent.id, endpoints = ?cfg.uplink.endpoints, "agent running");
 

@@ -6,7 +6,12 @@
 //! the Defines a batch needs before it and sends the spool in sequence order,
 //! oldest first: the backlog left by an outage, then what is being written. One
 //! ordered lane is what keeps an agent's batches in order in Kafka and the
-//! embedded log; control traffic never waits behind it.
+//! embedded log; control traffic never waits behind it. While that lane is behind
+//! (see [`crate::live`]), each new batch is also copied as the batcher cuts it,
+//! best-effort, onto a second lane of live copies the aggregator only publishes
+//! to its real-time path, so alerts see fresh data at once while the backlog
+//! replays. Copies spend no credit and never hold up the durable lane or the
+//! batcher: a copy the live stream cannot take at once is skipped and counted.
 //!
 //! Invariants kept here: the session is up only on Welcome; a batch is sent only
 //! when durable in the spool and within credit; the spool releases a batch only on
@@ -18,6 +23,7 @@ use crate::batcher::{Settle, SpoolState};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::failure::{self, FailureReason};
+use crate::live::{Fresh, LiveGate, LiveTapRx};
 use crate::spool::{count_dropped, InputCounts, SpoolReader, Spooled};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::quinn;
@@ -26,7 +32,7 @@ use ferrule_transport::{
 };
 use ferrule_wire::clock::ClockFilter;
 use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession, SendError};
-use ferrule_wire::{Limits, Message, Seq, SeqSet};
+use ferrule_wire::{batch_frame_to_live, encode, Limits, Message, Seq, SeqSet};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -55,6 +61,9 @@ pub struct UplinkDeps {
     /// The agent's health: a session that stalled says so here (cause
     /// `uplink`) until the next one is up.
     pub health: Arc<ferrule_telemetry::Health>,
+    /// New batches from the batcher, for live copies while the durable lane
+    /// is behind (one session at a time takes them).
+    pub live: tokio::sync::Mutex<LiveTapRx>,
 }
 
 struct Metrics {
@@ -65,7 +74,14 @@ struct Metrics {
     sent_bytes: Counter,
     acked: Counter,
     clock_offset: Gauge,
+    live_sent: Counter,
+    /// By reason: the live stream had no room (`stream_full`), or it is gone
+    /// (`lane_closed`); the tap counts its own (`tap_full`).
+    live_skipped: [Counter; 2],
 }
+
+const STREAM_FULL: usize = 0;
+const LANE_CLOSED: usize = 1;
 
 enum End {
     /// The aggregator asked us to move; try `alternate` first.
@@ -333,6 +349,18 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             "Estimated clock offset to the aggregator (aggregator minus agent), nanoseconds",
             &[],
         ),
+        live_sent: deps.registry.counter(
+            "ferrule_agent_live_sent_total",
+            "Live copies of new batches sent while the durable lane was behind",
+            &[],
+        ),
+        live_skipped: ["stream_full", "lane_closed"].map(|r| {
+            deps.registry.counter(
+                crate::live::SKIPPED,
+                crate::live::SKIPPED_HELP,
+                &[("reason", r)],
+            )
+        }),
     };
     let seed = now_ns() as u64 ^ u64::from(std::process::id());
     let mut backoff = Backoff::new(
@@ -438,10 +466,31 @@ struct Sending {
     write_within: Duration,
     /// Catalog entries handed to the session so far.
     catalog_seen: usize,
+    /// Most batches one [`send_ready`] sends before it returns (so the loop
+    /// gets to the live copies between them while a backlog replays).
+    budget: usize,
+    /// The last [`send_ready`] stopped at its budget with more to send.
+    more: bool,
 }
+
+/// Batches one [`send_ready`] sends at most while live copies are wanted: a
+/// copy waits for at most this many durable writes.
+const SEND_BUDGET_LIVE: usize = 8;
 
 /// The lane's id in the session (its Defines are tracked per lane).
 const LANE: usize = 0;
+
+/// The live lane's id in the session.
+const LIVE_LANE: usize = 1;
+
+/// Live copies queued for the live stream's writer at most, and their bytes
+/// (Defines included; a copy larger than that still goes when nothing waits).
+/// Beyond either the stream is taken for full and copies are skipped. Deep
+/// enough for a burst while the aggregator is busy with the replay: a copy
+/// skipped reaches the real-time path only with the replay, and a rule engine
+/// that has seen newer samples by then ignores it.
+const LIVE_QUEUE: usize = 256;
+const LIVE_QUEUE_BYTES: usize = 2 << 20;
 
 /// Batches read ahead from the spool at a time.
 const READ_AHEAD: usize = 256;
@@ -452,6 +501,103 @@ struct Lane {
     tx: FrameSender,
     cursor: Seq,
     buf: VecDeque<Spooled>,
+}
+
+/// The live lane: which batches to copy, and a writer task that owns the stream
+/// (so a stream that flow control holds never holds the uplink's loop).
+struct LiveLane {
+    gate: LiveGate,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued for the writer and not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LiveLane {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+impl LiveLane {
+    fn open(mut stream: FrameSender, gate: LiveGate) -> Self {
+        // Ahead of the durable lane when both have data to send.
+        stream.set_priority(1);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LIVE_QUEUE);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let left = queued.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                let sent = stream.send_frame(&bytes).await;
+                left.fetch_sub(bytes.len(), Ordering::Relaxed);
+                if sent.is_err() {
+                    // The connection's end is the control stream's to notice.
+                    return;
+                }
+            }
+            stream.finish();
+        });
+        Self {
+            gate,
+            tx,
+            queued,
+            writer,
+        }
+    }
+}
+
+/// Sends a live copy of a batch just cut, if the live stream can take it at
+/// once; never waits: a copy it cannot take now is skipped and counted.
+fn send_copy(
+    s: &mut AgentSession,
+    live: &mut LiveLane,
+    fresh: Fresh,
+    deps: &UplinkDeps,
+    m: &Metrics,
+    out: &mut Sending,
+) {
+    // Too large for this aggregator: the durable lane drops and counts it.
+    if fresh.frame.len() > out.max_frame as usize {
+        return;
+    }
+    let queued = live.queued.load(Ordering::Relaxed);
+    if queued > 0 && queued + fresh.frame.len() > LIVE_QUEUE_BYTES {
+        m.live_skipped[STREAM_FULL].inc();
+        return;
+    }
+    let permit = match live.tx.try_reserve() {
+        Ok(p) => p,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            m.live_skipped[STREAM_FULL].inc();
+            return;
+        }
+        Err(mpsc::error::TrySendError::Closed(())) => {
+            m.live_skipped[LANE_CLOSED].inc();
+            return;
+        }
+    };
+    // The batcher registers a sensor in the catalog before it spools a batch
+    // naming it: the catalog now covers this batch.
+    out.catalog_seen = sync_defines(s, deps, out.catalog_seen);
+    // Room is reserved: the Defines the session hands out now are written.
+    let Ok(defines) = s.on_send_live(LIVE_LANE, fresh.epoch, fresh.seq) else {
+        return;
+    };
+    let limits = Limits::for_frame_bytes(out.max_frame);
+    let mut bytes = Vec::new();
+    for d in defines {
+        if let Err(e) = encode(&Message::Define(d), &limits, &mut bytes) {
+            tracing::warn!(error = %e, "a Define does not encode for the live lane");
+        }
+    }
+    let mut frame = fresh.frame;
+    if batch_frame_to_live(&mut frame).is_err() {
+        return;
+    }
+    bytes.extend_from_slice(&frame);
+    live.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+    permit.send(bytes);
+    m.live_sent.inc();
 }
 
 /// One session; `opened` is set once the aggregator welcomed us.
@@ -479,6 +625,7 @@ async fn session(
         Err(_) => return Err(UplinkError::Timeout(HANDSHAKE)),
     };
     let result = drive(&conn, deps, m, clock, backoff, opened).await;
+    deps.live.lock().await.set_wanted(false);
     match &result {
         Ok(End::Shutdown) | Ok(End::GoAway(_)) => conn.close(0u32.into(), b"bye"),
         Err(e) => conn.close(1u32.into(), e.reason().as_bytes()),
@@ -559,6 +706,22 @@ async fn drive(
         cursor: start.first_unacked,
         buf: VecDeque::new(),
     };
+    let mut tap = deps.live.lock().await;
+    tap.set_wanted(false);
+    // What an earlier session was offered is no news now.
+    while tap.try_recv().is_some() {}
+    let mut tap_open = true;
+    let mut live = if up.live_lag_ms > 0 && s.live_enabled() {
+        let gate = LiveGate::new(
+            Duration::from_millis(up.live_lag_ms),
+            deps.state.borrow().durable_until,
+            Instant::now(),
+        );
+        let stream = FrameSender::new(conn.open_uni().await.map_err(conn_err)?, limits);
+        Some(LiveLane::open(stream, gate))
+    } else {
+        None
+    };
 
     let mut state = deps.state.clone();
     let mut shutdown = deps.shutdown.clone();
@@ -568,6 +731,8 @@ async fn drive(
         max_frame,
         write_within,
         catalog_seen: 0,
+        budget: usize::MAX,
+        more: false,
     };
     let mut goaway: Option<Option<String>> = None;
     let mut stopping = *shutdown.borrow();
@@ -575,8 +740,27 @@ async fn drive(
     loop {
         if goaway.is_none() && !stopping {
             let mut blocked = false;
+            sending.budget = if tap.wanted() {
+                SEND_BUDGET_LIVE
+            } else {
+                usize::MAX
+            };
             blocked |= send_ready(&mut s, &mut lane, deps, m, &mut sending).await?;
             s.set_blocked(blocked, Instant::now());
+            // New batches are copied as they are cut while the durable lane is
+            // behind; the batcher is asked for them only then.
+            if let Some(live) = live.as_mut() {
+                let unsent_from = lane.buf.front().map_or(lane.cursor, |b| b.seq);
+                let durable_until = deps.state.borrow().durable_until;
+                let behind = live.gate.behind(durable_until, unsent_from, Instant::now());
+                if behind != tap.wanted() {
+                    tracing::debug!(behind, "live copies");
+                }
+                tap.set_wanted(behind && s.live_enabled());
+            }
+        } else {
+            tap.set_wanted(false);
+            sending.more = false;
         }
         flush(&mut s, &mut ctl, write_within).await?;
         if let Some(alt) = &goaway {
@@ -600,6 +784,14 @@ async fn drive(
                 Ok(None) => return Err(closed_or_conn(conn)),
                 Err(e) => return Err(stream_or_conn(e, conn)),
             },
+            fresh = tap.recv(), if tap_open => match (fresh, live.as_mut()) {
+                // Offered while the lane was behind; not copied once it is not.
+                (Some(f), Some(live)) if tap.wanted() => {
+                    send_copy(&mut s, live, f, deps, m, &mut sending)
+                }
+                (Some(_), _) => {}
+                (None, _) => tap_open = false,
+            },
             _ = state.changed() => {}
             _ = sleep_until(deadline) => s.handle_timeout(now())?,
             _ = shutdown.changed() => {
@@ -609,6 +801,9 @@ async fn drive(
                 }
             },
             _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {},
+            // The durable lane stopped at its budget: on with it once nothing
+            // above is ready.
+            _ = std::future::ready(()), if sending.more => {},
             e = conn.closed() => return Err(conn_err(e)),
         }
         while let Some(ev) = s.poll_event() {
@@ -728,7 +923,13 @@ async fn send_ready(
     m: &Metrics,
     out: &mut Sending,
 ) -> Result<bool, UplinkError> {
+    out.more = false;
+    let mut sent = 0usize;
     loop {
+        if sent >= out.budget {
+            out.more = true;
+            return Ok(false);
+        }
         if lane.buf.is_empty() {
             let st = *deps.state.borrow();
             // Every batch below `durable_until` names only sensors the catalog held
@@ -817,6 +1018,7 @@ async fn send_ready(
             .await?;
         }
         timed(out.write_within, "lane write", lane.tx.send_frame(&b.frame)).await?;
+        sent += 1;
         m.sent_batches.inc();
         m.sent_bytes.add(len);
         out.sent_meta.insert(b.seq, b.inputs);

@@ -433,6 +433,14 @@ pub struct ServerSection {
     pub max_sessions_per_agent: usize,
     /// On SIGTERM, wait this long for in-flight commits and agents to leave. Default 10.
     pub drain_timeout_secs: u64,
+    /// Live copies (the newest batches an agent sends for the real-time path
+    /// while its durable lane replays a backlog) accepted per session, in
+    /// batch-cost bytes a second (a burst of one second's worth). Beyond it they
+    /// are refused (`ferrule_aggregator_live_refused_total{reason="over_budget"}`);
+    /// the batches themselves still arrive, in order, for the durable log. 0
+    /// turns live copies off (not offered to agents); otherwise at least
+    /// `max_frame_bytes`. They spend no credit. Default 4 MiB.
+    pub live_max_bytes_per_sec: u64,
     /// Endpoint suggested to agents in GoAway (`host:port`), if any.
     pub alternate: Option<String>,
 }
@@ -456,6 +464,7 @@ impl Default for ServerSection {
             max_sessions: 20_000,
             max_sessions_per_agent: 2,
             drain_timeout_secs: 10,
+            live_max_bytes_per_sec: 4 << 20,
             alternate: None,
         }
     }
@@ -673,6 +682,14 @@ impl Validate for Config {
             bad.push(Invalid::new(
                 "credit.session_window_bytes",
                 "must be at least server.max_frame_bytes, or an agent could never send a full batch",
+            ));
+        }
+        if self.server.live_max_bytes_per_sec != 0
+            && self.server.live_max_bytes_per_sec < u64::from(self.server.max_frame_bytes)
+        {
+            bad.push(Invalid::new(
+                "server.live_max_bytes_per_sec",
+                "must be 0 (off) or at least server.max_frame_bytes, or a full batch could never go live",
             ));
         }
         if self.credit.session_window_batches == 0 {

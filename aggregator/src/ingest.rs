@@ -3,7 +3,11 @@
 //!
 //! The agent opens one bidirectional control stream (Hello and Heartbeat one way;
 //! Welcome, Ack, Credit, GoAway back) and unidirectional lanes for batches and
-//! the Defines they need (live data at high priority, replayed backlog at low).
+//! the Defines they need: the durable lane, in sequence order, and (with the
+//! `LIVE` capability) a lane of live copies of the newest batches while the
+//! durable one replays a backlog. A live copy is published to the fan-out at
+//! once and nothing else (no commit, no ack, no credit): the later batch with
+//! the same (epoch, seq) is committed in order and its publish is a repeat.
 //! Readers decode frames and feed one loop that owns the session: frames in,
 //! commits out to the sink, outcomes back, acks and credit out on the control
 //! stream, and the session's timers in between.
@@ -34,7 +38,7 @@ use ferrule_wire::session::{
     IngestConfig, IngestEvent, IngestSession, PeerIdentity, WindowController,
 };
 use ferrule_wire::{
-    Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message, Outcome,
+    Batch, Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message, Outcome,
 };
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -496,36 +500,7 @@ fn take_events(
                 }
             }
             IngestEvent::Commit { batch, .. } => {
-                let sensors: Vec<SensorInfo> = batch
-                    .series
-                    .iter()
-                    .filter_map(|s| session.sensor(s.sensor()))
-                    .map(|d| SensorInfo {
-                        id: d.sensor,
-                        name: d.name.clone(),
-                        unit: d.unit.clone(),
-                        kind: d.kind,
-                    })
-                    .collect();
-                let samples = u32::try_from(batch.sample_count()).unwrap_or(u32::MAX);
-                let header = RecordHeader {
-                    site: agent.site().to_string(),
-                    agent: agent.agent().to_string(),
-                    epoch: batch.epoch,
-                    seq: batch.seq,
-                    clock_offset_ns: batch.clock_offset_ns,
-                    received_ns: now().wall_ns,
-                    samples,
-                    sensors,
-                };
-                record.clear();
-                if let Err(e) = encode_record(&header, &batch.series, record) {
-                    return Err(Stop::Cut(
-                        "encode_failed",
-                        e.to_string(),
-                        ErrorCode::INTERNAL,
-                    ));
-                }
+                let samples = to_record(session, agent, &batch, record)?;
                 ctx.metrics.clock_offset(agent_key, batch.clock_offset_ns);
                 // The real-time path gets it now, in parallel with the commit:
                 // never waits, skips (counted) when its queue is full, and drops
@@ -555,10 +530,65 @@ fn take_events(
                 tracing::warn!(agent = %agent_key, %epoch, %seq, reason = reason.name(), "batch rejected");
             }
             IngestEvent::CreditWithheld { .. } => ctx.metrics.credit_withheld.inc(),
+            IngestEvent::Live { batch, .. } => {
+                // The same record bytes the batch will be committed as (but for
+                // the receive time), to the real-time path only: the batch
+                // itself follows on the durable lane, its publish a repeat.
+                let samples = to_record(session, agent, &batch, record)?;
+                ctx.metrics.live_batches.inc();
+                ctx.fanout.publish(
+                    agent.site(),
+                    agent.agent(),
+                    batch.epoch,
+                    batch.seq,
+                    samples,
+                    record,
+                );
+            }
+            IngestEvent::LiveRefused { epoch, seq, reason } => {
+                ctx.metrics.live_refused(reason);
+                tracing::debug!(agent = %agent_key, %epoch, %seq, reason = reason.name(), "live copy refused");
+            }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Encodes `batch` as the record the sink and the fan-out take, into `record`;
+/// returns its sample count.
+fn to_record(
+    session: &IngestSession,
+    agent: &VerifiedAgent,
+    batch: &Batch,
+    record: &mut Vec<u8>,
+) -> Result<u32, Stop> {
+    let sensors: Vec<SensorInfo> = batch
+        .series
+        .iter()
+        .filter_map(|s| session.sensor(s.sensor()))
+        .map(|d| SensorInfo {
+            id: d.sensor,
+            name: d.name.clone(),
+            unit: d.unit.clone(),
+            kind: d.kind,
+        })
+        .collect();
+    let samples = u32::try_from(batch.sample_count()).unwrap_or(u32::MAX);
+    let header = RecordHeader {
+        site: agent.site().to_string(),
+        agent: agent.agent().to_string(),
+        epoch: batch.epoch,
+        seq: batch.seq,
+        clock_offset_ns: batch.clock_offset_ns,
+        received_ns: now().wall_ns,
+        samples,
+        sensors,
+    };
+    record.clear();
+    encode_record(&header, &batch.series, record)
+        .map_err(|e| Stop::Cut("encode_failed", e.to_string(), ErrorCode::INTERNAL))?;
+    Ok(samples)
 }
 
 /// Sends everything the session queued; false if the agent took none of it for

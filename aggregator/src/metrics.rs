@@ -1,6 +1,7 @@
 //! The aggregator's named counters, created once and shared by every task.
 
 use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_wire::session::LiveRefusal;
 use ferrule_wire::RejectReason;
 
 const REJECTED: &str = "ferrule_aggregator_batches_rejected_total";
@@ -56,7 +57,13 @@ pub struct IngestMetrics {
     /// Mean commit latency above the sink's base over the last interval, what
     /// the window is sized to keep near `credit.target_queue_delay_ms`.
     pub sink_queue_delay_us: Gauge,
+    /// Live copies handed to the real-time path (never committed: their
+    /// batches arrive on the durable lane).
+    pub live_batches: Counter,
 }
+
+const LIVE_REFUSED: &str = "ferrule_aggregator_live_refused_total";
+const LIVE_REFUSED_HELP: &str = "Live copies not handed to the real-time path, by reason (stale: the batch itself got here first; unknown_sensor; over_budget: beyond server.live_max_bytes_per_sec)";
 
 /// Every reason `ferrule_aggregator_connections_refused_total` counts, each
 /// published at 0 from the start so `rate()` and alerts work before the first
@@ -96,6 +103,14 @@ impl IngestMetrics {
         let refusals: Vec<&str> = refusal_reasons().collect();
         registry.declare_counters(REFUSED, REFUSED_HELP, &[], "reason", &refusals);
         registry.declare_counters(REJECTED, REJECTED_HELP, &[], "reason", &reject_reasons());
+        let live_reasons: Vec<&str> = LiveRefusal::ALL.iter().map(|r| r.name()).collect();
+        registry.declare_counters(
+            LIVE_REFUSED,
+            LIVE_REFUSED_HELP,
+            &[],
+            "reason",
+            &live_reasons,
+        );
         Self {
             registry: registry.clone(),
             connections: registry.counter(
@@ -159,6 +174,11 @@ impl IngestMetrics {
                 "Mean commit latency above the sink's base latency over the last interval (the queue the credit window is sized to keep near its target)",
                 &[],
             ),
+            live_batches: registry.counter(
+                "ferrule_aggregator_live_batches_total",
+                "Live copies of agents' newest batches handed to the real-time path while their durable lanes replay (never committed)",
+                &[],
+            ),
         }
     }
 
@@ -177,6 +197,17 @@ impl IngestMetrics {
     pub fn rejected(&self, reason: &str) {
         self.registry
             .counter(REJECTED, REJECTED_HELP, &[("reason", reason)])
+            .inc();
+    }
+
+    /// Counts a live copy refused, by reason.
+    pub fn live_refused(&self, reason: LiveRefusal) {
+        self.registry
+            .counter(
+                LIVE_REFUSED,
+                LIVE_REFUSED_HELP,
+                &[("reason", reason.name())],
+            )
             .inc();
     }
 

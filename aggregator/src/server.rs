@@ -202,6 +202,7 @@ pub async fn run(
     session.hello_timeout = Duration::from_secs(cfg.server.hello_timeout_secs);
     session.peer_timeout = Duration::from_secs(cfg.server.peer_timeout_secs);
     session.stall_timeout = Duration::from_secs(cfg.server.stall_timeout_secs);
+    session.live_max_bytes_per_sec = cfg.server.live_max_bytes_per_sec;
     let ingest_metrics = IngestMetrics::new(&registry);
     let window = SharedWindow::new(
         WindowController::new(WindowConfig::new(

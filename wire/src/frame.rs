@@ -119,7 +119,7 @@ fn encode_payload(msg: &Message, limits: &Limits, out: &mut Vec<u8>) -> Result<(
         Message::Hello(m) => put(m, out),
         Message::Welcome(m) => put(m, out),
         Message::Define(m) => put(m, out),
-        Message::Batch(b) => {
+        Message::Batch(b) | Message::Live(b) => {
             let count = b.sample_count() as u64;
             if count > u64::from(limits.max_batch_samples) {
                 return Err(EncodeError::TooManySamples {
@@ -188,23 +188,48 @@ pub fn decode_payload(ty: u8, payload: &[u8], limits: &Limits) -> Result<Message
         1 => Message::Hello(take(payload)?),
         2 => Message::Welcome(take(payload)?),
         3 => Message::Define(take(payload)?),
-        4 => {
-            let (h, rest): (BatchHeader, _) = postcard::take_from_bytes(payload)?;
-            let series = samples::decode_block(rest, u64::from(limits.max_batch_samples))?;
-            Message::Batch(Batch {
-                epoch: h.epoch,
-                seq: h.seq,
-                clock_offset_ns: h.clock_offset_ns,
-                series,
-            })
-        }
+        4 => Message::Batch(take_batch(payload, limits)?),
         5 => Message::Ack(take(payload)?),
         6 => Message::Credit(take(payload)?),
         7 => Message::Heartbeat(take(payload)?),
         8 => Message::GoAway(take(payload)?),
         9 => Message::Error(take(payload)?),
+        10 => Message::Live(take_batch(payload, limits)?),
         other => return Err(DecodeError::UnknownType(other)),
     })
+}
+
+/// A batch's payload (a [`Batch`] or a [`Message::Live`] copy: the same bytes).
+fn take_batch(payload: &[u8], limits: &Limits) -> Result<Batch, DecodeError> {
+    let (h, rest): (BatchHeader, _) = postcard::take_from_bytes(payload)?;
+    let series = samples::decode_block(rest, u64::from(limits.max_batch_samples))?;
+    Ok(Batch {
+        epoch: h.epoch,
+        seq: h.seq,
+        clock_offset_ns: h.clock_offset_ns,
+        series,
+    })
+}
+
+/// Rewrites an encoded [`Batch`] frame (a spooled one) as its [`Message::Live`]
+/// copy in place: the payload is the same, only the type byte differs, so the
+/// agent sends a live copy without decoding or encoding anything.
+///
+/// ```
+/// use ferrule_wire::*;
+/// let b = Batch { epoch: Epoch(1), seq: Seq(2), clock_offset_ns: 0, series: vec![] };
+/// let mut frame = Vec::new();
+/// encode(&Message::Batch(b.clone()), &Limits::default(), &mut frame).unwrap();
+/// batch_frame_to_live(&mut frame).unwrap();
+/// assert_eq!(decode(&frame, &Limits::default()).unwrap().unwrap().0, Message::Live(b));
+/// ```
+pub fn batch_frame_to_live(frame: &mut [u8]) -> Result<(), DecodeError> {
+    let ty = frame.get_mut(4).ok_or(DecodeError::Truncated)?;
+    if *ty != 4 {
+        return Err(DecodeError::UnknownType(*ty));
+    }
+    *ty = 10;
+    Ok(())
 }
 
 /// Decodes a whole payload, refusing leftover bytes so every message has one encoding.

@@ -37,8 +37,8 @@ pub mod session;
 
 pub use error::{DecodeError, EncodeError};
 pub use frame::{
-    batch_cost, decode, decode_payload, encode, peek_batch, FrameReader, Limits,
-    DECODED_BYTES_PER_SAMPLE, FRAME_HEADER_BYTES,
+    batch_cost, batch_frame_to_live, decode, decode_payload, encode, peek_batch, FrameReader,
+    Limits, DECODED_BYTES_PER_SAMPLE, FRAME_HEADER_BYTES,
 };
 pub use ids::{Epoch, NameError, SensorId, SensorName, Seq, MAX_SENSOR_NAME_BYTES};
 pub use message::*;

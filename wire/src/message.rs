@@ -1,8 +1,9 @@
 //! The protocol's messages.
 //!
-//! Every message but [`Batch`] is a plain postcard-encoded struct. A batch is a
-//! postcard header followed by the compact sample block of [`crate::samples`], so the
-//! bulk of the traffic never goes through serde's per-field machinery.
+//! Every message but [`Batch`] (and its live copy, [`Message::Live`]) is a plain
+//! postcard-encoded struct. A batch is a postcard header followed by the compact
+//! sample block of [`crate::samples`], so the bulk of the traffic never goes through
+//! serde's per-field machinery.
 //!
 //! Codes that may grow ([`ErrorCode`], [`RejectReason`], [`GoAwayReason`],
 //! [`Capabilities`]) are open newtypes over integers, so an older peer decodes a
@@ -29,6 +30,12 @@ pub enum Message {
     Define(Define),
     /// Agent -> aggregator: samples to commit.
     Batch(Batch),
+    /// Agent -> aggregator, only with [`Capabilities::LIVE`]: a copy of a batch
+    /// whose durable send waits behind a backlog, for the real-time path only.
+    /// The aggregator publishes it and does nothing else: no commit, no Ack, no
+    /// credit spent. The same (epoch, seq) still arrives later as a [`Batch`],
+    /// which is what gets committed and acknowledged.
+    Live(Batch),
     /// Aggregator -> agent: which batches are durable, or refused.
     Ack(Ack),
     /// Aggregator -> agent: more room to send.
@@ -54,6 +61,7 @@ impl Message {
             Message::Heartbeat(_) => 7,
             Message::GoAway(_) => 8,
             Message::Error(_) => 9,
+            Message::Live(_) => 10,
         }
     }
 
@@ -69,6 +77,7 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::GoAway(_) => "goaway",
             Message::Error(_) => "error",
+            Message::Live(_) => "live",
         }
     }
 }
@@ -84,8 +93,14 @@ impl Capabilities {
     pub const LANES: Capabilities = Capabilities(1);
     /// Batches carry the agent's estimated clock offset.
     pub const CLOCK_OFFSET: Capabilities = Capabilities(1 << 1);
+    /// The agent may send [`Message::Live`] copies of its newest batches on a lane
+    /// of their own while its durable lane replays a backlog, so the real-time path
+    /// sees fresh data at once while the durable log still takes every batch in
+    /// order. Offered by an aggregator only while it accepts them
+    /// (`IngestConfig::live_max_bytes_per_sec` above zero).
+    pub const LIVE: Capabilities = Capabilities(1 << 2);
     /// Everything this build supports.
-    pub const ALL: Capabilities = Capabilities(Self::LANES.0 | Self::CLOCK_OFFSET.0);
+    pub const ALL: Capabilities = Capabilities(Self::LANES.0 | Self::CLOCK_OFFSET.0 | Self::LIVE.0);
 
     /// True when every bit of `other` is set here.
     pub fn contains(self, other: Capabilities) -> bool {
@@ -95,6 +110,11 @@ impl Capabilities {
     /// Features both sides support.
     pub fn intersect(self, other: Capabilities) -> Capabilities {
         Capabilities(self.0 & other.0)
+    }
+
+    /// These features without those of `other`.
+    pub fn without(self, other: Capabilities) -> Capabilities {
+        Capabilities(self.0 & !other.0)
     }
 }
 

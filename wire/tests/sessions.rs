@@ -755,3 +755,221 @@ fn scattered_seqs_do_not_grow_the_session_without_bound() {
     i.handle(Message::Batch(batch(1, 0)), 100, at(0)).unwrap();
     assert!(matches!(i.poll_event(), Some(IngestEvent::Commit { .. })));
 }
+
+/// Drains the ingest side's events.
+fn events(i: &mut IngestSession) -> Vec<IngestEvent> {
+    std::iter::from_fn(|| i.poll_event()).collect()
+}
+
+/// The live lane of these tests (the durable one is 0).
+const LIVE_LANE: usize = 1;
+
+/// Sends a live copy of batch `seq` (sensor 0) as the agent's driver does:
+/// the lane's Defines, then the copy.
+fn send_live(a: &mut AgentSession, i: &mut IngestSession, seq: u64, now: Now) {
+    let defines = a.on_send_live(LIVE_LANE, E, Seq(seq)).unwrap();
+    for d in defines {
+        i.handle(Message::Define(d), 20, now).unwrap();
+    }
+    i.handle(Message::Live(batch(seq, 0)), 100, now).unwrap();
+}
+
+#[test]
+fn a_live_copy_is_published_not_committed_and_costs_no_credit() {
+    let (mut a, mut i) = established();
+    assert!(a.live_enabled());
+    assert!(i.capabilities().contains(Capabilities::LIVE));
+    let (agent_credit, granted) = (a.credit(), i.outstanding_credit());
+    // Its lane gets the Defines it lacks, like a durable lane.
+    assert_eq!(
+        a.on_send_live(LIVE_LANE, E, Seq(5)).unwrap(),
+        vec![define(0, "va")]
+    );
+    assert!(a.on_send_live(LIVE_LANE, E, Seq(6)).unwrap().is_empty());
+    i.handle(Message::Define(define(0, "va")), 20, at(0))
+        .unwrap();
+    i.handle(Message::Live(batch(5, 0)), 100, at(0)).unwrap();
+    let evs = events(&mut i);
+    assert!(
+        evs.iter().any(
+            |e| matches!(e, IngestEvent::Live { batch, frame_bytes: 100 } if batch.seq == Seq(5))
+        ),
+        "{evs:?}"
+    );
+    assert!(!evs.iter().any(|e| matches!(e, IngestEvent::Commit { .. })));
+    // Nothing spent either side, nothing pending, nothing to say to the agent.
+    assert_eq!(a.credit(), agent_credit);
+    assert_eq!(i.outstanding_credit(), granted);
+    assert_eq!(i.pending_commits(), 0);
+    assert_eq!(a.in_flight().count(), 0);
+    assert_eq!(i.poll_transmit(), None);
+    // The batch itself still commits, on its own lane, in order.
+    send(&mut a, &mut i, E, 1);
+    assert_eq!(commit_all(&mut i), vec![(E, Seq(1))]);
+    send(&mut a, &mut i, E, 5);
+    assert_eq!(commit_all(&mut i), vec![(E, Seq(5))]);
+}
+
+#[test]
+fn a_live_copy_of_a_batch_the_aggregator_has_is_stale() {
+    let (mut a, mut i) = established();
+    send(&mut a, &mut i, E, 1);
+    // In flight: the agent does not copy it ...
+    assert_eq!(
+        a.on_send_live(LIVE_LANE, E, Seq(1)),
+        Err(SendError::AlreadyInFlight)
+    );
+    // ... and a copy that crossed it is refused as stale, pending or settled.
+    i.handle(Message::Define(define(0, "va")), 20, at(0))
+        .unwrap();
+    i.handle(Message::Live(batch(1, 0)), 100, at(0)).unwrap();
+    commit_all(&mut i);
+    i.handle(Message::Live(batch(1, 0)), 100, at(0)).unwrap();
+    let stale = events(&mut i)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                IngestEvent::LiveRefused {
+                    reason: LiveRefusal::Stale,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(stale, 1, "the pending one was handed to commit_all's drain");
+    pump(&mut a, &mut i);
+    assert_eq!(acked(&mut a), vec![(E, Seq(1))]);
+    assert_eq!(
+        a.on_send_live(LIVE_LANE, E, Seq(1)),
+        Err(SendError::AlreadySettled)
+    );
+}
+
+#[test]
+fn a_live_copy_naming_an_undefined_sensor_is_refused_not_fatal() {
+    let (_, mut i) = established();
+    i.handle(Message::Live(batch(3, 7)), 100, at(0)).unwrap();
+    assert_eq!(
+        events(&mut i),
+        vec![IngestEvent::LiveRefused {
+            epoch: E,
+            seq: Seq(3),
+            reason: LiveRefusal::UnknownSensor
+        }]
+    );
+    assert!(i.is_established());
+    assert_eq!(
+        i.poll_transmit(),
+        None,
+        "live copies are never acknowledged"
+    );
+}
+
+#[test]
+fn live_copies_are_bounded_by_the_budget() {
+    let mut cfg = ingest_cfg();
+    cfg.live_max_bytes_per_sec = 250;
+    let (mut a, mut i) = established_with(cfg);
+    let count = |i: &mut IngestSession| {
+        let evs = events(i);
+        let live = evs
+            .iter()
+            .filter(|e| matches!(e, IngestEvent::Live { .. }))
+            .count();
+        let over = evs
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    IngestEvent::LiveRefused {
+                        reason: LiveRefusal::OverBudget,
+                        ..
+                    }
+                )
+            })
+            .count();
+        (live, over)
+    };
+    // A burst of one second's worth (each costs 100), then refusals.
+    for seq in 1..=5 {
+        send_live(&mut a, &mut i, seq, at(0));
+    }
+    assert_eq!(count(&mut i), (2, 3));
+    // Refilled at 250 a second.
+    send_live(&mut a, &mut i, 6, at(400));
+    send_live(&mut a, &mut i, 7, at(400));
+    assert_eq!(count(&mut i), (1, 1));
+    send_live(&mut a, &mut i, 8, at(10_000));
+    send_live(&mut a, &mut i, 9, at(10_000));
+    send_live(&mut a, &mut i, 10, at(10_000));
+    assert_eq!(
+        count(&mut i),
+        (2, 1),
+        "a long pause refills one second only"
+    );
+    assert!(i.is_established());
+}
+
+#[test]
+fn live_copies_need_the_capability_both_ways() {
+    // An aggregator that turns them off does not offer them ...
+    let mut cfg = ingest_cfg();
+    cfg.live_max_bytes_per_sec = 0;
+    let (mut a, mut i) = established_with(cfg);
+    assert!(!a.live_enabled());
+    assert_eq!(
+        a.on_send_live(LIVE_LANE, E, Seq(1)),
+        Err(SendError::LiveNotNegotiated)
+    );
+    // ... and one that did not offer them takes one for a protocol error.
+    let err = i
+        .handle(Message::Live(batch(1, 0)), 100, at(0))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UNEXPECTED_MESSAGE);
+
+    // An older agent (no LIVE bit) gets none, whatever the aggregator offers.
+    let mut old = agent_cfg("s1", "a1");
+    old.capabilities = Capabilities::ALL.without(Capabilities::LIVE);
+    let mut a = AgentSession::new(old, (E, Seq(1)), at(0).mono);
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    pump(&mut a, &mut i);
+    assert!(a.is_established());
+    assert!(!a.live_enabled());
+    assert!(!i.capabilities().contains(Capabilities::LIVE));
+}
+
+#[test]
+fn no_live_copy_while_draining() {
+    let (mut a, mut i) = established();
+    i.go_away(GoAwayReason::SHUTDOWN, None, at(0).mono);
+    pump(&mut a, &mut i);
+    assert!(a.is_draining());
+    assert!(!a.live_enabled());
+    assert_eq!(
+        a.on_send_live(LIVE_LANE, E, Seq(1)),
+        Err(SendError::Draining)
+    );
+}
+
+#[test]
+fn a_spooled_batch_frame_becomes_its_live_copy() {
+    let limits = Limits::default();
+    let b = batch(4, 0);
+    let mut frame = Vec::new();
+    encode(&Message::Batch(b.clone()), &limits, &mut frame).unwrap();
+    batch_frame_to_live(&mut frame).unwrap();
+    assert_eq!(
+        decode(&frame, &limits).unwrap().unwrap().0,
+        Message::Live(b)
+    );
+    // Only a batch frame is rewritten.
+    assert_eq!(
+        batch_frame_to_live(&mut frame),
+        Err(DecodeError::UnknownType(10))
+    );
+    assert_eq!(
+        batch_frame_to_live(&mut [1, 0]),
+        Err(DecodeError::Truncated)
+    );
+}

@@ -1,6 +1,7 @@
 //! Deterministic simulation: an agent session and an ingest session, the very
 //! state machines production runs, over a simulated QUIC connection (a control
-//! stream and two data lanes, each in order, with random latency between them),
+//! stream, two data lanes and a lane of live copies, each in order, with random
+//! latency between them),
 //! in front of a sink with random commit latency and a dedupe ledger. Seeded, with
 //! a fake clock; every timer is the sessions' own.
 //!
@@ -11,13 +12,18 @@
 //! batches late (so they are resent, on a new session or the same one), agent
 //! restarts that begin a new epoch while the old one's batches are still spooled,
 //! and a credit window that the sink's latency resizes as the aggregator's does,
-//! and that now and then is set to anything, down to nothing.
+//! and that now and then is set to anything, down to nothing. While older
+//! batches wait, each new one is also sent as a live copy ([`Message::Live`]) on
+//! its own lane, best-effort (now and then skipped, as a full stream would).
 //!
 //! Checked for every seed: every generated batch ends up durable in the sink
 //! (resent by the spool's late release, it is caught by the sink's ledger), or refused, and refused only if it named the refused sensor; an Ack
 //! never precedes durability; the only session errors are deadlines (no credit
 //! violation, no unexpected message); and the run finishes, so no fault leaves the
-//! pair stuck.
+//! pair stuck. Live copies are published with the batch's own content, never
+//! committed nor acknowledged, refused only as stale (the batch got there
+//! first) or for the refused sensor, and never starve the durable lane (every
+//! batch still ends durable, with the same credit).
 #![allow(clippy::unwrap_used)] // a panic in a test is a failure with a backtrace
 
 use ferrule_wire::session::*;
@@ -50,6 +56,9 @@ const TICK_MS: u64 = 10;
 
 type Key = (Epoch, Seq);
 
+/// The lane live copies travel on.
+const LIVE_LANE: usize = 2;
+
 /// One direction of a QUIC stream: in order, each message with its arrival tick.
 #[derive(Default)]
 struct Stream {
@@ -80,7 +89,8 @@ struct Conn {
     agent: AgentSession,
     ingest: IngestSession,
     control_up: Stream,
-    lanes: [Stream; 2],
+    /// Durable lanes 0 (replay) and 1 (new), and [`LIVE_LANE`] for copies.
+    lanes: [Stream; 3],
     control_down: Stream,
     /// Batches before this seq go on the replay lane, later ones on the live lane.
     live_from: Seq,
@@ -106,6 +116,9 @@ struct Totals {
     resent_acked: u64,
     epochs: u64,
     withheld: u64,
+    live_published: u64,
+    live_stale: u64,
+    live_skipped: u64,
 }
 
 fn icfg() -> IngestConfig {
@@ -155,6 +168,9 @@ fn run(seed: u64, batches: u64) -> Totals {
     let mut epoch = Epoch(seed * 1000 + 1);
     let mut poisoned: HashSet<Key> = HashSet::new();
     let mut refused: HashSet<Key> = HashSet::new();
+    // Every batch generated, to check what a live copy publishes.
+    let mut generated: HashMap<Key, Batch> = HashMap::new();
+    let mut fresh: Option<Seq> = None;
     // Aggregator state: the sink's queue (due tick, connection, key) and its ledger.
     let mut sink: VecDeque<(u64, u64, Key)> = VecDeque::new();
     // The sink's dedupe ledger: what is durable (a batch durable already is
@@ -205,6 +221,8 @@ fn run(seed: u64, batches: u64) -> Totals {
             if bad {
                 poisoned.insert((epoch, next_seq));
             }
+            generated.insert((epoch, next_seq), b.clone());
+            fresh = Some(next_seq);
             let mut buf = Vec::new();
             encode(&Message::Batch(b.clone()), &limits, &mut buf).unwrap();
             let cost = batch_cost(buf.len() as u64, b.sample_count() as u64);
@@ -265,7 +283,7 @@ fn run(seed: u64, batches: u64) -> Totals {
                 agent,
                 ingest,
                 control_up: Stream::default(),
-                lanes: [Stream::default(), Stream::default()],
+                lanes: [Stream::default(), Stream::default(), Stream::default()],
                 control_down: Stream::default(),
                 live_from: next_seq,
                 silent_until: 0,
@@ -318,7 +336,42 @@ fn run(seed: u64, batches: u64) -> Totals {
                     c.lanes[lane].push(at, Message::Batch(s.batch.clone()), s.bytes);
                 }
                 c.agent.set_blocked(blocked, n.mono);
+                // The batch made this tick goes out as a live copy too if an
+                // older one still waits for its durable send.
+                let behind = |seq: Seq| {
+                    spool
+                        .range(..seq)
+                        .any(|(q, s)| !s.acked && !c.agent.is_in_flight(s.batch.epoch, *q))
+                };
+                if let Some(seq) = fresh.filter(|q| behind(*q)) {
+                    if let Some(s) = spool.get(&seq) {
+                        if !c.agent.live_enabled() || rng.chance(100) {
+                            // No room on the stream now: skipped, never waited for.
+                            t.live_skipped += 1;
+                        } else {
+                            match c.agent.on_send_live(LIVE_LANE, s.batch.epoch, seq) {
+                                Ok(defines) => {
+                                    // Now and then the copy lags (its stream is
+                                    // slower): the batch may overtake it.
+                                    let lag = if rng.chance(200) { rng.below(300) } else { 0 };
+                                    let at = delay(&mut rng) + lag;
+                                    for d in defines {
+                                        c.lanes[LIVE_LANE].push(at, Message::Define(d), 30);
+                                    }
+                                    c.lanes[LIVE_LANE].push(
+                                        at,
+                                        Message::Live(s.batch.clone()),
+                                        s.bytes,
+                                    );
+                                }
+                                Err(SendError::AlreadyInFlight) => {}
+                                Err(e) => panic!("seed {seed}: live copy: {e}"),
+                            }
+                        }
+                    }
+                }
             }
+            fresh = None;
             while let Some(m) = c.agent.poll_transmit() {
                 let at = delay(&mut rng);
                 c.control_up.push(at, m, 64);
@@ -368,6 +421,29 @@ fn run(seed: u64, batches: u64) -> Totals {
                         );
                     }
                     IngestEvent::CreditWithheld { .. } => t.withheld += 1,
+                    IngestEvent::Live { batch, .. } => {
+                        let key = (batch.epoch, batch.seq);
+                        assert_eq!(
+                            generated.get(&key),
+                            Some(&batch),
+                            "seed {seed}: a live copy of {}/{} differs from the batch",
+                            key.0,
+                            key.1
+                        );
+                        assert!(
+                            !poisoned.contains(&key),
+                            "seed {seed}: a bad copy published"
+                        );
+                        t.live_published += 1;
+                    }
+                    IngestEvent::LiveRefused { epoch, seq, reason } => match reason {
+                        LiveRefusal::Stale => t.live_stale += 1,
+                        LiveRefusal::UnknownSensor => assert!(
+                            poisoned.contains(&(epoch, seq)),
+                            "seed {seed}: live copy {epoch}/{seq} refused"
+                        ),
+                        other => panic!("seed {seed}: live copy {epoch}/{seq} refused: {other:?}"),
+                    },
                     _ => {}
                 }
             }
@@ -502,6 +578,9 @@ fn nothing_is_lost_or_stuck_under_faults() {
         sum.resent_acked += o.resent_acked;
         sum.epochs += o.epochs;
         sum.withheld += o.withheld;
+        sum.live_published += o.live_published;
+        sum.live_stale += o.live_stale;
+        sum.live_skipped += o.live_skipped;
         for (k, v) in o.timeouts {
             *sum.timeouts.entry(k).or_default() += v;
         }
@@ -516,6 +595,9 @@ fn nothing_is_lost_or_stuck_under_faults() {
     assert!(sum.resent_acked > 0, "no resend of acknowledged batches");
     assert!(sum.epochs > 0, "no second epoch");
     assert!(sum.withheld > 0, "no credit withheld");
+    assert!(sum.live_published > 0, "no live copy published");
+    assert!(sum.live_stale > 0, "no live copy crossed its batch");
+    assert!(sum.live_skipped > 0, "no live copy skipped");
     for kind in ["peer_timeout", "stalled"] {
         assert!(
             sum.timeouts.get(kind).copied().unwrap_or(0) > 0,
@@ -524,8 +606,9 @@ fn nothing_is_lost_or_stuck_under_faults() {
         );
     }
     println!(
-        "{} batches, {} connections, {} refused, {} acknowledged resent, {} new epochs, {} withheld, timeouts {:?}",
-        sum.batches, sum.connections, sum.rejected, sum.resent_acked, sum.epochs, sum.withheld, sum.timeouts
+        "{} batches, {} connections, {} refused, {} acknowledged resent, {} new epochs, {} withheld, live copies {} published / {} stale / {} skipped, timeouts {:?}",
+        sum.batches, sum.connections, sum.rejected, sum.resent_acked, sum.epochs, sum.withheld,
+        sum.live_published, sum.live_stale, sum.live_skipped, sum.timeouts
     );
 }
 

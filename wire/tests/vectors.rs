@@ -29,10 +29,24 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 max_version: 1,
                 epoch: Epoch(1_767_225_600),
                 resume_from: Seq(42),
-                capabilities: Capabilities::ALL,
+                // An agent from before live copies: lanes and clock offsets.
+                capabilities: Capabilities(Capabilities::LANES.0 | Capabilities::CLOCK_OFFSET.0),
                 site: "substation-7".into(),
                 agent: "rtu-3".into(),
                 software: "0.1.0".into(),
+            }),
+        ),
+        (
+            "hello_live",
+            Message::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                epoch: Epoch(1_767_225_600),
+                resume_from: Seq(42),
+                capabilities: Capabilities::ALL,
+                site: "substation-7".into(),
+                agent: "rtu-3".into(),
+                software: "0.2.0".into(),
             }),
         ),
         (
@@ -70,6 +84,16 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 clock_offset_ns: -1_250_000,
                 series: ThreePhaseFeed::new(7, 1_767_225_600_000_000_000, FeedOptions::default())
                     .next_batch(70),
+            }),
+        ),
+        (
+            "live_three_phase",
+            Message::Live(Batch {
+                epoch: Epoch(1_767_225_600),
+                seq: Seq(43),
+                clock_offset_ns: -1_250_000,
+                series: ThreePhaseFeed::new(7, 1_767_225_670_000_000_000, FeedOptions::default())
+                    .next_batch(10),
             }),
         ),
         (

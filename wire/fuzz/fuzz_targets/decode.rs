@@ -1,9 +1,12 @@
 //! Decoding arbitrary bytes returns a message or a typed error: never a panic, never
 //! an allocation beyond the limits, never a hang. What decodes must re-encode and
-//! decode to the same thing, and a batch's peeked header must match it.
+//! decode to the same thing, a batch's peeked header must match it, and its live
+//! copy (the same frame with the Live type byte) must decode to the same batch.
 #![no_main]
 
-use ferrule_wire::{decode, decode_payload, encode, peek_batch, Limits, Message};
+use ferrule_wire::{
+    batch_frame_to_live, decode, decode_payload, encode, peek_batch, Limits, Message,
+};
 use libfuzzer_sys::fuzz_target;
 
 fn same(a: &Message, b: &Message) -> bool {
@@ -26,6 +29,16 @@ fuzz_target!(|data: &[u8]| {
         // The agent names spooled batches by their header alone: it must agree.
         if let Message::Batch(b) = &msg {
             assert_eq!(peek_batch(data).expect("a batch's header peeks"), (b.epoch, b.seq));
+            // The agent sends a spooled frame as its live copy by its type byte.
+            let mut live = data[..used].to_vec();
+            batch_frame_to_live(&mut live).expect("a batch frame becomes a live copy");
+            match decode(&live, &limits) {
+                Ok(Some((Message::Live(l), n))) => {
+                    assert_eq!(n, used);
+                    assert!(same(&Message::Batch(l), &msg));
+                }
+                other => panic!("a live copy of a batch decodes as {other:?}"),
+            }
         }
     }
     let _ = peek_batch(data);

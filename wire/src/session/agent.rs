@@ -10,6 +10,10 @@
 //! - Every lane (stream) carries the Define of each sensor before the first batch
 //!   that may use it: [`AgentSession::on_send`] hands the driver the Defines a lane
 //!   still lacks.
+//! - Live copies ([`AgentSession::on_send_live`], only with
+//!   [`Capabilities::LIVE`]) spend no credit and change no state but the lane's
+//!   Defines: they are never acknowledged, so they never enter the in-flight set,
+//!   and a batch in flight or settled is not copied (the aggregator has it).
 //! - Deadlines ([`AgentSession::poll_timeout`]): Welcome within the handshake
 //!   timeout; a heartbeat every interval (the aggregator answers each); something
 //!   from the aggregator at least every `peer_timeout`, or it is dead; and while
@@ -135,6 +139,10 @@ pub enum SendError {
     /// cumulative Ack and taken for committed).
     #[error("batch already settled on this session")]
     AlreadySettled,
+    /// A live copy on a session whose aggregator did not accept
+    /// [`Capabilities::LIVE`] (an older one, or one that turned them off).
+    #[error("live copies not negotiated")]
+    LiveNotNegotiated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +159,8 @@ pub struct AgentSession {
     cfg: AgentConfig,
     state: State,
     version: u16,
+    /// What both sides support (from Welcome; empty before).
+    capabilities: Capabilities,
     limits: Option<ServerLimits>,
     credit: Credit,
     in_flight: BTreeMap<(Epoch, Seq), u64>,
@@ -192,6 +202,7 @@ impl AgentSession {
             cfg,
             state: State::AwaitWelcome,
             version: 0,
+            capabilities: Capabilities::default(),
             limits: None,
             credit: Credit::default(),
             in_flight: BTreeMap::new(),
@@ -233,6 +244,17 @@ impl AgentSession {
     /// Negotiated protocol version (0 before Welcome).
     pub fn version(&self) -> u16 {
         self.version
+    }
+
+    /// Features both sides support (empty before Welcome).
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// True if live copies may be sent now: established (not draining) with
+    /// [`Capabilities::LIVE`] negotiated.
+    pub fn live_enabled(&self) -> bool {
+        self.state == State::Established && self.capabilities.contains(Capabilities::LIVE)
     }
 
     /// Credit left to spend.
@@ -299,12 +321,54 @@ impl AgentSession {
             self.progress_at = Some(now);
         }
         self.in_flight.insert((epoch, seq), cost);
+        Ok(self.lane_defines(lane))
+    }
+
+    /// Records that the driver sends a live copy ([`Message::Live`]) of batch
+    /// (epoch, seq) on `lane`, which must not be the lane of the durable sends
+    /// (lanes are ordered, and the copy must not wait behind the backlog).
+    /// Returns the Defines the driver must write on that lane first, then the
+    /// copy's frame ([`crate::batch_frame_to_live`] of the spooled one).
+    ///
+    /// Spends no credit and tracks nothing: the copy is for the real-time path
+    /// only, never acknowledged, and the batch itself still goes through
+    /// [`AgentSession::on_send`]. A batch in flight or settled is not copied: the
+    /// aggregator has it already.
+    ///
+    /// The driver sends copies best-effort: the caller decides to send before
+    /// calling this (the lane has room for the whole frame now), because the
+    /// Defines returned count as carried.
+    pub fn on_send_live(
+        &mut self,
+        lane: usize,
+        epoch: Epoch,
+        seq: Seq,
+    ) -> Result<Vec<Define>, SendError> {
+        match self.state {
+            State::AwaitWelcome | State::Closed => return Err(SendError::NotEstablished),
+            State::Draining => return Err(SendError::Draining),
+            State::Established => {}
+        }
+        if !self.capabilities.contains(Capabilities::LIVE) {
+            return Err(SendError::LiveNotNegotiated);
+        }
+        if self.in_flight.contains_key(&(epoch, seq)) {
+            return Err(SendError::AlreadyInFlight);
+        }
+        if self.settled.get(&epoch).is_some_and(|s| s.contains(seq)) {
+            return Err(SendError::AlreadySettled);
+        }
+        Ok(self.lane_defines(lane))
+    }
+
+    /// The Defines `lane` has not carried yet, now counted as carried.
+    fn lane_defines(&mut self, lane: usize) -> Vec<Define> {
         if self.lanes.len() <= lane {
             self.lanes.resize(lane + 1, 0);
         }
         let from = self.lanes[lane].min(self.defines.len());
         self.lanes[lane] = self.defines.len();
-        Ok(self.defines[from..].to_vec())
+        self.defines[from..].to_vec()
     }
 
     /// Tells the session whether the driver holds a batch ready to send that the
@@ -369,6 +433,8 @@ impl AgentSession {
                     self.cfg.max_version,
                 )?;
                 self.version = v;
+                // Only what we offered counts, whatever the aggregator says.
+                self.capabilities = w.capabilities.intersect(self.cfg.capabilities);
                 self.limits = Some(w.limits);
                 self.credit = w.credit;
                 self.state = State::Established;

@@ -25,6 +25,15 @@
 //!   never handed to the sink twice.
 //! - One session carries batches of any of the agent's epochs: each has its own
 //!   settled set, and Acks name one epoch each.
+//! - Live copies ([`Message::Live`], only with [`Capabilities::LIVE`]) are checked
+//!   like batches (defined sensors; their size by the decoder) and handed to the
+//!   driver for the real-time path only ([`IngestEvent::Live`]): no commit, no
+//!   Ack, no credit spent or returned, no state kept, so they can never starve the
+//!   durable lane of credit. What they may make the driver do is bounded by a
+//!   token bucket of `live_max_bytes_per_sec` in [`batch_cost`] units (a burst of
+//!   one second's worth); beyond it, and for a batch already pending or settled
+//!   here (its durable copy arrived first), they are refused
+//!   ([`IngestEvent::LiveRefused`]), counted, never fatal.
 //! - Memory is bounded: pending commits by the credit, settled ranges per epoch by
 //!   `max_seq_ranges`, epochs by `max_epochs` (plus those owed an Ack), sensors by
 //!   the announced `max_sensors`.
@@ -83,12 +92,17 @@ pub struct IngestConfig {
     pub max_epochs: usize,
     /// Ranges kept per epoch's settled set; the lowest beyond this are forgotten.
     pub max_seq_ranges: usize,
+    /// Live copies accepted per session, in [`batch_cost`] bytes per second
+    /// (with a burst of one second's worth); beyond it they are refused. Zero
+    /// turns them off: [`Capabilities::LIVE`] is not offered.
+    pub live_max_bytes_per_sec: u64,
 }
 
 impl IngestConfig {
     /// A configuration with the given name, limits and window, and default
     /// deadlines and bounds: Hello within 10 s, agent silence up to 10 s, stalls
-    /// up to 60 s, 5 s drain grace, 16 epochs, 1024 ranges per epoch.
+    /// up to 60 s, 5 s drain grace, 16 epochs, 1024 ranges per epoch, live copies
+    /// up to 4 MiB a second.
     pub fn new(server: impl Into<String>, limits: ServerLimits, initial_credit: Credit) -> Self {
         Self {
             server: server.into(),
@@ -103,6 +117,7 @@ impl IngestConfig {
             drain_grace: Duration::from_secs(5),
             max_epochs: 16,
             max_seq_ranges: 1024,
+            live_max_bytes_per_sec: 4 << 20,
         }
     }
 }
@@ -162,6 +177,88 @@ pub enum IngestEvent {
         /// All that is owed to the agent now.
         owed: Credit,
     },
+    /// A live copy to publish to the real-time path only (never to the sink):
+    /// nothing is owed for it, and the batch itself arrives later to commit.
+    Live {
+        /// The batch.
+        batch: Batch,
+        /// Its frame size.
+        frame_bytes: u64,
+    },
+    /// A live copy refused (nothing to send the agent: live copies are never
+    /// acknowledged).
+    LiveRefused {
+        /// Its epoch.
+        epoch: Epoch,
+        /// Its seq.
+        seq: Seq,
+        /// Why.
+        reason: LiveRefusal,
+    },
+}
+
+/// Why a live copy was not handed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LiveRefusal {
+    /// The batch itself is pending or settled in this session already: the
+    /// real-time path has it, or has it on its way.
+    Stale,
+    /// It names a sensor this session has not defined.
+    UnknownSensor,
+    /// The session's live budget (`live_max_bytes_per_sec`) is spent.
+    OverBudget,
+}
+
+impl LiveRefusal {
+    /// Every reason, for publishing counters at zero.
+    pub const ALL: [LiveRefusal; 3] = [Self::Stale, Self::UnknownSensor, Self::OverBudget];
+
+    /// A short name for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stale => "stale",
+            Self::UnknownSensor => "unknown_sensor",
+            Self::OverBudget => "over_budget",
+        }
+    }
+}
+
+/// A token bucket in [`batch_cost`] bytes, refilled at `rate` a second up to
+/// one second's worth; time comes from the caller.
+#[derive(Debug)]
+struct LiveBudget {
+    rate: u64,
+    tokens: u64,
+    at: Option<Instant>,
+}
+
+impl LiveBudget {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate,
+            tokens: rate,
+            at: None,
+        }
+    }
+
+    /// Takes `cost` if the bucket holds it at `now`.
+    fn take(&mut self, cost: u64, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            let dt = now.saturating_duration_since(at);
+            let add =
+                (u128::from(self.rate) * dt.as_nanos() / 1_000_000_000).min(u128::from(self.rate));
+            // add <= rate, a u64.
+            self.tokens = self.tokens.saturating_add(add as u64).min(self.rate);
+        }
+        self.at = Some(now);
+        if cost <= self.tokens {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +299,9 @@ pub struct IngestSession {
     peer: PeerIdentity,
     state: State,
     epoch: Epoch,
+    /// What both sides support (from Hello; empty before).
+    capabilities: Capabilities,
+    live_budget: LiveBudget,
     sensors: HashMap<SensorId, Define>,
     /// Credit granted in total and spent in total (cost bytes, batches).
     granted: (u64, u64),
@@ -233,11 +333,14 @@ impl IngestSession {
     pub fn new(cfg: IngestConfig, peer: PeerIdentity, now: Instant) -> Self {
         let hello_deadline = Some(now + cfg.hello_timeout);
         let window = cfg.initial_credit;
+        let live_budget = LiveBudget::new(cfg.live_max_bytes_per_sec);
         Self {
             cfg,
             peer,
             state: State::AwaitHello,
             epoch: Epoch(0),
+            capabilities: Capabilities::default(),
+            live_budget,
             sensors: HashMap::new(),
             granted: (0, 0),
             spent: (0, 0),
@@ -277,6 +380,11 @@ impl IngestSession {
     /// grace period passed. The driver closes the connection.
     pub fn is_finished(&self) -> bool {
         self.finished || self.state == State::Closed
+    }
+
+    /// Features both sides support (empty before Hello).
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     /// The defined sensor behind an id.
@@ -409,6 +517,12 @@ impl IngestSession {
             (State::Established | State::Draining, Message::Batch(b)) => {
                 self.on_batch(b, frame_bytes, now.mono)
             }
+            (State::Established | State::Draining, Message::Live(b))
+                if self.capabilities.contains(Capabilities::LIVE) =>
+            {
+                self.on_live(b, frame_bytes, now.mono);
+                Ok(())
+            }
             (State::Established | State::Draining, Message::Heartbeat(hb)) => {
                 self.transmit.push_back(Message::Heartbeat(Heartbeat {
                     origin_ns: hb.origin_ns,
@@ -454,9 +568,14 @@ impl IngestSession {
             window
         };
         self.granted = (credit.bytes, u64::from(credit.batches));
+        let mut offered = self.cfg.capabilities;
+        if self.cfg.live_max_bytes_per_sec == 0 {
+            offered = offered.without(Capabilities::LIVE);
+        }
+        self.capabilities = offered.intersect(h.capabilities);
         self.transmit.push_back(Message::Welcome(Welcome {
             version,
-            capabilities: self.cfg.capabilities.intersect(h.capabilities),
+            capabilities: self.capabilities,
             limits: self.cfg.limits,
             credit,
             server: self.cfg.server.clone(),
@@ -600,6 +719,38 @@ impl IngestSession {
             frame_bytes,
         });
         Ok(())
+    }
+
+    fn on_live(&mut self, b: Batch, frame_bytes: u64, now: Instant) {
+        let (epoch, seq) = (b.epoch, b.seq);
+        let refuse = if self.pending.contains_key(&(epoch, seq))
+            || self
+                .books
+                .get(&epoch)
+                .is_some_and(|book| book.settled.contains(seq))
+        {
+            Some(LiveRefusal::Stale)
+        } else if b
+            .series
+            .iter()
+            .any(|s| !self.sensors.contains_key(&s.sensor()))
+        {
+            Some(LiveRefusal::UnknownSensor)
+        } else if !self
+            .live_budget
+            .take(batch_cost(frame_bytes, b.sample_count() as u64), now)
+        {
+            Some(LiveRefusal::OverBudget)
+        } else {
+            None
+        };
+        self.events.push_back(match refuse {
+            Some(reason) => IngestEvent::LiveRefused { epoch, seq, reason },
+            None => IngestEvent::Live {
+                batch: b,
+                frame_bytes,
+            },
+        });
     }
 
     fn settle_rejected(&mut self, epoch: Epoch, seq: Seq, reason: RejectReason) {

@@ -22,7 +22,7 @@ mod ingest;
 mod window;
 
 pub use agent::{AgentConfig, AgentEvent, AgentSession, SendError};
-pub use ingest::{IngestConfig, IngestEvent, IngestSession, PeerIdentity};
+pub use ingest::{IngestConfig, IngestEvent, IngestSession, LiveRefusal, PeerIdentity};
 pub use window::{WindowConfig, WindowController, WindowStats};
 
 use crate::message::{ErrorCode, ErrorMessage};
