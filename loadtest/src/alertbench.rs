@@ -18,6 +18,7 @@
 
 use crate::bench::{blast, percentile, BlastSpec, Tally};
 use crate::devpki::DevPki;
+use crate::inproc;
 use crate::procs::{self, AgentSpec};
 use anyhow::Context as _;
 use ferrule_rules::State;
@@ -26,7 +27,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// The rules evaluated: the three-phase example the demo uses.
 const RULES: &str = include_str!("../../rules/examples/three-phase.toml");
@@ -109,21 +109,10 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         &agg_path,
         procs::aggregator_toml(&pki, &dir.join("aggregator"), addr, None, &alerts),
     )?;
-    let cfg =
-        ferrule_config::load_validated::<ferrule_aggregator::config::Config>(&agg_path, "FERRULE")?
-            .value;
-    let (stop_agg, mut stop_agg_rx) = watch::channel(false);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let aggregator = tokio::spawn(ferrule_aggregator::server::run(
-        cfg,
-        async move {
-            let _ = stop_agg_rx.wait_for(|s| *s).await;
-        },
-        move |r| {
-            let _ = ready_tx.send(r);
-        },
-    ));
-    let running = ready_rx.await.context("the aggregator did not start")?;
+    let aggregator = inproc::Aggregator::start(&agg_path)
+        .await
+        .context("starting the aggregator")?;
+    let running = &aggregator.running;
     let measuring = Arc::new(AtomicBool::new(false));
 
     // Firing transitions while measuring: (from arrival, from read), in µs.
@@ -159,7 +148,6 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     } else {
         format!("\n[alerts]\nrules = {:?}\n", rules.display().to_string())
     };
-    let (stop_agents, stop_agents_rx) = watch::channel(false);
     let mut agents = Vec::new();
     for i in 0..opts.agents {
         let spec = AgentSpec {
@@ -176,16 +164,7 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
         };
         let p = dir.join(format!("agent-{i}.toml"));
         std::fs::write(&p, procs::agent_toml(&pki, &spec)?)?;
-        let cfg =
-            ferrule_config::load_validated::<ferrule_agent::config::Config>(&p, "FERRULE")?.value;
-        let mut stop = stop_agents_rx.clone();
-        agents.push(tokio::spawn(ferrule_agent::run(
-            cfg,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-            ferrule_telemetry::Registry::new(),
-        )));
+        agents.push(inproc::Agent::start(&p)?);
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -242,14 +221,12 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     for c in clients {
         c.await.context("blast client panicked")??;
     }
-    let _ = stop_agents.send(true);
     for a in agents {
-        a.await.context("agent task panicked")??;
+        a.stop().await?;
     }
-    let _ = stop_agg.send(true);
-    aggregator.await.context("aggregator task panicked")??;
-    // Its copy of the transitions' sender: the collector ends once all are gone.
-    drop(running);
+    // Its `running` holds a copy of the transitions' sender: the collector ends
+    // once the aggregator is gone.
+    aggregator.stop().await?;
     let lat = match collector {
         Some(c) => c.await.context("collector panicked")?,
         None => Vec::new(),

@@ -10,4 +10,5 @@ pub mod alertmanager;
 pub mod bench;
 pub mod devpki;
 pub mod footprint;
+pub mod inproc;
 pub mod procs;

@@ -7,12 +7,12 @@
 use ferrule_aggregator::alerts::evaluate::Evaluated;
 use ferrule_loadtest::alertmanager::Alertmanager;
 use ferrule_loadtest::devpki::DevPki;
+use ferrule_loadtest::inproc;
 use ferrule_loadtest::procs::{agent_toml, aggregator_toml, free_udp_port, AgentSpec};
 use ferrule_rules::State;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const RULES: &str = include_str!("../../rules/examples/three-phase.toml");
 
@@ -51,23 +51,9 @@ async fn a_sag_pages_a_real_alertmanager_once_per_episode() {
         ),
     )
     .unwrap();
-    let agg_cfg =
-        ferrule_config::load_validated::<ferrule_aggregator::config::Config>(&agg_path, "FERRULE")
-            .unwrap()
-            .value;
-    let (stop_agg, mut stop_agg_rx) = watch::channel(false);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let aggregator = tokio::spawn(ferrule_aggregator::server::run(
-        agg_cfg,
-        async move {
-            let _ = stop_agg_rx.wait_for(|s| *s).await;
-        },
-        move |r| {
-            let _ = ready_tx.send(r);
-        },
-    ));
-    let running = ready_rx.await.expect("aggregator ready");
-    let mut transitions = running
+    let aggregator = inproc::Aggregator::start(&agg_path).await.unwrap();
+    let mut transitions = aggregator
+        .running
         .alerts
         .as_ref()
         .expect("rules are configured")
@@ -90,19 +76,8 @@ async fn a_sag_pages_a_real_alertmanager_once_per_episode() {
     };
     let agent_path = dir.path().join("agent.toml");
     std::fs::write(&agent_path, agent_toml(&pki, &spec).unwrap()).unwrap();
-    let agent_cfg =
-        ferrule_config::load_validated::<ferrule_agent::config::Config>(&agent_path, "FERRULE")
-            .unwrap()
-            .value;
-    let (stop_agent, mut stop_agent_rx) = watch::channel(false);
-    let agent_registry = ferrule_telemetry::Registry::new();
-    let agent = tokio::spawn(ferrule_agent::run(
-        agent_cfg,
-        async move {
-            let _ = stop_agent_rx.wait_for(|s| *s).await;
-        },
-        agent_registry.clone(),
-    ));
+    let agent = inproc::Agent::start(&agent_path).unwrap();
+    let agent_registry = agent.registry.clone();
 
     // The first sag (within 5 s): each phase fires and resolves once.
     let mut seen: Vec<Arc<Evaluated>> = Vec::new();
@@ -130,8 +105,7 @@ async fn a_sag_pages_a_real_alertmanager_once_per_episode() {
         }
     }
     // Stop the feed before the next sag: one episode per phase.
-    let _ = stop_agent.send(true);
-    agent.await.unwrap().unwrap();
+    agent.stop().await.unwrap();
     assert!(
         agent_registry.counter_sum("ferrule_agent_alert_flushes_total") >= 1,
         "the agent's own rules cut the crossing's batch short"
@@ -200,6 +174,5 @@ async fn a_sag_pages_a_real_alertmanager_once_per_episode() {
             assert_eq!(a["annotations"]["episode"], episodes[p].as_str(), "{a}");
         }
     }
-    let _ = stop_agg.send(true);
-    aggregator.await.unwrap().unwrap();
+    aggregator.stop().await.unwrap();
 }

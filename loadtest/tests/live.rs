@@ -22,14 +22,13 @@
 #![allow(clippy::unwrap_used)] // a panic in a test is a failure with a backtrace
 
 use ferrule_aggregator::alerts::evaluate::Evaluated;
-use ferrule_aggregator::server::Running;
 use ferrule_loadtest::devpki::DevPki;
+use ferrule_loadtest::inproc;
 use ferrule_loadtest::procs::{agent_toml, aggregator_toml, free_udp_port, AgentSpec};
 use ferrule_rules::State;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
 
 const RULES: &str = include_str!("../../rules/examples/three-phase.toml");
 
@@ -45,36 +44,6 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * q).ceil() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-struct Aggregator {
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    stop: watch::Sender<bool>,
-    running: Running,
-}
-
-async fn start_aggregator(config: &Path) -> Aggregator {
-    let cfg =
-        ferrule_config::load_validated::<ferrule_aggregator::config::Config>(config, "FERRULE")
-            .unwrap()
-            .value;
-    let (stop, mut stop_rx) = watch::channel(false);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(ferrule_aggregator::server::run(
-        cfg,
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        },
-        move |r| {
-            let _ = ready_tx.send(r);
-        },
-    ));
-    let running = ready_rx.await.expect("aggregator ready");
-    Aggregator {
-        task,
-        stop,
-        running,
-    }
 }
 
 /// One of the agent's records in the embedded log, in log order.
@@ -144,7 +113,7 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
         ),
     )
     .unwrap();
-    let first = start_aggregator(&agg_path).await;
+    let first = inproc::Aggregator::start(&agg_path).await.unwrap();
 
     let spec = AgentSpec {
         site: "substation-1".into(),
@@ -157,9 +126,8 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
         metrics: None,
         // A sag every second, read every millisecond; the agent's own rules
         // cut a crossing's batch at once (the fast path), at most once per
-        // quarter of `max_delay_ms`: 20 ms lets each phase's crossing (6.7 ms
-        // apart at 50 Hz) have its own cut, where the default 50 ms holds two
-        // of three back for up to a batch. Small batches make a long replay.
+        // tenth of `max_delay_ms` (a crossing closer to the last cut is cut at
+        // the gap's end). Small batches make a long replay.
         extra: format!(
             "sag_every_secs = 1\ntick_ms = 1\n\n[batch]\nmax_samples = 70\nmax_delay_ms = 20\n\n[alerts]\nrules = {:?}\n",
             rules.display().to_string()
@@ -167,19 +135,8 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
     };
     let agent_path = dir.path().join("agent.toml");
     std::fs::write(&agent_path, agent_toml(&pki, &spec).unwrap()).unwrap();
-    let agent_cfg =
-        ferrule_config::load_validated::<ferrule_agent::config::Config>(&agent_path, "FERRULE")
-            .unwrap()
-            .value;
-    let (stop_agent, mut stop_agent_rx) = watch::channel(false);
-    let agent_registry = ferrule_telemetry::Registry::new();
-    let agent = tokio::spawn(ferrule_agent::run(
-        agent_cfg,
-        async move {
-            let _ = stop_agent_rx.wait_for(|s| *s).await;
-        },
-        agent_registry.clone(),
-    ));
+    let agent = inproc::Agent::start(&agent_path).unwrap();
+    let agent_registry = agent.registry.clone();
 
     // Streaming: the first sags fire.
     let mut before = first.running.alerts.as_ref().unwrap().subscribe();
@@ -194,14 +151,13 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
     }
 
     // The outage: the aggregator goes away, the agent spools.
-    let _ = first.stop.send(true);
-    first.task.await.unwrap().unwrap();
+    first.stop().await.unwrap();
     let down_at = Instant::now();
     tokio::time::sleep(outage).await;
 
     // Back, on the same port and data. Everything read from here on is new.
     let restart_ns = now_ns();
-    let second = start_aggregator(&agg_path).await;
+    let second = inproc::Aggregator::start(&agg_path).await.unwrap();
     let mut alerts = second.running.alerts.as_ref().unwrap().subscribe();
     println!(
         "outage {:.1} s; aggregator back",
@@ -226,8 +182,7 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
     let copies_then = agent_registry.counter_sum("ferrule_agent_live_sent_total");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let copies_steady = agent_registry.counter_sum("ferrule_agent_live_sent_total") - copies_then;
-    let _ = stop_agent.send(true);
-    agent.await.unwrap().unwrap();
+    agent.stop().await.unwrap();
     assert_eq!(copies_steady, 0, "live copies in the steady state");
     let live_batches = second
         .running
@@ -237,8 +192,7 @@ async fn live_lane_alerts_during_the_catch_up_and_the_log_stays_in_order() {
         .running
         .registry
         .counter_sum("ferrule_aggregator_live_refused_total");
-    let _ = second.stop.send(true);
-    second.task.await.unwrap().unwrap();
+    second.stop().await.unwrap();
 
     // (b) An independent consumer of the durable log: the agent's batches in
     // increasing seq order, none missing.
