@@ -101,6 +101,23 @@ pub struct AlertsSection {
     /// and counted (`gave_up`). Default 3600.
     #[serde(default = "d_stream_retry")]
     pub redis_retry_for_secs: u64,
+    /// With a `[redis]` section and `redis_stream` on: Alertmanagers and
+    /// PagerDuty are paged from the alert stream through one Redis consumer
+    /// group per output, shared by every aggregator, instead of by each
+    /// aggregator directly. One aggregator at a time (the holder of a Redis
+    /// lease) delivers for an output, XACKs what it delivered, and on taking
+    /// over reclaims (XAUTOCLAIM) what a dead holder had read but not
+    /// delivered; what is open is kept in Redis, so an episode seen by two
+    /// aggregators (an agent failing over) pages once and is resolved once.
+    /// The price: pages need Redis. `false`: each aggregator pages what it
+    /// evaluates itself. Default true.
+    #[serde(default = "d_true")]
+    pub page_through_redis: bool,
+    /// The paging lease's time to live, milliseconds: how long a dead holder
+    /// keeps another aggregator from taking over its outputs. Renewed every
+    /// third of it. At least 300. Default 5000.
+    #[serde(default = "d_page_lease")]
+    pub page_lease_ms: u64,
     /// With a `[kafka]` section: every notification is also one JSON record on
     /// [`Self::kafka_topic`], keyed by the alert's fingerprint. `false` turns that
     /// off. Default true.
@@ -154,6 +171,9 @@ fn d_alert_stream_len() -> u64 {
 }
 fn d_stream_retry() -> u64 {
     3600
+}
+fn d_page_lease() -> u64 {
+    5000
 }
 fn d_alert_kafka_timeout() -> u64 {
     30_000
@@ -862,6 +882,9 @@ impl AlertsSection {
                 ));
             }
         }
+        if self.page_lease_ms < 300 {
+            bad.push(Invalid::new("alerts.page_lease_ms", "must be at least 300"));
+        }
         if self.kafka_timeout_ms < 1000 {
             // librdkafka reads 0 as "never time out": one attempt could hang forever.
             bad.push(Invalid::new(
@@ -904,6 +927,8 @@ mod tests {
             pagerduty: None,
             redis_stream: true,
             redis_stream_max_len: 100_000,
+            page_through_redis: true,
+            page_lease_ms: 5000,
             redis_retry_for_secs: 3600,
             kafka: true,
             kafka_topic: None,

@@ -79,6 +79,8 @@ fn section(
         pagerduty: pd,
         redis_stream: true,
         redis_stream_max_len: 100_000,
+        page_through_redis: true,
+        page_lease_ms: 5000,
         redis_retry_for_secs: 3600,
         kafka: true,
         kafka_topic: None,

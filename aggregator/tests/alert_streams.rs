@@ -98,6 +98,8 @@ fn section(queue: usize) -> AlertsSection {
         pagerduty: None,
         redis_stream: true,
         redis_stream_max_len: 100_000,
+        page_through_redis: true,
+        page_lease_ms: 5000,
         redis_retry_for_secs: 600,
         kafka: true,
         kafka_topic: None,
@@ -279,7 +281,9 @@ async fn firing_and_resolved_are_added_to_the_redis_stream() {
     assert_eq!(entries.len(), 2, "pending is not written: {entries:?}");
     check_entry(&entries[0].1, &firing, "firing");
     check_entry(&entries[1].1, &resolved, "resolved");
-    assert_eq!(entries[0].1.len(), 13, "{:?}", entries[0].1);
+    // The documented fields, and the aggregator that wrote it.
+    assert_eq!(entries[0].1.len(), 14, "{:?}", entries[0].1);
+    assert!(!entries[0].1["aggregator"].is_empty());
 
     // The cap: 500 more alerts leave about `redis_stream_max_len` (Redis trims
     // `~` by whole stream nodes of up to 100 entries).
@@ -581,4 +585,94 @@ async fn alert_records_reach_the_kafka_topic_once_it_exists() {
     assert!(records.iter().all(|(_, _, v)| v["state"] != "pending"));
     assert_eq!(dropped(&registry, &output), 0);
     n.stop().await;
+}
+
+// ---- Paging through Redis: the claim script ------------------------------------
+
+/// What the claim script (`page_group::CLAIM`) answers for one entry.
+async fn claim(
+    con: &mut redis::aio::MultiplexedConnection,
+    kind: &str,
+    id: &str,
+    writer: &str,
+    episode: &str,
+) -> (String, String) {
+    let fields = format!("{{\"episode\":\"{episode}\"}}");
+    redis::cmd("EVAL")
+        .arg(ferrule_aggregator::alerts::page_group::CLAIM)
+        .arg(1)
+        .arg("t:open")
+        .arg(kind)
+        .arg("00000000000000ab")
+        .arg(id)
+        .arg(writer)
+        .arg(fields)
+        .arg(1_700_000_000_000u64)
+        .arg(episode)
+        .query_async(con)
+        .await
+        .unwrap()
+}
+
+/// The claim script, against a real Redis, entry by entry as a paging group
+/// meets them: a copy of an open episode is not paged, a resolve closes the
+/// episode that was paged, entries read again after a takeover are paged again
+/// only if they were the last recorded, a new episode pages, and a damaged
+/// record does not stop paging.
+#[tokio::test]
+async fn the_claim_script_pages_each_episode_once_whatever_is_read_again() {
+    let redis = Redis::start();
+    let mut con = redis.conn().await;
+    let page = |ep: &str| ("page".to_string(), ep.to_string());
+    let same = ("same".to_string(), String::new());
+    let stale = ("stale".to_string(), String::new());
+    let ep1 = "00000000000000ab-100";
+    let ep2 = "00000000000000ab-150";
+    // A's firing opens; B's copy (a later start, after a failover) does not page.
+    assert_eq!(claim(&mut con, "F", "10-0", "A", ep1).await, page(""));
+    assert_eq!(claim(&mut con, "F", "11-0", "B", ep2).await, same);
+    // A's firing read again (a takeover before its XACK): the last opening, paged again.
+    assert_eq!(claim(&mut con, "F", "10-0", "A", ep1).await, page(""));
+    // B's resolve closes the episode that was paged, with its identity.
+    assert_eq!(claim(&mut con, "R", "12-0", "B", ep2).await, page(ep1));
+    // Read again after the resolve: the firing is stale, the resolve pages again
+    // with the same identity, another aggregator's resolve is a copy.
+    assert_eq!(claim(&mut con, "F", "10-0", "A", ep1).await, stale);
+    assert_eq!(claim(&mut con, "R", "12-0", "B", ep2).await, page(ep1));
+    assert_eq!(claim(&mut con, "R", "13-0", "A", ep1).await, same);
+    // A new episode pages; its resolve closes it.
+    let ep3 = "00000000000000ab-900";
+    assert_eq!(claim(&mut con, "F", "20-0", "A", ep3).await, page(""));
+    assert_eq!(claim(&mut con, "R", "21-0", "A", ep3).await, page(ep3));
+    // A damaged record reads as none: the next entry pages and repairs it.
+    let _: () = redis::cmd("HSET")
+        .arg("t:open")
+        .arg("00000000000000ab")
+        .arg("F|garbage")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(claim(&mut con, "F", "30-0", "A", ep3).await, page(""));
+    // Forgetting: only the aggregator that last reported it drops an open alert.
+    let forgetter = con.clone();
+    let forget = |who: &'static str| {
+        let mut con = forgetter.clone();
+        async move {
+            let n: i64 = redis::cmd("EVAL")
+                .arg(ferrule_aggregator::alerts::page_group::FORGET)
+                .arg(1)
+                .arg("t:open")
+                .arg("00000000000000ab")
+                .arg(who)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(claim(&mut con, "F", "31-0", "B", ep3).await, same);
+    assert_eq!(forget("A").await, 0, "B reported it last");
+    assert_eq!(forget("B").await, 1);
+    // Forgotten: the next firing is a new incident.
+    assert_eq!(claim(&mut con, "F", "40-0", "A", ep3).await, page(""));
 }

@@ -24,160 +24,23 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use ferrule_loadtest::devpki::DevPki;
 use ferrule_loadtest::procs::{self, AgentSpec, Proc};
 use ferrule_wire::record::decode_record;
 use redis::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use support::redis_server::Redis;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn redis_sh(args: &[&str]) -> String {
-    let out = Command::new(repo().join("scripts/redis.sh"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("scripts/redis.sh: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/redis.sh {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A throwaway redis-server (or cluster), stopped on drop.
-struct Redis {
-    dir: PathBuf,
-    url: String,
-    /// For a TLS server: the CA bundle, and the test's client certificate and key.
-    tls: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> Self {
-        let port = procs::free_tcp_port().unwrap().to_string();
-        Self::from_output(dir, &redis_sh(&["start", dir.to_str().unwrap(), &port]))
-    }
-
-    /// TLS only, with the dev PKI's server certificate (for `localhost`).
-    fn start_tls(dir: &Path, pki: &DevPki) -> Self {
-        let port = procs::free_tcp_port().unwrap().to_string();
-        let mut r = Self::from_output(
-            dir,
-            &redis_sh(&[
-                "start",
-                dir.to_str().unwrap(),
-                &port,
-                pki.server_cert().to_str().unwrap(),
-                pki.server_key().to_str().unwrap(),
-                pki.ca_bundle().to_str().unwrap(),
-            ]),
-        );
-        let (cert, key) = pki.agent("redis-clients", "test-reader").unwrap();
-        r.tls = Some((
-            std::fs::read(pki.ca_bundle()).unwrap(),
-            std::fs::read(cert).unwrap(),
-            std::fs::read(key).unwrap(),
-        ));
-        r
-    }
-
-    fn cluster(dir: &Path) -> Self {
-        // Three consecutive free ports (and their cluster bus ports, +10000).
-        let base = (0..50)
-            .find_map(|_| {
-                let p = procs::free_tcp_port().ok()?;
-                (p < 50_000
-                    && (0..3).all(|i| {
-                        [p + i, p + i + 10_000]
-                            .iter()
-                            .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
-                    }))
-                .then_some(p)
-            })
-            .unwrap();
-        Self::from_output(
-            dir,
-            &redis_sh(&["start-cluster", dir.to_str().unwrap(), &base.to_string()]),
-        )
-    }
-
-    fn from_output(dir: &Path, out: &str) -> Self {
-        let url = out
-            .lines()
-            .find_map(|l| l.strip_prefix("url="))
-            .unwrap_or_else(|| panic!("no url= line: {out:?}"))
-            .to_string();
-        Self {
-            dir: dir.to_path_buf(),
-            url,
-            tls: None,
-        }
-    }
-
-    fn conn(&self) -> redis::Connection {
-        let client = match &self.tls {
-            Some((ca, cert, key)) => redis::Client::build_with_tls(
-                self.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: Some(redis::ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }),
-                    root_cert: Some(ca.clone()),
-                },
-            ),
-            None => redis::Client::open(self.url.as_str()),
-        };
-        client
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .unwrap()
-    }
-
-    fn kill(&self) {
-        redis_sh(&["kill", self.dir.to_str().unwrap()]);
-    }
-
-    fn restart(&self) {
-        redis_sh(&["restart", self.dir.to_str().unwrap()]);
-    }
-
-    fn pause(&self) {
-        redis_sh(&["pause", self.dir.to_str().unwrap()]);
-    }
-
-    fn resume(&self) {
-        redis_sh(&["resume", self.dir.to_str().unwrap()]);
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        // A paused server must take SIGCONT to shut down.
-        let _ = Command::new(repo().join("scripts/redis.sh"))
-            .args(["resume", self.dir.to_str().unwrap_or("")])
-            .output();
-        let _ = Command::new(repo().join("scripts/redis.sh"))
-            .args(["stop", self.dir.to_str().unwrap_or("")])
-            .output();
-    }
 }
 
 /// One stream entry as the aggregator wrote it.

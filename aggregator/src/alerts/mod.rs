@@ -24,6 +24,11 @@
 //! until the cap or retention removes it) but the same dedupe: a `firing` for an
 //! alert already open is not written again.
 //!
+//! With `[redis]` (and `alerts.page_through_redis`), the Alertmanagers and
+//! PagerDuty are not fed by [`Notifiers::send`] but from the alert stream, by a
+//! consumer group each shared by every aggregator ([`page_group`]), so an
+//! episode seen by several aggregators pages once.
+//!
 //! Counters (every label value published at 0 from the start):
 //! - `ferrule_aggregator_alert_notifications_total{output,result}`: each attempt,
 //!   `result` = `ok`, `error` (no answer, timeout, 429, 5xx, Redis or Kafka
@@ -46,6 +51,7 @@ pub mod alertmanager;
 pub mod evaluate;
 mod kafka_topic;
 pub mod notify;
+pub mod page_group;
 pub mod pagerduty;
 mod redis_stream;
 pub mod stream;
@@ -67,6 +73,9 @@ use tokio::sync::Notify;
 /// Open alerts tracked per output for dedupe and resend (a few hundred bytes
 /// each). Beyond it a firing alert is still sent, once.
 pub const MAX_OPEN_ALERTS: usize = 100_000;
+
+/// How long [`Notifiers::stop`] lets its tasks end by themselves once told.
+const STOP_LEAVE: Duration = Duration::from_millis(800);
 
 /// Longest [`Notifiers::stop`] waits for queued notifications to go out.
 const STOP_DRAIN: Duration = Duration::from_secs(2);
@@ -299,6 +308,11 @@ struct Output {
     outbox: Mutex<Outbox>,
     wake: Notify,
     counters: OutputCounters,
+    /// Fed by [`Notifiers::send`]; false for a pager fed from the alert stream
+    /// ([`page_group`]).
+    direct: bool,
+    /// Alerts forgotten, for a [`page_group`] task to drop from Redis.
+    forgets: Mutex<Vec<ferrule_rules::Fingerprint>>,
 }
 
 /// What every task shares.
@@ -379,8 +393,15 @@ impl Notifiers {
                 Duration::from_secs(pd.retry_for_secs),
             ));
         }
-        // (output label, sender, backoff, resend interval)
-        let mut senders: Vec<(String, Sender, Backoff, Option<Duration>)> = Vec::new();
+        // Pagers fed from the alert stream through a consumer group: the
+        // stream must be written, and by this aggregator too.
+        let paged = match redis {
+            Some(r) if cfg.redis_stream && cfg.page_through_redis => Some(r),
+            _ => None,
+        };
+        let instance = page_group::instance_name();
+        // (output label, sender, backoff, resend interval, fed from the stream)
+        let mut senders: Vec<(String, Sender, Backoff, Option<Duration>, bool)> = Vec::new();
         if !http.is_empty() {
             let connect = http
                 .iter()
@@ -398,11 +419,17 @@ impl Notifiers {
                     target,
                     timeout,
                 };
-                senders.push((name, sender, Backoff::new(retry_for), resend));
+                senders.push((
+                    name,
+                    sender,
+                    Backoff::new(retry_for),
+                    resend,
+                    paged.is_some(),
+                ));
             }
         }
         if let (Some(r), true) = (redis, cfg.redis_stream) {
-            let out = redis_stream::RedisStream::new(r, cfg.redis_stream_max_len)?;
+            let out = redis_stream::RedisStream::new(r, cfg.redis_stream_max_len, &instance)?;
             // Redis comes back by itself after a restart or failover: wait no
             // longer between tries than the real-time path does to reconnect.
             let backoff = Backoff {
@@ -414,6 +441,7 @@ impl Notifiers {
                 Sender::Redis(out),
                 backoff,
                 None,
+                false,
             ));
         }
         if let (Some(k), true) = (kafka, cfg.kafka) {
@@ -424,16 +452,19 @@ impl Notifiers {
                 Sender::Kafka(out),
                 Backoff::new(Duration::from_secs(cfg.kafka_retry_for_secs)),
                 None,
+                false,
             ));
         }
         let shutdown = Arc::new(Shutdown::default());
         let mut outputs = Vec::new();
         let mut tasks = Vec::new();
-        for (name, sender, backoff, resend) in senders {
+        for (name, sender, backoff, resend, from_stream) in senders {
             let output = Arc::new(Output {
                 counters: OutputCounters::new(registry, &name),
                 outbox: Mutex::new(Outbox::new(cfg.queue_capacity, MAX_OPEN_ALERTS, resend)),
                 wake: Notify::new(),
+                direct: !from_stream,
+                forgets: Mutex::new(Vec::new()),
                 name,
             });
             let driver = Driver {
@@ -442,7 +473,24 @@ impl Notifiers {
                 backoff,
                 shutdown: shutdown.clone(),
             };
-            tasks.push(tokio::spawn(driver.run()));
+            match (paged, from_stream) {
+                (Some(r), true) => {
+                    let max_batch = driver.max_batch();
+                    let group = page_group::PageGroup::new(
+                        driver,
+                        crate::fanout::redis::target(r)?,
+                        &r.stream_prefix,
+                        instance.clone(),
+                        Duration::from_millis(cfg.page_lease_ms.max(300)),
+                        resend,
+                        max_batch,
+                        Duration::from_millis(r.response_timeout_ms.max(1)),
+                        registry,
+                    );
+                    tasks.push(tokio::spawn(group.run()));
+                }
+                _ => tasks.push(tokio::spawn(driver.run())),
+            }
             outputs.push(output);
         }
         Ok(Self {
@@ -459,7 +507,7 @@ impl Notifiers {
             return;
         };
         let now = wall_ns();
-        for o in &self.outputs {
+        for o in self.outputs.iter().filter(|o| o.direct) {
             let (offered, len) = {
                 let mut outbox = o.outbox.lock().unwrap_or_else(PoisonError::into_inner);
                 let offered = outbox.offer(n.clone(), now);
@@ -488,10 +536,14 @@ impl Notifiers {
     /// Stops resending alert `fp` on every output (see [`Outbox::forget`]).
     pub fn forget(&self, fp: ferrule_rules::Fingerprint) {
         for o in &self.outputs {
-            o.outbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .forget(fp);
+            if o.direct {
+                o.outbox
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .forget(fp);
+            } else {
+                page_group::queue_forget(o, fp);
+            }
         }
     }
 
@@ -518,10 +570,15 @@ impl Notifiers {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.signal_stop();
-        for t in std::mem::take(&mut self.tasks) {
-            // A task may sit in a retry's wait or an HTTP request: end it there.
-            t.abort();
-            let _ = t.await;
+        // A paging group gives its lease back as it ends (so another aggregator
+        // takes over at once): a moment for that, then a task still in a
+        // retry's wait or an HTTP request is ended there.
+        let until = tokio::time::Instant::now() + STOP_LEAVE;
+        for mut t in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout_at(until, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 
@@ -571,8 +628,9 @@ impl Driver {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn run(mut self) {
-        let max = match &self.sender {
+    /// Notifications per request for this output.
+    fn max_batch(&self) -> usize {
+        match &self.sender {
             Sender::Http {
                 target: HttpTarget::Alertmanager { .. },
                 ..
@@ -582,7 +640,11 @@ impl Driver {
                 ..
             } => 1,
             Sender::Redis(_) | Sender::Kafka(_) => stream::MAX_BATCH,
-        };
+        }
+    }
+
+    async fn run(mut self) {
+        let max = self.max_batch();
         while !self.closed() {
             let now = wall_ns();
             let (batch, next_resend, len) = {
@@ -615,14 +677,15 @@ impl Driver {
         }
     }
 
-    /// Sends `batch` until it is delivered, refused, or retried for too long.
-    async fn deliver(&mut self, batch: Vec<Arc<Notification>>) {
+    /// Sends `batch` until it is delivered, refused, or retried for too long
+    /// (true), or the notifiers stop (false).
+    async fn deliver(&mut self, batch: Vec<Arc<Notification>>) -> bool {
         let first = Instant::now();
         let c = self.output.counters.clone();
         let mut pending = batch;
         for attempt in 1u32.. {
             if self.closed() {
-                return;
+                return false;
             }
             let why = match self.attempt(&pending).await {
                 Outcome::Delivered => {
@@ -632,13 +695,13 @@ impl Driver {
                     } else {
                         tracing::debug!(output = %self.output.name, notifications = pending.len(), "alert notifications delivered");
                     }
-                    return;
+                    return true;
                 }
                 Outcome::Reject(why) => {
                     c.rejected.inc();
                     c.dropped(DropReason::Rejected, pending.len() as u64);
                     tracing::warn!(output = %self.output.name, answer = %why, notifications = pending.len(), "alert output refused notifications; not retried");
-                    return;
+                    return true;
                 }
                 Outcome::Retry { why, again } => {
                     pending = again;
@@ -647,23 +710,25 @@ impl Driver {
             };
             c.error.inc();
             if pending.is_empty() {
-                return;
+                return true;
             }
             match self.backoff.next(attempt, first.elapsed(), fastrand::f64()) {
                 Retry::After(wait) => {
                     tracing::warn!(output = %self.output.name, attempt, error = %why, retry_in_ms = wait.as_millis() as u64, "alert notification failed");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.wake.notified() => return,
+                        () = self.shutdown.wake.notified() => return false,
                     }
                 }
                 Retry::GiveUp => {
                     c.dropped(DropReason::GaveUp, pending.len() as u64);
                     tracing::error!(output = %self.output.name, attempt, error = %why, notifications = pending.len(), "alert notification failed; giving up");
-                    return;
+                    return true;
                 }
             }
         }
+        // u32 attempts run out only after decades of backoff.
+        true
     }
 
     async fn attempt(&mut self, batch: &[Arc<Notification>]) -> Outcome {

@@ -26,18 +26,21 @@ pub(super) struct RedisStream {
     stream: String,
     max_len: u64,
     timeout: Duration,
+    /// This aggregator, written in each entry's `aggregator` field.
+    writer: String,
 }
 
 impl RedisStream {
     /// The output for `cfg`, capped at `max_len` entries. Fails only on what
     /// retrying cannot fix: a bad URL, a TLS file, an unset `env:` secret.
-    pub(super) fn new(cfg: &RedisSection, max_len: u64) -> Result<Self, FanoutError> {
+    pub(super) fn new(cfg: &RedisSection, max_len: u64, writer: &str) -> Result<Self, FanoutError> {
         Ok(Self {
             target: target(cfg)?,
             conn: None,
             stream: redis_stream_key(&cfg.stream_prefix),
             max_len: max_len.max(1),
             timeout: Duration::from_millis(cfg.response_timeout_ms.max(1)),
+            writer: writer.to_string(),
         })
     }
 
@@ -83,6 +86,7 @@ impl RedisStream {
             for (k, v) in redis_fields(n) {
                 cmd.arg(k).arg(v);
             }
+            cmd.arg("aggregator").arg(&self.writer);
             // The replies (entry ids) are not needed.
             cmd.ignore();
         }

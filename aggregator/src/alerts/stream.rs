@@ -20,6 +20,9 @@
 //! | `labels` | the rule's labels, a JSON object of strings |
 //! | `quality` | the causing sample's quality (`good`, `uncertain`, `bad`) |
 //!
+//! A Redis entry also names the aggregator that wrote it (`aggregator`, see
+//! [`super::page_group`]).
+//!
 //! Redis field values are all strings (`value` as Rust prints an `f64`: `180.5`,
 //! `NaN`, `inf`; `labels` as JSON text); in the Kafka record `value` is a JSON
 //! number (`null` when not finite) and `labels` an object.
@@ -33,6 +36,7 @@
 
 use super::notify::{Kind, Notification};
 use ferrule_rules::Fingerprint;
+use ferrule_wire::Quality;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -82,6 +86,108 @@ pub fn redis_fields(n: &Notification) -> Vec<(&'static str, String)> {
         ),
         ("quality", quality(n)),
     ]
+}
+
+/// Why a Redis alert entry could not be read back into a [`Notification`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("alert entry field {field}: {why}")]
+pub struct FieldError {
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Reads back an entry written with [`redis_fields`] (a delivering consumer
+/// group reads the stream it feeds). Unknown fields are ignored, so a newer
+/// writer's additions do not stop an older reader.
+pub fn from_redis_fields<'a>(
+    fields: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<Notification, FieldError> {
+    let map: std::collections::HashMap<&str, &str> = fields.into_iter().collect();
+    let get = |field: &'static str| -> Result<&str, FieldError> {
+        map.get(field).copied().ok_or(FieldError {
+            field,
+            why: "missing".into(),
+        })
+    };
+    let bad = |field: &'static str, why: String| FieldError { field, why };
+    let kind = match get("state")? {
+        "firing" => Kind::Firing,
+        "resolved" => Kind::Resolved,
+        other => {
+            return Err(bad(
+                "state",
+                format!("{other:?} is neither firing nor resolved"),
+            ))
+        }
+    };
+    let fp_text = get("fingerprint")?;
+    let fingerprint = u64::from_str_radix(fp_text, 16)
+        .ok()
+        .filter(|_| fp_text.len() == 16)
+        .map(Fingerprint)
+        .ok_or_else(|| bad("fingerprint", format!("{fp_text:?} is not 16 hex digits")))?;
+    let episode_text = get("episode")?;
+    let started_ns = episode_text
+        .strip_prefix(fp_text)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|n| n.parse::<i64>().ok())
+        .ok_or_else(|| {
+            bad(
+                "episode",
+                format!("{episode_text:?} is not <fingerprint>-<start ns>"),
+            )
+        })?;
+    let severity = match get("severity")? {
+        "info" => "info",
+        "warning" => "warning",
+        "critical" => "critical",
+        other => {
+            return Err(bad(
+                "severity",
+                format!("{other:?} is not info, warning or critical"),
+            ))
+        }
+    };
+    let quality = match get("quality")? {
+        "good" => Quality::Good,
+        "uncertain" => Quality::Uncertain,
+        "bad" => Quality::Bad,
+        other => {
+            return Err(bad(
+                "quality",
+                format!("{other:?} is not good, uncertain or bad"),
+            ))
+        }
+    };
+    let value_text = get("value")?;
+    let value = value_text
+        .parse::<f64>()
+        .map_err(|e| bad("value", format!("{value_text:?}: {e}")))?;
+    let ts_text = get("ts_ns")?;
+    let ts_ns = ts_text
+        .parse::<i64>()
+        .map_err(|e| bad("ts_ns", format!("{ts_text:?}: {e}")))?;
+    let labels = serde_json::from_str(get("labels")?).map_err(|e| bad("labels", e.to_string()))?;
+    Ok(Notification {
+        kind,
+        ts_ns,
+        rule: get("rule")?.to_string(),
+        site: get("site")?.to_string(),
+        agent: get("agent")?.to_string(),
+        sensor: get("sensor")?.to_string(),
+        value,
+        fingerprint,
+        episode: ferrule_rules::Episode {
+            fingerprint,
+            started_ns,
+        },
+        severity,
+        labels,
+        annotation: get("annotation")?.to_string(),
+        quality,
+    })
 }
 
 /// The Kafka record key of `n`: its fingerprint, so one alert's transitions
@@ -161,6 +267,34 @@ mod tests {
             annotation: "feed/va at substation-7: 180.5 V".into(),
             quality: ferrule_wire::Quality::Good,
         }
+    }
+
+    #[test]
+    fn redis_fields_read_back_into_the_same_notification() {
+        for kind in [Kind::Firing, Kind::Resolved] {
+            let n = note(kind, 0xab);
+            let fields = redis_fields(&n);
+            let back = from_redis_fields(fields.iter().map(|(k, v)| (*k, v.as_str())))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, n);
+        }
+        let n = note(Kind::Firing, 0xab);
+        let mut fields = redis_fields(&n);
+        fields.retain(|(k, _)| *k != "episode");
+        let e = from_redis_fields(fields.iter().map(|(k, v)| (*k, v.as_str())));
+        assert_eq!(e.map_err(|e| e.field), Err("episode"));
+        let mut fields = redis_fields(&n);
+        for f in &mut fields {
+            if f.0 == "episode" {
+                f.1 = "00000000000000ff-12".into();
+            }
+        }
+        let e = from_redis_fields(fields.iter().map(|(k, v)| (*k, v.as_str())));
+        assert_eq!(
+            e.map_err(|e| e.field),
+            Err("episode"),
+            "another alert's episode"
+        );
     }
 
     #[test]

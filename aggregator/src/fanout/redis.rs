@@ -60,7 +60,7 @@ impl Conn {
         }
     }
 
-    async fn cmd(&mut self, c: &redis::Cmd) -> Result<Value, RedisError> {
+    pub(crate) async fn cmd(&mut self, c: &redis::Cmd) -> Result<Value, RedisError> {
         match self {
             Conn::Single(conn) => c.query_async(conn).await,
             Conn::Cluster(conn) => c.query_async(conn).await,
@@ -310,7 +310,7 @@ pub(crate) fn connection_lost(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
-fn text(v: &Value) -> Option<String> {
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -319,7 +319,7 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-fn number(v: &Value) -> Option<u64> {
+pub(crate) fn number(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
         other => text(other)?.parse().ok(),
@@ -327,7 +327,7 @@ fn number(v: &Value) -> Option<u64> {
 }
 
 /// A reply's key/value pairs (RESP2 flat arrays or RESP3 maps).
-fn fields(v: &Value) -> Vec<(String, &Value)> {
+pub(crate) fn fields(v: &Value) -> Vec<(String, &Value)> {
     match v {
         Value::Array(a) => a
             .chunks_exact(2)
@@ -342,7 +342,7 @@ fn field<'a>(f: &'a [(String, &'a Value)], key: &str) -> Option<&'a Value> {
     f.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
 }
 
-fn items(v: &Value) -> &[Value] {
+pub(crate) fn items(v: &Value) -> &[Value] {
     match v {
         Value::Array(a) | Value::Set(a) => a,
         _ => &[],

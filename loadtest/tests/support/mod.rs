@@ -1,0 +1,3 @@
+//! Rigs shared by several test files.
+
+pub mod redis_server;
