@@ -42,6 +42,38 @@ enum Command {
         #[command(subcommand)]
         command: AlertsCommand,
     },
+    /// The signal engine (are we keeping up?).
+    Signals {
+        #[command(subcommand)]
+        command: SignalsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SignalsCommand {
+    /// Replay pipeline snapshots (JSON lines) through the signal engine and print
+    /// each stage's signal as a JSON line; a summary goes to stderr. Exits
+    /// non-zero naming the line of the first bad snapshot.
+    Replay {
+        /// The snapshots, one JSON object a line; `-` for stdin.
+        #[arg(long)]
+        input: PathBuf,
+    },
+}
+
+/// `signals replay`: the replay lives in ferrule-signals; this only opens the file.
+fn signals_replay(input: &std::path::Path) -> anyhow::Result<()> {
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let summary = if input.as_os_str() == "-" {
+        ferrule_signals::replay(std::io::stdin().lock(), stdout)
+    } else {
+        let file =
+            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+        ferrule_signals::replay(std::io::BufReader::new(file), stdout)
+    }
+    .with_context(|| format!("{}", input.display()))?;
+    eprintln!("{}", serde_json::to_string(&summary)?);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -145,6 +177,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("alerts test: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Signals {
+            command: SignalsCommand::Replay { input },
+        } => match signals_replay(&input) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("signals replay: {e:#}");
                 ExitCode::FAILURE
             }
         },
