@@ -43,6 +43,41 @@ pub struct Config {
     /// instead of in-process consumers.
     #[serde(default)]
     pub redis: Option<RedisSection>,
+    /// The sampler: snapshots of every stage and the signals made of them.
+    #[serde(default)]
+    pub sampler: SamplerSection,
+}
+
+/// `[sampler]`: every period one aggregator (with `[redis]`, the holder of a
+/// fenced Redis lock; else this one) reads every pipeline stage's counters,
+/// turns them into signals (are we keeping up?) and stores both. See
+/// [`crate::sampler`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerSection {
+    /// Sample at all. Default true.
+    pub enabled: bool,
+    /// How often, milliseconds. At least 100. Default 1000.
+    pub period_ms: u64,
+    /// The sampler lock's time to live, milliseconds: a dead sampler is
+    /// replaced within about this plus one period. At least 300. Default 5000.
+    pub lease_ttl_ms: u64,
+    /// Snapshots kept in the history (the Redis stream
+    /// `{redis.stream_prefix}:{sampler}:snapshots`, `MAXLEN ~`; without Redis,
+    /// the newest in memory and a file under `log.dir`). Default 86 400 (a day
+    /// at one a second).
+    pub history_max_len: u64,
+}
+
+impl Default for SamplerSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            period_ms: 1000,
+            lease_ttl_ms: 5000,
+            history_max_len: 86_400,
+        }
+    }
 }
 
 /// `[alerts]`: the rules file and the notifiers fed by its `firing` and
@@ -715,6 +750,18 @@ impl Validate for Config {
         if self.credit.session_window_batches == 0 {
             bad.push(Invalid::new(
                 "credit.session_window_batches",
+                "must be at least 1",
+            ));
+        }
+        if self.sampler.period_ms < 100 {
+            bad.push(Invalid::new("sampler.period_ms", "must be at least 100"));
+        }
+        if self.sampler.lease_ttl_ms < 300 {
+            bad.push(Invalid::new("sampler.lease_ttl_ms", "must be at least 300"));
+        }
+        if self.sampler.history_max_len == 0 {
+            bad.push(Invalid::new(
+                "sampler.history_max_len",
                 "must be at least 1",
             ));
         }

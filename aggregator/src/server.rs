@@ -70,6 +70,9 @@ pub struct Running {
     /// Every `firing` and `resolved` alert transition, as it is emitted, when rules are configured
     /// (`[alerts] rules`); subscribe to watch them (the demo prints them).
     pub alerts: Option<broadcast::Sender<Arc<Evaluated>>>,
+    /// The newest snapshots and signals this aggregator took as the sampler
+    /// (oldest first; empty while another aggregator samples).
+    pub sampled: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<crate::sampler::Sampled>>>>,
 }
 
 /// Runs the aggregator until `shutdown` completes, then drains. `on_ready` is
@@ -204,6 +207,15 @@ pub async fn run(
     session.stall_timeout = Duration::from_secs(cfg.server.stall_timeout_secs);
     session.live_max_bytes_per_sec = cfg.server.live_max_bytes_per_sec;
     let ingest_metrics = IngestMetrics::new(&registry);
+    let sampler = crate::sampler::Sampler::start(
+        &cfg.sampler,
+        cfg.redis.as_ref(),
+        cfg.log.dir.clone(),
+        ingest_metrics.clone(),
+        fanout.subscriptions(),
+        &registry,
+    )
+    .context("starting the sampler")?;
     let window = SharedWindow::new(
         WindowController::new(WindowConfig::new(
             Duration::from_millis(cfg.credit.target_queue_delay_ms),
@@ -234,6 +246,7 @@ pub async fn run(
         fanout_degraded: fanout.degraded(),
         fanout: fanout.subscriptions(),
         alerts: evaluator.as_ref().map(Evaluator::watcher),
+        sampled: sampler.recent.clone(),
     });
 
     let mut sessions = JoinSet::new();
@@ -269,6 +282,8 @@ pub async fn run(
         sessions.abort_all();
         while sessions.join_next().await.is_some() {}
     }
+    // Another aggregator takes the sampling over at once.
+    sampler.stop().await;
     endpoint.close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     drop(ctx);

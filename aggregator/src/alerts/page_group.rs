@@ -197,26 +197,9 @@ impl Keys {
 }
 
 /// A name for this process among the group's consumers and the alerts'
-/// reporters: host, pid and a random part (a restarted aggregator is a new
-/// consumer; the old one's entries are reclaimed).
+/// reporters (see [`crate::instance`]).
 pub fn instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "aggregator".into());
-    let host: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
-    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+    crate::instance::name().to_string()
 }
 
 /// The counters of one output's group.

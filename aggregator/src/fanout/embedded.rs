@@ -29,10 +29,15 @@ struct Queue {
     dropped: AtomicBool,
     lagged: AtomicU64,
     lagged_counter: Counter,
+    /// Entries handed to it so far.
+    pushed: AtomicU64,
+    /// Entries it took so far.
+    taken: AtomicU64,
 }
 
 impl Queue {
     fn push(&self, e: Entry) {
+        self.pushed.fetch_add(1, Ordering::Relaxed);
         let mut q = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let len = e.record.len() as u64;
         let mut bytes = self.bytes.load(Ordering::Relaxed);
@@ -103,6 +108,7 @@ impl Subscriber {
             .load(Ordering::Relaxed)
             .saturating_sub(e.record.len() as u64);
         self.queue.bytes.store(left, Ordering::Relaxed);
+        self.queue.taken.fetch_add(1, Ordering::Relaxed);
         Some(e)
     }
 
@@ -156,6 +162,26 @@ impl Subscriptions {
         }
     }
 
+    /// Each live subscriber's counters: (name, entries handed to it, entries
+    /// it is done with: taken or lost by falling behind), for the sampler.
+    pub fn progress(&self) -> Vec<(String, u64, u64)> {
+        let s = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.0.iter()
+            .filter(|q| !q.dropped.load(Ordering::Acquire))
+            .map(|q| {
+                let pushed = q.pushed.load(Ordering::Relaxed);
+                let done = q
+                    .taken
+                    .load(Ordering::Relaxed)
+                    .saturating_add(q.lagged.load(Ordering::Relaxed));
+                (q.name.clone(), pushed, done.min(pushed))
+            })
+            .collect()
+    }
+
     /// Ends every subscription once its queue is read; later subscribers start
     /// closed.
     pub(crate) fn close(&self) {
@@ -194,6 +220,8 @@ impl Subscriptions {
             dropped: AtomicBool::new(false),
             lagged: AtomicU64::new(0),
             lagged_counter: self.metrics.lagged(name),
+            pushed: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
         });
         subs.0.push(queue.clone());
         Subscriber { queue }

@@ -432,7 +432,7 @@ impl Driver {
                 .or_default()
                 .push(e);
         }
-        let Some(conn) = &self.conn else {
+        let Some(conn) = self.conn.clone() else {
             for (stream, entries) in &by_stream {
                 self.skip(stream, "redis_down", entries.len() as u64);
             }
@@ -484,6 +484,15 @@ impl Driver {
                         for reason in super::SKIP_REASONS {
                             self.metrics.skipped(&stream, reason, 0);
                         }
+                        // The sampler reads every stream's groups from this
+                        // set (best effort: it is written again after a restart).
+                        let mut sadd = redis::cmd("SADD");
+                        sadd.arg(crate::sampler::Keys::new(&self.cfg.stream_prefix).streams)
+                            .arg(&stream);
+                        let mut c = conn.clone();
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(timeout, c.cmd(&sadd)).await;
+                        });
                         streams.insert(stream);
                     }
                 }

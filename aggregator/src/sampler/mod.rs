@@ -1,0 +1,702 @@
+//! The sampler: every `sampler.period_ms`, one aggregator reads every pipeline
+//! stage's cumulative counters (a [`Snapshot`]), feeds them to the signal
+//! engine ([`ferrule_signals`]) and stores snapshot and signals together.
+//!
+//! - **With `[redis]`**, exactly one aggregator samples at a time: the holder
+//!   of the lock `{prefix}:{sampler}:lock`, taken with `SET NX PX` and a
+//!   random token by a script that also increments the fencing counter
+//!   `{prefix}:{sampler}:fence` (so every grant has a higher fence), renewed by
+//!   a script that checks the token, released by compare-and-delete. The
+//!   decisions are pure ([`lease::Lease`]). Every snapshot carries its fence;
+//!   the store (a script) refuses one older than the newest it has seen, so a
+//!   sampler paused past its lease and resumed cannot write. Times come from
+//!   Redis `TIME`, one clock whoever samples. The history is the capped stream
+//!   `{prefix}:{sampler}:snapshots` (fields `fence`, `ts`, `snapshot`,
+//!   `signals`, JSON). Each aggregator reports its own counters every period
+//!   in the hash `{prefix}:{sampler}:aggregators`; the real-time path records
+//!   the streams it writes in the set `{prefix}:{sampler}:streams`.
+//! - **Without Redis** the aggregator samples itself (fence 1), keeps the
+//!   newest snapshots in memory and appends them, as `signals replay` reads
+//!   them, to `{log.dir}/signals/snapshots.jsonl`, one file per run (the
+//!   previous run's, and a file grown past 64 MiB, move to `.1`).
+//!
+//! Stages: `aggregator:<instance>` (batches received against batches
+//! committed and acknowledged, per aggregator), `redis:<group>` (each consumer
+//! group of the sites' streams: entries added against entries read, summed
+//! over the streams), and, without Redis, `fanout:<consumer>` (each in-process
+//! consumer: entries handed to it against entries it took or lost).
+//!
+//! Metrics: gauges `ferrule_aggregator_sampler_active` (1 while this
+//! aggregator samples) and `ferrule_aggregator_sampler_fence`; counters
+//! `ferrule_aggregator_sampler_snapshots_total`,
+//! `ferrule_aggregator_sampler_writes_refused_total` (the store refused an old
+//! fence) and `ferrule_aggregator_sampler_errors_total`.
+
+pub mod lease;
+
+use crate::config::{RedisSection, SamplerSection};
+use crate::fanout::embedded::Subscriptions;
+use crate::fanout::redis::{connection_lost, items, number, text, Conn, Target};
+use crate::metrics::IngestMetrics;
+use ferrule_signals::{Engine, Signal, Snapshot, StageSample};
+use ferrule_telemetry::{Counter, Gauge, Registry};
+use lease::{Action, Lease};
+use redis::Value;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Takes the lock for `ARGV[1]` (`ARGV[2]` ms) and returns a new fence, or nil.
+const ACQUIRE: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return false
+"#;
+
+/// Renews the lock if `ARGV[1]` still holds it: 1, else 0.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Deletes the lock if `ARGV[1]` still holds it.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Stores a snapshot unless its fence (`ARGV[1]`) is older than the newest
+/// stored (`KEYS[1]`): 1 stored, 0 refused. `KEYS[2]` the history stream,
+/// `ARGV[2]` its cap, then `ts`, the snapshot and the signals.
+pub const STORE: &str = r#"
+local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
+local fence = tonumber(ARGV[1])
+if fence < newest then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'fence', ARGV[1], 'ts', ARGV[3], 'snapshot', ARGV[4], 'signals', ARGV[5])
+return 1
+"#;
+
+/// One stream's counters: `{entries-added, group, entries-read, lag, ...}`
+/// (-1 where Redis does not know), read inside Redis so the stream's first
+/// and last entries (`XINFO STREAM` returns them) never cross the network.
+const GROUPS: &str = r#"
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then return {} end
+local added = -1
+for i = 1, #info, 2 do
+  if info[i] == 'entries-added' then added = info[i + 1] end
+end
+local out = {added}
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+for _, g in ipairs(groups) do
+  local name, read, lag = nil, -1, -1
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1]
+    elseif g[i] == 'entries-read' and g[i + 1] then read = g[i + 1]
+    elseif g[i] == 'lag' and g[i + 1] then lag = g[i + 1] end
+  end
+  if name then
+    table.insert(out, name)
+    table.insert(out, read)
+    table.insert(out, lag)
+  end
+end
+return out
+"#;
+
+/// An aggregator's report older than this is not a stage any more.
+const AGGREGATOR_GONE: Duration = Duration::from_secs(30);
+/// Streams read per snapshot at most.
+const MAX_STREAMS: usize = 10_000;
+/// Snapshots kept in memory for the page (the newest).
+const KEPT_IN_MEMORY: usize = 3600;
+/// The local history file is rotated at this size.
+const LOCAL_FILE_MAX: u64 = 64 << 20;
+
+/// The Redis keys of the sampler under `prefix` (one hash slot: `{sampler}`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// The lock.
+    pub lock: String,
+    /// The fencing counter.
+    pub fence: String,
+    /// The newest fence stored.
+    pub newest: String,
+    /// The history stream.
+    pub snapshots: String,
+    /// Each aggregator's counters.
+    pub aggregators: String,
+    /// The streams the real-time path writes.
+    pub streams: String,
+}
+
+impl Keys {
+    /// The keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        let k = |name: &str| format!("{prefix}:{{sampler}}:{name}");
+        Self {
+            lock: k("lock"),
+            fence: k("fence"),
+            newest: k("newest"),
+            snapshots: k("snapshots"),
+            aggregators: k("aggregators"),
+            streams: k("streams"),
+        }
+    }
+}
+
+/// One stored sample: the snapshot and what the engine made of it.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Its signals, one per stage.
+    pub signals: Vec<Signal>,
+}
+
+/// The running sampler.
+pub struct Sampler {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    /// The newest samples this aggregator took (for the page).
+    pub recent: Arc<Mutex<VecDeque<Arc<Sampled>>>>,
+}
+
+impl Sampler {
+    /// Starts sampling (a no-op task when `cfg.enabled` is false).
+    pub fn start(
+        cfg: &SamplerSection,
+        redis: Option<&RedisSection>,
+        data_dir: PathBuf,
+        ingest: IngestMetrics,
+        local: Subscriptions,
+        registry: &Registry,
+    ) -> Result<Self, crate::fanout::FanoutError> {
+        let (stop, stop_rx) = watch::channel(false);
+        let recent: Arc<Mutex<VecDeque<Arc<Sampled>>>> = Arc::default();
+        let metrics = Metrics::new(registry);
+        let driver = Driver {
+            period: Duration::from_millis(cfg.period_ms.max(100)),
+            history: cfg.history_max_len.max(1),
+            instance: crate::instance::name().to_string(),
+            engine: Engine::default(),
+            ingest,
+            local,
+            recent: recent.clone(),
+            metrics,
+            redis: match redis {
+                Some(r) => Some(RedisSide {
+                    target: crate::fanout::redis::target(r)?,
+                    conn: None,
+                    keys: Keys::new(&r.stream_prefix),
+                    lease: Lease::new(Duration::from_millis(cfg.lease_ttl_ms.max(300))),
+                    ttl_ms: cfg.lease_ttl_ms.max(300),
+                    token: format!("{}-{:016x}", crate::instance::name(), fastrand::u64(..)),
+                    timeout: Duration::from_millis(r.response_timeout_ms.max(1)),
+                    was_active: false,
+                }),
+                None => None,
+            },
+            file: data_dir.join("signals").join("snapshots.jsonl"),
+        };
+        if cfg.enabled && redis.is_none() {
+            // One run, one file: replaying it gives this run's signals (the
+            // previous run's history is kept in `.1`).
+            let file = &driver.file;
+            if file.exists() {
+                if let Err(e) = std::fs::rename(file, file.with_extension("jsonl.1")) {
+                    tracing::warn!(error = %e, file = %file.display(), "sampler: keeping the previous history failed");
+                }
+            }
+        }
+        let task = if cfg.enabled {
+            tokio::spawn(driver.run(stop_rx))
+        } else {
+            tokio::spawn(async {})
+        };
+        Ok(Self { task, stop, recent })
+    }
+
+    /// Stops sampling (giving the lock back) and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(3), &mut { self.task })
+            .await
+            .is_err()
+        {
+            tracing::warn!("sampler did not stop within 3 s");
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Metrics {
+    active: Gauge,
+    fence: Gauge,
+    snapshots: Counter,
+    refused: Counter,
+    errors: Counter,
+}
+
+impl Metrics {
+    fn new(r: &Registry) -> Self {
+        Self {
+            active: r.gauge(
+                "ferrule_aggregator_sampler_active",
+                "1 while this aggregator is the sampler.",
+                &[],
+            ),
+            fence: r.gauge(
+                "ferrule_aggregator_sampler_fence",
+                "The fence this aggregator last sampled under.",
+                &[],
+            ),
+            snapshots: r.counter(
+                "ferrule_aggregator_sampler_snapshots_total",
+                "Snapshots taken and stored by this aggregator.",
+                &[],
+            ),
+            refused: r.counter(
+                "ferrule_aggregator_sampler_writes_refused_total",
+                "Snapshots the store refused for an old fence (another aggregator took over).",
+                &[],
+            ),
+            errors: r.counter(
+                "ferrule_aggregator_sampler_errors_total",
+                "Failed sampler commands (Redis, the local history file).",
+                &[],
+            ),
+        }
+    }
+}
+
+struct RedisSide {
+    target: Target,
+    conn: Option<Conn>,
+    keys: Keys,
+    lease: Lease,
+    ttl_ms: u64,
+    token: String,
+    timeout: Duration,
+    was_active: bool,
+}
+
+struct Driver {
+    period: Duration,
+    history: u64,
+    instance: String,
+    engine: Engine,
+    ingest: IngestMetrics,
+    local: Subscriptions,
+    recent: Arc<Mutex<VecDeque<Arc<Sampled>>>>,
+    metrics: Metrics,
+    redis: Option<RedisSide>,
+    file: PathBuf,
+}
+
+type RedisResult<T> = Result<T, redis::RedisError>;
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer from Redis",
+    ))
+}
+
+impl RedisSide {
+    async fn conn(&mut self) -> RedisResult<Conn> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(self.timeout * 2, self.target.connect())
+            .await
+            .map_err(|_| timed_out())??;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn query(&mut self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        let mut c = self.conn().await?;
+        let r = tokio::time::timeout(self.timeout, c.cmd(cmd))
+            .await
+            .map_err(|_| timed_out())
+            .and_then(|r| r);
+        if let Err(e) = &r {
+            if connection_lost(e) || e.is_timeout() {
+                self.conn = None;
+            }
+        }
+        r
+    }
+
+    /// One step of the lock: take or renew it when due.
+    async fn lease_step(&mut self, metrics: &Metrics) {
+        let now = Instant::now();
+        let action = self.lease.next(now);
+        let mut cmd = redis::cmd("EVAL");
+        match action {
+            Action::WaitUntil(_) => return,
+            Action::Acquire => {
+                cmd.arg(ACQUIRE)
+                    .arg(2)
+                    .arg(&self.keys.lock)
+                    .arg(&self.keys.fence)
+                    .arg(&self.token)
+                    .arg(self.ttl_ms);
+            }
+            Action::Renew => {
+                cmd.arg(RENEW)
+                    .arg(1)
+                    .arg(&self.keys.lock)
+                    .arg(&self.token)
+                    .arg(self.ttl_ms);
+            }
+        }
+        match (action, self.query(&cmd).await) {
+            (Action::Acquire, Ok(Value::Int(fence))) => {
+                let fence = u64::try_from(fence).unwrap_or(0);
+                self.lease.acquired(fence, now);
+                tracing::info!(fence, "sampler lock taken: this aggregator samples");
+            }
+            (Action::Renew, Ok(Value::Int(1))) => self.lease.renewed(now),
+            (_, Ok(_)) => {
+                if self.was_active {
+                    tracing::info!("sampler lock lost: another aggregator samples");
+                }
+                self.lease.lost(now);
+            }
+            (_, Err(e)) => {
+                metrics.errors.inc();
+                tracing::debug!(error = %e, "sampler lock: Redis failed");
+                self.lease.failed(now);
+            }
+        }
+    }
+
+    async fn time(&mut self) -> RedisResult<f64> {
+        let v = self.query(&redis::cmd("TIME")).await?;
+        let parts = items(&v);
+        match (
+            parts.first().and_then(number),
+            parts.get(1).and_then(number),
+        ) {
+            (Some(s), Some(us)) => Ok(s as f64 + us as f64 / 1e6),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "TIME answered something else",
+            ))),
+        }
+    }
+
+    /// Reports this aggregator's counters; drops reports of aggregators gone.
+    async fn report(&mut self, instance: &str, now_s: f64, head: u64, pos: u64) -> RedisResult<()> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&self.keys.aggregators)
+            .arg(instance)
+            .arg(format!("{now_s} {head} {pos}"));
+        self.query(&cmd).await.map(|_| ())
+    }
+
+    /// Every stage Redis knows: aggregators' reports and the sites' groups.
+    async fn stages(&mut self, now_s: f64) -> RedisResult<Vec<StageSample>> {
+        let mut out = Vec::new();
+        let v = self
+            .query(redis::cmd("HGETALL").arg(&self.keys.aggregators))
+            .await?;
+        let mut gone = Vec::new();
+        for (name, value) in crate::fanout::redis::fields(&v) {
+            let Some(value) = text(value) else { continue };
+            let mut it = value.split(' ');
+            let (Some(ts), Some(head), Some(pos)) = (
+                it.next().and_then(|x| x.parse::<f64>().ok()),
+                it.next().and_then(|x| x.parse::<u64>().ok()),
+                it.next().and_then(|x| x.parse::<u64>().ok()),
+            ) else {
+                gone.push(name);
+                continue;
+            };
+            if now_s - ts > AGGREGATOR_GONE.as_secs_f64() {
+                gone.push(name);
+                continue;
+            }
+            out.push(StageSample {
+                stage: format!("aggregator:{name}"),
+                head,
+                position: pos,
+            });
+        }
+        if !gone.is_empty() {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(&self.keys.aggregators);
+            for g in &gone {
+                cmd.arg(g);
+            }
+            self.query(&cmd).await?;
+        }
+        let v = self
+            .query(redis::cmd("SMEMBERS").arg(&self.keys.streams))
+            .await?;
+        let streams: Vec<String> = items(&v)
+            .iter()
+            .filter_map(text)
+            .take(MAX_STREAMS)
+            .collect();
+        let mut groups: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for s in streams {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(GROUPS).arg(1).arg(&s);
+            let v = self.query(&cmd).await?;
+            let parts = items(&v);
+            let Some(added) = parts.first().and_then(int) else {
+                continue;
+            };
+            for g in parts[1..].chunks_exact(3) {
+                let (Some(name), Some(read), Some(lag)) = (text(&g[0]), int(&g[1]), int(&g[2]))
+                else {
+                    continue;
+                };
+                let pos = if read >= 0 {
+                    read
+                } else if lag >= 0 && added >= 0 {
+                    added - lag
+                } else {
+                    continue;
+                };
+                let e = groups.entry(name).or_default();
+                e.0 += u64::try_from(added.max(0)).unwrap_or(0);
+                e.1 += u64::try_from(pos.max(0)).unwrap_or(0);
+            }
+        }
+        out.extend(groups.into_iter().map(|(g, (head, pos))| StageSample {
+            stage: format!("redis:{g}"),
+            head,
+            position: pos,
+        }));
+        Ok(out)
+    }
+
+    async fn store(&mut self, fence: u64, history: u64, s: &Sampled) -> RedisResult<bool> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(STORE)
+            .arg(2)
+            .arg(&self.keys.newest)
+            .arg(&self.keys.snapshots)
+            .arg(fence)
+            .arg(history)
+            .arg(s.snapshot.ts)
+            .arg(serde_json::to_string(&s.snapshot).unwrap_or_default())
+            .arg(serde_json::to_string(&s.signals).unwrap_or_default());
+        Ok(matches!(self.query(&cmd).await?, Value::Int(1)))
+    }
+
+    async fn release(&mut self) {
+        if self.lease.release().is_some() {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(RELEASE)
+                .arg(1)
+                .arg(&self.keys.lock)
+                .arg(&self.token);
+            let _ = self.query(&cmd).await;
+        }
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// Wall time, Unix seconds to the microsecond (as Redis `TIME` gives it).
+fn wall_s() -> f64 {
+    let us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    (us / 1_000_000) as f64 + (us % 1_000_000) as f64 / 1e6
+}
+
+impl Driver {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut next_sample = tokio::time::Instant::now();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if let Some(r) = &mut self.redis {
+                r.lease_step(&self.metrics).await;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_sample {
+                next_sample = now + self.period;
+                self.sample().await;
+            }
+            let wake = match &self.redis {
+                Some(r) => match r.lease.next(Instant::now()) {
+                    Action::WaitUntil(at) => tokio::time::Instant::from_std(at).min(next_sample),
+                    _ => next_sample.min(tokio::time::Instant::now() + Duration::from_millis(10)),
+                },
+                None => next_sample,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        if let Some(r) = &mut self.redis {
+            r.release().await;
+        }
+        self.metrics.active.set(0);
+    }
+
+    /// One period: report, and if this aggregator samples, snapshot, signal and store.
+    async fn sample(&mut self) {
+        let head = self.ingest.batches_received.get();
+        let pos = self.ingest.acked_batches.get().min(head);
+        let Some(r) = &mut self.redis else {
+            self.sample_local(head, pos);
+            return;
+        };
+        let now_s = match r.time().await {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics.errors.inc();
+                tracing::debug!(error = %e, "sampler: Redis TIME failed");
+                return;
+            }
+        };
+        if let Err(e) = r.report(&self.instance, now_s, head, pos).await {
+            self.metrics.errors.inc();
+            tracing::debug!(error = %e, "sampler: reporting counters failed");
+        }
+        let Some(fence) = r.lease.holds(Instant::now()) else {
+            if r.was_active {
+                r.was_active = false;
+                self.metrics.active.set(0);
+            }
+            return;
+        };
+        let stages = match r.stages(now_s).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.errors.inc();
+                tracing::warn!(error = %e, "sampler: reading the stages failed");
+                return;
+            }
+        };
+        // Still the sampler after those round trips (a pause would show here)?
+        if r.lease.holds(Instant::now()) != Some(fence) {
+            return;
+        }
+        let snapshot = Snapshot {
+            ts: now_s,
+            fence,
+            stages,
+        };
+        let signals = match self.engine.handle(&snapshot) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "sampler: snapshot refused by the engine");
+                return;
+            }
+        };
+        let sampled = Arc::new(Sampled { snapshot, signals });
+        match r.store(fence, self.history, &sampled).await {
+            Ok(true) => {
+                if !r.was_active {
+                    r.was_active = true;
+                    self.metrics.active.set(1);
+                }
+                self.metrics
+                    .fence
+                    .set(i64::try_from(fence).unwrap_or(i64::MAX));
+                self.metrics.snapshots.inc();
+                self.keep(sampled);
+            }
+            Ok(false) => {
+                self.metrics.refused.inc();
+                tracing::warn!(fence, "sampler: the store refused this fence (another aggregator samples now); stepping down");
+                r.lease.lost(Instant::now());
+                r.was_active = false;
+                self.metrics.active.set(0);
+            }
+            Err(e) => {
+                self.metrics.errors.inc();
+                tracing::warn!(error = %e, "sampler: storing the snapshot failed");
+            }
+        }
+    }
+
+    /// Without Redis: this aggregator's own stages, kept in memory and a file.
+    fn sample_local(&mut self, head: u64, pos: u64) {
+        let mut stages = vec![StageSample {
+            stage: format!("aggregator:{}", self.instance),
+            head,
+            position: pos,
+        }];
+        for (name, pushed, done) in self.local.progress() {
+            let stage = format!("fanout:{name}");
+            if stages.iter().all(|s| s.stage != stage) {
+                stages.push(StageSample {
+                    stage,
+                    head: pushed,
+                    position: done,
+                });
+            }
+        }
+        let snapshot = Snapshot {
+            ts: wall_s(),
+            fence: 1,
+            stages,
+        };
+        let signals = match self.engine.handle(&snapshot) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "sampler: snapshot refused by the engine");
+                return;
+            }
+        };
+        if let Err(e) = self.append_local(&snapshot) {
+            self.metrics.errors.inc();
+            tracing::debug!(error = %e, file = %self.file.display(), "sampler: appending the history failed");
+        }
+        self.metrics.active.set(1);
+        self.metrics.fence.set(1);
+        self.metrics.snapshots.inc();
+        self.keep(Arc::new(Sampled { snapshot, signals }));
+    }
+
+    fn append_local(&self, snapshot: &Snapshot) -> std::io::Result<()> {
+        use std::io::Write as _;
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        if std::fs::metadata(&self.file).is_ok_and(|m| m.len() >= LOCAL_FILE_MAX) {
+            std::fs::rename(&self.file, self.file.with_extension("jsonl.1"))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.file)?;
+        let mut line = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        f.write_all(&line)
+    }
+
+    fn keep(&self, s: Arc<Sampled>) {
+        let mut r = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let cap = KEPT_IN_MEMORY.min(usize::try_from(self.history).unwrap_or(usize::MAX));
+        while r.len() >= cap.max(1) {
+            r.pop_front();
+        }
+        r.push_back(s);
+    }
+}
