@@ -82,6 +82,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(60);
 const FIRST_READ_BACK: Duration = Duration::from_secs(600);
 /// Open alerts resent per round at most (the direct outputs' bound).
 const MAX_RESEND: usize = super::MAX_OPEN_ALERTS;
+/// Resolved records dropped per resend round at most (one round trip each):
+/// after a storm of alert series, the rest go in later rounds rather than
+/// hold up paging for one round trip per record (200 000 took half a minute).
+const MAX_DROPS: usize = 1000;
 /// Forget requests queued at most (one per forgotten series).
 const MAX_FORGETS: usize = 100_000;
 
@@ -694,7 +698,7 @@ impl PageGroup {
     }
 
     /// Sends every open alert again (Alertmanager expires what it stops hearing
-    /// of) and drops resolved records kept long enough.
+    /// of) and drops resolved records kept long enough, [`MAX_DROPS`] a round.
     async fn resend(&mut self, c: &mut Conn) -> Result<(), redis::RedisError> {
         let mut cursor = "0".to_string();
         let mut open: Vec<Arc<Notification>> = Vec::new();
@@ -718,7 +722,9 @@ impl PageGroup {
                 };
                 match parse_open(&value) {
                     Some(Record::Open(n)) if open.len() < MAX_RESEND => open.push(Arc::new(n)),
-                    Some(Record::Resolved { at_ms }) if at_ms < cutoff => old.push((field, value)),
+                    Some(Record::Resolved { at_ms }) if at_ms < cutoff && old.len() < MAX_DROPS => {
+                        old.push((field, value));
+                    }
                     _ => {}
                 }
             }
