@@ -618,7 +618,8 @@ async fn claim(
 /// meets them: a copy of an open episode is not paged, a resolve closes the
 /// episode that was paged, entries read again after a takeover are paged again
 /// only if they were the last recorded, a new episode pages, and a damaged
-/// record does not stop paging.
+/// record, or a key of the wrong type in place of the hash or the lease, does
+/// not stop paging.
 #[tokio::test]
 async fn the_claim_script_pages_each_episode_once_whatever_is_read_again() {
     let redis = Redis::start();
@@ -675,4 +676,32 @@ async fn the_claim_script_pages_each_episode_once_whatever_is_read_again() {
     assert_eq!(forget("B").await, 1);
     // Forgotten: the next firing is a new incident.
     assert_eq!(claim(&mut con, "F", "40-0", "A", ep3).await, page(""));
+    // The hash replaced by another type (WRONGTYPE for every claim): forgets
+    // pass over it, the next claim replaces it and pages.
+    let _: () = redis::cmd("SET")
+        .arg("t:open")
+        .arg("not a hash")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(forget("A").await, 0);
+    assert_eq!(claim(&mut con, "F", "50-0", "A", ep3).await, page(""));
+    // The lease key replaced by a hash: the lease script takes it all the same.
+    let _: () = redis::cmd("HSET")
+        .arg("t:lease")
+        .arg("not")
+        .arg("a string")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let took: i64 = redis::cmd("EVAL")
+        .arg(ferrule_aggregator::alerts::page_group::LEASE)
+        .arg(1)
+        .arg("t:lease")
+        .arg("token-1")
+        .arg(1000)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(took, 1);
 }

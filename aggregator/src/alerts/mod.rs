@@ -680,11 +680,25 @@ impl Driver {
     /// Sends `batch` until it is delivered, refused, or retried for too long
     /// (true), or the notifiers stop (false).
     async fn deliver(&mut self, batch: Vec<Arc<Notification>>) -> bool {
+        self.deliver_while(batch, &|| true).await
+    }
+
+    /// [`Self::deliver`], making each attempt only while `may()` holds (a
+    /// paging group's lease): false, not delivered, once it does not.
+    async fn deliver_while(
+        &mut self,
+        batch: Vec<Arc<Notification>>,
+        may: &(dyn Fn() -> bool + Sync),
+    ) -> bool {
         let first = Instant::now();
         let c = self.output.counters.clone();
         let mut pending = batch;
         for attempt in 1u32.. {
             if self.closed() {
+                return false;
+            }
+            if !may() {
+                tracing::info!(output = %self.output.name, notifications = pending.len(), "no longer allowed to deliver (paging lease lost): left to the next holder");
                 return false;
             }
             let why = match self.attempt(&pending).await {

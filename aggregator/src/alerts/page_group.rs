@@ -15,13 +15,22 @@
 //!   alert's `firing` and its `resolved` in the wrong order. Each output
 //!   therefore has a lease (`SET NX PX` with a random token, renewed every third
 //!   of `alerts.page_lease_ms` by a script that checks the token); only its
-//!   holder reads, so the group's entries are handled in stream order.
+//!   holder reads, so the group's entries are handled in stream order. A
+//!   holder counts its lease as held only until two thirds of the TTL after
+//!   its last renewal began, on the monotonic clock, and makes each delivery
+//!   attempt only while it holds it: one stopped past its lease (SIGSTOP, a
+//!   paused VM) wakes as a non-holder and leaves what it had read to the new
+//!   holder, instead of delivering a `firing` after the new holder paged the
+//!   `resolved`.
 //! - **At least once, acknowledged after delivery.** The holder reads with
 //!   `XREADGROUP`, delivers (retrying as the direct outputs do), then `XACK`s.
 //!   An aggregator that takes the lease over first claims, with `XAUTOCLAIM`,
 //!   every entry a dead or stopped holder had read but not acknowledged (its
 //!   lease having expired, they have been idle at least that long), and
-//!   handles them before new ones.
+//!   handles them before new ones. A holder whose round failed (Redis
+//!   refused a claim, a command timed out) likewise reclaims its own pending
+//!   entries before reading new ones: `XREADGROUP >` never returns an entry
+//!   again.
 //! - **Once per episode.** What each output has open lives in Redis, in the
 //!   hash `{prefix}:alerts:open:<output>`, moved by one script per entry
 //!   ([`CLAIM`]): a `firing` for an alert already open (another aggregator's
@@ -30,6 +39,10 @@
 //!   the hash last recorded (read again after a takeover) is not paged again,
 //!   and an entry read again that was the last recorded is delivered again
 //!   (its first delivery may not have happened; pagers drop such repeats).
+//! - **Damage heals.** The open hash and the lease are ferrule's keys: a key
+//!   of another type under their names (WRONGTYPE for every command) is
+//!   deleted by the next claim or lease script, as a damaged record is
+//!   overwritten; a destroyed group is made again.
 //! - **Resends.** Alertmanager resolves what it stops hearing of, so the holder
 //!   resends every open alert of the hash each resend interval. The aggregator
 //!   that forgets a silent agent ([`super::Notifiers::forget`]) removes its
@@ -49,8 +62,8 @@ use crate::fanout::redis::{connection_lost, items, text, Conn, Target};
 use ferrule_rules::Fingerprint;
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use redis::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Entries read per round.
@@ -69,6 +82,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(60);
 const FIRST_READ_BACK: Duration = Duration::from_secs(600);
 /// Open alerts resent per round at most (the direct outputs' bound).
 const MAX_RESEND: usize = super::MAX_OPEN_ALERTS;
+/// Resolved records dropped per resend round at most (one round trip each):
+/// after a storm of alert series, the rest go in later rounds rather than
+/// hold up paging for one round trip per record (200 000 took half a minute).
+const MAX_DROPS: usize = 1000;
 /// Forget requests queued at most (one per forgotten series).
 const MAX_FORGETS: usize = 100_000;
 
@@ -82,6 +99,10 @@ const MAX_FORGETS: usize = 100_000;
 /// `page` (deliver; for a resolve, close `episode`), `same` (a copy of what
 /// is open or closed: not paged), `stale` (older than what was recorded).
 pub const CLAIM: &str = r#"
+-- The hash is ferrule's: anything else under its name is damage (as a damaged
+-- record is) and would stop every claim; it goes.
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
 local function older(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -128,8 +149,12 @@ redis.call('HSET', KEYS[1], ARGV[2], 'R|' .. ARGV[3] .. '|' .. ARGV[6] .. '|' ..
 return {'page', ARGV[7]}
 "#;
 
-/// Takes or renews the lease `KEYS[1]` for token `ARGV[1]`, `ARGV[2]` ms.
-const LEASE: &str = r#"
+/// Takes or renews the lease `KEYS[1]` for token `ARGV[1]`, `ARGV[2]` ms. A
+/// key of another type under the lease's name is damage that would stop
+/// every aggregator from holding it: it goes.
+pub const LEASE: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'string' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
@@ -146,6 +171,7 @@ return 0
 /// reported it (a silent agent forgotten there; after a failover the
 /// aggregator that has the agent now speaks for its alerts).
 pub const FORGET: &str = r#"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local writer = string.match(cur, '^F|[^|]*|([^|]*)|')
@@ -156,6 +182,7 @@ return 0
 
 /// Drops field `ARGV[1]` of `KEYS[1]` if it still holds `ARGV[2]`.
 const DROP_IF: &str = r#"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
 "#;
@@ -239,6 +266,38 @@ impl GroupCounters {
     }
 }
 
+/// Whether this aggregator holds an output's lease: until two thirds of the
+/// TTL after the start of its last successful take or renewal, so it stops
+/// delivering before Redis lets the lease go, even if the process was stopped
+/// (SIGSTOP, a VM paused) and wakes with a request still in hand. The clock is
+/// monotonic and runs while the process is stopped.
+#[derive(Debug, Default)]
+struct LeaseState {
+    until: Mutex<Option<Instant>>,
+}
+
+impl LeaseState {
+    fn holds(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn set(&self, until: Option<Instant>) {
+        *self.until.lock().unwrap_or_else(PoisonError::into_inner) = until;
+    }
+}
+
+/// Where a holder resumes [`XAUTOCLAIM`]ing pending entries: after a takeover
+/// (counted as reclaimed), or after a failed round, whose entries it read
+/// itself and may not have handled.
+#[derive(Debug, Clone)]
+struct Reclaim {
+    cursor: String,
+    takeover: bool,
+}
+
 /// One output fed from its consumer group.
 pub(super) struct PageGroup {
     driver: Driver,
@@ -250,7 +309,7 @@ pub(super) struct PageGroup {
     max_batch: usize,
     timeout: Duration,
     counters: GroupCounters,
-    held: Arc<AtomicBool>,
+    lease_state: Arc<LeaseState>,
 }
 
 /// One stream entry as read: its id and, unless it was trimmed away, fields.
@@ -281,7 +340,7 @@ impl PageGroup {
             resend,
             max_batch: max_batch.max(1),
             timeout,
-            held: Arc::new(AtomicBool::new(false)),
+            lease_state: Arc::new(LeaseState::default()),
         }
     }
 
@@ -293,7 +352,7 @@ impl PageGroup {
             self.me.clone(),
             self.lease_ttl,
             self.timeout,
-            self.held.clone(),
+            self.lease_state.clone(),
             self.driver.shutdown.clone(),
         ));
         self.read_loop().await;
@@ -312,7 +371,7 @@ impl PageGroup {
     async fn read_loop(&mut self) {
         let mut conn: Option<Conn> = None;
         let mut holding = false;
-        let mut reclaim_from: Option<String> = None;
+        let mut reclaim_from: Option<Reclaim> = None;
         let mut next_resend = Instant::now();
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut failures: u32 = 0;
@@ -351,6 +410,19 @@ impl PageGroup {
                     if connection_lost(&e) {
                         conn = None;
                     }
+                    if e.code() == Some("NOGROUP") {
+                        // The stream or group went away (FLUSHALL, a new
+                        // Redis, XGROUP DESTROY): made again on the next round.
+                        holding = false;
+                    }
+                    if holding && reclaim_from.is_none() {
+                        // Entries this round read may be pending unhandled
+                        // (a claim failed): `>` would never return them.
+                        reclaim_from = Some(Reclaim {
+                            cursor: "0-0".into(),
+                            takeover: false,
+                        });
+                    }
                     self.failed(&mut failures, &e.to_string()).await;
                 }
             }
@@ -377,12 +449,12 @@ impl PageGroup {
         &mut self,
         c: &mut Conn,
         holding: &mut bool,
-        reclaim_from: &mut Option<String>,
+        reclaim_from: &mut Option<Reclaim>,
         next_resend: &mut Instant,
         next_housekeeping: &mut Instant,
     ) -> Result<(), redis::RedisError> {
         self.forgets(c).await?;
-        if !self.held.load(Ordering::Relaxed) {
+        if !self.lease_state.holds() {
             if *holding {
                 tracing::info!(output = %self.driver.output.name, "paging lease lost: another aggregator delivers");
             }
@@ -398,12 +470,15 @@ impl PageGroup {
         if !*holding {
             self.make_group(c).await?;
             *holding = true;
-            *reclaim_from = Some("0-0".into());
+            *reclaim_from = Some(Reclaim {
+                cursor: "0-0".into(),
+                takeover: true,
+            });
             *next_resend = Instant::now();
             self.counters.lease.set(1);
             tracing::info!(output = %self.driver.output.name, group = %self.keys.group, "paging lease taken: this aggregator delivers");
         }
-        let entries = if let Some(cursor) = reclaim_from.clone() {
+        let entries = if let Some(Reclaim { cursor, takeover }) = reclaim_from.clone() {
             let mut cmd = redis::cmd("XAUTOCLAIM");
             cmd.arg(&self.keys.stream)
                 .arg(&self.keys.group)
@@ -416,8 +491,11 @@ impl PageGroup {
             let parts = items(&reply);
             let next = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
             let got = parts.get(1).map(parse_entries).unwrap_or_default();
-            *reclaim_from = (next != "0-0").then_some(next);
-            if !got.is_empty() {
+            *reclaim_from = (next != "0-0").then_some(Reclaim {
+                cursor: next,
+                takeover,
+            });
+            if takeover && !got.is_empty() {
                 self.counters.reclaimed.add(got.len() as u64);
                 tracing::info!(output = %self.driver.output.name, entries = got.len(), "paging: took over entries read but not acknowledged");
             }
@@ -434,16 +512,7 @@ impl PageGroup {
                 .arg("STREAMS")
                 .arg(&self.keys.stream)
                 .arg(">");
-            let reply = match self.query(c, &cmd).await {
-                Ok(r) => r,
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    // The stream or group went away (FLUSHALL, a new Redis):
-                    // make it again.
-                    *holding = false;
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            };
+            let reply = self.query(c, &cmd).await?;
             stream_entries(&reply)
         };
         if !entries.is_empty() {
@@ -536,7 +605,9 @@ impl PageGroup {
             }
         }
         if !self.deliver_all(pages).await {
-            return Ok(()); // shutting down: not acknowledged, the next holder has them
+            // Shutting down or the lease lost: not acknowledged, the next
+            // holder has them.
+            return Ok(());
         }
         let mut cmd = redis::cmd("XACK");
         cmd.arg(&self.keys.stream).arg(&self.keys.group);
@@ -585,21 +656,32 @@ impl PageGroup {
 
     /// Delivers `pages` in order, never an alert's firing and resolve in one
     /// request. False when shutting down before all were handled.
+    /// Each attempt is made only while the lease is held: a holder that lost
+    /// it (stopped past its TTL, cut off from Redis) leaves the rest to the
+    /// next holder, which reclaims them, rather than deliver a `firing` after
+    /// that holder delivered its `resolved`.
     async fn deliver_all(&mut self, pages: Vec<Arc<Notification>>) -> bool {
+        let lease = self.lease_state.clone();
+        let holds = move || lease.holds();
         let mut batch: Vec<Arc<Notification>> = Vec::new();
         for n in pages {
             let full = batch.len() >= self.max_batch
                 || batch.iter().any(|b| b.fingerprint == n.fingerprint);
-            if full && !self.driver.deliver(std::mem::take(&mut batch)).await {
+            if full
+                && !self
+                    .driver
+                    .deliver_while(std::mem::take(&mut batch), &holds)
+                    .await
+            {
                 return false;
             }
             batch.push(n);
         }
-        batch.is_empty() || self.driver.deliver(batch).await
+        batch.is_empty() || self.driver.deliver_while(batch, &holds).await
     }
 
     /// Sends every open alert again (Alertmanager expires what it stops hearing
-    /// of) and drops resolved records kept long enough.
+    /// of) and drops resolved records kept long enough, [`MAX_DROPS`] a round.
     async fn resend(&mut self, c: &mut Conn) -> Result<(), redis::RedisError> {
         let mut cursor = "0".to_string();
         let mut open: Vec<Arc<Notification>> = Vec::new();
@@ -608,7 +690,12 @@ impl PageGroup {
         loop {
             let mut cmd = redis::cmd("HSCAN");
             cmd.arg(&self.keys.open).arg(&cursor).arg("COUNT").arg(500);
-            let reply = self.query(c, &cmd).await?;
+            let reply = match self.query(c, &cmd).await {
+                // Not a hash (damage): nothing readable is open; the next
+                // claim replaces it.
+                Err(e) if e.code() == Some("WRONGTYPE") => return Ok(()),
+                r => r?,
+            };
             let parts = items(&reply);
             cursor = parts.first().and_then(text).unwrap_or_else(|| "0".into());
             let pairs = parts.get(1).map(items).unwrap_or(&[]);
@@ -618,7 +705,9 @@ impl PageGroup {
                 };
                 match parse_open(&value) {
                     Some(Record::Open(n)) if open.len() < MAX_RESEND => open.push(Arc::new(n)),
-                    Some(Record::Resolved { at_ms }) if at_ms < cutoff => old.push((field, value)),
+                    Some(Record::Resolved { at_ms }) if at_ms < cutoff && old.len() < MAX_DROPS => {
+                        old.push((field, value));
+                    }
                     _ => {}
                 }
             }
@@ -724,7 +813,7 @@ async fn lease_loop(
     token: String,
     ttl: Duration,
     timeout: Duration,
-    held: Arc<AtomicBool>,
+    state: Arc<LeaseState>,
     shutdown: Arc<Shutdown>,
 ) {
     let mut conn: Option<Conn> = None;
@@ -768,16 +857,19 @@ async fn lease_loop(
         .await;
         match got {
             Ok(true) => {
+                // Redis counts the TTL from when it ran the script, after
+                // `attempt_at`: two thirds of it leave a margin.
                 last_ok = Some(attempt_at);
-                held.store(true, Ordering::Relaxed);
+                state.set(Some(attempt_at + period * 2));
             }
             Ok(false) => {
                 last_ok = None;
-                held.store(false, Ordering::Relaxed);
+                state.set(None);
             }
             Err(why) => {
-                let expired = last_ok.is_none_or(|t| t.elapsed() >= period * 2);
-                if expired && held.swap(false, Ordering::Relaxed) {
+                if last_ok.is_some_and(|t| t.elapsed() >= period * 2) {
+                    last_ok = None;
+                    state.set(None);
                     tracing::warn!(lease = %key, error = %why, "paging lease could not be renewed: stepping down");
                 }
             }
@@ -787,7 +879,7 @@ async fn lease_loop(
             () = shutdown.wake.notified() => {}
         }
     }
-    held.store(false, Ordering::Relaxed);
+    state.set(None);
 }
 
 /// What the open-alerts hash holds for one alert.
