@@ -477,25 +477,43 @@ fn pending_of(con: &mut impl redis::ConnectionLike, group: &str) -> u64 {
     }
 }
 
+/// A rig whose Alertmanager sits behind a [`Proxy`] (the proxy's address
+/// names the output, the same for every aggregator).
+fn proxied(redis: &Redis) -> (Rig, Proxy) {
+    let mut rig = Rig::new(redis, false, None);
+    let proxy = Proxy::start(rig.am.addr);
+    rig.pager_url = format!("http://{}", proxy.addr);
+    (rig, proxy)
+}
+
+impl Rig {
+    /// Waits until aggregator `i` holds the paging lease.
+    fn wait_lease(&self, i: usize) {
+        procs::wait_for(Duration::from_secs(10), || {
+            (self.metric_sum(i, "ferrule_aggregator_alert_page_lease") == 1.0).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "aggregator {i} never took the paging lease:\n{}",
+                self.logs()
+            )
+        });
+    }
+}
+
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn a_pager_killed_mid_delivery_is_taken_over_and_the_episode_pages_once() {
     let _g = serial();
     let redis_dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(redis_dir.path());
-    // The proxy's address names the output: both aggregators page through it.
-    let mut rig = Rig::new(&redis, false, None);
-    let proxy = Proxy::start(rig.am.addr);
-    rig.pager_url = format!("http://{}", proxy.addr);
+    let (mut rig, proxy) = proxied(&redis);
     let a = rig.add_aggregator();
     let b = rig.add_aggregator();
     proxy.hold.store(true, Ordering::SeqCst);
     rig.start_aggregator(a);
     // A holds the lease before anything fires.
-    procs::wait_for(Duration::from_secs(10), || {
-        (rig.metric_sum(a, "ferrule_aggregator_alert_page_lease") == 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("aggregator A never took the paging lease:\n{}", rig.logs()));
+    rig.wait_lease(a);
     rig.start_agent(&[a, b]);
     rig.set(5.0);
     rig.start_writer();
@@ -609,17 +627,12 @@ fn a_holder_stopped_past_its_lease_does_not_page_after_it_wakes() {
     let _g = serial();
     let redis_dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(redis_dir.path());
-    let mut rig = Rig::new(&redis, false, None);
-    let proxy = Proxy::start(rig.am.addr);
-    rig.pager_url = format!("http://{}", proxy.addr);
+    let (mut rig, proxy) = proxied(&redis);
     let a = rig.add_aggregator();
     let b = rig.add_aggregator();
     proxy.hold.store(true, Ordering::SeqCst);
     rig.start_aggregator(a);
-    procs::wait_for(Duration::from_secs(10), || {
-        (rig.metric_sum(a, "ferrule_aggregator_alert_page_lease") == 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("aggregator A never took the paging lease:\n{}", rig.logs()));
+    rig.wait_lease(a);
     rig.start_aggregator(b);
     // The agent reports to B only: A's engine never sees the alert.
     rig.start_agent(&[b]);
@@ -655,16 +668,11 @@ fn a_resolve_read_while_redis_refused_its_claim_is_still_paged() {
     let _g = serial();
     let redis_dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(redis_dir.path());
-    let mut rig = Rig::new(&redis, false, None);
-    let proxy = Proxy::start(rig.am.addr);
-    rig.pager_url = format!("http://{}", proxy.addr);
+    let (mut rig, proxy) = proxied(&redis);
     let a = rig.add_aggregator();
     proxy.hold.store(true, Ordering::SeqCst);
     rig.start_aggregator(a);
-    procs::wait_for(Duration::from_secs(10), || {
-        (rig.metric_sum(a, "ferrule_aggregator_alert_page_lease") == 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("aggregator A never took the paging lease:\n{}", rig.logs()));
+    rig.wait_lease(a);
     rig.start_agent(&[a]);
     rig.set(5.0);
     rig.start_writer();
@@ -713,10 +721,7 @@ fn keys_of_the_wrong_type_do_not_stop_paging() {
     let mut rig = Rig::new(&redis, false, None);
     let a = rig.add_aggregator();
     rig.start_aggregator(a);
-    procs::wait_for(Duration::from_secs(10), || {
-        (rig.metric_sum(a, "ferrule_aggregator_alert_page_lease") == 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("aggregator A never took the paging lease:\n{}", rig.logs()));
+    rig.wait_lease(a);
     let open = format!("ferrule:alerts:open:{}", rig.output());
     let lease = format!("ferrule:alerts:lease:{}", rig.output());
     rig.redis(&["SET", &open, "not a hash"]);
@@ -820,17 +825,12 @@ fn a_flapping_alert_across_a_takeover_ends_in_its_real_state() {
     let _g = serial();
     let redis_dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(redis_dir.path());
-    let mut rig = Rig::new(&redis, false, None);
-    let proxy = Proxy::start(rig.am.addr);
-    rig.pager_url = format!("http://{}", proxy.addr);
+    let (mut rig, proxy) = proxied(&redis);
     let a = rig.add_aggregator();
     let b = rig.add_aggregator();
     proxy.swallow.store(true, Ordering::SeqCst);
     rig.start_aggregator(a);
-    procs::wait_for(Duration::from_secs(10), || {
-        (rig.metric_sum(a, "ferrule_aggregator_alert_page_lease") == 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("aggregator A never took the paging lease:\n{}", rig.logs()));
+    rig.wait_lease(a);
     rig.start_aggregator(b);
     rig.start_agent(&[b]);
     rig.set(5.0);
@@ -901,10 +901,7 @@ fn a_huge_open_hash_does_not_hold_up_paging() {
     let mut rig = Rig::new(&redis, false, None);
     let a = rig.add_aggregator();
     rig.start_aggregator(a);
-    procs::wait_for(Duration::from_secs(10), || {
-        (rig.metric_sum(a, "ferrule_aggregator_alert_page_lease") == 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("aggregator A never took the paging lease:\n{}", rig.logs()));
+    rig.wait_lease(a);
     let open = format!("ferrule:alerts:open:{}", rig.output());
     rig.redis(&[
         "EVAL",
