@@ -372,7 +372,7 @@ async fn the_embedded_history_replays_to_the_live_signals() {
         .map(|s| serde_json::to_string(s).unwrap() + "\n")
         .collect();
     assert!(
-        live.contains(r#""stage":"aggregator:"#) && live.contains(r#""trend":"stable""#),
+        live.contains(r#""stage":"aggregator""#) && live.contains(r#""trend":"stable""#),
         "{live}"
     );
     let file = std::fs::read(data.join("signals/snapshots.jsonl")).unwrap();

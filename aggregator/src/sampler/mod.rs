@@ -21,7 +21,7 @@
 //!   previous run's, and a file grown past 64 MiB, move to `.1`).
 //!
 //! Stages: `aggregator:<instance>` (batches received against batches
-//! committed and acknowledged, per aggregator), `redis:<group>` (each consumer
+//! committed and acknowledged, per aggregator; `aggregator` without Redis), `redis:<group>` (each consumer
 //! group of the sites' streams: entries added against entries read, summed
 //! over the streams), and, without Redis, `fanout:<consumer>` (each in-process
 //! consumer: entries handed to it against entries it took or lost).
@@ -638,7 +638,7 @@ impl Driver {
     /// Without Redis: this aggregator's own stages, kept in memory and a file.
     fn sample_local(&mut self, head: u64, pos: u64) {
         let mut stages = vec![StageSample {
-            stage: format!("aggregator:{}", self.instance),
+            stage: "aggregator".into(),
             head,
             position: pos,
         }];

@@ -192,6 +192,18 @@ async fn demo() -> anyhow::Result<()> {
                     rate
                 );
                 last = now;
+                // The signal engine's plain answer, per stage (the sampler's latest).
+                let latest = running
+                    .sampled
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .back()
+                    .cloned();
+                if let Some(s) = latest {
+                    for sig in &s.signals {
+                        println!("         {}", sig.text);
+                    }
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
         }
