@@ -461,12 +461,14 @@ impl Engine {
         }
     }
 
-    /// A run of samples of one series, oldest first, by their timestamps alone:
-    /// exactly what [`Engine::handle_series`] does with them, whatever their
-    /// values, when [`Engine::values_needed`] says it would not look at those
-    /// (the samples are counted, those out of order as such, and a series no
-    /// rule matches keeps its newest time). Returns false and does nothing when
-    /// the values are needed after all (the series is no longer tracked, or a
+    /// A run of samples of one series, oldest first, by their timestamps alone
+    /// (each `timestamps_ns[i].saturating_add(offset_ns)`: a record's times are
+    /// the agent's clock, and the offset takes them to the engine's): exactly
+    /// what [`Engine::handle_series`] does with them, whatever their values,
+    /// when [`Engine::values_needed`] says it would not look at those (the
+    /// samples are counted, those out of order as such, and a series no rule
+    /// matches keeps its newest time). Returns false and does nothing when the
+    /// values are needed after all (the series is no longer tracked, or a
     /// sample is newer than its last and a rule matches it): then call
     /// [`Engine::handle_series`].
     pub fn handle_times(
@@ -474,7 +476,8 @@ impl Engine {
         site: &str,
         agent: &str,
         sensor: &str,
-        timestamps_ns: impl IntoIterator<Item = i64>,
+        timestamps_ns: &[i64],
+        offset_ns: i64,
     ) -> bool {
         let key = fnv(&[site.as_bytes(), agent.as_bytes(), sensor.as_bytes()]);
         let Self {
@@ -486,12 +489,11 @@ impl Engine {
         else {
             return false;
         };
-        let ts = timestamps_ns.into_iter();
         if s.states.is_empty() {
             // No rule looks at this series: only its newest time matters (for
             // ordering and eviction), and the counts. Its last value and quality
             // are left as they were: only a rule's transition reads them.
-            for t in ts {
+            for t in timestamps_ns.iter().map(|t| t.saturating_add(offset_ns)) {
                 counters.samples += 1;
                 if t <= s.last_ts_ns {
                     counters.samples_out_of_order += 1;
@@ -501,14 +503,14 @@ impl Engine {
             }
             return true;
         }
-        let (mut n, mut newest) = (0u64, i64::MIN);
-        for t in ts {
-            n += 1;
-            newest = newest.max(t);
+        // The offset is added after the maximum: adding saturates, so it keeps
+        // the order, and the loop stays a plain maximum.
+        if let Some(newest) = timestamps_ns.iter().max() {
+            if newest.saturating_add(offset_ns) > s.last_ts_ns {
+                return false;
+            }
         }
-        if n > 0 && newest > s.last_ts_ns {
-            return false;
-        }
+        let n = timestamps_ns.len() as u64;
         counters.samples += n;
         counters.samples_out_of_order += n;
         true

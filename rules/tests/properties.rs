@@ -248,6 +248,7 @@ proptest! {
         resend in prop::collection::vec(any::<bool>(), 1..20),
         max in 1usize..10,
         narrow in any::<bool>(),
+        offset in -1_000_000i64..1_000_000,
     ) {
         // The evaluator asks values_needed before decoding a run's values and,
         // when not, hands handle_times the timestamps alone. Every run goes
@@ -285,7 +286,9 @@ proptest! {
                         if two.values_needed("site", "agent", NAMES[sensor], newest) {
                             two.handle_series("site", "agent", NAMES[sensor], run_of.clone());
                         } else {
-                            prop_assert!(two.handle_times("site", "agent", NAMES[sensor], run_of.iter().map(|s| s.0)));
+                            // Times as a record carries them: the agent's clock, and an offset.
+                            let times: Vec<i64> = run_of.iter().map(|s| s.0 - offset).collect();
+                            prop_assert!(two.handle_times("site", "agent", NAMES[sensor], &times, offset));
                         }
                     }
                 }

@@ -350,11 +350,7 @@ fn feed(
         };
         let sensor = info.name.as_str();
         if !series.has_values() {
-            let times = series
-                .timestamps_ns()
-                .iter()
-                .map(|t| t.saturating_add(offset));
-            if !engine.handle_times(&h.site, &h.agent, sensor, times) {
+            if !engine.handle_times(&h.site, &h.agent, sensor, series.timestamps_ns(), offset) {
                 // The engine changed its mind within this record (an earlier
                 // series of it made a new series, which evicted this one):
                 // decode the record whole again and go on from this series.
