@@ -449,6 +449,80 @@ impl Engine {
         }
     }
 
+    /// Whether [`Engine::handle_series`] would look at the values of a run of
+    /// samples of this series whose newest is `newest_ns`: false when the series
+    /// is tracked and either no rule matches it or the run holds nothing newer
+    /// than its last sample (a resend). Then [`Engine::handle_times`] does the
+    /// same with the timestamps alone, and a driver need not decode the values.
+    pub fn values_needed(&self, site: &str, agent: &str, sensor: &str, newest_ns: i64) -> bool {
+        match self.find(site, agent, sensor) {
+            Some(s) => !s.states.is_empty() && newest_ns > s.last_ts_ns,
+            None => true,
+        }
+    }
+
+    /// A run of samples of one series, oldest first, by their timestamps alone
+    /// (each `timestamps_ns[i].saturating_add(offset_ns)`: a record's times are
+    /// the agent's clock, and the offset takes them to the engine's): exactly
+    /// what [`Engine::handle_series`] does with them, whatever their values,
+    /// when [`Engine::values_needed`] says it would not look at those (the
+    /// samples are counted, those out of order as such, and a series no rule
+    /// matches keeps its newest time). Returns false and does nothing when the
+    /// values are needed after all (the series is no longer tracked, or a
+    /// sample is newer than its last and a rule matches it): then call
+    /// [`Engine::handle_series`].
+    pub fn handle_times(
+        &mut self,
+        site: &str,
+        agent: &str,
+        sensor: &str,
+        timestamps_ns: &[i64],
+        offset_ns: i64,
+    ) -> bool {
+        let key = fnv(&[site.as_bytes(), agent.as_bytes(), sensor.as_bytes()]);
+        let Self {
+            series, counters, ..
+        } = self;
+        let Some(s) = series
+            .get_mut(&key)
+            .and_then(|b| b.iter_mut().find(|s| s.is(site, agent, sensor)))
+        else {
+            return false;
+        };
+        if s.states.is_empty() {
+            // No rule looks at this series: only its newest time matters (for
+            // ordering and eviction), and the counts. Its last value and quality
+            // are left as they were: only a rule's transition reads them.
+            for t in timestamps_ns.iter().map(|t| t.saturating_add(offset_ns)) {
+                counters.samples += 1;
+                if t <= s.last_ts_ns {
+                    counters.samples_out_of_order += 1;
+                } else {
+                    s.last_ts_ns = t;
+                }
+            }
+            return true;
+        }
+        // The offset is added after the maximum: adding saturates, so it keeps
+        // the order, and the loop stays a plain maximum.
+        if let Some(newest) = timestamps_ns.iter().max() {
+            if newest.saturating_add(offset_ns) > s.last_ts_ns {
+                return false;
+            }
+        }
+        let n = timestamps_ns.len() as u64;
+        counters.samples += n;
+        counters.samples_out_of_order += n;
+        true
+    }
+
+    fn find(&self, site: &str, agent: &str, sensor: &str) -> Option<&Series> {
+        let key = fnv(&[site.as_bytes(), agent.as_bytes(), sensor.as_bytes()]);
+        self.series
+            .get(&key)
+            .and_then(|b| b.iter().find(|s| s.is(site, agent, sensor)))
+    }
+
     /// Advances time to `now_ns` (same clock as the samples): fires `no_data`
     /// rules for series silent for their `silent_for_ms`. Transitions come out in
     /// (time, rule, site, agent, sensor) order, whatever the table's order.

@@ -65,6 +65,34 @@ severity = "info"
     .unwrap()
 }
 
+/// Rules for the `s?` sensors only: the `feed/*` series match none.
+fn narrow_rules(max_series: usize) -> RuleSet {
+    RuleSet::from_toml(&format!(
+        r#"
+[limits]
+max_series = {max_series}
+
+[[rule]]
+name = "under"
+kind = "below"
+sensors = "s?"
+threshold = 100.0
+clear = 120.0
+for_ms = 20
+clear_for_ms = {CLEAR_FOR_MS}
+severity = "critical"
+
+[[rule]]
+name = "silent"
+kind = "no_data"
+sensors = "s1"
+silent_for_ms = 150
+severity = "warning"
+"#
+    ))
+    .unwrap()
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Sample {
@@ -211,6 +239,65 @@ proptest! {
             by_series.extend(std::iter::from_fn(|| two.poll_transition()));
         }
         prop_assert_eq!(by_sample, by_series);
+        prop_assert_eq!(one.counters(), two.counters());
+    }
+
+    #[test]
+    fn a_run_by_its_times_alone_is_the_same_when_its_values_are_not_needed(
+        ops in prop::collection::vec(op(NAMES.len()), 0..300),
+        resend in prop::collection::vec(any::<bool>(), 1..20),
+        max in 1usize..10,
+        narrow in any::<bool>(),
+        offset in -1_000_000i64..1_000_000,
+    ) {
+        // The evaluator asks values_needed before decoding a run's values and,
+        // when not, hands handle_times the timestamps alone. Every run goes
+        // through handle_series on one engine (equal to sample by sample,
+        // above) and that way on the other; some runs come twice (resends).
+        // With `narrow` rules some series match no rule at all.
+        let rules = if narrow { narrow_rules(max) } else { rules(max) };
+        let mut one = Engine::new(rules.clone());
+        let mut two = Engine::new(rules);
+        let (mut now, mut i, mut k) = (T0, 0, 0);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        while i < ops.len() {
+            match ops[i] {
+                Op::Tick { dt_ms } => {
+                    now += dt_ms * MS;
+                    one.handle_tick(now);
+                    two.handle_tick(now);
+                    i += 1;
+                }
+                Op::Sample { sensor, .. } => {
+                    let mut run_of = Vec::new();
+                    while let Some(Op::Sample { sensor: s, dt_ms, value, quality }) = ops.get(i).cloned() {
+                        if s != sensor {
+                            break;
+                        }
+                        now += dt_ms.max(0) * MS;
+                        run_of.push((now + dt_ms.min(0) * MS, value, quality));
+                        i += 1;
+                    }
+                    let times = if resend[k % resend.len()] { 2 } else { 1 };
+                    k += 1;
+                    for _ in 0..times {
+                        one.handle_series("site", "agent", NAMES[sensor], run_of.clone());
+                        let newest = run_of.iter().map(|s| s.0).max().unwrap_or(i64::MIN);
+                        if two.values_needed("site", "agent", NAMES[sensor], newest) {
+                            two.handle_series("site", "agent", NAMES[sensor], run_of.clone());
+                        } else {
+                            // Times as a record carries them: the agent's clock, and an offset.
+                            let times: Vec<i64> = run_of.iter().map(|s| s.0 - offset).collect();
+                            prop_assert!(two.handle_times("site", "agent", NAMES[sensor], &times, offset));
+                        }
+                    }
+                }
+            }
+            a.extend(std::iter::from_fn(|| one.poll_transition()));
+            b.extend(std::iter::from_fn(|| two.poll_transition()));
+            prop_assert_eq!(one.tracked_series(), two.tracked_series());
+        }
+        prop_assert_eq!(a, b);
         prop_assert_eq!(one.counters(), two.counters());
     }
 

@@ -135,6 +135,55 @@ impl<'a> BitReader<'a> {
         (word << shift) >> (64 - n)
     }
 
+    /// Passes over `bits` bits.
+    #[inline]
+    pub(crate) fn skip(&mut self, bits: usize) -> Result<(), DecodeError> {
+        if bits > self.remaining() {
+            return Err(DecodeError::Truncated);
+        }
+        self.pos += bits;
+        Ok(())
+    }
+
+    /// Fills `out` with fields of `width` bits each (`width` at most 64): the
+    /// same as one [`BitReader::read`] per field, but checked once and, away from
+    /// the end of the data, one unaligned load per field (the codec's columns are
+    /// runs of equal-width fields, where a per-field bounds check and call cost
+    /// more than the unpacking itself).
+    #[inline]
+    pub(crate) fn read_run(&mut self, width: u32, out: &mut [u64]) -> Result<(), DecodeError> {
+        if width == 0 {
+            out.fill(0);
+            return Ok(());
+        }
+        if width > 64 || (width as usize).saturating_mul(out.len()) > self.remaining() {
+            return Err(DecodeError::Truncated);
+        }
+        let mut done = 0;
+        if width <= 57 {
+            // While 8 bytes remain from a field's first byte, one load holds it
+            // whole: shift <= 7 and width <= 57, so shift + width <= 64.
+            for x in out.iter_mut() {
+                let byte = self.pos / 8;
+                let Some(w) = self.data.get(byte..byte + 8) else {
+                    break;
+                };
+                let mut a = [0u8; 8];
+                a.copy_from_slice(w);
+                let shift = (self.pos % 8) as u32;
+                *x = (u64::from_be_bytes(a) << shift) >> (64 - width);
+                self.pos += width as usize;
+                done += 1;
+            }
+        }
+        // Wider fields, and the last few bytes: the plain read (checked above, so
+        // it cannot fail).
+        for x in &mut out[done..] {
+            *x = self.read(width)?;
+        }
+        Ok(())
+    }
+
     /// Reads a varint written by [`BitWriter::write_varint`]; at most ten groups.
     pub(crate) fn read_varint(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
@@ -194,6 +243,37 @@ mod tests {
             assert_eq!(r.read_varint().unwrap(), u64::from(n) * 1_000_003);
         }
         assert!(r.remaining() < 8);
+    }
+
+    #[test]
+    fn runs_read_what_single_reads_read() {
+        // Every width, at every bit offset, up to and across the end of the data
+        // (where the run leaves its one-load path).
+        let data: Vec<u8> = (0..64u32).map(|i| (i * 37 + 11) as u8).collect();
+        for width in 0..=64u32 {
+            for start in 0..8u32 {
+                let fits = (data.len() * 8 - start as usize) / width.max(1) as usize;
+                for count in [0, 1, fits.saturating_sub(1), fits, fits + 1] {
+                    let mut one = BitReader::new(&data);
+                    one.read(start).unwrap();
+                    let expected: Result<Vec<u64>, _> =
+                        (0..count).map(|_| one.read(width)).collect();
+                    let mut run = BitReader::new(&data);
+                    run.read(start).unwrap();
+                    let mut got = vec![0; count];
+                    let r = run.read_run(width, &mut got);
+                    match expected {
+                        Ok(v) => {
+                            assert_eq!(r, Ok(()), "width {width} start {start} count {count}");
+                            assert_eq!(got, v, "width {width} start {start} count {count}");
+                            assert_eq!(run.remaining(), one.remaining());
+                        }
+                        Err(e) if width > 0 => assert_eq!(r, Err(e)),
+                        Err(_) => unreachable!("zero-width reads cannot fail"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -42,5 +42,5 @@ pub use frame::{
 };
 pub use ids::{Epoch, NameError, SensorId, SensorName, Seq, MAX_SENSOR_NAME_BYTES};
 pub use message::*;
-pub use samples::{Quality, Series, SAMPLE_ENCODING_V1};
+pub use samples::{Quality, SampleColumns, Series, SeriesRef, SAMPLE_ENCODING_V1};
 pub use seqset::SeqSet;

@@ -10,7 +10,7 @@
 use crate::error::{DecodeError, EncodeError};
 use crate::ids::{Epoch, SensorId, SensorName, Seq};
 use crate::message::SensorKind;
-use crate::samples::{self, Series};
+use crate::samples::{self, SampleColumns, Series};
 use serde::{Deserialize, Serialize};
 
 /// Version byte that starts every record.
@@ -97,6 +97,45 @@ pub fn decode_record(bytes: &[u8], max_samples: u64) -> Result<BatchRecord, Deco
         ));
     }
     Ok(BatchRecord { header, series })
+}
+
+/// Decodes a whole record, its samples into `columns` (reused: see
+/// [`SampleColumns`]), allowing at most `max_samples` samples. The same checks
+/// as [`decode_record`]; on error `columns` holds nothing to use.
+pub fn decode_record_into(
+    bytes: &[u8],
+    max_samples: u64,
+    columns: &mut SampleColumns,
+) -> Result<RecordHeader, DecodeError> {
+    decode_record_filtered(bytes, max_samples, columns, |_, _, _, _| true)
+}
+
+/// [`decode_record_into`], deciding per series whether its values are wanted:
+/// after decoding a series' timestamps, `keep(header, index, sensor,
+/// timestamps)` is asked (not for an empty series), and when it says no the
+/// values and quality are checked but not stored, and the series'
+/// [`SeriesRef::has_values`](crate::SeriesRef::has_values) is false. A consumer
+/// that can tell from the times alone that it would not look at the values (a
+/// resend it already has) skips most of the decoding. The record is refused
+/// for exactly the inputs [`decode_record`] refuses.
+pub fn decode_record_filtered(
+    bytes: &[u8],
+    max_samples: u64,
+    columns: &mut SampleColumns,
+    mut keep: impl FnMut(&RecordHeader, usize, SensorId, &[i64]) -> bool,
+) -> Result<RecordHeader, DecodeError> {
+    let (header, block) = split_header(bytes)?;
+    samples::decode_block_into(block, max_samples, columns, |i, sensor, ts| {
+        keep(&header, i, sensor, ts)
+    })?;
+    let n = columns.samples();
+    if n as u64 != u64::from(header.samples) {
+        return Err(DecodeError::malformed(
+            "record",
+            format!("header says {} samples, block holds {n}", header.samples),
+        ));
+    }
+    Ok(header)
 }
 
 #[cfg(test)]

@@ -222,6 +222,76 @@ pub(crate) fn encode_block(series: &[Series], out: &mut Vec<u8>) {
 
 /// Decodes a sample block, allowing at most `max_samples` samples in total.
 pub(crate) fn decode_block(data: &[u8], max_samples: u64) -> Result<Vec<Series>, DecodeError> {
+    let mut out = Vec::new();
+    let mut ints = Vec::new();
+    decode_block_with(data, max_samples, |r, sensor, n| {
+        let mut s = Series::new(sensor);
+        if n > 0 {
+            s.timestamps_ns.resize(n, 0);
+            s.values.resize(n, 0.0);
+            s.quality.resize(n, Quality::Good);
+            decode_ints(r, &mut s.timestamps_ns)?;
+            decode_values(r, &mut s.values, &mut ints)?;
+            decode_quality(r, &mut s.quality)?;
+        }
+        out.push(s);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Decodes a sample block into `out` (cleared first), allowing at most
+/// `max_samples` samples in total. After each series' timestamps, `keep(index,
+/// sensor, timestamps)` says whether its values and quality are wanted: when
+/// not, they are checked as strictly as a decode checks them but not stored
+/// (and, for the common decimal columns, not unpacked). On error `out` holds
+/// some prefix of the block: use it only after `Ok`.
+pub(crate) fn decode_block_into(
+    data: &[u8],
+    max_samples: u64,
+    out: &mut SampleColumns,
+    mut keep: impl FnMut(usize, SensorId, &[i64]) -> bool,
+) -> Result<(), DecodeError> {
+    out.clear();
+    let mut index = 0;
+    decode_block_with(data, max_samples, |r, sensor, n| {
+        let ts = out.timestamps_ns.len();
+        let values = out.values.len();
+        let mut decoded = true;
+        if n > 0 {
+            // n is within the caller's sample limit (checked before this call).
+            out.timestamps_ns.resize(ts + n, 0);
+            decode_ints(r, &mut out.timestamps_ns[ts..])?;
+            if keep(index, sensor, &out.timestamps_ns[ts..]) {
+                out.values.resize(values + n, 0.0);
+                out.quality.resize(values + n, Quality::Good);
+                decode_values(r, &mut out.values[values..], &mut out.ints)?;
+                decode_quality(r, &mut out.quality[values..])?;
+            } else {
+                skip_values(r, n, &mut out.values)?;
+                skip_quality(r, n)?;
+                decoded = false;
+            }
+        }
+        out.runs.push(Run {
+            sensor,
+            ts,
+            len: n,
+            values: decoded.then_some(values),
+        });
+        index += 1;
+        Ok(())
+    })
+}
+
+/// The block's framing: version, series count, each series' sensor and length
+/// (within the sample budget), handed to `series` to decode its columns, then
+/// the padding check.
+fn decode_block_with(
+    data: &[u8],
+    max_samples: u64,
+    mut series: impl FnMut(&mut BitReader<'_>, SensorId, usize) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     let (&version, rest) = data.split_first().ok_or(DecodeError::Truncated)?;
     if version != SAMPLE_ENCODING_V1 {
         return Err(DecodeError::UnknownEncoding(version));
@@ -236,7 +306,6 @@ pub(crate) fn decode_block(data: &[u8], max_samples: u64) -> Result<Vec<Series>,
             format!("{count} series"),
         ));
     }
-    let mut out = Vec::with_capacity(count as usize);
     let mut budget = max_samples;
     for _ in 0..count {
         let sensor = r.read_varint()?;
@@ -251,14 +320,7 @@ pub(crate) fn decode_block(data: &[u8], max_samples: u64) -> Result<Vec<Series>,
         }
         budget -= n;
         // n <= max_samples, which the caller sized from the frame limit.
-        let n = n as usize;
-        let mut s = Series::with_capacity(SensorId(sensor), n);
-        if n > 0 {
-            decode_ints(&mut r, n, |t| s.timestamps_ns.push(t))?;
-            decode_values(&mut r, n, &mut s.values)?;
-            decode_quality(&mut r, n, &mut s.quality)?;
-        }
-        out.push(s);
+        series(&mut r, SensorId(sensor), n as usize)?;
     }
     // Only the zero padding of the last byte may remain.
     if r.remaining() >= 8 {
@@ -267,7 +329,144 @@ pub(crate) fn decode_block(data: &[u8], max_samples: u64) -> Result<Vec<Series>,
     if r.read(r.remaining() as u32)? != 0 {
         return Err(DecodeError::malformed("sample block", "non-zero padding"));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The samples of a whole block as columns reused from one block to the next:
+/// a consumer that decodes every record (the alert evaluator) allocates nothing
+/// per record once they have grown to its largest block (at most one batch).
+/// Filled by [`crate::record::decode_record_into`] and
+/// [`crate::record::decode_record_filtered`].
+///
+/// ```
+/// use ferrule_wire::record::decode_record_into;
+/// use ferrule_wire::SampleColumns;
+/// # fn f(records: &[Vec<u8>]) -> Result<(), ferrule_wire::DecodeError> {
+/// let mut columns = SampleColumns::default();
+/// for record in records {
+///     let header = decode_record_into(record, 1 << 20, &mut columns)?;
+///     for series in columns.series() {
+///         for (ts_ns, value, quality) in series.iter() {
+///             // ...
+/// #           let _ = (&header, ts_ns, value, quality);
+///         }
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SampleColumns {
+    timestamps_ns: Vec<i64>,
+    /// Values and quality of the series whose values were decoded.
+    values: Vec<f64>,
+    quality: Vec<Quality>,
+    runs: Vec<Run>,
+    /// Scratch for decimal value columns.
+    ints: Vec<i64>,
+}
+
+/// Where one series lies in the columns.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    sensor: SensorId,
+    /// Its first timestamp's index.
+    ts: usize,
+    len: usize,
+    /// Its first value's index, if its values were decoded.
+    values: Option<usize>,
+}
+
+impl SampleColumns {
+    /// Empties it, keeping the memory.
+    pub fn clear(&mut self) {
+        self.timestamps_ns.clear();
+        self.values.clear();
+        self.quality.clear();
+        self.runs.clear();
+    }
+
+    /// Samples in all series (whether or not their values were decoded).
+    pub fn samples(&self) -> usize {
+        self.timestamps_ns.len()
+    }
+
+    /// The series, in block order.
+    pub fn series(&self) -> impl ExactSizeIterator<Item = SeriesRef<'_>> + '_ {
+        self.runs.iter().map(|r| {
+            // The ranges were pushed with the columns they index.
+            let (values, quality): (&[f64], &[Quality]) = match r.values {
+                Some(v) => (&self.values[v..v + r.len], &self.quality[v..v + r.len]),
+                None => (&[], &[]),
+            };
+            SeriesRef {
+                sensor: r.sensor,
+                timestamps_ns: &self.timestamps_ns[r.ts..r.ts + r.len],
+                values,
+                quality,
+                decoded: r.values.is_some(),
+            }
+        })
+    }
+}
+
+/// One series of a [`SampleColumns`], borrowed. A series whose values were
+/// not wanted ([`crate::record::decode_record_filtered`]) has its timestamps
+/// only: its values and quality are empty, and [`SeriesRef::iter`] yields
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesRef<'a> {
+    sensor: SensorId,
+    timestamps_ns: &'a [i64],
+    values: &'a [f64],
+    quality: &'a [Quality],
+    decoded: bool,
+}
+
+impl<'a> SeriesRef<'a> {
+    /// The sensor these samples belong to.
+    pub fn sensor(&self) -> SensorId {
+        self.sensor
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.timestamps_ns.len()
+    }
+
+    /// True when the series holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.timestamps_ns.is_empty()
+    }
+
+    /// False when its values and quality were not wanted, so not decoded.
+    pub fn has_values(&self) -> bool {
+        self.decoded
+    }
+
+    /// Sample timestamps, nanoseconds since the Unix epoch.
+    pub fn timestamps_ns(&self) -> &'a [i64] {
+        self.timestamps_ns
+    }
+
+    /// Sample values (empty unless [`SeriesRef::has_values`]).
+    pub fn values(&self) -> &'a [f64] {
+        self.values
+    }
+
+    /// Sample quality flags (empty unless [`SeriesRef::has_values`]).
+    pub fn quality(&self) -> &'a [Quality] {
+        self.quality
+    }
+
+    /// Iterates `(timestamp_ns, value, quality)` in order (nothing unless
+    /// [`SeriesRef::has_values`]).
+    pub fn iter(&self) -> impl Iterator<Item = (i64, f64, Quality)> + 'a {
+        self.timestamps_ns
+            .iter()
+            .zip(self.values)
+            .zip(self.quality)
+            .map(|((t, v), q)| (*t, *v, *q))
+    }
 }
 
 /// Residual of order `k` at index `i` (`i >= k`), zigzagged.
@@ -367,11 +566,9 @@ fn residual_first(v: &[i64], i: usize) -> u64 {
     }
 }
 
-fn decode_ints(
-    r: &mut BitReader<'_>,
-    n: usize,
-    mut sink: impl FnMut(i64),
-) -> Result<(), DecodeError> {
+/// Decodes an integer column of `out.len()` values into `out`.
+fn decode_ints(r: &mut BitReader<'_>, out: &mut [i64]) -> Result<(), DecodeError> {
+    let n = out.len();
     let order = r.read(2)? as usize;
     if order > 2 {
         return Err(DecodeError::malformed(
@@ -381,7 +578,7 @@ fn decode_ints(
     }
     let mut prev = 0i64;
     let mut delta = 0i64;
-    for i in 0..order.min(n) {
+    for (i, o) in out.iter_mut().take(order).enumerate() {
         let x = unzigzag(r.read_varint()?);
         if i == 0 {
             prev = x;
@@ -389,8 +586,9 @@ fn decode_ints(
             delta = x;
             prev = prev.wrapping_add(x);
         }
-        sink(prev);
+        *o = prev;
     }
+    let mut raw = [0u64; BLOCK];
     let mut i = order;
     while i < n {
         let end = ((i / BLOCK + 1) * BLOCK).min(n);
@@ -404,27 +602,60 @@ fn decode_ints(
         if r.remaining() < width as usize * (end - i) {
             return Err(DecodeError::Truncated);
         }
-        // One loop per order keeps the branch out of the per-sample path.
+        // Unpack the block, then one loop per order (the branch stays out of
+        // the per-sample path, the running sums in registers).
+        let fields = &mut raw[..end - i];
+        r.read_run(width, fields)?;
+        let out = &mut out[i..end];
         match order {
             0 => {
-                for _ in i..end {
-                    sink(unzigzag(r.read(width)?));
+                for (o, x) in out.iter_mut().zip(fields.iter()) {
+                    *o = unzigzag(*x);
                 }
             }
             1 => {
-                for _ in i..end {
-                    prev = prev.wrapping_add(unzigzag(r.read(width)?));
-                    sink(prev);
+                for (o, x) in out.iter_mut().zip(fields.iter()) {
+                    prev = prev.wrapping_add(unzigzag(*x));
+                    *o = prev;
                 }
             }
             _ => {
-                for _ in i..end {
-                    delta = delta.wrapping_add(unzigzag(r.read(width)?));
+                for (o, x) in out.iter_mut().zip(fields.iter()) {
+                    delta = delta.wrapping_add(unzigzag(*x));
                     prev = prev.wrapping_add(delta);
-                    sink(prev);
+                    *o = prev;
                 }
             }
         }
+        i = end;
+    }
+    Ok(())
+}
+
+/// Checks and passes over an integer column of `n` values, as
+/// [`decode_ints`] would read it, without unpacking its blocks.
+fn skip_ints(r: &mut BitReader<'_>, n: usize) -> Result<(), DecodeError> {
+    let order = r.read(2)? as usize;
+    if order > 2 {
+        return Err(DecodeError::malformed(
+            "integer column",
+            format!("order {order}"),
+        ));
+    }
+    for _ in 0..order.min(n) {
+        r.read_varint()?;
+    }
+    let mut i = order;
+    while i < n {
+        let end = ((i / BLOCK + 1) * BLOCK).min(n);
+        let width = r.read(7)? as u32;
+        if width > 64 {
+            return Err(DecodeError::malformed(
+                "integer column",
+                format!("width {width}"),
+            ));
+        }
+        r.skip(width as usize * (end - i))?;
         i = end;
     }
     Ok(())
@@ -444,7 +675,13 @@ fn encode_values(w: &mut BitWriter<'_>, values: &[f64], scratch: &mut Scratch) {
     }
 }
 
-fn decode_values(r: &mut BitReader<'_>, n: usize, out: &mut Vec<f64>) -> Result<(), DecodeError> {
+/// Decodes a value column of `out.len()` values into `out`, with `ints` as
+/// scratch.
+fn decode_values(
+    r: &mut BitReader<'_>,
+    out: &mut [f64],
+    ints: &mut Vec<i64>,
+) -> Result<(), DecodeError> {
     if r.read(1)? == 0 {
         let e = r.read(4)? as usize;
         if e > MAX_DECIMAL_EXPONENT {
@@ -458,9 +695,49 @@ fn decode_values(r: &mut BitReader<'_>, n: usize, out: &mut Vec<f64>) -> Result<
         } else {
             DecimalMode::Multiply
         };
-        decode_ints(r, n, |i| out.push(from_decimal(i, e, mode)))
+        ints.clear();
+        ints.resize(out.len(), 0);
+        decode_ints(r, ints)?;
+        // `from_decimal`, with the mode's branch out of the loop.
+        // e <= MAX_DECIMAL_EXPONENT, checked above.
+        let pairs = out.iter_mut().zip(ints.iter());
+        match mode {
+            DecimalMode::Divide => {
+                let p = POW10[e];
+                pairs.for_each(|(v, i)| *v = *i as f64 / p);
+            }
+            DecimalMode::Multiply => {
+                let p = NEG_POW10[e];
+                pairs.for_each(|(v, i)| *v = *i as f64 * p);
+            }
+        }
+        Ok(())
     } else {
-        decode_xor(r, n, out)
+        decode_xor(r, out)
+    }
+}
+
+/// Checks and passes over a value column of `n` values, as [`decode_values`]
+/// would read it; `scratch` is left as it was.
+fn skip_values(r: &mut BitReader<'_>, n: usize, scratch: &mut Vec<f64>) -> Result<(), DecodeError> {
+    if r.read(1)? == 0 {
+        let e = r.read(4)? as usize;
+        if e > MAX_DECIMAL_EXPONENT {
+            return Err(DecodeError::malformed(
+                "value column",
+                format!("exponent {e}"),
+            ));
+        }
+        r.read(1)?;
+        skip_ints(r, n)
+    } else {
+        // Each XOR value's length depends on the one before: decode them
+        // (rare: only values no decimal form fits).
+        let at = scratch.len();
+        scratch.resize(at + n, 0.0);
+        let result = decode_xor(r, &mut scratch[at..]);
+        scratch.truncate(at);
+        result
     }
 }
 
@@ -494,11 +771,14 @@ fn encode_xor(w: &mut BitWriter<'_>, values: &[f64]) {
     }
 }
 
-fn decode_xor(r: &mut BitReader<'_>, n: usize, out: &mut Vec<f64>) -> Result<(), DecodeError> {
+fn decode_xor(r: &mut BitReader<'_>, out: &mut [f64]) -> Result<(), DecodeError> {
+    let Some((first, rest)) = out.split_first_mut() else {
+        return Ok(());
+    };
     let mut prev = r.read(64)?;
-    out.push(f64::from_bits(prev));
+    *first = f64::from_bits(prev);
     let (mut lead, mut len) = (0u32, 0u32);
-    for _ in 1..n {
+    for o in rest {
         if r.read(1)? == 1 {
             if r.read(1)? == 1 {
                 lead = r.read(5)? as u32;
@@ -517,7 +797,7 @@ fn decode_xor(r: &mut BitReader<'_>, n: usize, out: &mut Vec<f64>) -> Result<(),
             }
             prev ^= r.read(len)? << (64 - lead - len);
         }
-        out.push(f64::from_bits(prev));
+        *o = f64::from_bits(prev);
     }
     Ok(())
 }
@@ -535,17 +815,25 @@ fn encode_quality(w: &mut BitWriter<'_>, q: &[Quality]) {
     }
 }
 
-fn decode_quality(
-    r: &mut BitReader<'_>,
-    n: usize,
-    out: &mut Vec<Quality>,
-) -> Result<(), DecodeError> {
+fn decode_quality(r: &mut BitReader<'_>, out: &mut [Quality]) -> Result<(), DecodeError> {
     if r.read(1)? == 0 {
         let q = Quality::from_bits(r.read(2)?)?;
-        out.resize(n, q);
+        out.fill(q);
+    } else {
+        for o in out {
+            *o = Quality::from_bits(r.read(2)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks and passes over a quality column of `n` flags.
+fn skip_quality(r: &mut BitReader<'_>, n: usize) -> Result<(), DecodeError> {
+    if r.read(1)? == 0 {
+        Quality::from_bits(r.read(2)?)?;
     } else {
         for _ in 0..n {
-            out.push(Quality::from_bits(r.read(2)?)?);
+            Quality::from_bits(r.read(2)?)?;
         }
     }
     Ok(())

@@ -221,6 +221,84 @@ proptest! {
         }
     }
 
+    /// Decoding a record into reused columns gives what the allocating decode
+    /// gives, bit for bit, and fails exactly when it fails: for any series, after
+    /// any earlier record in the same columns, with any one byte damaged, and
+    /// with any series' values declined (their timestamps still there, their
+    /// columns still checked).
+    #[test]
+    fn records_decode_the_same_into_reused_columns(
+        earlier in proptest::collection::vec(series(), 0..4),
+        ss in proptest::collection::vec(series(), 0..6),
+        flip in proptest::option::of(any::<(usize, u8)>()),
+        declined in any::<u8>(),
+    ) {
+        use ferrule_wire::record::{
+            decode_record, decode_record_filtered, decode_record_into, encode_record, RecordHeader,
+        };
+        let record = |series: &[Series]| {
+            let header = RecordHeader {
+                site: "s".into(),
+                agent: "a".into(),
+                epoch: Epoch(1),
+                seq: Seq(2),
+                clock_offset_ns: -3,
+                received_ns: 4,
+                samples: series.iter().map(Series::len).sum::<usize>() as u32,
+                sensors: Vec::new(),
+            };
+            let mut buf = Vec::new();
+            encode_record(&header, series, &mut buf).unwrap();
+            buf
+        };
+        let mut columns = SampleColumns::default();
+        decode_record_into(&record(&earlier), u64::MAX, &mut columns).unwrap();
+        let mut buf = record(&ss);
+        if let Some((at, x)) = flip {
+            let i = at % buf.len();
+            buf[i] ^= x | 1;
+        }
+        let limit = 10_000;
+        let keep = |i: usize| declined & (1 << (i % 8)) == 0;
+        let mut asked = Vec::new();
+        for filtered in [false, true] {
+            let into = if filtered {
+                decode_record_filtered(&buf, limit, &mut columns, |_, i, _, ts| {
+                    asked.push((i, ts.len()));
+                    keep(i)
+                })
+            } else {
+                decode_record_into(&buf, limit, &mut columns)
+            };
+            match (decode_record(&buf, limit), into) {
+                (Ok(whole), Ok(header)) => {
+                    prop_assert_eq!(&whole.header, &header);
+                    prop_assert_eq!(whole.series.len(), columns.series().len());
+                    for (i, (a, b)) in whole.series.iter().zip(columns.series()).enumerate() {
+                        prop_assert_eq!(a.sensor(), b.sensor());
+                        prop_assert_eq!(a.timestamps_ns(), b.timestamps_ns());
+                        if filtered && !a.is_empty() {
+                            prop_assert!(asked.contains(&(i, a.len())));
+                        }
+                        if filtered && !a.is_empty() && !keep(i) {
+                            prop_assert!(!b.has_values());
+                            prop_assert!(b.values().is_empty() && b.quality().is_empty());
+                            prop_assert_eq!(b.iter().count(), 0);
+                            continue;
+                        }
+                        prop_assert!(b.has_values());
+                        prop_assert_eq!(a.quality(), b.quality());
+                        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        prop_assert_eq!(bits(a.values()), bits(b.values()));
+                        prop_assert_eq!(a.iter().count(), b.iter().count());
+                    }
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "allocating decode {:?}, into columns {:?}", a.map(|_| ()), b),
+            }
+        }
+    }
+
     #[test]
     fn corrupting_a_batch_never_panics(flip in any::<(usize, u8)>()) {
         let series = ferrule_wire::example::ThreePhaseFeed::new(1, 0, Default::default()).next_batch(300);

@@ -228,6 +228,9 @@ impl Subscriptions {
     }
 }
 
+/// Most entries the hub takes off the queue at once.
+const HUB_BATCH: usize = 256;
+
 /// The running in-process fan-out.
 pub struct Hub {
     subscriptions: Subscriptions,
@@ -242,9 +245,16 @@ impl Hub {
         let subs = subscriptions.clone();
         let delivered = metrics.delivered.clone();
         let task = tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                subs.deliver(&e);
-                delivered.inc();
+            // Whatever is queued at once: one receive per entry spends the
+            // task's scheduling budget per entry, and on a busy runtime a task
+            // is polled only so often, which capped delivery below what ingest
+            // publishes (the publisher's queue filled and skipped batches).
+            let mut batch = Vec::with_capacity(HUB_BATCH);
+            while rx.recv_many(&mut batch, HUB_BATCH).await > 0 {
+                for e in batch.drain(..) {
+                    subs.deliver(&e);
+                    delivered.inc();
+                }
             }
             subs.close();
         });
