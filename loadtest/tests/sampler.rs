@@ -596,7 +596,12 @@ fn huge_stream_counters_do_not_stop_sampling() {
         );
         run(&mut con, &["SADD", K_STREAMS, s]);
     }
-    rig.wait_stored(0, 4, Duration::from_secs(8), "counters near i64::MAX");
+    rig.wait_stored(
+        0,
+        4,
+        Duration::from_secs(8),
+        "counters summing past u64::MAX",
+    );
     let snap = last_snapshot(&mut con);
     let g = snap["stages"]
         .as_array()
