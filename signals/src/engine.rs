@@ -127,8 +127,14 @@ pub struct Config {
     pub history_s: f64,
     /// At most this many points per stage (older ones thinned).
     pub max_points: usize,
-    /// At most this many stages; more are refused.
+    /// At most this many stages: when a snapshot brings new ones past it, the
+    /// stages seen least recently (and absent from it) are forgotten; a
+    /// snapshot with more than this many stages of its own is refused.
     pub max_stages: usize,
+    /// A stage absent from the snapshots for this long is forgotten (its
+    /// history starts over if it comes back), seconds. Stages come and go:
+    /// an aggregator's name is new after every restart.
+    pub forget_after_s: f64,
     /// A backlog with no progress for this long is `stalled`, seconds.
     pub stall_after_s: f64,
     /// The net rate, as a share of the flow, that enters `falling_behind` or
@@ -154,6 +160,7 @@ impl Default for Config {
             history_s: 6.0 * 3600.0,
             max_points: 8192,
             max_stages: 1024,
+            forget_after_s: 3600.0,
             stall_after_s: 10.0,
             enter_ratio: 0.05,
             exit_ratio: 0.02,
@@ -196,6 +203,8 @@ struct Stage {
     progress_ts: f64,
     trend: Option<Trend>,
     candidate: Option<(Trend, u32)>,
+    /// The newest snapshot time it was in.
+    seen_ts: f64,
 }
 
 /// The engine: feed it snapshots in order with [`Engine::handle`].
@@ -214,6 +223,11 @@ impl Engine {
             stages: BTreeMap::new(),
             newest_fence: None,
         }
+    }
+
+    /// How many stages the engine keeps history for.
+    pub fn stages(&self) -> usize {
+        self.stages.len()
     }
 
     /// The newest fence taken.
@@ -250,17 +264,13 @@ impl Engine {
                 return Err(Refused::Invalid(format!("stage {:?} twice", s.stage)));
             }
         }
-        let new = snap
-            .stages
-            .iter()
-            .filter(|s| !self.stages.contains_key(&s.stage))
-            .count();
-        if self.stages.len() + new > self.cfg.max_stages {
+        if snap.stages.len() > self.cfg.max_stages {
             return Err(Refused::Invalid(format!(
                 "more than {} stages",
                 self.cfg.max_stages
             )));
         }
+        self.forget(snap);
         self.newest_fence = Some(snap.fence);
         let cfg = self.cfg.clone();
         Ok(snap
@@ -271,10 +281,43 @@ impl Engine {
                     .stages
                     .entry(s.stage.clone())
                     .or_insert_with(|| Stage::new(snap.ts, s));
+                stage.seen_ts = stage.seen_ts.max(snap.ts);
                 stage.take(&cfg, snap.ts, s);
                 stage.signal(&cfg, snap.ts, s)
             })
             .collect())
+    }
+}
+
+impl Engine {
+    /// Forgets stages absent from `snap` for longer than `forget_after_s`,
+    /// then, if its new stages would pass `max_stages`, the absent ones seen
+    /// least recently (by time, then name: deterministic for replay). The
+    /// caller checked that `snap` alone fits.
+    fn forget(&mut self, snap: &Snapshot) {
+        let present = |name: &str| snap.stages.iter().any(|s| s.stage == name);
+        let keep_for = self.cfg.forget_after_s;
+        self.stages
+            .retain(|name, st| snap.ts - st.seen_ts <= keep_for || present(name));
+        let new = snap
+            .stages
+            .iter()
+            .filter(|s| !self.stages.contains_key(&s.stage))
+            .count();
+        let over = (self.stages.len() + new).saturating_sub(self.cfg.max_stages);
+        if over == 0 {
+            return;
+        }
+        let mut absent: Vec<(f64, String)> = self
+            .stages
+            .iter()
+            .filter(|(name, _)| !present(name))
+            .map(|(name, st)| (st.seen_ts, name.clone()))
+            .collect();
+        absent.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, name) in absent.into_iter().take(over) {
+            self.stages.remove(&name);
+        }
     }
 }
 
@@ -291,6 +334,7 @@ impl Stage {
             progress_ts: ts,
             trend: None,
             candidate: None,
+            seen_ts: ts,
         }
     }
 

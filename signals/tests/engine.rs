@@ -284,3 +284,77 @@ proptest! {
         }
     }
 }
+
+/// Aggregator instance names change on every restart (host, pid, random): a
+/// long-lived sampler sees a new stage each time. Stages that stopped
+/// appearing are forgotten, so the engine neither refuses every snapshot after
+/// `max_stages` restarts nor grows without bound.
+#[test]
+fn stages_that_stop_appearing_are_forgotten() {
+    let mut e = Engine::default();
+    // A crash-looping aggregator: a new name every 10 s, for ~14 hours.
+    for i in 0..5000u64 {
+        let t = i as f64 * 10.0;
+        let s = Snapshot {
+            ts: T0 + t,
+            fence: 1,
+            stages: vec![
+                StageSample {
+                    stage: "aggregator:steady".into(),
+                    head: 100 * i,
+                    position: 100 * i,
+                },
+                StageSample {
+                    stage: format!("aggregator:restarted-{}", i / 3),
+                    head: i % 3,
+                    position: i % 3,
+                },
+            ],
+        };
+        let out = e
+            .handle(&s)
+            .unwrap_or_else(|r| panic!("snapshot {i} refused: {r}"));
+        assert_eq!(out.len(), 2);
+    }
+    assert!(e.stages() <= 1024, "{} stages kept", e.stages());
+}
+
+/// A snapshot with more stages than `max_stages` all at once is refused, but
+/// the next normal one is taken (nothing of it was kept).
+#[test]
+fn a_flood_of_new_stages_evicts_the_least_recently_seen() {
+    let mut e = Engine::new(ferrule_signals::Config {
+        max_stages: 4,
+        ..Default::default()
+    });
+    let stage = |n: &str| StageSample {
+        stage: n.into(),
+        head: 1,
+        position: 1,
+    };
+    for (i, names) in [
+        vec!["a", "b"],
+        vec!["a", "c"],
+        vec!["a", "d"],
+        vec!["a", "e"],
+        vec!["a", "f", "g"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let s = Snapshot {
+            ts: T0 + i as f64,
+            fence: 1,
+            stages: names.iter().map(|n| stage(n)).collect(),
+        };
+        e.handle(&s).unwrap_or_else(|r| panic!("{i}: {r}"));
+        assert!(e.stages() <= 4);
+    }
+    let too_many = Snapshot {
+        ts: T0 + 10.0,
+        fence: 1,
+        stages: ["p", "q", "r", "s", "t"].iter().map(|n| stage(n)).collect(),
+    };
+    assert!(matches!(e.handle(&too_many), Err(Refused::Invalid(_))));
+    e.handle(&snap(11.0, 1, 1, 1)).unwrap();
+}

@@ -9,7 +9,11 @@
 //!   a script that checks the token, released by compare-and-delete. The
 //!   decisions are pure ([`lease::Lease`]). Every snapshot carries its fence;
 //!   the store (a script) refuses one older than the newest it has seen, so a
-//!   sampler paused past its lease and resumed cannot write. Times come from
+//!   sampler paused past its lease and resumed cannot write. A grant's fence
+//!   is above the newest stored too (`newest`, else the history's last
+//!   entry), so a lost counter never refuses every write; a sampler granted a
+//!   fence below one it took (Redis restarted empty) starts its signals over.
+//!   A sampler key holding another type is deleted and remade. Times come from
 //!   Redis `TIME`, one clock whoever samples. The history is the capped stream
 //!   `{prefix}:{sampler}:snapshots` (fields `fence`, `ts`, `snapshot`,
 //!   `signals`, JSON). Each aggregator reports its own counters every period
@@ -48,17 +52,61 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
-/// Takes the lock for `ARGV[1]` (`ARGV[2]` ms) and returns a new fence, or nil.
-const ACQUIRE: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+/// Lua shared by the scripts (a macro, for `concat!`): `fence_of(key)` reads a fence from a string
+/// key, nil when the key is missing, of another type or not a whole number
+/// below 2^53 (Lua's exact integers); `stored_fence(newest, snapshots)` is the
+/// newest fence stored, from `newest` or else the history's last entry, so a
+/// lost or garbled key never lets an old fence in or a new grant fall below.
+macro_rules! fence_lua {
+    () => {
+        r#"
+local function whole(n)
+  if n and n >= 0 and n < 9007199254740992 and n == math.floor(n) then return n end
+  return nil
 end
-return false
-"#;
+local function fence_of(key)
+  if redis.call('TYPE', key)['ok'] ~= 'string' then return nil end
+  return whole(tonumber(redis.call('GET', key)))
+end
+local function stored_fence(newest, snapshots)
+  local n = fence_of(newest)
+  if n then return n end
+  if redis.call('TYPE', snapshots)['ok'] ~= 'stream' then return 0 end
+  local last = redis.call('XREVRANGE', snapshots, '+', '-', 'COUNT', 1)[1]
+  if not last then return 0 end
+  for i = 1, #last[2], 2 do
+    if last[2][i] == 'fence' then return whole(tonumber(last[2][i + 1])) or 0 end
+  end
+  return 0
+end
+"#
+    };
+}
+
+/// Takes the lock (`KEYS[1]`) for `ARGV[1]` (`ARGV[2]` ms) and returns a new
+/// fence, or nil if another token holds it. The fence is above the counter
+/// (`KEYS[2]`) and above the newest stored (`KEYS[3]`, else the history
+/// `KEYS[4]`): a counter lost (Redis restarted without persistence, a DEL, an
+/// eviction) while the history survived still gives a fence the store takes.
+/// A lock of another type is deleted (no holder writes one); a lock already
+/// ours (a grant whose answer was lost) is granted again under a new fence.
+const ACQUIRE: &str = concat!(
+    fence_lua!(),
+    r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'string' then redis.call('DEL', KEYS[1]) end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local f = math.max(fence_of(KEYS[2]) or 0, stored_fence(KEYS[3], KEYS[4])) + 1
+redis.call('SET', KEYS[2], string.format('%d', f))
+return f
+"#
+);
 
 /// Renews the lock if `ARGV[1]` still holds it: 1, else 0.
 const RENEW: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
@@ -67,20 +115,34 @@ return 0
 
 /// Deletes the lock if `ARGV[1]` still holds it.
 const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 "#;
 
 /// Stores a snapshot unless its fence (`ARGV[1]`) is older than the newest
-/// stored (`KEYS[1]`): 1 stored, 0 refused. `KEYS[2]` the history stream,
-/// `ARGV[2]` its cap, then `ts`, the snapshot and the signals.
-pub const STORE: &str = r#"
-local newest = tonumber(redis.call('GET', KEYS[1]) or '0')
+/// stored (`KEYS[1]`, else the history's last entry): 1 stored, 0 refused.
+/// `KEYS[2]` the history stream, `ARGV[2]` its cap, then `ts`, the snapshot
+/// and the signals. Keys of another type in their place are replaced.
+pub const STORE: &str = concat!(
+    fence_lua!(),
+    r#"
 local fence = tonumber(ARGV[1])
-if fence < newest then return 0 end
+if fence < stored_fence(KEYS[1], KEYS[2]) then return 0 end
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'stream' then redis.call('DEL', KEYS[2]) end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'fence', ARGV[1], 'ts', ARGV[3], 'snapshot', ARGV[4], 'signals', ARGV[5])
 return 1
+"#
+);
+
+/// Deletes `KEYS[1]` if it holds another type than `ARGV[1]`: 1 deleted.
+const FIX_TYPE: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
 "#;
 
 /// One stream's counters: `{entries-added, group, entries-read, lag, ...}`
@@ -94,7 +156,8 @@ for i = 1, #info, 2 do
   if info[i] == 'entries-added' then added = info[i + 1] end
 end
 local out = {added}
-local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+local okg, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not okg then return {added} end
 for _, g in ipairs(groups) do
   local name, read, lag = nil, -1, -1
   for i = 1, #g, 2 do
@@ -115,6 +178,11 @@ return out
 const AGGREGATOR_GONE: Duration = Duration::from_secs(30);
 /// Streams read per snapshot at most.
 const MAX_STREAMS: usize = 10_000;
+/// Streams read per round trip (one pipeline of `EVALSHA GROUPS`).
+const STREAMS_PER_TRIP: usize = 500;
+/// Stages in one snapshot at most: what the engine takes
+/// ([`ferrule_signals::Config::max_stages`]).
+const MAX_STAGES: usize = 1024;
 /// Snapshots kept in memory for the page (the newest).
 const KEPT_IN_MEMORY: usize = 3600;
 /// The local history file is rotated at this size.
@@ -201,6 +269,7 @@ impl Sampler {
                     token: format!("{}-{:016x}", crate::instance::name(), fastrand::u64(..)),
                     timeout: Duration::from_millis(r.response_timeout_ms.max(1)),
                     was_active: false,
+                    groups_sha: None,
                 }),
                 None => None,
             },
@@ -286,6 +355,8 @@ struct RedisSide {
     token: String,
     timeout: Duration,
     was_active: bool,
+    /// `GROUPS` as loaded in Redis (`SCRIPT LOAD`), once.
+    groups_sha: Option<String>,
 }
 
 struct Driver {
@@ -345,9 +416,11 @@ impl RedisSide {
             Action::WaitUntil(_) => return,
             Action::Acquire => {
                 cmd.arg(ACQUIRE)
-                    .arg(2)
+                    .arg(4)
                     .arg(&self.keys.lock)
                     .arg(&self.keys.fence)
+                    .arg(&self.keys.newest)
+                    .arg(&self.keys.snapshots)
                     .arg(&self.token)
                     .arg(self.ttl_ms);
             }
@@ -395,34 +468,113 @@ impl RedisSide {
         }
     }
 
-    /// Reports this aggregator's counters; drops reports of aggregators gone.
+    /// Runs `cmd` on `key`; if the key holds another type than `kind`
+    /// (WRONGTYPE), deletes it and answers `Nil`, so a stray key in the
+    /// sampler's place costs one period, not sampling for good.
+    async fn query_typed(&mut self, cmd: &redis::Cmd, key: &str, kind: &str) -> RedisResult<Value> {
+        match self.query(cmd).await {
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                tracing::warn!(
+                    key,
+                    kind,
+                    "sampler: a key of another type was in place; deleting it"
+                );
+                let mut fix = redis::cmd("EVAL");
+                fix.arg(FIX_TYPE).arg(1).arg(key).arg(kind);
+                self.query(&fix).await?;
+                Ok(Value::Nil)
+            }
+            r => r,
+        }
+    }
+
+    /// Reports this aggregator's counters.
     async fn report(&mut self, instance: &str, now_s: f64, head: u64, pos: u64) -> RedisResult<()> {
         let mut cmd = redis::cmd("HSET");
         cmd.arg(&self.keys.aggregators)
             .arg(instance)
             .arg(format!("{now_s} {head} {pos}"));
-        self.query(&cmd).await.map(|_| ())
+        let key = self.keys.aggregators.clone();
+        self.query_typed(&cmd, &key, "hash").await.map(|_| ())
+    }
+
+    /// `GROUPS` for each of `streams`, one pipeline of `EVALSHA`s (the
+    /// script loaded again if Redis lost it).
+    async fn groups(&mut self, streams: &[String]) -> RedisResult<Vec<Value>> {
+        for attempt in 0..2 {
+            let sha = match &self.groups_sha {
+                Some(sha) => sha.clone(),
+                None => {
+                    let v = self
+                        .query(redis::cmd("SCRIPT").arg("LOAD").arg(GROUPS))
+                        .await?;
+                    let sha = text(&v).ok_or_else(|| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "SCRIPT LOAD answered something else",
+                        ))
+                    })?;
+                    self.groups_sha = Some(sha.clone());
+                    sha
+                }
+            };
+            let mut pipe = redis::pipe();
+            for s in streams {
+                pipe.cmd("EVALSHA").arg(&sha).arg(1).arg(s);
+            }
+            let mut c = self.conn().await?;
+            let r = tokio::time::timeout(self.timeout, c.pipe(&pipe))
+                .await
+                .map_err(|_| timed_out())
+                .and_then(|r| r);
+            match r {
+                Ok(v) => return Ok(items(&v).to_vec()),
+                Err(e) if attempt == 0 && e.code() == Some("NOSCRIPT") => {
+                    self.groups_sha = None;
+                }
+                Err(e) => {
+                    if connection_lost(&e) || e.is_timeout() {
+                        self.conn = None;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Every stage Redis knows: aggregators' reports and the sites' groups.
     async fn stages(&mut self, now_s: f64) -> RedisResult<Vec<StageSample>> {
         let mut out = Vec::new();
+        let key = self.keys.aggregators.clone();
         let v = self
-            .query(redis::cmd("HGETALL").arg(&self.keys.aggregators))
+            .query_typed(redis::cmd("HGETALL").arg(&key), &key, "hash")
             .await?;
         let mut gone = Vec::new();
+        let max_name = ferrule_signals::engine::MAX_STAGE_NAME - "aggregator:".len();
         for (name, value) in crate::fanout::redis::fields(&v) {
-            let Some(value) = text(value) else { continue };
+            let Some(value) = text(value) else {
+                gone.push(name);
+                continue;
+            };
             let mut it = value.split(' ');
-            let (Some(ts), Some(head), Some(pos)) = (
+            let (Some(ts), Some(head), Some(pos), None) = (
                 it.next().and_then(|x| x.parse::<f64>().ok()),
                 it.next().and_then(|x| x.parse::<u64>().ok()),
                 it.next().and_then(|x| x.parse::<u64>().ok()),
+                it.next(),
             ) else {
                 gone.push(name);
                 continue;
             };
-            if now_s - ts > AGGREGATOR_GONE.as_secs_f64() {
+            // Too old, or dated ahead of Redis's clock by as much (junk, or a
+            // clock that stepped back): not a stage any more. A name the
+            // engine would refuse is not one either.
+            if (now_s - ts).abs() > AGGREGATOR_GONE.as_secs_f64()
+                || !ts.is_finite()
+                || name.is_empty()
+                || name.len() > max_name
+            {
                 gone.push(name);
                 continue;
             }
@@ -432,27 +584,34 @@ impl RedisSide {
                 position: pos,
             });
         }
-        if !gone.is_empty() {
+        // Bounded (the engine takes at most MAX_STAGES): the same ones each
+        // time, by name.
+        out.sort_by(|a, b| a.stage.cmp(&b.stage));
+        out.truncate(MAX_STAGES / 2);
+        for chunk in gone.chunks(1000) {
             let mut cmd = redis::cmd("HDEL");
             cmd.arg(&self.keys.aggregators);
-            for g in &gone {
+            for g in chunk {
                 cmd.arg(g);
             }
             self.query(&cmd).await?;
         }
+        let key = self.keys.streams.clone();
         let v = self
-            .query(redis::cmd("SMEMBERS").arg(&self.keys.streams))
+            .query_typed(redis::cmd("SMEMBERS").arg(&key), &key, "set")
             .await?;
-        let streams: Vec<String> = items(&v)
-            .iter()
-            .filter_map(text)
-            .take(MAX_STREAMS)
-            .collect();
+        let mut streams: Vec<String> = items(&v).iter().filter_map(text).collect();
+        // The same streams each time (SMEMBERS has no order): a sum over a
+        // varying subset would read as counters going back and forth.
+        streams.sort_unstable();
+        streams.truncate(MAX_STREAMS);
         let mut groups: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for s in streams {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(GROUPS).arg(1).arg(&s);
-            let v = self.query(&cmd).await?;
+        let max_name = ferrule_signals::engine::MAX_STAGE_NAME - "redis:".len();
+        let mut answers = Vec::with_capacity(streams.len());
+        for chunk in streams.chunks(STREAMS_PER_TRIP) {
+            answers.extend(self.groups(chunk).await?);
+        }
+        for v in answers {
             let parts = items(&v);
             let Some(added) = parts.first().and_then(int) else {
                 continue;
@@ -462,6 +621,9 @@ impl RedisSide {
                 else {
                     continue;
                 };
+                if name.len() > max_name {
+                    continue;
+                }
                 let pos = if read >= 0 {
                     read
                 } else if lag >= 0 && added >= 0 {
@@ -469,9 +631,14 @@ impl RedisSide {
                 } else {
                     continue;
                 };
+                if !groups.contains_key(&name) && groups.len() >= MAX_STAGES - out.len() {
+                    continue;
+                }
                 let e = groups.entry(name).or_default();
-                e.0 += u64::try_from(added.max(0)).unwrap_or(0);
-                e.1 += u64::try_from(pos.max(0)).unwrap_or(0);
+                // Saturating: Redis counters go to i64::MAX (XSETID), a sum
+                // of several would overflow.
+                e.0 = e.0.saturating_add(u64::try_from(added.max(0)).unwrap_or(0));
+                e.1 = e.1.saturating_add(u64::try_from(pos.max(0)).unwrap_or(0));
             }
         }
         out.extend(groups.into_iter().map(|(g, (head, pos))| StageSample {
@@ -601,6 +768,17 @@ impl Driver {
             fence,
             stages,
         };
+        if self.engine.newest_fence().is_some_and(|n| n > fence) {
+            // Granted a fence below one this engine took: Redis lost the
+            // counter and the history (restarted without persistence); the
+            // grant is the truth now, and the signals start over.
+            tracing::warn!(
+                fence,
+                newest = self.engine.newest_fence(),
+                "sampler: the fence went back (Redis lost its keys); signals start over"
+            );
+            self.engine = Engine::default();
+        }
         let signals = match self.engine.handle(&snapshot) {
             Ok(s) => s,
             Err(e) => {
