@@ -220,6 +220,8 @@ impl RedisFanout {
                 group_reported: HashMap::new(),
                 removed_before: HashMap::new(),
                 last_group_loss: None,
+                streams_key: crate::sampler::Keys::new(&cfg.stream_prefix).streams,
+                registered: None,
             };
             tokio::spawn(trimmer.run(Duration::from_millis(cfg.trim_interval_ms)));
         }
@@ -302,7 +304,15 @@ struct Trimmer {
     /// Entries removed from each stream at the last trim pass.
     removed_before: HashMap<String, u64>,
     last_group_loss: Option<Instant>,
+    /// The sampler's set of streams (see [`crate::sampler`]), and when this
+    /// aggregator's streams were last added to it: again every
+    /// [`STREAMS_REREGISTER`], so a Redis restarted empty learns them back.
+    streams_key: String,
+    registered: Option<Instant>,
 }
+
+/// How often the streams written are added to the sampler's set again.
+const STREAMS_REREGISTER: Duration = Duration::from_secs(30);
 
 /// Whether an error means the connection is unusable (rebuild it) rather
 /// than Redis refusing one command.
@@ -537,6 +547,24 @@ impl Trimmer {
             .iter()
             .cloned()
             .collect();
+        if self
+            .registered
+            .is_none_or(|t| t.elapsed() >= STREAMS_REREGISTER)
+        {
+            let Some(mut conn) = self.conn.borrow().clone() else {
+                return;
+            };
+            let mut ok = true;
+            for chunk in streams.chunks(1000) {
+                let mut sadd = redis::cmd("SADD");
+                sadd.arg(&self.streams_key).arg(chunk);
+                let r = tokio::time::timeout(self.response_timeout, conn.cmd(&sadd)).await;
+                ok &= matches!(r, Ok(Ok(_)));
+            }
+            if ok {
+                self.registered = Some(Instant::now());
+            }
+        }
         for s in streams {
             let Some(mut conn) = self.conn.borrow().clone() else {
                 return;
