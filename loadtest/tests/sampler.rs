@@ -244,6 +244,17 @@ fn takeover_gap(h: &[(u64, f64)], old: u64) -> f64 {
     first_new - last_old
 }
 
+/// One aggregator sampling alone on a fresh Redis, two snapshots stored
+/// (dropped in order: the aggregator, Redis, then its directory).
+fn sampling_alone() -> (Rig, Redis, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let mut rig = Rig::with(&redis, 1);
+    rig.start(0);
+    rig.wait_stored(0, 2, Duration::from_secs(10), "at the start");
+    (rig, redis, dir)
+}
+
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn one_sampler_at_a_time_taken_over_after_kill_and_after_a_pause() {
@@ -499,11 +510,7 @@ fn sampling_goes_on_when_the_fence_counter_is_lost_but_newest_is_not() {
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn a_key_of_the_wrong_type_does_not_stop_sampling() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let mut rig = Rig::with(&redis, 1);
-    rig.start(0);
-    rig.wait_stored(0, 2, Duration::from_secs(10), "at the start");
+    let (rig, _redis, _dir) = sampling_alone();
     let mut con = rig.con();
     for key in [
         K_LOCK,
@@ -530,11 +537,7 @@ fn a_key_of_the_wrong_type_does_not_stop_sampling() {
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn junk_aggregators_and_streams_do_not_stop_sampling() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let mut rig = Rig::with(&redis, 1);
-    rig.start(0);
-    rig.wait_stored(0, 2, Duration::from_secs(10), "at the start");
+    let (rig, _redis, _dir) = sampling_alone();
     let mut con = rig.con();
     let long = "x".repeat(300);
     // A stage name too long for the engine, from a report and from a group.
@@ -573,11 +576,7 @@ fn junk_aggregators_and_streams_do_not_stop_sampling() {
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn huge_stream_counters_do_not_stop_sampling() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let mut rig = Rig::with(&redis, 1);
-    rig.start(0);
-    rig.wait_stored(0, 2, Duration::from_secs(10), "at the start");
+    let (rig, _redis, _dir) = sampling_alone();
     let mut con = rig.con();
     for s in ["big-1", "big-2", "big-3", "big-4"] {
         run(&mut con, &["XADD", s, "1-1", "f", "v"]);
