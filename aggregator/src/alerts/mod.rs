@@ -399,7 +399,7 @@ impl Notifiers {
             Some(r) if cfg.redis_stream && cfg.page_through_redis => Some(r),
             _ => None,
         };
-        let instance = page_group::instance_name();
+        let instance = crate::instance::name().to_string();
         // (output label, sender, backoff, resend interval, fed from the stream)
         let mut senders: Vec<(String, Sender, Backoff, Option<Duration>, bool)> = Vec::new();
         if !http.is_empty() {

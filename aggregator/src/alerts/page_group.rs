@@ -223,12 +223,6 @@ impl Keys {
     }
 }
 
-/// A name for this process among the group's consumers and the alerts'
-/// reporters (see [`crate::instance`]).
-pub fn instance_name() -> String {
-    crate::instance::name().to_string()
-}
-
 /// The counters of one output's group.
 #[derive(Debug, Clone)]
 struct GroupCounters {
