@@ -71,6 +71,8 @@ pub struct IngestContext {
     pub fanout: Publisher,
     /// The credit window every session grants, sized from the sink's latency.
     pub window: SharedWindow,
+    /// Every agent seen (the live page's agents table).
+    pub agents: crate::agents::Agents,
 }
 
 /// One [`WindowController`] for all the sessions: they share the sink, so its
@@ -214,7 +216,15 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
     ctx.metrics.connections.inc();
     tracing::info!(%remote, agent = %agent.key(), serial = agent.serial(), "agent connected");
     ctx.metrics.sessions.add(1);
-    let end = drive(&conn, &agent, &ctx).await;
+    let row = ctx.agents.connected(
+        agent.site(),
+        agent.agent(),
+        &remote.to_string(),
+        agent.serial(),
+        agent.not_after_unix(),
+    );
+    let end = drive(&conn, &agent, &row, &ctx).await;
+    drop(row);
     ctx.metrics.sessions.add(-1);
     match end {
         Ok(why) => tracing::info!(agent = %agent.key(), why, "session ended"),
@@ -272,7 +282,12 @@ enum Stop {
     Cut(&'static str, String, ErrorCode),
 }
 
-async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestContext) -> End {
+async fn drive(
+    conn: &quinn::Connection,
+    agent: &VerifiedAgent,
+    row: &crate::agents::Session,
+    ctx: &IngestContext,
+) -> End {
     let hello_timeout = ctx.session.hello_timeout;
     let (send, recv) = match tokio::time::timeout(hello_timeout, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
@@ -416,6 +431,7 @@ async fn drive(conn: &quinn::Connection, agent: &VerifiedAgent, ctx: &IngestCont
         if let Err(stop) = take_events(
             &mut session,
             agent,
+            row,
             &agent_key,
             ctx,
             &done_tx,
@@ -473,6 +489,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 fn take_events(
     session: &mut IngestSession,
     agent: &VerifiedAgent,
+    row: &crate::agents::Session,
     agent_key: &str,
     ctx: &IngestContext,
     done_tx: &mpsc::UnboundedSender<CommitDone>,
@@ -502,6 +519,7 @@ fn take_events(
             IngestEvent::Commit { batch, .. } => {
                 let samples = to_record(session, agent, &batch, record)?;
                 ctx.metrics.clock_offset(agent_key, batch.clock_offset_ns);
+                row.batch(batch.clock_offset_ns);
                 // The real-time path gets it now, in parallel with the commit:
                 // never waits, skips (counted) when its queue is full, and drops
                 // a resend it already had.

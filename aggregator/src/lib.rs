@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod agents;
 pub mod alerts;
 pub mod commit;
 pub mod config;

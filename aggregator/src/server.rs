@@ -216,6 +216,7 @@ pub async fn run(
         &registry,
     )
     .context("starting the sampler")?;
+    let agents = crate::agents::Agents::new();
     let window = SharedWindow::new(
         WindowController::new(WindowConfig::new(
             Duration::from_millis(cfg.credit.target_queue_delay_ms),
@@ -236,6 +237,7 @@ pub async fn run(
         admission: Admission::new(cfg.server.max_sessions, cfg.server.max_sessions_per_agent),
         fanout: publisher,
         window,
+        agents: agents.clone(),
     });
     drop(sink);
     tracing::info!(%quic_addr, metrics = ?metrics_addr, data = %cfg.log.dir.display(), "aggregator listening");
