@@ -46,6 +46,41 @@ pub struct Config {
     /// The sampler: snapshots of every stage and the signals made of them.
     #[serde(default)]
     pub sampler: SamplerSection,
+    /// The live page and its WebSocket gateway.
+    #[serde(default)]
+    pub page: PageSection,
+}
+
+/// `[page]`: the live web page (stages in plain words, sparklines, alerts,
+/// agents) and the WebSocket gateway that pushes the sampler's signal sets to
+/// it. See [`crate::page`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PageSection {
+    /// Where to serve it (`http://<listen>/`); none by default (the demo
+    /// serves it on 127.0.0.1:9480). Plain HTTP: keep it on loopback or
+    /// behind a reverse proxy with TLS and authentication.
+    pub listen: Option<SocketAddr>,
+    /// Viewers connected at once at most; more are answered 503. Default 64.
+    pub max_viewers: usize,
+    /// Signal sets kept for backfill (a viewer that falls behind or
+    /// reconnects gets what it missed from here, or the full state).
+    /// Default 3600 (an hour at one a second).
+    pub backfill_max_len: usize,
+    /// A viewer whose socket takes no data for this long is disconnected,
+    /// milliseconds. Default 10 000.
+    pub send_timeout_ms: u64,
+}
+
+impl Default for PageSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_viewers: 64,
+            backfill_max_len: 3600,
+            send_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// `[sampler]`: every period one aggregator (with `[redis]`, the holder of a

@@ -25,5 +25,6 @@ pub mod instance;
 pub mod kafka;
 pub mod ledger;
 pub mod metrics;
+pub mod page;
 pub mod sampler;
 pub mod server;

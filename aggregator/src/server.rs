@@ -70,6 +70,8 @@ pub struct Running {
     /// Every `firing` and `resolved` alert transition, as it is emitted, when rules are configured
     /// (`[alerts] rules`); subscribe to watch them (the demo prints them).
     pub alerts: Option<broadcast::Sender<Arc<Evaluated>>>,
+    /// Where the live page is served (`http://<addr>/`), if `[page] listen` is set.
+    pub page_addr: Option<SocketAddr>,
     /// The newest snapshots and signals this aggregator took as the sampler
     /// (oldest first; empty while another aggregator samples).
     pub sampled: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<crate::sampler::Sampled>>>>,
@@ -207,16 +209,29 @@ pub async fn run(
     session.stall_timeout = Duration::from_secs(cfg.server.stall_timeout_secs);
     session.live_max_bytes_per_sec = cfg.server.live_max_bytes_per_sec;
     let ingest_metrics = IngestMetrics::new(&registry);
+    let agents = crate::agents::Agents::new();
+    let gateway = crate::page::Gateway::new(&cfg.page, agents.clone(), &registry);
     let sampler = crate::sampler::Sampler::start(
         &cfg.sampler,
         cfg.redis.as_ref(),
         cfg.log.dir.clone(),
         ingest_metrics.clone(),
         fanout.subscriptions(),
+        gateway.clone(),
         &registry,
     )
     .context("starting the sampler")?;
-    let agents = crate::agents::Agents::new();
+    let page = crate::page::Page::start(
+        gateway,
+        cfg.redis.as_ref(),
+        evaluator.as_ref().map(|e| e.watcher().subscribe()),
+        stop_rx.clone(),
+    )
+    .await
+    .context("starting the live page")?;
+    if let Some(addr) = page.addr {
+        tracing::info!("live page: http://{addr}/");
+    }
     let window = SharedWindow::new(
         WindowController::new(WindowConfig::new(
             Duration::from_millis(cfg.credit.target_queue_delay_ms),
@@ -249,6 +264,7 @@ pub async fn run(
         fanout: fanout.subscriptions(),
         alerts: evaluator.as_ref().map(Evaluator::watcher),
         sampled: sampler.recent.clone(),
+        page_addr: page.addr,
     });
 
     let mut sessions = JoinSet::new();
@@ -286,6 +302,7 @@ pub async fn run(
     }
     // Another aggregator takes the sampling over at once.
     sampler.stop().await;
+    page.stop();
     endpoint.close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     drop(ctx);

@@ -166,6 +166,28 @@ pub(crate) fn target(cfg: &RedisSection) -> Result<Target, FanoutError> {
             b.build().map_err(|e| FanoutError::BadUrl(e.to_string()))?,
         ));
     }
+    let client = client(cfg, tls, username, password)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    Ok(Target::Single(client, config))
+}
+
+/// A client for the one node at `cfg.url` (with a cluster: the node
+/// configured, for pub/sub, which a cluster relays to every node).
+pub(crate) fn single_client(cfg: &RedisSection) -> Result<redis::Client, FanoutError> {
+    let tls = tls_files(cfg)?;
+    let username = secret("username", &cfg.username)?;
+    let password = secret("password", &cfg.password)?;
+    client(cfg, tls, username, password)
+}
+
+fn client(
+    cfg: &RedisSection,
+    tls: Option<redis::TlsCertificates>,
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<redis::Client, FanoutError> {
     let info = cfg
         .url
         .as_str()
@@ -179,15 +201,11 @@ pub(crate) fn target(cfg: &RedisSection) -> Result<Target, FanoutError> {
         settings = settings.set_password(p);
     }
     let info = info.set_redis_settings(settings);
-    let client = match tls {
+    match tls {
         Some(certs) => redis::Client::build_with_tls(info, certs),
         None => redis::Client::open(info),
     }
-    .map_err(|e| FanoutError::BadUrl(e.to_string()))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    Ok(Target::Single(client, config))
+    .map_err(|e| FanoutError::BadUrl(e.to_string()))
 }
 
 impl RedisFanout {

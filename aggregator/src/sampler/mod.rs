@@ -124,7 +124,10 @@ return 0
 /// Stores a snapshot unless its fence (`ARGV[1]`) is older than the newest
 /// stored (`KEYS[1]`, else the history's last entry): 1 stored, 0 refused.
 /// `KEYS[2]` the history stream, `ARGV[2]` its cap, then `ts`, the snapshot
-/// and the signals. Keys of another type in their place are replaced.
+/// and the signals. Keys of another type in their place are replaced. With a
+/// channel (`ARGV[6]`), publishes the set there as the page's gateways
+/// forward it: [`crate::page::ring::frame_text`], its `seq` the entry's id
+/// (so a set is published only once stored, and only by the newest fence).
 pub const STORE: &str = concat!(
     fence_lua!(),
     r#"
@@ -133,7 +136,10 @@ if fence < stored_fence(KEYS[1], KEYS[2]) then return 0 end
 local t = redis.call('TYPE', KEYS[2])['ok']
 if t ~= 'none' and t ~= 'stream' then redis.call('DEL', KEYS[2]) end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'fence', ARGV[1], 'ts', ARGV[3], 'snapshot', ARGV[4], 'signals', ARGV[5])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'fence', ARGV[1], 'ts', ARGV[3], 'snapshot', ARGV[4], 'signals', ARGV[5])
+if ARGV[6] and ARGV[6] ~= '' then
+  redis.call('PUBLISH', ARGV[6], '{"seq":"' .. id .. '","fence":' .. ARGV[1] .. ',"ts":' .. ARGV[3] .. ',"snapshot":' .. ARGV[4] .. ',"signals":' .. ARGV[5] .. '}')
+end
 return 1
 "#
 );
@@ -245,6 +251,7 @@ impl Sampler {
         data_dir: PathBuf,
         ingest: IngestMetrics,
         local: Subscriptions,
+        gateway: crate::page::Gateway,
         registry: &Registry,
     ) -> Result<Self, crate::fanout::FanoutError> {
         let (stop, stop_rx) = watch::channel(false);
@@ -259,11 +266,15 @@ impl Sampler {
             local,
             recent: recent.clone(),
             metrics,
+            gateway,
+            run: format!("{}", (wall_s() * 1000.0) as u64),
+            published: 0,
             redis: match redis {
                 Some(r) => Some(RedisSide {
                     target: crate::fanout::redis::target(r)?,
                     conn: None,
                     keys: Keys::new(&r.stream_prefix),
+                    channel: crate::page::redis::channel(&r.stream_prefix),
                     lease: Lease::new(Duration::from_millis(cfg.lease_ttl_ms.max(300))),
                     ttl_ms: cfg.lease_ttl_ms.max(300),
                     token: format!("{}-{:016x}", crate::instance::name(), fastrand::u64(..)),
@@ -350,6 +361,8 @@ struct RedisSide {
     target: Target,
     conn: Option<Conn>,
     keys: Keys,
+    /// Where the page's gateways hear each stored set.
+    channel: String,
     lease: Lease,
     ttl_ms: u64,
     token: String,
@@ -368,6 +381,11 @@ struct Driver {
     local: Subscriptions,
     recent: Arc<Mutex<VecDeque<Arc<Sampled>>>>,
     metrics: Metrics,
+    /// Without Redis, each set goes to this aggregator's page directly.
+    gateway: crate::page::Gateway,
+    /// Without Redis, sets are numbered `<run>-<n>`: the run's start in ms.
+    run: String,
+    published: u64,
     redis: Option<RedisSide>,
     file: PathBuf,
 }
@@ -657,9 +675,12 @@ impl RedisSide {
             .arg(&self.keys.snapshots)
             .arg(fence)
             .arg(history)
-            .arg(s.snapshot.ts)
+            // Rust's float text is JSON's (never an exponent, always finite
+            // here: Redis TIME), as the published set needs.
+            .arg(format!("{}", s.snapshot.ts))
             .arg(serde_json::to_string(&s.snapshot).unwrap_or_default())
-            .arg(serde_json::to_string(&s.signals).unwrap_or_default());
+            .arg(serde_json::to_string(&s.signals).unwrap_or_default())
+            .arg(&self.channel);
         Ok(matches!(self.query(&cmd).await?, Value::Int(1)))
     }
 
@@ -849,6 +870,15 @@ impl Driver {
         self.metrics.active.set(1);
         self.metrics.fence.set(1);
         self.metrics.snapshots.inc();
+        self.published += 1;
+        let seq = format!("{}-{}", self.run, self.published);
+        self.gateway.offer(crate::page::ring::frame_text(
+            &seq,
+            "1",
+            &format!("{}", snapshot.ts),
+            &serde_json::to_string(&snapshot).unwrap_or_else(|_| "null".into()),
+            &serde_json::to_string(&signals).unwrap_or_else(|_| "[]".into()),
+        ));
         self.keep(Arc::new(Sampled { snapshot, signals }));
     }
 

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 const QUIC: &str = "127.0.0.1:4433";
 const METRICS: &str = "127.0.0.1:9464";
+/// The live page.
+const PAGE: &str = "127.0.0.1:9480";
 const AGENTS: [(&str, &str); 3] = [
     ("substation-1", "rtu-1"),
     ("substation-1", "rtu-2"),
@@ -70,7 +72,10 @@ async fn demo() -> anyhow::Result<()> {
             &root.join("aggregator"),
             quic,
             Some(metrics),
-            &format!("[alerts]\nrules = {:?}\n", rules_path.display().to_string()),
+            &format!(
+                "[alerts]\nrules = {:?}\n\n[page]\nlisten = \"{PAGE}\"\n",
+                rules_path.display().to_string()
+            ),
         ),
     )?;
     let agg_cfg =
@@ -150,6 +155,10 @@ async fn demo() -> anyhow::Result<()> {
         RATE_HZ * 7
     );
     println!();
+    match running.page_addr {
+        Some(addr) => println!("  live page (open it):        http://{addr}/"),
+        None => println!("  live page:                  not served"),
+    }
     println!("  what the aggregator holds:  cargo run --release -p ferrule-aggregator -- inspect --data ferrule-demo/aggregator");
     println!(
         "  its metrics:                curl -s http://{METRICS}/metrics | grep ferrule_aggregator_"

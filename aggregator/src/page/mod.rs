@@ -1,0 +1,735 @@
+//! The live page and its WebSocket gateway.
+//!
+//! Every aggregator serves the page (`GET /`, one HTML file with its script
+//! and styles inside: nothing for a user to build) and a WebSocket (`GET
+//! /ws?since=<seq>`) that pushes to it:
+//!
+//! - **signal sets**, the sampler's, as the exact bytes the sampler
+//!   published (with Redis: the store's script publishes each on the channel
+//!   `{prefix}:{sampler}:signals`, and every gateway forwards what it
+//!   receives; without: the aggregator's own sampler hands them over). Each
+//!   carries its sequence (`seq`, the history stream's entry id) and fence;
+//!   the gateway refuses repeats and sets from an older sampler ([`ring`]).
+//! - `{"reset":true}` before a full state (the newest [`FULL_STATE`] sets).
+//! - `{"local":{...}}` once a second: this aggregator's alerts (active and
+//!   recent) and its agents table.
+//!
+//! A viewer that sends `since` and whose sequence the gateway still holds
+//! gets exactly what it missed; otherwise the full state. A viewer too slow to
+//! keep up is not waited for: it falls behind the broadcast, and is
+//! backfilled from the gateway's copy of the history; one whose socket takes
+//! nothing for `page.send_timeout_ms` is disconnected. `GET /state` answers
+//! the newest set and the local state as JSON (for `curl`).
+//!
+//! Metrics: gauge `ferrule_aggregator_page_viewers`; counters
+//! `ferrule_aggregator_page_sets_total{outcome}` (new, repeat, old_fence,
+//! restart, undecodable), `ferrule_aggregator_page_backfills_total{kind}`
+//! (missed, full) and `ferrule_aggregator_page_viewers_refused_total`.
+
+pub mod redis;
+pub mod ring;
+
+use crate::agents::{AgentView, Agents};
+use crate::alerts::evaluate::Evaluated;
+use crate::config::PageSection;
+use ferrule_telemetry::{Counter, Gauge, Registry};
+use futures_util::{SinkExt, StreamExt};
+use ring::{Frame, Offer, Ring, Seq};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// The page itself.
+const PAGE: &str = include_str!("page.html");
+/// Sets a new viewer (or one that needs the full state) gets.
+pub const FULL_STATE: usize = 300;
+/// A set larger than this is not a sampler's (1024 stages of short names fit).
+const MAX_FRAME_BYTES: usize = 4 << 20;
+/// A request head larger than this is refused.
+const MAX_REQUEST_BYTES: usize = 8192;
+/// Alerts shown: active at most, and recent transitions.
+const MAX_ACTIVE_ALERTS: usize = 1000;
+const RECENT_ALERTS: usize = 50;
+/// Agents in the table at most.
+const MAX_AGENT_ROWS: usize = 500;
+
+/// What the broadcast carries to every viewer's task.
+#[derive(Debug, Clone)]
+enum Push {
+    Frame(Arc<Frame>),
+    Restart,
+    Local(Utf8Bytes),
+}
+
+/// The gateway: the backfill ring, the broadcast, the local state.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ring: Mutex<Ring>,
+    tx: broadcast::Sender<Push>,
+    local: Mutex<Utf8Bytes>,
+    alerts: Mutex<AlertBoard>,
+    agents: Agents,
+    instance: String,
+    metrics: Metrics,
+    cfg: PageSection,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    viewers: Gauge,
+    refused: Counter,
+    sets: Registry,
+    backfills: Registry,
+}
+
+impl Metrics {
+    fn new(r: &Registry) -> Self {
+        for outcome in ["new", "repeat", "old_fence", "restart", "undecodable"] {
+            let _ = r.counter(
+                "ferrule_aggregator_page_sets_total",
+                "Signal sets offered to the page gateway, by what became of them.",
+                &[("outcome", outcome)],
+            );
+        }
+        for kind in ["missed", "full"] {
+            let _ = r.counter(
+                "ferrule_aggregator_page_backfills_total",
+                "Viewers backfilled: with what they missed, or with the full state.",
+                &[("kind", kind)],
+            );
+        }
+        Self {
+            viewers: r.gauge(
+                "ferrule_aggregator_page_viewers",
+                "Viewers connected to the live page's WebSocket.",
+                &[],
+            ),
+            refused: r.counter(
+                "ferrule_aggregator_page_viewers_refused_total",
+                "Viewers refused (page.max_viewers reached, or a bad request).",
+                &[],
+            ),
+            sets: r.clone(),
+            backfills: r.clone(),
+        }
+    }
+
+    fn set(&self, outcome: &str) {
+        self.sets
+            .counter(
+                "ferrule_aggregator_page_sets_total",
+                "Signal sets offered to the page gateway, by what became of them.",
+                &[("outcome", outcome)],
+            )
+            .inc();
+    }
+
+    fn backfill(&self, kind: &str) {
+        self.backfills
+            .counter(
+                "ferrule_aggregator_page_backfills_total",
+                "Viewers backfilled: with what they missed, or with the full state.",
+                &[("kind", kind)],
+            )
+            .inc();
+    }
+}
+
+/// One alert as the page lists it.
+#[derive(Debug, Clone, Serialize)]
+struct AlertView {
+    rule: String,
+    site: String,
+    agent: String,
+    sensor: String,
+    state: &'static str,
+    severity: String,
+    value: f64,
+    annotation: String,
+    ts_ms: i64,
+}
+
+#[derive(Default)]
+struct AlertBoard {
+    active: BTreeMap<String, AlertView>,
+    recent: VecDeque<AlertView>,
+}
+
+impl AlertBoard {
+    fn take(&mut self, e: &Evaluated) {
+        let t = &e.transition;
+        let state = match t.state {
+            ferrule_rules::State::Firing => "firing",
+            ferrule_rules::State::Resolved => "resolved",
+            _ => return,
+        };
+        let view = AlertView {
+            rule: t.rule.clone(),
+            site: t.site.clone(),
+            agent: t.agent.clone(),
+            sensor: t.sensor.clone(),
+            state,
+            severity: t.severity.as_str().to_string(),
+            value: if t.value.is_finite() { t.value } else { 0.0 },
+            annotation: t.annotation.clone(),
+            ts_ms: t.ts_ns / 1_000_000,
+        };
+        let key = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            t.rule, t.site, t.agent, t.sensor
+        );
+        if state == "firing" {
+            if self.active.len() < MAX_ACTIVE_ALERTS || self.active.contains_key(&key) {
+                self.active.insert(key, view.clone());
+            }
+        } else {
+            self.active.remove(&key);
+        }
+        if self.recent.len() >= RECENT_ALERTS {
+            self.recent.pop_back();
+        }
+        self.recent.push_front(view);
+    }
+}
+
+#[derive(Serialize)]
+struct LocalState<'a> {
+    aggregator: &'a str,
+    ts_ms: i64,
+    alerts_active: Vec<&'a AlertView>,
+    alerts_recent: &'a VecDeque<AlertView>,
+    agents: Vec<AgentView>,
+    agents_connected: usize,
+}
+
+/// Completes once `stop` says so (the guard `wait_for` returns is not `Send`).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Reads `seq` and `fence` from a set's text; `None` if it is not one.
+fn head(text: &str) -> Option<(Seq, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        seq: String,
+        fence: u64,
+    }
+    if text.len() > MAX_FRAME_BYTES {
+        return None;
+    }
+    let h: Head = serde_json::from_str(text).ok()?;
+    Some((Seq::parse(&h.seq)?, h.fence))
+}
+
+impl Gateway {
+    /// A gateway for this aggregator (`instance`), showing `agents`.
+    pub fn new(cfg: &PageSection, agents: Agents, registry: &Registry) -> Self {
+        let (tx, _) = broadcast::channel(64);
+        Self {
+            inner: Arc::new(Inner {
+                ring: Mutex::new(Ring::new(cfg.backfill_max_len.max(FULL_STATE))),
+                tx,
+                local: Mutex::new(Utf8Bytes::from_static("{\"local\":null}")),
+                alerts: Mutex::default(),
+                agents,
+                instance: crate::instance::name().to_string(),
+                metrics: Metrics::new(registry),
+                cfg: cfg.clone(),
+            }),
+        }
+    }
+
+    /// Offers one signal set (its JSON text); forwarded to viewers if new.
+    pub fn offer(&self, text: String) -> Option<Offer> {
+        let Some((seq, fence)) = head(&text) else {
+            self.inner.metrics.set("undecodable");
+            return None;
+        };
+        let frame = Arc::new(Frame {
+            seq,
+            fence,
+            text: text.into(),
+        });
+        let outcome = self
+            .inner
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .offer(frame.clone(), Instant::now());
+        match outcome {
+            Offer::New => {
+                self.inner.metrics.set("new");
+                let _ = self.inner.tx.send(Push::Frame(frame));
+            }
+            Offer::Restart => {
+                self.inner.metrics.set("restart");
+                tracing::warn!(fence, "page: the sampler's fence went back after a silence (Redis lost its keys); viewers start over");
+                let _ = self.inner.tx.send(Push::Restart);
+            }
+            Offer::Repeat => self.inner.metrics.set("repeat"),
+            Offer::OldFence => {
+                self.inner.metrics.set("old_fence");
+                tracing::debug!(fence, %seq, "page: a set from an older sampler refused");
+            }
+        }
+        Some(outcome)
+    }
+
+    /// The newest sequence held (where a Redis backfill read starts).
+    pub fn last(&self) -> Option<Seq> {
+        self.inner
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+    }
+
+    /// Refreshes the local state (alerts, agents) and pushes it.
+    fn refresh_local(&self) {
+        let agents = self.inner.agents.view(MAX_AGENT_ROWS);
+        let connected = agents.iter().filter(|a| a.connected).count();
+        let text = {
+            let board = self
+                .inner
+                .alerts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let state = LocalState {
+                aggregator: &self.inner.instance,
+                ts_ms: now_ms(),
+                alerts_active: board.active.values().collect(),
+                alerts_recent: &board.recent,
+                agents,
+                agents_connected: connected,
+            };
+            format!(
+                "{{\"local\":{}}}",
+                serde_json::to_string(&state).unwrap_or_else(|_| "null".into())
+            )
+        };
+        let text = Utf8Bytes::from(text);
+        *self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = text.clone();
+        let _ = self.inner.tx.send(Push::Local(text));
+    }
+
+    /// `GET /state`: the newest set and the local state.
+    fn state_json(&self) -> String {
+        let newest = self
+            .inner
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .newest(1);
+        let local = self
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let set = newest.first().map_or("null", |f| f.text.as_str());
+        let local = local.as_str();
+        let local = local
+            .strip_prefix("{\"local\":")
+            .and_then(|l| l.strip_suffix('}'))
+            .unwrap_or("null");
+        format!("{{\"signals\":{set},\"local\":{local}}}")
+    }
+}
+
+/// The running page: the listener's address and its tasks.
+pub struct Page {
+    /// Where it listens (`http://<addr>/`), if it does.
+    pub addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Page {
+    /// Serves the page on `cfg.listen` (if set), keeps the local state fresh
+    /// from `alerts`, and with `redis` follows the sampler's broadcast.
+    pub async fn start(
+        gateway: Gateway,
+        redis: Option<&crate::config::RedisSection>,
+        alerts: Option<broadcast::Receiver<Arc<Evaluated>>>,
+        stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mut tasks = Vec::new();
+        let Some(listen) = gateway.inner.cfg.listen else {
+            return Ok(Self { addr: None, tasks });
+        };
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding the page listener {listen} (page.listen)"))?;
+        let addr = listener.local_addr()?;
+        if let Some(r) = redis {
+            let follower =
+                redis::Follower::new(r, gateway.clone()).context("the page's Redis subscriber")?;
+            tasks.push(tokio::spawn(follower.run(stop.clone())));
+        }
+        tasks.push(tokio::spawn(local_loop(
+            gateway.clone(),
+            alerts,
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(accept_loop(listener, gateway, stop)));
+        Ok(Self {
+            addr: Some(addr),
+            tasks,
+        })
+    }
+
+    /// Stops serving.
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn local_loop(
+    gateway: Gateway,
+    mut alerts: Option<broadcast::Receiver<Arc<Evaluated>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.refresh_local(),
+            e = async {
+                match &mut alerts {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match e {
+                Ok(e) => gateway.inner.alerts.lock().unwrap_or_else(PoisonError::into_inner).take(&e),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(n, "page: alert transitions skipped (the page fell behind)");
+                }
+                Err(broadcast::error::RecvError::Closed) => alerts = None,
+            },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, gateway: Gateway, mut stop: watch::Receiver<bool>) {
+    let viewers = Arc::new(tokio::sync::Semaphore::new(
+        gateway.inner.cfg.max_viewers.max(1),
+    ));
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "page listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        };
+        let gateway = gateway.clone();
+        let viewers = viewers.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(sock, gateway, viewers, stop).await {
+                tracing::debug!(%peer, error = %e, "page connection ended");
+            }
+        });
+    }
+}
+
+/// A parsed request: method, path, query `since`, whether it asks for a WebSocket.
+struct Request {
+    path: String,
+    since: Option<Seq>,
+    ws_key: Option<String>,
+}
+
+fn parse_request(buf: &[u8]) -> Result<Option<Request>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad request: {e}")),
+    }
+    if req.method != Some("GET") {
+        return Err("only GET".into());
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let since = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("since="))
+        .and_then(Seq::parse);
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let upgrade = header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let ws_key = if upgrade {
+        header("sec-websocket-key").map(str::to_string)
+    } else {
+        None
+    };
+    Ok(Some(Request {
+        path: path.to_string(),
+        since,
+        ws_key,
+    }))
+}
+
+async fn respond(
+    sock: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await?;
+    sock.shutdown().await
+}
+
+async fn handle(
+    mut sock: TcpStream,
+    gateway: Gateway,
+    viewers: Arc<tokio::sync::Semaphore>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; MAX_REQUEST_BYTES];
+    let mut used = 0;
+    let req = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = sock.read(&mut buf[used..]).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(Err("closed before a request".to_string()));
+            }
+            used += n;
+            match parse_request(&buf[..used]) {
+                Ok(Some(r)) => return Ok(Ok(r)),
+                Ok(None) if used == buf.len() => return Ok(Err("request too large".into())),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Ok(Err("request timed out".into())))?;
+    let req = match req {
+        Ok(r) => r,
+        Err(why) => {
+            gateway.inner.metrics.refused.inc();
+            return respond(
+                &mut sock,
+                "400 Bad Request",
+                "text/plain",
+                &format!("{why}\n"),
+            )
+            .await;
+        }
+    };
+    match (req.path.as_str(), req.ws_key) {
+        ("/ws", Some(key)) => {
+            let Ok(permit) = viewers.try_acquire_owned() else {
+                gateway.inner.metrics.refused.inc();
+                return respond(
+                    &mut sock,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "too many viewers (page.max_viewers)\n",
+                )
+                .await;
+            };
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+            );
+            sock.write_all(head.as_bytes()).await?;
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(64 << 10))
+                .max_frame_size(Some(64 << 10))
+                .max_write_buffer_size(16 << 20);
+            let ws = WebSocketStream::from_raw_socket(sock, Role::Server, Some(config)).await;
+            gateway.inner.metrics.viewers.add(1);
+            let r = view(ws, &gateway, req.since, stop).await;
+            gateway.inner.metrics.viewers.add(-1);
+            drop(permit);
+            r
+        }
+        ("/" | "/index.html", _) => {
+            respond(&mut sock, "200 OK", "text/html; charset=utf-8", PAGE).await
+        }
+        ("/state", _) => {
+            let body = gateway.state_json();
+            respond(&mut sock, "200 OK", "application/json", &body).await
+        }
+        ("/ws", None) => {
+            respond(
+                &mut sock,
+                "400 Bad Request",
+                "text/plain",
+                "a WebSocket upgrade is expected here\n",
+            )
+            .await
+        }
+        _ => respond(&mut sock, "404 Not Found", "text/plain", "not found\n").await,
+    }
+}
+
+/// Serves one viewer until it leaves, stalls or the aggregator stops.
+async fn view(
+    ws: WebSocketStream<TcpStream>,
+    gateway: &Gateway,
+    since: Option<Seq>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let (mut tx, mut rx) = ws.split();
+    let timeout = Duration::from_millis(gateway.inner.cfg.send_timeout_ms.max(100));
+    let mut sub = gateway.inner.tx.subscribe();
+    let mut last: Option<Seq> = None;
+    // What it missed, or the full state; then the local state.
+    let mut pending = catch_up(gateway, since, &mut last);
+    pending.push(Message::Text(
+        gateway
+            .inner
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
+    ));
+    let io = |e: tokio_tungstenite::tungstenite::Error| std::io::Error::other(e.to_string());
+    loop {
+        for m in pending.drain(..) {
+            match tokio::time::timeout(timeout, tx.feed(m)).await {
+                Ok(r) => r.map_err(io)?,
+                Err(_) => return Err(std::io::Error::other("viewer takes no data")),
+            }
+        }
+        match tokio::time::timeout(timeout, tx.flush()).await {
+            Ok(r) => r.map_err(io)?,
+            Err(_) => return Err(std::io::Error::other("viewer takes no data")),
+        }
+        tokio::select! {
+            push = sub.recv() => match push {
+                Ok(Push::Frame(f)) => {
+                    if last.is_none_or(|l| f.seq > l) {
+                        last = Some(f.seq);
+                        pending.push(Message::Text(f.text.clone()));
+                    }
+                }
+                Ok(Push::Local(t)) => pending.push(Message::Text(t)),
+                Ok(Push::Restart) => pending = catch_up(gateway, None, &mut last),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow for the broadcast: from the history instead.
+                    pending = catch_up(gateway, last, &mut last);
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            m = rx.next() => match m {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+            () = stopped(&mut stop) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(None))).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The messages that bring a viewer that saw `since` up to date (exactly
+/// what it missed if the ring still holds `since`, else a reset and the full
+/// state); `last` moves to the newest sent.
+fn catch_up(gateway: &Gateway, since: Option<Seq>, last: &mut Option<Seq>) -> Vec<Message> {
+    let ring = gateway
+        .inner
+        .ring
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (frames, reset) = match since.and_then(|s| ring.after(s)) {
+        Some(missed) => {
+            gateway.inner.metrics.backfill("missed");
+            (missed, false)
+        }
+        None => {
+            gateway.inner.metrics.backfill("full");
+            (ring.newest(FULL_STATE), true)
+        }
+    };
+    drop(ring);
+    let mut out = Vec::with_capacity(frames.len() + 1);
+    if reset {
+        out.push(Message::Text(Utf8Bytes::from_static("{\"reset\":true}")));
+        *last = None;
+    }
+    for f in frames {
+        if last.is_none_or(|l| f.seq > l) {
+            *last = Some(f.seq);
+            out.push(Message::Text(f.text.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        let r = parse_request(b"GET /ws?since=12-3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+        let r = r.ok().flatten();
+        assert!(r.as_ref().is_some_and(|r| r.path == "/ws"
+            && r.since == Some(Seq { ms: 12, n: 3 })
+            && r.ws_key.as_deref() == Some("dGhlIHNhbXBsZSBub25jZQ==")));
+        assert!(matches!(parse_request(b"GET / HTTP/1.1\r\nHost"), Ok(None)));
+        assert!(parse_request(b"POST / HTTP/1.1\r\n\r\n").is_err());
+        assert!(parse_request(b"\x00\x01garbage\r\n\r\n").is_err());
+        let r = parse_request(b"GET /ws?since=junk HTTP/1.1\r\n\r\n")
+            .ok()
+            .flatten();
+        assert!(r.is_some_and(|r| r.since.is_none() && r.ws_key.is_none()));
+    }
+
+    #[test]
+    fn sets_are_read_or_refused() {
+        assert_eq!(
+            head(&ring::frame_text("5-1", "2", "1", "{}", "[]")),
+            Some((Seq { ms: 5, n: 1 }, 2))
+        );
+        assert_eq!(head("{}"), None);
+        assert_eq!(head("not json"), None);
+        assert_eq!(head(r#"{"seq":"x","fence":1}"#), None);
+    }
+}
