@@ -109,12 +109,20 @@ impl Backlog {
 
     /// Age of the oldest unacknowledged batch at `now_ns` (0 when drained).
     pub fn oldest_age_ns(&self, first_unacked: u64, next_seq: u64, now_ns: u64) -> u64 {
+        self.oldest_time_ns(first_unacked, next_seq)
+            .map_or(0, |t| now_ns.saturating_sub(t))
+    }
+
+    /// When the oldest unacknowledged batch was appended, wall clock, ns since
+    /// the Unix epoch (`None` when drained): what the uplink reports, so the
+    /// age is taken when the report leaves rather than when it was read.
+    pub fn oldest_time_ns(&self, first_unacked: u64, next_seq: u64) -> Option<u64> {
         if first_unacked >= next_seq {
-            return 0;
+            return None;
         }
         self.front_at_or_before(first_unacked)
             .or_else(|| self.marks.front().copied())
-            .map_or(0, |m| now_ns.saturating_sub(m.time_ns))
+            .map(|m| m.time_ns)
     }
 
     /// The newest mark at or before `first_unacked`: the start of the run of
@@ -138,12 +146,14 @@ mod tests {
         }
         assert_eq!(b.unacked_bytes(1, 6), 500);
         assert_eq!(b.oldest_age_ns(1, 6, 10_000_000_000), 9_000_000_000);
+        assert_eq!(b.oldest_time_ns(1, 6), Some(1_000_000_000));
         b.settled_below(3);
         assert_eq!(b.unacked_bytes(3, 6), 300);
         assert_eq!(b.oldest_age_ns(3, 6, 10_000_000_000), 7_000_000_000);
         b.settled_below(6);
         assert_eq!(b.unacked_bytes(6, 6), 0);
         assert_eq!(b.oldest_age_ns(6, 6, 10_000_000_000), 0);
+        assert_eq!(b.oldest_time_ns(6, 6), None, "drained: no oldest");
         assert_eq!(b.marks.len(), 1, "one mark kept once drained");
         b.appended(6, 50, 11_000_000_000);
         assert_eq!(b.unacked_bytes(6, 7), 50, "counted from its own mark");

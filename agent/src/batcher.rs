@@ -27,6 +27,7 @@ use crate::config::{BatchSection, FsyncMode};
 use crate::spool::{count_dropped, Spool, SpoolError};
 use ferrule_disklog::CompletedSync;
 use ferrule_telemetry::Registry;
+use ferrule_wire::session::SpoolBacklog;
 use ferrule_wire::{decode, encode, Batch, Epoch, Limits, Message, SensorId, Seq, Series};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
@@ -180,6 +181,11 @@ pub struct BatcherIo {
     pub settles: mpsc::UnboundedReceiver<Settle>,
     /// Where the spool's state is published.
     pub state: watch::Sender<SpoolState>,
+    /// Where what the spool holds unacknowledged is published, for the
+    /// uplink's spool reports. Apart from `state` because nobody waits on it:
+    /// the uplink reads it when a report is due, and a new append must not
+    /// wake it.
+    pub backlog: watch::Sender<SpoolBacklog>,
     /// The clock offset estimate, nanoseconds, kept by the uplink.
     pub clock_offset_ns: Arc<AtomicI64>,
     /// Flips to true on shutdown: flush, sync, stop.
@@ -749,6 +755,12 @@ impl Batcher {
 
     fn publish(&self) {
         publish(&self.spool, &self.io.state);
+        let b = self.spool.backlog();
+        self.io.backlog.send_if_modified(|old| {
+            let changed = *old != b;
+            *old = b;
+            changed
+        });
     }
 
     /// True once nothing is left to cut or append.
@@ -892,6 +904,7 @@ mod tests {
         chunks: mpsc::Sender<Chunk>,
         settles: mpsc::UnboundedSender<Settle>,
         state: watch::Receiver<SpoolState>,
+        backlog: watch::Receiver<SpoolBacklog>,
         stop: watch::Sender<bool>,
         reader: SpoolReader,
         task: tokio::task::JoinHandle<()>,
@@ -916,6 +929,7 @@ mod tests {
         let (chunk_tx, chunk_rx) = mpsc::channel(16);
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(initial_state(&spool));
+        let (backlog_tx, backlog_rx) = watch::channel(spool.backlog());
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(
             spool,
@@ -923,6 +937,7 @@ mod tests {
                 chunks: chunk_rx,
                 settles: settle_rx,
                 state: state_tx,
+                backlog: backlog_tx,
                 clock_offset_ns: Arc::new(AtomicI64::new(0)),
                 shutdown: stop_rx,
                 health: Arc::default(),
@@ -941,6 +956,7 @@ mod tests {
             chunks: chunk_tx,
             settles: settle_tx,
             state: state_rx,
+            backlog: backlog_rx,
             stop: stop_tx,
             reader,
             task,
@@ -1024,6 +1040,10 @@ mod tests {
         let got = r.reader.read(Seq(1), 10).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].samples(), 11);
+        // What the uplink reports: one batch unacknowledged, then none.
+        let b = *r.backlog.borrow();
+        assert_eq!(b.batches, 1);
+        assert!(b.bytes > 0 && b.oldest_unacked_wall_ns.is_some(), "{b:?}");
         // The batcher settles acks until the uplink lets go, releases what was
         // acknowledged from disk, then stops.
         r.settles.send(Settle::Done(vec![Seq(1)])).unwrap();
@@ -1033,5 +1053,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(r.reader.read(Seq(1), 10).unwrap().is_empty());
+        assert_eq!(*r.backlog.borrow(), SpoolBacklog::default(), "drained");
     }
 }

@@ -98,6 +98,7 @@ pub async fn run(
     drop(chunk_tx);
     let (settle_tx, settle_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(batcher::initial_state(&spool));
+    let (backlog_tx, backlog_rx) = watch::channel(spool.backlog());
     let clock_offset = Arc::new(AtomicI64::new(0));
 
     let health: Arc<ferrule_telemetry::Health> = Arc::default();
@@ -124,6 +125,7 @@ pub async fn run(
             chunks: chunk_rx,
             settles: settle_rx,
             state: state_tx,
+            backlog: backlog_tx,
             clock_offset_ns: clock_offset.clone(),
             shutdown: stop_rx.clone(),
             health: health.clone(),
@@ -139,6 +141,7 @@ pub async fn run(
         cfg: cfg.clone(),
         reader,
         state: state_rx,
+        backlog: backlog_rx,
         settles: settle_tx,
         catalog,
         clock_offset_ns: clock_offset,

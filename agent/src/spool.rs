@@ -25,6 +25,7 @@ use crate::backlog::Backlog;
 use crate::config::{FsyncMode, FullPolicy, SpoolSection};
 use ferrule_disklog::{CompletedSync, FsyncPolicy, Log, LogReader, Offset, Options, PendingSync};
 use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_wire::session::SpoolBacklog;
 use ferrule_wire::{Epoch, Seq, SeqSet};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
@@ -689,6 +690,28 @@ impl Spool {
         Backlog::recovered(first.0, self.log.total_bytes(), time_ns)
     }
 
+    /// What the spool holds unacknowledged, for the uplink's spool reports
+    /// (wire `Status`); the same figures as the `ferrule_agent_spool_unacked_*`
+    /// and oldest-age gauges, so the aggregator's agents table and the agent's
+    /// metrics agree:
+    /// - batches: from the oldest unacknowledged to the newest appended (a batch
+    ///   acknowledged out of order among them still counts until the gap closes);
+    /// - bytes: their records' bytes, never less than the truth (see
+    ///   [`Backlog`]: a long backlog, or one an earlier run left, is counted
+    ///   from a mark at or before the oldest);
+    /// - the oldest's append time (read back from its record after a restart).
+    pub fn backlog(&self) -> SpoolBacklog {
+        let (first, next) = (self.first_unacked().0, self.next_seq().0);
+        SpoolBacklog {
+            batches: next.saturating_sub(first),
+            bytes: self.backlog.unacked_bytes(first, next),
+            oldest_unacked_wall_ns: self
+                .backlog
+                .oldest_time_ns(first, next)
+                .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        }
+    }
+
     /// Sets the gauges again; the batcher calls it every second so the oldest
     /// unacknowledged batch's age keeps rising while nothing else happens.
     pub fn refresh_gauges(&mut self) {
@@ -1068,17 +1091,30 @@ mod tests {
         assert_eq!(gauge("ferrule_agent_spool_last_seq"), "0");
         assert_eq!(gauge("ferrule_agent_spool_unacked_bytes"), "0");
         assert_eq!(gauge("ferrule_agent_spool_oldest_unacked_age_seconds"), "0");
+        assert_eq!(spool.backlog(), SpoolBacklog::default(), "empty: all zero");
+        let before = now_ns();
         let seqs = fill(&mut spool, 3);
         assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
         assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "3");
         let unacked: u64 = gauge("ferrule_agent_spool_unacked_bytes").parse().unwrap();
         assert!(unacked > 0);
+        // The report the uplink sends says what the gauges say.
+        let report = spool.backlog();
+        assert_eq!((report.batches, report.bytes), (3, unacked));
+        let oldest = report.oldest_unacked_wall_ns.unwrap();
+        assert!(oldest >= before as i64 && oldest <= now_ns() as i64);
         spool.settle(&seqs[..1]).unwrap();
         let fewer: u64 = gauge("ferrule_agent_spool_unacked_bytes").parse().unwrap();
         assert!(fewer < unacked && fewer > 0, "{fewer} of {unacked}");
+        assert_eq!((spool.backlog().batches, spool.backlog().bytes), (2, fewer));
         spool.settle(&seqs).unwrap();
         assert_eq!(gauge("ferrule_agent_spool_unacked_batches"), "0");
         assert_eq!(gauge("ferrule_agent_spool_unacked_bytes"), "0", "drained");
+        assert_eq!(
+            spool.backlog(),
+            SpoolBacklog::default(),
+            "drained: all zero"
+        );
         assert_eq!(gauge("ferrule_agent_spool_oldest_unacked_age_seconds"), "0");
         assert_eq!(gauge("ferrule_agent_spool_last_seq"), "3");
         // Refused batches are released but not counted as acknowledged.
@@ -1114,6 +1150,11 @@ mod tests {
             gauge("ferrule_agent_spool_oldest_unacked_age_seconds") >= 1,
             "timed by its record"
         );
+        let report = spool.backlog();
+        assert_eq!(report.batches, 4);
+        assert_eq!(report.bytes, gauge("ferrule_agent_spool_unacked_bytes"));
+        let age_ns = (now_ns() as i64).saturating_sub(report.oldest_unacked_wall_ns.unwrap());
+        assert!(age_ns >= 1_000_000_000, "reported from its record's time");
         let all: Vec<Seq> = (1..=4).map(Seq).collect();
         spool.settle(&all).unwrap();
         assert_eq!(gauge("ferrule_agent_spool_unacked_bytes"), 0);

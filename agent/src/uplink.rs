@@ -13,6 +13,11 @@
 //! replays. Copies spend no credit and never hold up the durable lane or the
 //! batcher: a copy the live stream cannot take at once is skipped and counted.
 //!
+//! With each heartbeat the session also reports what the spool holds
+//! unacknowledged (batches, bytes, the oldest one's age), to an aggregator that
+//! offered spool reports: the batcher publishes the figures, the uplink hands
+//! them to the session just before its timers run.
+//!
 //! Invariants kept here: the session is up only on Welcome; a batch is sent only
 //! when durable in the spool and within credit; the spool releases a batch only on
 //! its Ack; whatever was in flight when a session ends is sent again on the next,
@@ -31,7 +36,7 @@ use ferrule_transport::{
     classify, client_crypto, client_endpoint, EndpointLimits, FrameReceiver, FrameSender,
 };
 use ferrule_wire::clock::ClockFilter;
-use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession, SendError};
+use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession, SendError, SpoolBacklog};
 use ferrule_wire::{batch_frame_to_live, encode, Limits, Message, Seq, SeqSet};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -48,6 +53,9 @@ pub struct UplinkDeps {
     pub reader: SpoolReader,
     /// How far the spool is durable and acknowledged.
     pub state: watch::Receiver<SpoolState>,
+    /// What the spool holds unacknowledged: reported to an aggregator that
+    /// takes spool reports (`Status`, with each heartbeat).
+    pub backlog: watch::Receiver<SpoolBacklog>,
     /// Tells the batcher what to release.
     pub settles: mpsc::UnboundedSender<Settle>,
     /// Sensor definitions to send.
@@ -793,7 +801,11 @@ async fn drive(
                 (None, _) => tap_open = false,
             },
             _ = state.changed() => {}
-            _ = sleep_until(deadline) => s.handle_timeout(now())?,
+            _ = sleep_until(deadline) => {
+                // A heartbeat due now carries the spool as it is now.
+                s.set_spool(*deps.backlog.borrow());
+                s.handle_timeout(now())?
+            }
             _ = shutdown.changed() => {
                 if *shutdown.borrow() && !stopping {
                     stopping = true;

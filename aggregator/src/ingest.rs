@@ -8,6 +8,9 @@
 //! durable one replays a backlog. A live copy is published to the fan-out at
 //! once and nothing else (no commit, no ack, no credit): the later batch with
 //! the same (epoch, seq) is committed in order and its publish is a repeat.
+//! With the `STATUS` capability (offered to every agent) the agent reports its
+//! spool backlog with each heartbeat; each report goes to its row of the agents
+//! table and nowhere else.
 //! Readers decode frames and feed one loop that owns the session: frames in,
 //! commits out to the sink, outcomes back, acks and credit out on the control
 //! stream, and the session's timers in between.
@@ -39,6 +42,7 @@ use ferrule_wire::session::{
 };
 use ferrule_wire::{
     Batch, Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message, Outcome,
+    Status,
 };
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -567,10 +571,20 @@ fn take_events(
                 ctx.metrics.live_refused(reason);
                 tracing::debug!(agent = %agent_key, %epoch, %seq, reason = reason.name(), "live copy refused");
             }
+            IngestEvent::Status(st) => row.spool(spool_report(st)),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// What an agent's spool report shows in its row of the agents table.
+fn spool_report(st: Status) -> crate::agents::SpoolReport {
+    crate::agents::SpoolReport {
+        batches: st.spool_batches,
+        bytes: st.spool_bytes,
+        oldest_unacked_ms: st.oldest_unacked_ms,
+    }
 }
 
 /// Encodes `batch` as the record the sink and the fan-out take, into `record`;
@@ -630,4 +644,83 @@ async fn send_queued(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrule_wire::session::Now;
+    use ferrule_wire::{Capabilities, Epoch, Hello, Seq, ServerLimits};
+
+    /// A session configured as the server configures it (`IngestConfig::new`)
+    /// offers spool reports, and a report lands in the agent's row.
+    #[test]
+    fn a_spool_report_reaches_the_agents_table() {
+        let cfg = IngestConfig::new(
+            "agg",
+            ServerLimits {
+                max_frame_bytes: 1 << 20,
+                max_batch_samples: 1000,
+                max_sensors: 10,
+                heartbeat_interval_ms: 1000,
+            },
+            Credit {
+                bytes: 1 << 20,
+                batches: 8,
+            },
+        );
+        let t = Instant::now();
+        let now = Now {
+            mono: t,
+            wall_ns: 1_700_000_000_000_000_000,
+        };
+        let mut session = IngestSession::new(
+            cfg,
+            PeerIdentity {
+                site: "plant-a".into(),
+                agent: "a1".into(),
+            },
+            t,
+        );
+        let hello = Hello {
+            min_version: 1,
+            max_version: 1,
+            epoch: Epoch(1),
+            resume_from: Seq(1),
+            capabilities: Capabilities::ALL,
+            site: "plant-a".into(),
+            agent: "a1".into(),
+            software: "test".into(),
+        };
+        assert!(session.handle(Message::Hello(hello), 50, now).is_ok());
+        match session.poll_transmit() {
+            Some(Message::Welcome(w)) => {
+                assert!(w.capabilities.contains(Capabilities::STATUS), "{w:?}")
+            }
+            other => panic!("no Welcome: {other:?}"),
+        }
+        let st = Status {
+            spool_batches: 40,
+            spool_bytes: 123_456,
+            oldest_unacked_ms: 90_000,
+        };
+        assert!(session.handle(Message::Status(st), 10, now).is_ok());
+
+        let agents = crate::agents::Agents::new();
+        let row = agents.connected("plant-a", "a1", "127.0.0.1:1", "0a", 0);
+        assert_eq!(
+            agents.view(1)[0].spool_batches,
+            None,
+            "nothing reported yet"
+        );
+        while let Some(ev) = session.poll_event() {
+            if let IngestEvent::Status(st) = ev {
+                row.spool(spool_report(st));
+            }
+        }
+        let v = &agents.view(1)[0];
+        assert_eq!(v.spool_batches, Some(40));
+        assert_eq!(v.spool_bytes, Some(123_456));
+        assert_eq!(v.oldest_unacked_s, Some(90.0));
+    }
 }

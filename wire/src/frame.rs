@@ -143,6 +143,7 @@ fn encode_payload(msg: &Message, limits: &Limits, out: &mut Vec<u8>) -> Result<(
         Message::Heartbeat(m) => put(m, out),
         Message::GoAway(m) => put(m, out),
         Message::Error(m) => put(m, out),
+        Message::Status(m) => put(m, out),
     }
 }
 
@@ -195,6 +196,7 @@ pub fn decode_payload(ty: u8, payload: &[u8], limits: &Limits) -> Result<Message
         8 => Message::GoAway(take(payload)?),
         9 => Message::Error(take(payload)?),
         10 => Message::Live(take_batch(payload, limits)?),
+        11 => Message::Status(take(payload)?),
         other => return Err(DecodeError::UnknownType(other)),
     })
 }

@@ -46,6 +46,10 @@ pub enum Message {
     GoAway(GoAway),
     /// Either way: a fatal problem; the sender closes after it.
     Error(ErrorMessage),
+    /// Agent -> aggregator, only with [`Capabilities::STATUS`]: what the agent's
+    /// spool holds unacknowledged, so the aggregator can show how far behind
+    /// each agent is. Informational only: it changes no session state.
+    Status(Status),
 }
 
 impl Message {
@@ -62,6 +66,7 @@ impl Message {
             Message::GoAway(_) => 8,
             Message::Error(_) => 9,
             Message::Live(_) => 10,
+            Message::Status(_) => 11,
         }
     }
 
@@ -78,6 +83,7 @@ impl Message {
             Message::GoAway(_) => "goaway",
             Message::Error(_) => "error",
             Message::Live(_) => "live",
+            Message::Status(_) => "status",
         }
     }
 }
@@ -99,8 +105,14 @@ impl Capabilities {
     /// order. Offered by an aggregator only while it accepts them
     /// (`IngestConfig::live_max_bytes_per_sec` above zero).
     pub const LIVE: Capabilities = Capabilities(1 << 2);
+    /// The agent reports its spool backlog in a [`Message::Status`] with each
+    /// heartbeat. Negotiated so that an aggregator from before it never
+    /// receives a message type it does not know (which it would take for a
+    /// protocol error and close the session).
+    pub const STATUS: Capabilities = Capabilities(1 << 3);
     /// Everything this build supports.
-    pub const ALL: Capabilities = Capabilities(Self::LANES.0 | Self::CLOCK_OFFSET.0 | Self::LIVE.0);
+    pub const ALL: Capabilities =
+        Capabilities(Self::LANES.0 | Self::CLOCK_OFFSET.0 | Self::LIVE.0 | Self::STATUS.0);
 
     /// True when every bit of `other` is set here.
     pub fn contains(self, other: Capabilities) -> bool {
@@ -304,6 +316,29 @@ pub struct Heartbeat {
     pub receive_ns: i64,
     /// The aggregator's clock when it sent the reply (0 in a request).
     pub transmit_ns: i64,
+}
+
+/// What the agent's spool holds that the aggregator has not acknowledged: the
+/// backlog an outage left, seen from the aggregator (its agents table) without
+/// scraping every agent's metrics. Sent with each heartbeat, only on a session
+/// that negotiated [`Capabilities::STATUS`]; every field a varint.
+///
+/// ```
+/// use ferrule_wire::{decode, encode, Limits, Message, Status};
+/// let st = Status { spool_batches: 12, spool_bytes: 48_000, oldest_unacked_ms: 9_500 };
+/// let mut frame = Vec::new();
+/// encode(&Message::Status(st), &Limits::default(), &mut frame).unwrap();
+/// assert_eq!(decode(&frame, &Limits::default()).unwrap().unwrap().0, Message::Status(st));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Batches in the spool not yet acknowledged (0: drained).
+    pub spool_batches: u64,
+    /// Their bytes on the agent's disk.
+    pub spool_bytes: u64,
+    /// Age of the oldest of them when the report was sent, milliseconds (0 when
+    /// there is none).
+    pub oldest_unacked_ms: u64,
 }
 
 /// Why the aggregator asks an agent to go.

@@ -171,6 +171,11 @@ fn message() -> impl Strategy<Value = Message> {
             code: ErrorCode(c),
             message,
         })),
+        any::<[u64; 3]>().prop_map(|n| Message::Status(Status {
+            spool_batches: n[0],
+            spool_bytes: n[1],
+            oldest_unacked_ms: n[2],
+        })),
     ]
 }
 
@@ -216,7 +221,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let limits = Limits::for_frame_bytes(4096);
         let _ = decode(&bytes, &limits);
-        for ty in 0..=10u8 {
+        for ty in 0..=11u8 {
             let _ = decode_payload(ty, &bytes, &limits);
         }
     }

@@ -973,3 +973,172 @@ fn a_spooled_batch_frame_becomes_its_live_copy() {
         Err(DecodeError::Truncated)
     );
 }
+
+/// The messages the agent queued, in order.
+fn sent(a: &mut AgentSession) -> Vec<Message> {
+    std::iter::from_fn(|| a.poll_transmit()).collect()
+}
+
+fn backlog() -> SpoolBacklog {
+    SpoolBacklog {
+        batches: 3,
+        bytes: 3_000,
+        // Written 2.5 s before the session started.
+        oldest_unacked_wall_ns: Some(at(0).wall_ns - 2_500_000_000),
+    }
+}
+
+#[test]
+fn spool_reports_ride_with_heartbeats_and_reach_the_driver() {
+    let (mut a, mut i) = established();
+    assert!(a.status_enabled());
+    assert!(i.capabilities().contains(Capabilities::STATUS));
+    // Nothing measured yet: a heartbeat alone, no invented numbers.
+    a.handle_timeout(at(1_000)).unwrap();
+    assert!(matches!(sent(&mut a)[..], [Message::Heartbeat(_)]));
+
+    a.set_spool(backlog());
+    a.handle_timeout(at(2_000)).unwrap();
+    let out = sent(&mut a);
+    let want = Status {
+        spool_batches: 3,
+        spool_bytes: 3_000,
+        // Aged at the moment it leaves: 2.5 s before t0, sent at t0 + 2 s.
+        oldest_unacked_ms: 4_500,
+    };
+    assert!(matches!(out[0], Message::Heartbeat(_)));
+    assert_eq!(out[1..], [Message::Status(want)]);
+    // Not between heartbeats.
+    a.handle_timeout(at(2_500)).unwrap();
+    assert!(sent(&mut a).is_empty());
+
+    let credit = i.outstanding_credit();
+    for m in out {
+        i.handle(m, 20, at(2_001)).unwrap();
+    }
+    assert!(events(&mut i).contains(&IngestEvent::Status(want)));
+    assert_eq!(i.outstanding_credit(), credit, "a report changes no credit");
+    assert!(i.is_established());
+
+    // A drained spool says so.
+    a.set_spool(SpoolBacklog::default());
+    a.handle_timeout(at(3_000)).unwrap();
+    assert_eq!(
+        sent(&mut a)[1..],
+        [Message::Status(Status::default())],
+        "zeros once drained"
+    );
+}
+
+#[test]
+fn spool_reports_go_only_where_the_capability_was_negotiated() {
+    // An aggregator from before spool reports does not offer the bit: the agent
+    // never sends one, whatever it knows ...
+    let mut cfg = ingest_cfg();
+    cfg.capabilities = Capabilities::ALL.without(Capabilities::STATUS);
+    let (mut a, mut i) = established_with(cfg);
+    assert!(!a.status_enabled());
+    a.set_spool(backlog());
+    a.handle_timeout(at(1_000)).unwrap();
+    assert!(matches!(sent(&mut a)[..], [Message::Heartbeat(_)]));
+    // ... and one sent anyway is a protocol error, as any message out of place.
+    let err = i
+        .handle(Message::Status(Status::default()), 10, at(1_000))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UNEXPECTED_MESSAGE);
+    assert!(i.is_finished());
+
+    // An older agent (no STATUS bit) sends none, and the aggregator expects none.
+    let mut old = agent_cfg("s1", "a1");
+    old.capabilities = Capabilities::ALL.without(Capabilities::STATUS);
+    let mut a = AgentSession::new(old, (E, Seq(1)), at(0).mono);
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    assert!(pump(&mut a, &mut i).iter().all(Result::is_ok));
+    assert!(a.is_established());
+    assert!(!a.status_enabled());
+    assert!(!i.capabilities().contains(Capabilities::STATUS));
+    a.set_spool(backlog());
+    a.handle_timeout(at(1_000)).unwrap();
+    assert!(matches!(sent(&mut a)[..], [Message::Heartbeat(_)]));
+}
+
+#[test]
+fn a_spool_report_before_hello_is_a_protocol_error() {
+    let mut i = IngestSession::new(ingest_cfg(), peer(), at(0).mono);
+    let err = i
+        .handle(Message::Status(Status::default()), 10, at(0))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UNEXPECTED_MESSAGE);
+    assert!(
+        matches!(i.poll_transmit(), Some(Message::Error(e)) if e.code == ErrorCode::UNEXPECTED_MESSAGE)
+    );
+    assert!(i.poll_event().is_none());
+    // Nor does an agent send one before Welcome (it sends no heartbeat then).
+    let mut a = AgentSession::new(agent_cfg("s1", "a1"), (E, Seq(1)), at(0).mono);
+    a.set_spool(backlog());
+    assert!(!a.status_enabled());
+    assert!(matches!(sent(&mut a)[..], [Message::Hello(_)]));
+    a.handle_timeout(at(1_000)).unwrap();
+    assert!(sent(&mut a).is_empty());
+}
+
+#[test]
+fn spool_reports_continue_while_draining() {
+    let (mut a, mut i) = established();
+    i.go_away(GoAwayReason::SHUTDOWN, None, at(0).mono);
+    pump(&mut a, &mut i);
+    assert!(a.is_draining());
+    a.set_spool(backlog());
+    a.handle_timeout(at(1_000)).unwrap();
+    for m in sent(&mut a) {
+        i.handle(m, 20, at(1_000)).unwrap();
+    }
+    assert!(events(&mut i)
+        .iter()
+        .any(|e| matches!(e, IngestEvent::Status(s) if s.spool_batches == 3)));
+}
+
+#[test]
+fn a_report_ages_from_the_write_time_and_never_below_zero() {
+    let b = SpoolBacklog {
+        batches: 1,
+        bytes: 10,
+        oldest_unacked_wall_ns: Some(5_000_000_000),
+    };
+    assert_eq!(b.status_at(7_999_999_999).oldest_unacked_ms, 2_999);
+    // The clock jumped back past the write: 0, not a huge age.
+    assert_eq!(b.status_at(1_000).oldest_unacked_ms, 0);
+    assert_eq!(b.status_at(i64::MIN).oldest_unacked_ms, 0);
+    let none = SpoolBacklog::default().status_at(i64::MAX);
+    assert_eq!(none, Status::default());
+}
+
+#[test]
+fn a_damaged_status_is_a_typed_error() {
+    let limits = Limits::default();
+    let mut full = Vec::new();
+    let st = Status {
+        spool_batches: u64::MAX,
+        spool_bytes: 300,
+        oldest_unacked_ms: 1,
+    };
+    encode(&Message::Status(st), &limits, &mut full).unwrap();
+    // Every cut of the payload (the length rewritten to match) is Truncated.
+    for cut in 5..full.len() {
+        let mut f = full[..cut].to_vec();
+        f[..4].copy_from_slice(&((cut - 4) as u32).to_le_bytes());
+        assert_eq!(
+            decode(&f, &limits),
+            Err(DecodeError::Truncated),
+            "cut at {cut}"
+        );
+    }
+    // Any byte of the payload damaged: a message or a typed error, never a panic.
+    for i in 5..full.len() {
+        for v in [0x00, 0x7f, 0x80, 0xff] {
+            let mut f = full.clone();
+            f[i] = v;
+            let _ = decode(&f, &limits);
+        }
+    }
+}

@@ -23,7 +23,8 @@
 //! pair stuck. Live copies are published with the batch's own content, never
 //! committed nor acknowledged, refused only as stale (the batch got there
 //! first) or for the refused sensor, and never starve the durable lane (every
-//! batch still ends durable, with the same credit).
+//! batch still ends durable, with the same credit). Spool reports ride along
+//! with heartbeats and reach the aggregator's driver without ending a session.
 #![allow(clippy::unwrap_used)] // a panic in a test is a failure with a backtrace
 
 use ferrule_wire::session::*;
@@ -105,6 +106,8 @@ struct Spooled {
     bytes: u64,
     cost: u64,
     acked: bool,
+    /// When it was written (wall clock), for the spool reports.
+    written_ns: i64,
 }
 
 #[derive(Default)]
@@ -119,6 +122,7 @@ struct Totals {
     live_published: u64,
     live_stale: u64,
     live_skipped: u64,
+    status_reports: u64,
 }
 
 fn icfg() -> IngestConfig {
@@ -233,6 +237,7 @@ fn run(seed: u64, batches: u64) -> Totals {
                     bytes: buf.len() as u64,
                     cost,
                     acked: false,
+                    written_ns: n.wall_ns,
                 },
             );
             next_seq = next_seq.next();
@@ -294,7 +299,17 @@ fn run(seed: u64, batches: u64) -> Totals {
         if let Some(c) = conn.as_mut() {
             let silent_until = c.silent_until;
             let delay = |rng: &mut Rng| (tick + 1 + rng.below(30)).max(silent_until);
-            // Agent timers, then it sends what its credit allows, oldest first.
+            // Agent timers (a heartbeat carries what the spool holds, told to
+            // the session as the driver does), then it sends what its credit
+            // allows, oldest first.
+            if c.agent.poll_timeout().is_some_and(|d| d <= n.mono) {
+                let unacked = spool.values().filter(|s| !s.acked);
+                c.agent.set_spool(SpoolBacklog {
+                    batches: unacked.clone().count() as u64,
+                    bytes: unacked.clone().map(|s| s.bytes).sum(),
+                    oldest_unacked_wall_ns: unacked.map(|s| s.written_ns).min(),
+                });
+            }
             if let Err(e) = c.agent.handle_timeout(n) {
                 assert!(
                     matches!(e, SessionError::Timeout { .. }),
@@ -444,6 +459,20 @@ fn run(seed: u64, batches: u64) -> Totals {
                         ),
                         other => panic!("seed {seed}: live copy {epoch}/{seq} refused: {other:?}"),
                     },
+                    IngestEvent::Status(st) => {
+                        // Measured at some earlier tick: within what was made by now.
+                        assert!(st.spool_batches <= t.batches, "seed {seed}: {st:?}");
+                        assert!(
+                            st.oldest_unacked_ms <= tick * TICK_MS,
+                            "seed {seed}: {st:?}"
+                        );
+                        assert_eq!(
+                            st.spool_batches == 0,
+                            st.spool_bytes == 0,
+                            "seed {seed}: {st:?}"
+                        );
+                        t.status_reports += 1;
+                    }
                     _ => {}
                 }
             }
@@ -581,6 +610,7 @@ fn nothing_is_lost_or_stuck_under_faults() {
         sum.live_published += o.live_published;
         sum.live_stale += o.live_stale;
         sum.live_skipped += o.live_skipped;
+        sum.status_reports += o.status_reports;
         for (k, v) in o.timeouts {
             *sum.timeouts.entry(k).or_default() += v;
         }
@@ -598,6 +628,7 @@ fn nothing_is_lost_or_stuck_under_faults() {
     assert!(sum.live_published > 0, "no live copy published");
     assert!(sum.live_stale > 0, "no live copy crossed its batch");
     assert!(sum.live_skipped > 0, "no live copy skipped");
+    assert!(sum.status_reports > 0, "no spool report delivered");
     for kind in ["peer_timeout", "stalled"] {
         assert!(
             sum.timeouts.get(kind).copied().unwrap_or(0) > 0,
@@ -606,9 +637,9 @@ fn nothing_is_lost_or_stuck_under_faults() {
         );
     }
     println!(
-        "{} batches, {} connections, {} refused, {} acknowledged resent, {} new epochs, {} withheld, live copies {} published / {} stale / {} skipped, timeouts {:?}",
+        "{} batches, {} connections, {} refused, {} acknowledged resent, {} new epochs, {} withheld, live copies {} published / {} stale / {} skipped, {} spool reports, timeouts {:?}",
         sum.batches, sum.connections, sum.rejected, sum.resent_acked, sum.epochs, sum.withheld,
-        sum.live_published, sum.live_stale, sum.live_skipped, sum.timeouts
+        sum.live_published, sum.live_stale, sum.live_skipped, sum.status_reports, sum.timeouts
     );
 }
 

@@ -43,10 +43,39 @@ fn vectors() -> Vec<(&'static str, Message)> {
                 max_version: 1,
                 epoch: Epoch(1_767_225_600),
                 resume_from: Seq(42),
-                capabilities: Capabilities::ALL,
+                // An agent from before spool reports: lanes, clock offsets, live copies.
+                capabilities: Capabilities(
+                    Capabilities::LANES.0 | Capabilities::CLOCK_OFFSET.0 | Capabilities::LIVE.0,
+                ),
                 site: "substation-7".into(),
                 agent: "rtu-3".into(),
                 software: "0.2.0".into(),
+            }),
+        ),
+        (
+            "hello_status",
+            Message::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                epoch: Epoch(1_767_225_600),
+                resume_from: Seq(42),
+                capabilities: Capabilities(
+                    Capabilities::LANES.0
+                        | Capabilities::CLOCK_OFFSET.0
+                        | Capabilities::LIVE.0
+                        | Capabilities::STATUS.0,
+                ),
+                site: "substation-7".into(),
+                agent: "rtu-3".into(),
+                software: "0.3.0".into(),
+            }),
+        ),
+        (
+            "status",
+            Message::Status(Status {
+                spool_batches: 1_234,
+                spool_bytes: 5_678_901,
+                oldest_unacked_ms: 3_600_000,
             }),
         ),
         (
@@ -247,6 +276,9 @@ fn hostile_vectors_are_refused_with_their_error() {
         ),
         ("varint_overflow", DecodeError::VarintOverflow),
         ("trailing_bytes", DecodeError::TrailingBytes(2)),
+        ("status_truncated", DecodeError::Truncated),
+        ("status_varint_overflow", DecodeError::VarintOverflow),
+        ("status_trailing_bytes", DecodeError::TrailingBytes(1)),
     ];
     for (name, want) in cases {
         let path = dir().join("hostile").join(format!("{name}.hex"));

@@ -20,6 +20,10 @@
 //!   batches are in flight or wait for credit, an Ack or a Credit at least every
 //!   `stall_timeout`, or the session is stuck. A missed deadline closes the session
 //!   with [`SessionError::Timeout`] so the driver reconnects, maybe elsewhere.
+//! - A [`Message::Status`] goes out right after each heartbeat, and only then,
+//!   when [`Capabilities::STATUS`] was negotiated and the driver has told the
+//!   session what its spool holds ([`AgentSession::set_spool`]): never to an
+//!   aggregator that did not offer the bit, never numbers the driver did not give.
 
 use super::{earliest, negotiate, Now, SessionError, TimeoutKind};
 use crate::clock::{self, ClockSample};
@@ -79,6 +83,40 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the agent's spool holds unacknowledged, as the driver last saw it
+/// ([`AgentSession::set_spool`]); the session turns it into a [`Status`] at
+/// each heartbeat.
+///
+/// The oldest batch is given by when it was written, not by its age, so the
+/// age the aggregator sees is measured when the report leaves, however long
+/// ago the driver looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolBacklog {
+    /// Batches not yet acknowledged.
+    pub batches: u64,
+    /// Their bytes on disk.
+    pub bytes: u64,
+    /// When the oldest of them was written, wall clock, nanoseconds since the
+    /// Unix epoch (`None` when there is none).
+    pub oldest_unacked_wall_ns: Option<i64>,
+}
+
+impl SpoolBacklog {
+    /// The report to send at `wall_ns`: the oldest batch's age from its write
+    /// time, 0 if the clock reads earlier than that (it jumped back).
+    pub fn status_at(&self, wall_ns: i64) -> Status {
+        let age_ns = self
+            .oldest_unacked_wall_ns
+            .map_or(0, |t| wall_ns.saturating_sub(t).max(0));
+        Status {
+            spool_batches: self.batches,
+            spool_bytes: self.bytes,
+            // age_ns >= 0, checked just above.
+            oldest_unacked_ms: age_ns as u64 / 1_000_000,
         }
     }
 }
@@ -178,6 +216,8 @@ pub struct AgentSession {
     /// While work is outstanding: when something last moved.
     progress_at: Option<Instant>,
     blocked: bool,
+    /// What the driver last said its spool holds (reported with heartbeats).
+    spool: Option<SpoolBacklog>,
     transmit: VecDeque<Message>,
     events: VecDeque<AgentEvent>,
 }
@@ -216,6 +256,7 @@ impl AgentSession {
             heartbeat,
             progress_at: None,
             blocked: false,
+            spool: None,
             transmit: VecDeque::from([Message::Hello(hello)]),
             events: VecDeque::new(),
         }
@@ -255,6 +296,22 @@ impl AgentSession {
     /// [`Capabilities::LIVE`] negotiated.
     pub fn live_enabled(&self) -> bool {
         self.state == State::Established && self.capabilities.contains(Capabilities::LIVE)
+    }
+
+    /// True if spool reports ([`Message::Status`]) go out with heartbeats:
+    /// [`Capabilities::STATUS`] negotiated (an older aggregator never gets one).
+    pub fn status_enabled(&self) -> bool {
+        matches!(self.state, State::Established | State::Draining)
+            && self.capabilities.contains(Capabilities::STATUS)
+    }
+
+    /// Tells the session what the spool holds unacknowledged now; the next
+    /// heartbeat carries it as a [`Message::Status`] if
+    /// [`AgentSession::status_enabled`]. Call it whenever the spool changes (or
+    /// simply before [`AgentSession::handle_timeout`]); until it is called no
+    /// report is sent, so the aggregator never sees numbers nobody measured.
+    pub fn set_spool(&mut self, backlog: SpoolBacklog) {
+        self.spool = Some(backlog);
     }
 
     /// Credit left to spend.
@@ -601,6 +658,10 @@ impl AgentSession {
                             receive_ns: 0,
                             transmit_ns: 0,
                         }));
+                        if let Some(b) = self.spool.filter(|_| self.status_enabled()) {
+                            self.transmit
+                                .push_back(Message::Status(b.status_at(now.wall_ns)));
+                        }
                         // From now, not from h: a driver that was late does not
                         // send a burst to catch up.
                         self.next_heartbeat = Some(t + self.heartbeat);

@@ -34,6 +34,11 @@
 //!   one second's worth); beyond it, and for a batch already pending or settled
 //!   here (its durable copy arrived first), they are refused
 //!   ([`IngestEvent::LiveRefused`]), counted, never fatal.
+//! - Status reports ([`Message::Status`], only with [`Capabilities::STATUS`])
+//!   are accepted once established and handed to the driver as they are
+//!   ([`IngestEvent::Status`]): they change no session state. Before Hello, or
+//!   on a session that did not negotiate the bit, one is an unexpected message
+//!   and ends the session, like any message out of place.
 //! - Memory is bounded: pending commits by the credit, settled ranges per epoch by
 //!   `max_seq_ranges`, epochs by `max_epochs` (plus those owed an Ack), sensors by
 //!   the announced `max_sensors`.
@@ -195,6 +200,9 @@ pub enum IngestEvent {
         /// Why.
         reason: LiveRefusal,
     },
+    /// The agent reported its spool backlog (only with
+    /// [`Capabilities::STATUS`]): for display; nothing is owed for it.
+    Status(Status),
 }
 
 /// Why a live copy was not handed on.
@@ -521,6 +529,12 @@ impl IngestSession {
                 if self.capabilities.contains(Capabilities::LIVE) =>
             {
                 self.on_live(b, frame_bytes, now.mono);
+                Ok(())
+            }
+            (State::Established | State::Draining, Message::Status(st))
+                if self.capabilities.contains(Capabilities::STATUS) =>
+            {
+                self.events.push_back(IngestEvent::Status(st));
                 Ok(())
             }
             (State::Established | State::Draining, Message::Heartbeat(hb)) => {

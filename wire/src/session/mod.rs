@@ -8,8 +8,8 @@
 //! very code the agent and the aggregator run, timers included.
 //!
 //! - [`AgentSession`]: handshake, credit spending, in-flight tracking over several
-//!   epochs, Defines per lane, heartbeats, and the deadlines that notice a dead or
-//!   stuck aggregator.
+//!   epochs, Defines per lane, heartbeats (and the spool reports that ride along
+//!   with them), and the deadlines that notice a dead or stuck aggregator.
 //! - [`IngestSession`]: handshake, identity and credit enforcement, dedupe, ack
 //!   coalescing per epoch, credit returned for every batch whatever its fate
 //!   (withheld while the sink is under pressure), and the deadlines that notice a
@@ -21,7 +21,7 @@ mod agent;
 mod ingest;
 mod window;
 
-pub use agent::{AgentConfig, AgentEvent, AgentSession, SendError};
+pub use agent::{AgentConfig, AgentEvent, AgentSession, SendError, SpoolBacklog};
 pub use ingest::{IngestConfig, IngestEvent, IngestSession, LiveRefusal, PeerIdentity};
 pub use window::{WindowConfig, WindowController, WindowStats};
 
