@@ -28,6 +28,8 @@ need_kafka
 # Redis for the real-time fan-out tests (scripts/redis.sh).
 need_apt redis-server redis-server redis-cli redis-tools
 python3 -c 'import redis' >/dev/null 2>&1 || python3 -m pip install -q redis
+# A real browser for the live page's test (headless, driven over DevTools).
+need_apt chromium chromium
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -102,6 +102,14 @@ pub struct SamplerSection {
     /// the newest in memory and a file under `log.dir`). Default 86 400 (a day
     /// at one a second).
     pub history_max_len: u64,
+    /// Kafka consumer groups to watch as stages (`kafka:<group>`: the
+    /// topics' high watermarks against the group's committed offsets). Needs
+    /// `[kafka]`. Default none.
+    pub kafka_groups: Vec<String>,
+    /// With `[kafka]`: the topic the sampler also writes each signal set to
+    /// (the page's JSON, keyed by fence), the durable history beside the
+    /// capped Redis stream. Empty: none. Default `ferrule-signals`.
+    pub kafka_history_topic: String,
 }
 
 impl Default for SamplerSection {
@@ -111,6 +119,8 @@ impl Default for SamplerSection {
             period_ms: 1000,
             lease_ttl_ms: 5000,
             history_max_len: 86_400,
+            kafka_groups: Vec::new(),
+            kafka_history_topic: "ferrule-signals".into(),
         }
     }
 }
@@ -799,6 +809,24 @@ impl Validate for Config {
                 "sampler.history_max_len",
                 "must be at least 1",
             ));
+        }
+        if !self.sampler.kafka_groups.is_empty() && self.kafka.is_none() {
+            bad.push(Invalid::new(
+                "sampler.kafka_groups",
+                "needs a [kafka] section (the groups are read on its brokers)",
+            ));
+        }
+        let max_group = ferrule_signals::engine::MAX_STAGE_NAME - "kafka:".len();
+        for g in &self.sampler.kafka_groups {
+            if g.is_empty() || g.len() > max_group || g.chars().any(char::is_control) {
+                bad.push(Invalid::new(
+                    "sampler.kafka_groups",
+                    format!("{g:?}: a group id of 1 to {max_group} printable characters"),
+                ));
+            }
+        }
+        if self.sampler.kafka_groups.len() > 256 {
+            bad.push(Invalid::new("sampler.kafka_groups", "at most 256 groups"));
         }
         for (key, v) in [
             ("server.peer_timeout_secs", self.server.peer_timeout_secs),

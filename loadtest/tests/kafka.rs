@@ -1433,3 +1433,126 @@ fn aggregator_memory_bounded_through_2_minute_kafka_outage() {
     rig.assert_no_losses();
     rig.stop_all();
 }
+
+/// Runs `script` (Python, confluent-kafka) with `args`; its stdout.
+fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    assert!(
+        out.status.success(),
+        "python3 failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A consumer group of the topic is a stage of the sampler (`kafka:<group>`:
+/// high watermarks against committed offsets, as a real confluent-kafka
+/// consumer commits them), and every signal set also lands in the history
+/// topic, as the page gets it.
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn a_consumer_group_is_a_stage_and_the_signal_history_lands_in_kafka() {
+    let _serial = serial();
+    let mut rig = Rig::new(Setup::Single, 3, "", "");
+    rig.brokers.create_topic("ferrule-signals", 1, 1);
+    let page = SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port().unwrap()));
+    let mut cfg = std::fs::read_to_string(&rig.agg.config).unwrap();
+    cfg += &format!(
+        "\n[sampler]\nperiod_ms = 500\nkafka_groups = [\"audit\"]\n\n[page]\nlisten = \"{page}\"\n"
+    );
+    std::fs::write(&rig.agg.config, cfg).unwrap();
+    rig.add_agent("a1", 200, 200 * SENSORS * 6);
+    rig.start_aggregator();
+    rig.start_agents();
+    let k = rig.wait_in_kafka(
+        Duration::from_secs(120),
+        "waiting for every sample in Kafka",
+    );
+    let records: usize = k.values().map(|v| v.batches.len()).sum();
+    assert!(records > 20, "{records} records");
+    // The group reads 20 records and commits.
+    let consumed = python(
+        r#"
+import sys
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "audit", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+c.subscribe([sys.argv[2]])
+n = 0
+for _ in range(600):
+    m = c.poll(0.5)
+    if m is None or m.error():
+        continue
+    n += 1
+    c.commit(message=m, asynchronous=False)
+    if n == 20:
+        break
+c.close()
+print(n)
+"#,
+        &[&rig.brokers.bootstrap, &rig.topic],
+    );
+    assert_eq!(consumed.trim(), "20");
+    // Committed offsets count per partition: what the group consumed is the
+    // sum of its offsets, 20 records (up to each partition's head).
+    let stage = procs::wait_for(Duration::from_secs(30), || {
+        let body = procs::http_get(page, "/state").ok()?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let s = v["signals"]["snapshot"]["stages"]
+            .as_array()?
+            .iter()
+            .find(|s| s["stage"] == "kafka:audit")?
+            .clone();
+        (s["position"].as_u64() == Some(20) && s["head"].as_u64() == Some(records as u64))
+            .then_some(v)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the page never showed kafka:audit at 20 of {records}: {}",
+            procs::http_get(page, "/state").unwrap_or_default()
+        )
+    });
+    let sig = stage["signals"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "kafka:audit")
+        .unwrap();
+    assert_eq!(sig["backlog"].as_u64(), Some(records as u64 - 20), "{sig}");
+    // The history topic holds the sets, as the page gets them.
+    let sets = python(
+        r#"
+import sys
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "history-check", "auto.offset.reset": "earliest"})
+c.subscribe(["ferrule-signals"])
+n = 0
+for _ in range(120):
+    m = c.poll(0.5)
+    if m is None or m.error():
+        continue
+    print(m.value().decode())
+    n += 1
+    if n == 5:
+        break
+c.close()
+"#,
+        &[&rig.brokers.bootstrap],
+    );
+    let lines: Vec<&str> = sets.lines().collect();
+    assert_eq!(lines.len(), 5, "{sets}");
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["fence"], 1, "{l}");
+        assert!(
+            v["seq"].as_str().is_some() && v["signals"].is_array(),
+            "{l}"
+        );
+    }
+    rig.stop_all();
+}

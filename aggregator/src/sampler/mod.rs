@@ -36,6 +36,7 @@
 //! `ferrule_aggregator_sampler_writes_refused_total` (the store refused an old
 //! fence) and `ferrule_aggregator_sampler_errors_total`.
 
+pub mod kafka;
 pub mod lease;
 
 use crate::config::{RedisSection, SamplerSection};
@@ -127,7 +128,8 @@ return 0
 /// and the signals. Keys of another type in their place are replaced. With a
 /// channel (`ARGV[6]`), publishes the set there as the page's gateways
 /// forward it: [`crate::page::ring::frame_text`], its `seq` the entry's id
-/// (so a set is published only once stored, and only by the newest fence).
+/// (so a set is published only once stored, and only by the newest fence),
+/// and answers that id instead of 1.
 pub const STORE: &str = concat!(
     fence_lua!(),
     r#"
@@ -139,6 +141,7 @@ redis.call('SET', KEYS[1], ARGV[1])
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'fence', ARGV[1], 'ts', ARGV[3], 'snapshot', ARGV[4], 'signals', ARGV[5])
 if ARGV[6] and ARGV[6] ~= '' then
   redis.call('PUBLISH', ARGV[6], '{"seq":"' .. id .. '","fence":' .. ARGV[1] .. ',"ts":' .. ARGV[3] .. ',"snapshot":' .. ARGV[4] .. ',"signals":' .. ARGV[5] .. '}')
+  return id
 end
 return 1
 "#
@@ -238,6 +241,7 @@ pub struct Sampled {
 /// The running sampler.
 pub struct Sampler {
     task: tokio::task::JoinHandle<()>,
+    kafka_task: Option<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
     /// The newest samples this aggregator took (for the page).
     pub recent: Arc<Mutex<VecDeque<Arc<Sampled>>>>,
@@ -252,9 +256,29 @@ impl Sampler {
         ingest: IngestMetrics,
         local: Subscriptions,
         gateway: crate::page::Gateway,
+        kafka: Option<&crate::config::KafkaSection>,
         registry: &Registry,
-    ) -> Result<Self, crate::fanout::FanoutError> {
+    ) -> anyhow::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
+        let active = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let kafka_stages: Arc<Mutex<Option<(Vec<StageSample>, Instant)>>> = Arc::default();
+        let mut kafka_task = None;
+        let mut history = None;
+        if let (Some(k), true) = (kafka, cfg.enabled) {
+            if !cfg.kafka_groups.is_empty() {
+                let reader = kafka::KafkaStages::new(k, &cfg.kafka_groups, Duration::from_secs(2))?;
+                kafka_task = Some(tokio::spawn(read_kafka(
+                    reader,
+                    Duration::from_millis(cfg.period_ms.max(100)),
+                    active.clone(),
+                    kafka_stages.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            if !cfg.kafka_history_topic.is_empty() {
+                history = Some(HistoryTopic::new(k, &cfg.kafka_history_topic)?);
+            }
+        }
         let recent: Arc<Mutex<VecDeque<Arc<Sampled>>>> = Arc::default();
         let metrics = Metrics::new(registry);
         let driver = Driver {
@@ -267,11 +291,15 @@ impl Sampler {
             recent: recent.clone(),
             metrics,
             gateway,
+            active,
+            kafka_stages,
+            history_topic: history,
             run: format!("{}", (wall_s() * 1000.0) as u64),
             published: 0,
             redis: match redis {
                 Some(r) => Some(RedisSide {
-                    target: crate::fanout::redis::target(r)?,
+                    target: crate::fanout::redis::target(r)
+                        .map_err(|e| anyhow::anyhow!("sampler: {e}"))?,
                     conn: None,
                     keys: Keys::new(&r.stream_prefix),
                     channel: crate::page::redis::channel(&r.stream_prefix),
@@ -301,12 +329,20 @@ impl Sampler {
         } else {
             tokio::spawn(async {})
         };
-        Ok(Self { task, stop, recent })
+        Ok(Self {
+            task,
+            stop,
+            recent,
+            kafka_task,
+        })
     }
 
     /// Stops sampling (giving the lock back) and waits.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        if let Some(k) = self.kafka_task {
+            k.abort();
+        }
         if tokio::time::timeout(Duration::from_secs(3), &mut { self.task })
             .await
             .is_err()
@@ -383,6 +419,12 @@ struct Driver {
     metrics: Metrics,
     /// Without Redis, each set goes to this aggregator's page directly.
     gateway: crate::page::Gateway,
+    /// Whether this aggregator samples now (the Kafka reader works only then).
+    active: Arc<std::sync::atomic::AtomicBool>,
+    /// The Kafka groups' newest reading, and when it was taken.
+    kafka_stages: Arc<Mutex<Option<(Vec<StageSample>, Instant)>>>,
+    /// The durable history topic, with `[kafka]`.
+    history_topic: Option<HistoryTopic>,
     /// Without Redis, sets are numbered `<run>-<n>`: the run's start in ms.
     run: String,
     published: u64,
@@ -667,7 +709,13 @@ impl RedisSide {
         Ok(out)
     }
 
-    async fn store(&mut self, fence: u64, history: u64, s: &Sampled) -> RedisResult<bool> {
+    /// Stores and publishes `t`; its entry id, or `None` if refused.
+    async fn store(
+        &mut self,
+        fence: u64,
+        history: u64,
+        t: &SetText,
+    ) -> RedisResult<Option<String>> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(STORE)
             .arg(2)
@@ -675,13 +723,14 @@ impl RedisSide {
             .arg(&self.keys.snapshots)
             .arg(fence)
             .arg(history)
-            // Rust's float text is JSON's (never an exponent, always finite
-            // here: Redis TIME), as the published set needs.
-            .arg(format!("{}", s.snapshot.ts))
-            .arg(serde_json::to_string(&s.snapshot).unwrap_or_default())
-            .arg(serde_json::to_string(&s.signals).unwrap_or_default())
+            .arg(&t.ts)
+            .arg(&t.snapshot)
+            .arg(&t.signals)
             .arg(&self.channel);
-        Ok(matches!(self.query(&cmd).await?, Value::Int(1)))
+        Ok(match self.query(&cmd).await? {
+            Value::Int(0) => None,
+            v => Some(text(&v).unwrap_or_default()),
+        })
     }
 
     async fn release(&mut self) {
@@ -700,6 +749,139 @@ fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         other => text(other)?.parse().ok(),
+    }
+}
+
+/// A stored set's parts as text: what the store script takes and what the
+/// page, the Kafka history and the Redis history all carry.
+struct SetText {
+    ts: String,
+    snapshot: String,
+    signals: String,
+}
+
+impl SetText {
+    fn of(s: &Sampled) -> Self {
+        Self {
+            // Rust's float text is JSON's (never an exponent; finite: a
+            // clock's reading), as the published set needs.
+            ts: format!("{}", s.snapshot.ts),
+            snapshot: serde_json::to_string(&s.snapshot).unwrap_or_else(|_| "null".into()),
+            signals: serde_json::to_string(&s.signals).unwrap_or_else(|_| "[]".into()),
+        }
+    }
+
+    fn frame(&self, seq: &str, fence: u64) -> String {
+        crate::page::ring::frame_text(
+            seq,
+            &fence.to_string(),
+            &self.ts,
+            &self.snapshot,
+            &self.signals,
+        )
+    }
+}
+
+/// The durable history in Kafka: each stored set, as the page gets it,
+/// keyed by its fence. Sent without waiting; a failure is counted in
+/// `ferrule_aggregator_sampler_errors_total` and logged once a minute at most.
+struct HistoryTopic {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    last_warned: Arc<Mutex<Option<Instant>>>,
+}
+
+impl HistoryTopic {
+    fn new(k: &crate::config::KafkaSection, topic: &str) -> anyhow::Result<Self> {
+        let mut c = rdkafka::config::ClientConfig::new();
+        c.set("bootstrap.servers", &k.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "50")
+            .set("message.timeout.ms", "30000")
+            // A dead Kafka holds at most this many sets.
+            .set("queue.buffering.max.messages", "1000")
+            .set("client.id", format!("{}-sampler", k.client_id));
+        crate::kafka::pass_through(&mut c, k)?;
+        Ok(Self {
+            producer: c.create()?,
+            topic: topic.to_string(),
+            last_warned: Arc::default(),
+        })
+    }
+
+    fn send(&self, fence: u64, text: String, metrics: &Metrics) {
+        let key = fence.to_string();
+        let record = rdkafka::producer::FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&text);
+        let warn = {
+            let errors = metrics.errors.clone();
+            let last = self.last_warned.clone();
+            let topic = self.topic.clone();
+            move |e: String| {
+                errors.inc();
+                let mut l = last.lock().unwrap_or_else(PoisonError::into_inner);
+                if l.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    *l = Some(Instant::now());
+                    tracing::warn!(topic, error = %e, "sampler: writing the signal history to Kafka failed (create the topic, or set sampler.kafka_history_topic = \"\" to turn it off)");
+                }
+            }
+        };
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => warn(e.to_string()),
+                        Err(_) => warn("delivery cancelled".into()),
+                    }
+                });
+            }
+            Err((e, _)) => warn(e.to_string()),
+        }
+    }
+}
+
+/// The Kafka groups' newest reading, if fresh (three periods and 2 s).
+fn kafka_now(k: &Mutex<Option<(Vec<StageSample>, Instant)>>, period: Duration) -> Vec<StageSample> {
+    match &*k.lock().unwrap_or_else(PoisonError::into_inner) {
+        Some((stages, at)) if at.elapsed() < period * 3 + Duration::from_secs(2) => stages.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads the Kafka groups every period while this aggregator samples, on a
+/// blocking thread, into `out` (the sampler takes the newest reading: a slow
+/// or dead Kafka never holds a snapshot up).
+async fn read_kafka(
+    reader: kafka::KafkaStages,
+    period: Duration,
+    active: Arc<std::sync::atomic::AtomicBool>,
+    out: Arc<Mutex<Option<(Vec<StageSample>, Instant)>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let reader = Arc::new(reader);
+    let mut last_warned: Option<Instant> = None;
+    loop {
+        if active.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = reader.clone();
+            if let Ok((stages, errors)) = tokio::task::spawn_blocking(move || r.read()).await {
+                if !errors.is_empty()
+                    && last_warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+                {
+                    last_warned = Some(Instant::now());
+                    tracing::warn!(errors = ?errors, "sampler: reading Kafka consumer groups failed");
+                }
+                *out.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((stages, Instant::now()));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -766,14 +948,21 @@ impl Driver {
             tracing::debug!(error = %e, "sampler: reporting counters failed");
         }
         let Some(fence) = r.lease.holds(Instant::now()) else {
+            self.active
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             if r.was_active {
                 r.was_active = false;
                 self.metrics.active.set(0);
             }
             return;
         };
+        self.active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let stages = match r.stages(now_s).await {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.extend(kafka_now(&self.kafka_stages, self.period));
+                s
+            }
             Err(e) => {
                 self.metrics.errors.inc();
                 tracing::warn!(error = %e, "sampler: reading the stages failed");
@@ -808,8 +997,9 @@ impl Driver {
             }
         };
         let sampled = Arc::new(Sampled { snapshot, signals });
-        match r.store(fence, self.history, &sampled).await {
-            Ok(true) => {
+        let set = SetText::of(&sampled);
+        match r.store(fence, self.history, &set).await {
+            Ok(Some(id)) => {
                 if !r.was_active {
                     r.was_active = true;
                     self.metrics.active.set(1);
@@ -818,9 +1008,12 @@ impl Driver {
                     .fence
                     .set(i64::try_from(fence).unwrap_or(i64::MAX));
                 self.metrics.snapshots.inc();
+                if let Some(h) = &self.history_topic {
+                    h.send(fence, set.frame(&id, fence), &self.metrics);
+                }
                 self.keep(sampled);
             }
-            Ok(false) => {
+            Ok(None) => {
                 self.metrics.refused.inc();
                 tracing::warn!(fence, "sampler: the store refused this fence (another aggregator samples now); stepping down");
                 r.lease.lost(Instant::now());
@@ -851,6 +1044,9 @@ impl Driver {
                 });
             }
         }
+        self.active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        stages.extend(kafka_now(&self.kafka_stages, self.period));
         let snapshot = Snapshot {
             ts: wall_s(),
             fence: 1,
@@ -872,14 +1068,13 @@ impl Driver {
         self.metrics.snapshots.inc();
         self.published += 1;
         let seq = format!("{}-{}", self.run, self.published);
-        self.gateway.offer(crate::page::ring::frame_text(
-            &seq,
-            "1",
-            &format!("{}", snapshot.ts),
-            &serde_json::to_string(&snapshot).unwrap_or_else(|_| "null".into()),
-            &serde_json::to_string(&signals).unwrap_or_else(|_| "[]".into()),
-        ));
-        self.keep(Arc::new(Sampled { snapshot, signals }));
+        let sampled = Arc::new(Sampled { snapshot, signals });
+        let frame = SetText::of(&sampled).frame(&seq, 1);
+        if let Some(h) = &self.history_topic {
+            h.send(1, frame.clone(), &self.metrics);
+        }
+        self.gateway.offer(frame);
+        self.keep(sampled);
     }
 
     fn append_local(&self, snapshot: &Snapshot) -> std::io::Result<()> {
