@@ -183,6 +183,10 @@ end
 return out
 "#;
 
+/// The Kafka groups' newest reading and when it was taken, shared by the
+/// reader task and the sampler.
+type KafkaReading = Arc<Mutex<Option<(Vec<StageSample>, Instant)>>>;
+
 /// An aggregator's report older than this is not a stage any more.
 const AGGREGATOR_GONE: Duration = Duration::from_secs(30);
 /// Streams read per snapshot at most.
@@ -249,6 +253,7 @@ pub struct Sampler {
 
 impl Sampler {
     /// Starts sampling (a no-op task when `cfg.enabled` is false).
+    #[allow(clippy::too_many_arguments)] // what it reads and where it writes, each its own
     pub fn start(
         cfg: &SamplerSection,
         redis: Option<&RedisSection>,
@@ -261,7 +266,7 @@ impl Sampler {
     ) -> anyhow::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let active = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let kafka_stages: Arc<Mutex<Option<(Vec<StageSample>, Instant)>>> = Arc::default();
+        let kafka_stages: KafkaReading = Arc::default();
         let mut kafka_task = None;
         let mut history = None;
         if let (Some(k), true) = (kafka, cfg.enabled) {
@@ -422,7 +427,7 @@ struct Driver {
     /// Whether this aggregator samples now (the Kafka reader works only then).
     active: Arc<std::sync::atomic::AtomicBool>,
     /// The Kafka groups' newest reading, and when it was taken.
-    kafka_stages: Arc<Mutex<Option<(Vec<StageSample>, Instant)>>>,
+    kafka_stages: KafkaReading,
     /// The durable history topic, with `[kafka]`.
     history_topic: Option<HistoryTopic>,
     /// Without Redis, sets are numbered `<run>-<n>`: the run's start in ms.
@@ -845,7 +850,7 @@ impl HistoryTopic {
 }
 
 /// The Kafka groups' newest reading, if fresh (three periods and 2 s).
-fn kafka_now(k: &Mutex<Option<(Vec<StageSample>, Instant)>>, period: Duration) -> Vec<StageSample> {
+fn kafka_now(k: &KafkaReading, period: Duration) -> Vec<StageSample> {
     match &*k.lock().unwrap_or_else(PoisonError::into_inner) {
         Some((stages, at)) if at.elapsed() < period * 3 + Duration::from_secs(2) => stages.clone(),
         _ => Vec::new(),
@@ -859,7 +864,7 @@ async fn read_kafka(
     reader: kafka::KafkaStages,
     period: Duration,
     active: Arc<std::sync::atomic::AtomicBool>,
-    out: Arc<Mutex<Option<(Vec<StageSample>, Instant)>>>,
+    out: KafkaReading,
     mut stop: watch::Receiver<bool>,
 ) {
     let reader = Arc::new(reader);
