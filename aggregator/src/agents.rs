@@ -190,6 +190,20 @@ impl Agents {
         out
     }
 
+    /// The spool backlog the agents last reported, batches, summed (a
+    /// disconnected agent's last report counts: its spool is still there);
+    /// `None` while no agent has reported.
+    pub fn spool_backlog(&self) -> Option<u64> {
+        let rows = self.rows.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sum: Option<u64> = None;
+        for r in rows.values() {
+            if let Ok(b) = u64::try_from(r.spool_batches.load(Ordering::Relaxed)) {
+                sum = Some(sum.unwrap_or(0).saturating_add(b));
+            }
+        }
+        sum
+    }
+
     /// Agents connected now.
     pub fn connected_count(&self) -> usize {
         self.rows
@@ -281,6 +295,7 @@ mod tests {
         assert!(v[0].connected);
         assert_eq!(v[0].clock_offset_ms, None);
         assert_eq!(v[0].spool_batches, None);
+        assert_eq!(a.spool_backlog(), None, "nothing reported yet");
         assert!(v[0].cert_days_left < 0.0, "expired at the epoch");
         s.batch(-2_500_000);
         s.spool(SpoolReport {
@@ -288,6 +303,7 @@ mod tests {
             bytes: 7000,
             oldest_unacked_ms: 1500,
         });
+        assert_eq!(a.spool_backlog(), Some(7));
         let v = a.view(10);
         assert_eq!(v[0].clock_offset_ms, Some(-2.5));
         assert_eq!(v[0].batches, 1);

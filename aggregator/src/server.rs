@@ -218,6 +218,7 @@ pub async fn run(
         ingest_metrics.clone(),
         fanout.subscriptions(),
         gateway.clone(),
+        agents.clone(),
         cfg.kafka.as_ref(),
         &registry,
     )

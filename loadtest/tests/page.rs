@@ -431,7 +431,8 @@ fn seq(s: &str) -> (u64, u64) {
 }
 
 /// Without Redis (the embedded default) the page shows the aggregator's own
-/// stages and the agent connected to it.
+/// stages, the agent connected to it with the spool backlog it reports, and
+/// the stage `agents` made of those reports.
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn the_embedded_default_serves_the_page_with_its_own_stages_and_agents() {
@@ -450,7 +451,14 @@ fn the_embedded_default_serves_the_page_with_its_own_stages_and_agents() {
             .iter()
             .filter_map(|s| s["stage"].as_str().map(str::to_string))
             .collect();
-        (connected && stages.iter().any(|s| s == "aggregator")).then_some(v)
+        // The agent reports its spool with its heartbeats (the wire's
+        // Status): the table shows it and the stage `agents` sums it.
+        let reported = v["local"]["agents"][0]["spool_batches"].is_u64();
+        (connected
+            && reported
+            && stages.iter().any(|s| s == "aggregator")
+            && stages.iter().any(|s| s == "agents"))
+        .then_some(v)
     })
     .unwrap_or_else(|| {
         panic!(

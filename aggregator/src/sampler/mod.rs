@@ -214,6 +214,10 @@ pub struct Keys {
     pub snapshots: String,
     /// Each aggregator's counters.
     pub aggregators: String,
+    /// Each aggregator's sum over its agents' spools (`<ts> <head> <pos>`:
+    /// batches received plus the backlog the agents report, against batches
+    /// received), for the stage `agents`.
+    pub agents: String,
     /// The streams the real-time path writes.
     pub streams: String,
 }
@@ -228,6 +232,7 @@ impl Keys {
             newest: k("newest"),
             snapshots: k("snapshots"),
             aggregators: k("aggregators"),
+            agents: k("agents"),
             streams: k("streams"),
         }
     }
@@ -261,6 +266,7 @@ impl Sampler {
         ingest: IngestMetrics,
         local: Subscriptions,
         gateway: crate::page::Gateway,
+        agents: crate::agents::Agents,
         kafka: Option<&crate::config::KafkaSection>,
         registry: &Registry,
     ) -> anyhow::Result<Self> {
@@ -296,6 +302,7 @@ impl Sampler {
             recent: recent.clone(),
             metrics,
             gateway,
+            agents,
             active,
             kafka_stages,
             history_topic: history,
@@ -424,6 +431,8 @@ struct Driver {
     metrics: Metrics,
     /// Without Redis, each set goes to this aggregator's page directly.
     gateway: crate::page::Gateway,
+    /// The agents' spool reports, for the stage `agents`.
+    agents: crate::agents::Agents,
     /// Whether this aggregator samples now (the Kafka reader works only then).
     active: Arc<std::sync::atomic::AtomicBool>,
     /// The Kafka groups' newest reading, and when it was taken.
@@ -554,13 +563,28 @@ impl RedisSide {
     }
 
     /// Reports this aggregator's counters.
-    async fn report(&mut self, instance: &str, now_s: f64, head: u64, pos: u64) -> RedisResult<()> {
+    async fn report(
+        &mut self,
+        instance: &str,
+        now_s: f64,
+        (head, pos): (u64, u64),
+        agents: Option<(u64, u64)>,
+    ) -> RedisResult<()> {
         let mut cmd = redis::cmd("HSET");
         cmd.arg(&self.keys.aggregators)
             .arg(instance)
             .arg(format!("{now_s} {head} {pos}"));
         let key = self.keys.aggregators.clone();
-        self.query_typed(&cmd, &key, "hash").await.map(|_| ())
+        self.query_typed(&cmd, &key, "hash").await?;
+        if let Some((head, pos)) = agents {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&self.keys.agents)
+                .arg(instance)
+                .arg(format!("{now_s} {head} {pos}"));
+            let key = self.keys.agents.clone();
+            self.query_typed(&cmd, &key, "hash").await?;
+        }
+        Ok(())
     }
 
     /// `GROUPS` for each of `streams`, one pipeline of `EVALSHA`s (the
@@ -608,15 +632,20 @@ impl RedisSide {
         Ok(Vec::new())
     }
 
-    /// Every stage Redis knows: aggregators' reports and the sites' groups.
-    async fn stages(&mut self, now_s: f64) -> RedisResult<Vec<StageSample>> {
-        let mut out = Vec::new();
-        let key = self.keys.aggregators.clone();
+    /// The live reports in the hash `key` (`<ts> <head> <pos>` per
+    /// aggregator): name, head, position. Junk, and reports too old or dated
+    /// too far ahead, are deleted.
+    async fn reports(
+        &mut self,
+        key: &str,
+        now_s: f64,
+        max_name: usize,
+    ) -> RedisResult<Vec<(String, u64, u64)>> {
         let v = self
-            .query_typed(redis::cmd("HGETALL").arg(&key), &key, "hash")
+            .query_typed(redis::cmd("HGETALL").arg(key), key, "hash")
             .await?;
+        let mut out = Vec::new();
         let mut gone = Vec::new();
-        let max_name = ferrule_signals::engine::MAX_STAGE_NAME - "aggregator:".len();
         for (name, value) in crate::fanout::redis::fields(&v) {
             let Some(value) = text(value) else {
                 gone.push(name);
@@ -643,23 +672,49 @@ impl RedisSide {
                 gone.push(name);
                 continue;
             }
-            out.push(StageSample {
-                stage: format!("aggregator:{name}"),
-                head,
-                position: pos,
-            });
+            out.push((name, head, pos));
         }
-        // Bounded (the engine takes at most MAX_STAGES): the same ones each
-        // time, by name.
-        out.sort_by(|a, b| a.stage.cmp(&b.stage));
-        out.truncate(MAX_STAGES / 2);
         for chunk in gone.chunks(1000) {
             let mut cmd = redis::cmd("HDEL");
-            cmd.arg(&self.keys.aggregators);
+            cmd.arg(key);
             for g in chunk {
                 cmd.arg(g);
             }
             self.query(&cmd).await?;
+        }
+        Ok(out)
+    }
+
+    /// Every stage Redis knows: aggregators' reports, the agents' spools
+    /// (summed over the aggregators' reports) and the sites' groups.
+    async fn stages(&mut self, now_s: f64) -> RedisResult<Vec<StageSample>> {
+        let key = self.keys.aggregators.clone();
+        let max_name = ferrule_signals::engine::MAX_STAGE_NAME - "aggregator:".len();
+        let mut out: Vec<StageSample> = self
+            .reports(&key, now_s, max_name)
+            .await?
+            .into_iter()
+            .map(|(name, head, position)| StageSample {
+                stage: format!("aggregator:{name}"),
+                head,
+                position,
+            })
+            .collect();
+        // Bounded (the engine takes at most MAX_STAGES): the same ones each
+        // time, by name.
+        out.sort_by(|a, b| a.stage.cmp(&b.stage));
+        out.truncate(MAX_STAGES / 2);
+        let key = self.keys.agents.clone();
+        let agents = self.reports(&key, now_s, max_name).await?;
+        if !agents.is_empty() {
+            let (head, position) = agents.iter().fold((0u64, 0u64), |(h, p), (_, ah, ap)| {
+                (h.saturating_add(*ah), p.saturating_add(*ap))
+            });
+            out.push(StageSample {
+                stage: "agents".into(),
+                head,
+                position,
+            });
         }
         let key = self.keys.streams.clone();
         let v = self
@@ -948,7 +1003,11 @@ impl Driver {
                 return;
             }
         };
-        if let Err(e) = r.report(&self.instance, now_s, head, pos).await {
+        let agents = self.agents.spool_backlog().map(|backlog| {
+            let received = self.ingest.batches_received.get();
+            (received.saturating_add(backlog), received)
+        });
+        if let Err(e) = r.report(&self.instance, now_s, (head, pos), agents).await {
             self.metrics.errors.inc();
             tracing::debug!(error = %e, "sampler: reporting counters failed");
         }
