@@ -55,6 +55,14 @@ pub const FULL_STATE: usize = 300;
 const MAX_FRAME_BYTES: usize = 4 << 20;
 /// A request head larger than this is refused.
 const MAX_REQUEST_BYTES: usize = 8192;
+/// Connections reading a request or being answered at once at most (viewers,
+/// once upgraded, count against `page.max_viewers` instead); more are closed
+/// at once. Each is a socket and a task: unbounded, a flood of idle
+/// connections would take every file descriptor the aggregator has, and with
+/// them its agents' connections and its files.
+const MAX_REQUESTS: usize = 256;
+/// A request must arrive, and a plain answer be taken, within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Alerts shown: active at most, and recent transitions.
 const MAX_ACTIVE_ALERTS: usize = 1000;
 const RECENT_ALERTS: usize = 50;
@@ -281,7 +289,7 @@ impl Gateway {
             }
             Offer::Restart => {
                 self.inner.metrics.set("restart");
-                tracing::warn!(fence, "page: the sampler's fence went back after a silence (Redis lost its keys); viewers start over");
+                tracing::warn!(fence, %seq, "page: the sampler's fence or sequence went back after a silence (Redis lost its keys, or its ids went back); viewers start over");
                 let _ = self.inner.tx.send(Push::Restart);
             }
             Offer::Repeat => self.inner.metrics.set("repeat"),
@@ -291,6 +299,20 @@ impl Gateway {
             }
         }
         Some(outcome)
+    }
+
+    /// Forgets the sets held and tells viewers to start over: the follower
+    /// missed more than it reads back, and the copy would have a hole.
+    pub fn start_over(&self) {
+        let mut ring = self
+            .inner
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ring.clear();
+        // Sent under the lock: a viewer catching up sees either the cleared
+        // ring or this.
+        let _ = self.inner.tx.send(Push::Restart);
     }
 
     /// The newest sequence held (where a Redis backfill read starts).
@@ -439,6 +461,7 @@ async fn accept_loop(listener: TcpListener, gateway: Gateway, mut stop: watch::R
     let viewers = Arc::new(tokio::sync::Semaphore::new(
         gateway.inner.cfg.max_viewers.max(1),
     ));
+    let requests = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS));
     loop {
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -451,11 +474,17 @@ async fn accept_loop(listener: TcpListener, gateway: Gateway, mut stop: watch::R
             },
             () = stopped(&mut stop) => return,
         };
+        let Ok(request) = requests.clone().try_acquire_owned() else {
+            gateway.inner.metrics.refused.inc();
+            tracing::debug!(%peer, "page: too many connections at once; closed");
+            drop(sock);
+            continue;
+        };
         let gateway = gateway.clone();
         let viewers = viewers.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(sock, gateway, viewers, stop).await {
+            if let Err(e) = handle(sock, gateway, viewers, request, stop).await {
                 tracing::debug!(%peer, error = %e, "page connection ended");
             }
         });
@@ -520,15 +549,50 @@ async fn respond(
     sock.shutdown().await
 }
 
+/// Serves one connection; `request` (its place among [`MAX_REQUESTS`]) is
+/// held until it is answered or becomes a viewer.
 async fn handle(
-    mut sock: TcpStream,
+    sock: TcpStream,
     gateway: Gateway,
     viewers: Arc<tokio::sync::Semaphore>,
+    request: tokio::sync::OwnedSemaphorePermit,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let upgraded = match tokio::time::timeout_at(deadline, answer(sock, &gateway, &viewers)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            gateway.inner.metrics.refused.inc();
+            return Err(std::io::Error::other("request or answer timed out"));
+        }
+    };
+    drop(request);
+    let Some((ws, permit, since)) = upgraded else {
+        return Ok(());
+    };
+    gateway.inner.metrics.viewers.add(1);
+    let r = view(ws, &gateway, since, stop).await;
+    gateway.inner.metrics.viewers.add(-1);
+    drop(permit);
+    r
+}
+
+/// A viewer's socket, its place among `page.max_viewers`, and its `since`.
+type Upgraded = (
+    WebSocketStream<TcpStream>,
+    tokio::sync::OwnedSemaphorePermit,
+    Option<Seq>,
+);
+
+/// Reads the request and answers it, or upgrades it to a viewer.
+async fn answer(
+    mut sock: TcpStream,
+    gateway: &Gateway,
+    viewers: &Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<Option<Upgraded>> {
     let mut buf = vec![0u8; MAX_REQUEST_BYTES];
     let mut used = 0;
-    let req = tokio::time::timeout(Duration::from_secs(5), async {
+    let req = async {
         loop {
             let n = sock.read(&mut buf[used..]).await?;
             if n == 0 {
@@ -542,69 +606,53 @@ async fn handle(
                 Err(e) => return Ok(Err(e)),
             }
         }
-    })
-    .await
-    .unwrap_or_else(|_| Ok(Err("request timed out".into())))?;
+    }
+    .await?;
     let req = match req {
         Ok(r) => r,
         Err(why) => {
             gateway.inner.metrics.refused.inc();
-            return respond(
-                &mut sock,
-                "400 Bad Request",
-                "text/plain",
-                &format!("{why}\n"),
-            )
-            .await;
+            let why = format!("{why}\n");
+            respond(&mut sock, "400 Bad Request", "text/plain", &why).await?;
+            return Ok(None);
         }
     };
-    match (req.path.as_str(), req.ws_key) {
-        ("/ws", Some(key)) => {
-            let Ok(permit) = viewers.try_acquire_owned() else {
+    let (status, ctype, body) = match (req.path.as_str(), req.ws_key) {
+        ("/ws", Some(key)) => match viewers.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+                );
+                sock.write_all(head.as_bytes()).await?;
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(64 << 10))
+                    .max_frame_size(Some(64 << 10))
+                    .max_write_buffer_size(16 << 20);
+                let ws = WebSocketStream::from_raw_socket(sock, Role::Server, Some(config)).await;
+                return Ok(Some((ws, permit, req.since)));
+            }
+            Err(_) => {
                 gateway.inner.metrics.refused.inc();
-                return respond(
-                    &mut sock,
+                (
                     "503 Service Unavailable",
                     "text/plain",
-                    "too many viewers (page.max_viewers)\n",
+                    "too many viewers (page.max_viewers)\n".to_string(),
                 )
-                .await;
-            };
-            let accept =
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let head = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
-            );
-            sock.write_all(head.as_bytes()).await?;
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(64 << 10))
-                .max_frame_size(Some(64 << 10))
-                .max_write_buffer_size(16 << 20);
-            let ws = WebSocketStream::from_raw_socket(sock, Role::Server, Some(config)).await;
-            gateway.inner.metrics.viewers.add(1);
-            let r = view(ws, &gateway, req.since, stop).await;
-            gateway.inner.metrics.viewers.add(-1);
-            drop(permit);
-            r
-        }
-        ("/" | "/index.html", _) => {
-            respond(&mut sock, "200 OK", "text/html; charset=utf-8", PAGE).await
-        }
-        ("/state", _) => {
-            let body = gateway.state_json();
-            respond(&mut sock, "200 OK", "application/json", &body).await
-        }
-        ("/ws", None) => {
-            respond(
-                &mut sock,
-                "400 Bad Request",
-                "text/plain",
-                "a WebSocket upgrade is expected here\n",
-            )
-            .await
-        }
-        _ => respond(&mut sock, "404 Not Found", "text/plain", "not found\n").await,
-    }
+            }
+        },
+        ("/" | "/index.html", _) => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
+        ("/state", _) => ("200 OK", "application/json", gateway.state_json()),
+        ("/ws", None) => (
+            "400 Bad Request",
+            "text/plain",
+            "a WebSocket upgrade is expected here\n".to_string(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    respond(&mut sock, status, ctype, &body).await?;
+    Ok(None)
 }
 
 /// Serves one viewer until it leaves, stalls or the aggregator stops.
@@ -643,8 +691,7 @@ async fn view(
         tokio::select! {
             push = sub.recv() => match push {
                 Ok(Push::Frame(f)) => {
-                    if last.is_none_or(|l| f.seq > l) {
-                        last = Some(f.seq);
+                    if forward(&mut last, &f) {
                         pending.push(Message::Text(f.text.clone()));
                     }
                 }
@@ -680,6 +727,9 @@ fn catch_up(gateway: &Gateway, since: Option<Seq>, last: &mut Option<Seq>) -> Ve
     let (frames, reset) = match since.and_then(|s| ring.after(s)) {
         Some(missed) => {
             gateway.inner.metrics.backfill("missed");
+            // It has `since` (and everything before): a copy of it still on
+            // its way through the broadcast is not sent again.
+            *last = (*last).max(since);
             (missed, false)
         }
         None => {
@@ -694,12 +744,22 @@ fn catch_up(gateway: &Gateway, since: Option<Seq>, last: &mut Option<Seq>) -> Ve
         *last = None;
     }
     for f in frames {
-        if last.is_none_or(|l| f.seq > l) {
-            *last = Some(f.seq);
+        if forward(last, &f) {
             out.push(Message::Text(f.text.clone()));
         }
     }
     out
+}
+
+/// Whether a viewer whose newest set is `last` is sent `f` (only sets after
+/// it, in order); `last` moves to it if so.
+fn forward(last: &mut Option<Seq>, f: &Frame) -> bool {
+    if last.is_none_or(|l| f.seq > l) {
+        *last = Some(f.seq);
+        true
+    } else {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -720,6 +780,38 @@ mod tests {
             .ok()
             .flatten();
         assert!(r.is_some_and(|r| r.since.is_none() && r.ws_key.is_none()));
+    }
+
+    fn gateway() -> Gateway {
+        Gateway::new(&PageSection::default(), Agents::new(), &Registry::new())
+    }
+
+    fn frame(ms: u64) -> Arc<Frame> {
+        let seq = format!("{ms}-0");
+        Arc::new(Frame {
+            seq: Seq { ms, n: 0 },
+            fence: 1,
+            text: ring::frame_text(&seq, "1", "1", "{}", "[]").into(),
+        })
+    }
+
+    #[test]
+    fn a_viewer_back_with_the_newest_set_is_not_sent_it_again() {
+        // A set is kept in the ring before it goes through the broadcast: a
+        // viewer reconnecting with `since` = that set between the two must
+        // not take the broadcast's copy as new.
+        let g = gateway();
+        let _ = g
+            .inner
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .offer(frame(5), Instant::now());
+        let mut last = None;
+        let sent = catch_up(&g, Some(Seq { ms: 5, n: 0 }), &mut last);
+        assert!(sent.is_empty(), "nothing missed, no reset");
+        assert!(!forward(&mut last, &frame(5)), "a duplicate");
+        assert!(forward(&mut last, &frame(6)));
     }
 
     #[test]

@@ -107,7 +107,11 @@ impl Follower {
         }
     }
 
-    /// Reads the sets after the newest held (or the newest [`BACKFILL`]).
+    /// Reads the sets after the newest held (or the newest [`BACKFILL`]). If
+    /// it missed [`BACKFILL`] or more, the gateway starts over from the newest
+    /// [`BACKFILL`]: read in pages instead, a long gap would cost a long read,
+    /// and read only in part it would leave a hole in the gateway's copy (a
+    /// reconnecting viewer would get a jump for "exactly what it missed").
     async fn backfill(&self) -> redis::RedisResult<()> {
         let mut conn = tokio::time::timeout(self.timeout * 2, self.target.connect())
             .await
@@ -117,30 +121,50 @@ impl Follower {
                     "connect",
                 ))
             })??;
-        let cmd = match self.gateway.last() {
-            Some(last) => {
-                let mut c = redis::cmd("XRANGE");
-                c.arg(&self.keys.snapshots)
-                    .arg(format!("({last}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(BACKFILL);
-                c
+        if let Some(last) = self.gateway.last() {
+            let mut c = redis::cmd("XRANGE");
+            c.arg(&self.keys.snapshots)
+                .arg(format!("({last}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(BACKFILL);
+            let entries = self.read(&mut conn, &c).await?;
+            if entries.len() < BACKFILL {
+                for t in entries {
+                    self.gateway.offer(t);
+                }
+                return Ok(());
             }
-            None => {
-                let mut c = redis::cmd("XREVRANGE");
-                c.arg(&self.keys.snapshots)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(BACKFILL);
-                c
-            }
-        };
-        let reverse = self.gateway.last().is_none();
-        let v = match tokio::time::timeout(self.timeout, conn.cmd(&cmd)).await {
+            tracing::warn!(
+                since = %last,
+                "page: missed {BACKFILL} or more sets (cut off from Redis); viewers start over from the newest"
+            );
+            self.gateway.start_over();
+        }
+        let mut c = redis::cmd("XREVRANGE");
+        c.arg(&self.keys.snapshots)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(BACKFILL);
+        let mut entries = self.read(&mut conn, &c).await?;
+        entries.reverse();
+        for t in entries {
+            self.gateway.offer(t);
+        }
+        Ok(())
+    }
+
+    /// The sets an `XRANGE`/`XREVRANGE` answers, as their text (an entry
+    /// without the fields: empty, which the gateway counts as undecodable).
+    async fn read(
+        &self,
+        conn: &mut crate::fanout::redis::Conn,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<Vec<String>> {
+        let v = match tokio::time::timeout(self.timeout, conn.cmd(cmd)).await {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) if e.code() == Some("WRONGTYPE") => return Ok(()),
+            Ok(Err(e)) if e.code() == Some("WRONGTYPE") => return Ok(Vec::new()),
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(redis::RedisError::from(std::io::Error::new(
@@ -165,12 +189,6 @@ impl Follower {
                 _ => entries.push(String::new()),
             }
         }
-        if reverse {
-            entries.reverse();
-        }
-        for t in entries {
-            self.gateway.offer(t);
-        }
-        Ok(())
+        Ok(entries)
     }
 }

@@ -10,6 +10,12 @@
 //!   silent for [`FENCE_GRACE`]: then Redis lost its keys and the sampler's
 //!   fences started over, and the older fence is the truth now (the ring
 //!   starts over, and viewers get the full state).
+//! - Likewise a set of the newest fence whose sequence goes back (one the ring
+//!   does not hold) once the newest set kept has been silent for
+//!   [`FENCE_GRACE`]: the history's ids went back (the stream was deleted
+//!   or replaced under a clock that stepped back, or a set from the future
+//!   was published), and without this the newest set would shadow every later
+//!   one for good.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -90,6 +96,8 @@ pub struct Ring {
     frames: VecDeque<Arc<Frame>>,
     cap: usize,
     newest_fence: Option<(u64, Instant)>,
+    /// When the newest set kept arrived.
+    newest_at: Option<Instant>,
 }
 
 impl Ring {
@@ -99,6 +107,7 @@ impl Ring {
             frames: VecDeque::new(),
             cap: cap.max(1),
             newest_fence: None,
+            newest_at: None,
         }
     }
 
@@ -123,8 +132,17 @@ impl Ring {
             None => self.newest_fence = Some((f.fence, now)),
         }
         if outcome == Offer::New && self.frames.back().is_some_and(|b| f.seq <= b.seq) {
-            return Offer::Repeat;
+            let held = self.frames.iter().any(|x| x.seq == f.seq);
+            let silent = self
+                .newest_at
+                .is_some_and(|at| now.saturating_duration_since(at) >= FENCE_GRACE);
+            if held || !silent {
+                return Offer::Repeat;
+            }
+            self.frames.clear();
+            outcome = Offer::Restart;
         }
+        self.newest_at = Some(now);
         if self.frames.len() >= self.cap {
             self.frames.pop_front();
         }
@@ -149,6 +167,12 @@ impl Ring {
     /// The newest sequence kept.
     pub fn last(&self) -> Option<Seq> {
         self.frames.back().map(|f| f.seq)
+    }
+
+    /// Forgets every set kept (the fence is still known): for a gateway whose
+    /// copy would otherwise have a hole.
+    pub fn clear(&mut self) {
+        self.frames.clear();
     }
 
     /// Sets kept.
@@ -239,5 +263,21 @@ mod tests {
         assert_eq!(r.offer(frame(5, 1), t0 + FENCE_GRACE), Offer::Restart);
         assert_eq!(r.len(), 1);
         assert_eq!(r.offer(frame(6, 1), t0 + FENCE_GRACE), Offer::New);
+    }
+
+    #[test]
+    fn a_set_from_the_future_does_not_shadow_later_ones_for_good() {
+        let t0 = Instant::now();
+        let mut r = Ring::new(10);
+        assert_eq!(r.offer(frame(10, 3), t0), Offer::New);
+        // Junk (or a stream whose ids went back): same fence, far ahead.
+        assert_eq!(r.offer(frame(u64::MAX / 2, 3), t0), Offer::New);
+        assert_eq!(r.offer(frame(11, 3), t0 + FENCE_GRACE / 2), Offer::Repeat);
+        // A true repeat stays one, however long the silence.
+        assert_eq!(r.offer(frame(10, 3), t0 + FENCE_GRACE * 2), Offer::Repeat);
+        assert_eq!(r.offer(frame(12, 3), t0 + FENCE_GRACE), Offer::Restart);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.offer(frame(13, 3), t0 + FENCE_GRACE), Offer::New);
+        assert_eq!(r.offer(frame(13, 3), t0 + FENCE_GRACE * 3), Offer::Repeat);
     }
 }
