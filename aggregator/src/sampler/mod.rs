@@ -1108,6 +1108,13 @@ impl Driver {
                 });
             }
         }
+        if let Some(backlog) = self.agents.spool_backlog() {
+            stages.push(StageSample {
+                stage: "agents".into(),
+                head: head.saturating_add(backlog),
+                position: head,
+            });
+        }
         self.active
             .store(true, std::sync::atomic::Ordering::Relaxed);
         stages.extend(kafka_now(&self.kafka_stages, self.period));
