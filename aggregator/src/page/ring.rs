@@ -22,6 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+/// The sets' text kept at most, bytes: a ring of `page.backfill_max_len`
+/// sets stays within this whatever their size (junk published on the
+/// channel included).
+pub const MAX_BYTES: usize = 64 << 20;
+
 /// How long the newest fence must be silent before an older one is taken.
 pub const FENCE_GRACE: Duration = Duration::from_secs(15);
 
@@ -95,6 +100,8 @@ pub enum Offer {
 pub struct Ring {
     frames: VecDeque<Arc<Frame>>,
     cap: usize,
+    /// The text bytes kept, bounded by [`MAX_BYTES`] whatever arrives.
+    bytes: usize,
     newest_fence: Option<(u64, Instant)>,
     /// When the newest set kept arrived.
     newest_at: Option<Instant>,
@@ -106,6 +113,7 @@ impl Ring {
         Self {
             frames: VecDeque::new(),
             cap: cap.max(1),
+            bytes: 0,
             newest_fence: None,
             newest_at: None,
         }
@@ -125,7 +133,7 @@ impl Ring {
                 if now.saturating_duration_since(seen) < FENCE_GRACE {
                     return Offer::OldFence;
                 }
-                self.frames.clear();
+                self.drop_all();
                 self.newest_fence = Some((f.fence, now));
                 outcome = Offer::Restart;
             }
@@ -139,15 +147,30 @@ impl Ring {
             if held || !silent {
                 return Offer::Repeat;
             }
-            self.frames.clear();
+            self.drop_all();
             outcome = Offer::Restart;
         }
         self.newest_at = Some(now);
-        if self.frames.len() >= self.cap {
-            self.frames.pop_front();
+        while self.frames.len() >= self.cap
+            || (!self.frames.is_empty() && self.bytes + f.text.len() > MAX_BYTES)
+        {
+            if let Some(old) = self.frames.pop_front() {
+                self.bytes -= old.text.len();
+            }
         }
+        self.bytes += f.text.len();
         self.frames.push_back(f);
         outcome
+    }
+
+    fn drop_all(&mut self) {
+        self.frames.clear();
+        self.bytes = 0;
+    }
+
+    /// The text bytes kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The sets after `seq`, if `seq` is one kept (or the newest): what a
@@ -172,7 +195,7 @@ impl Ring {
     /// Forgets every set kept (the fence is still known): for a gateway whose
     /// copy would otherwise have a hole.
     pub fn clear(&mut self) {
-        self.frames.clear();
+        self.drop_all();
     }
 
     /// Sets kept.
@@ -251,6 +274,25 @@ mod tests {
             "unknown: full state"
         );
         assert_eq!(r.newest(2).len(), 2);
+    }
+
+    #[test]
+    fn bounded_in_bytes_whatever_the_sets_weigh() {
+        let t0 = Instant::now();
+        let mut r = Ring::new(1000);
+        let big = "x".repeat(4 << 20);
+        for ms in 1..=40 {
+            let seq = format!("{ms}-0");
+            let f = Arc::new(Frame {
+                seq: Seq { ms, n: 0 },
+                fence: 1,
+                text: frame_text(&seq, "1", "1", &format!("\"{big}\""), "[]").into(),
+            });
+            assert_eq!(r.offer(f, t0), Offer::New);
+        }
+        assert!(r.bytes() <= MAX_BYTES, "{} bytes kept", r.bytes());
+        assert!(r.len() < 40 && r.len() >= 10, "{} sets kept", r.len());
+        assert_eq!(r.last(), Some(Seq { ms: 40, n: 0 }), "the newest kept");
     }
 
     #[test]
