@@ -60,7 +60,7 @@ pub struct Session {
 }
 
 /// One row of the agents table, as the page shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct AgentView {
     /// `site/agent`.
     pub key: String,
@@ -88,6 +88,10 @@ pub struct AgentView {
     pub spool_bytes: Option<u64>,
     /// Age of its oldest unacknowledged batch, seconds.
     pub oldest_unacked_s: Option<f64>,
+    /// The aggregator it is (or was last) connected to, on a page that shows
+    /// the fleet's agents; empty in this aggregator's own table.
+    #[serde(default)]
+    pub via: String,
 }
 
 fn now_ms() -> i64 {
@@ -249,6 +253,7 @@ impl Row {
             spool_bytes: known(self.spool_bytes.load(Ordering::Relaxed)),
             oldest_unacked_s: known(self.oldest_unacked_ms.load(Ordering::Relaxed))
                 .map(|ms| ms as f64 / 1000.0),
+            via: String::new(),
         }
     }
 }

@@ -287,12 +287,30 @@ fn the_page_shows_a_slow_consumer_falling_behind_then_catching_up() {
             return Err(format!("the page never showed redis:audit catching up; it shows: {dom}"));
         };
         let conn_state = b.eval("document.getElementById('conn').dataset.state").await;
-        Ok((behind, catching, names, size, conn_state))
+        // The agent is connected to the other aggregator; this page shows it
+        // too (every aggregator's page shows the fleet's agents).
+        let agent = b
+            .wait_for(
+                r#"(() => { const r = document.querySelector('#agents tr[data-agent="plant-1/plc-1"]'); return r ? r.innerText : null; })()"#,
+                Duration::from_secs(20),
+                |v| v.as_str().is_some_and(|s| s.contains("yes")),
+            )
+            .await;
+        let Some(agent) = agent else {
+            let t = b.eval("document.getElementById('agents').innerText").await;
+            return Err(format!("the page never listed the agent on the other aggregator: {t}"));
+        };
+        Ok((behind, catching, names, size, conn_state, agent))
     });
     stop.store(1, Ordering::Relaxed);
     consumer.join().unwrap();
-    let (behind, catching, names, size, conn_state) =
+    let (behind, catching, names, size, conn_state, agent) =
         outcome.unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
+    println!("agents table: {agent}");
+    assert!(
+        agent.as_str().unwrap().contains("batches"),
+        "the spool backlog it reports: {agent}"
+    );
     println!(
         "page: {behind}\npage: {catching}\nstages: {names}\nscreenshot: {} ({size} bytes)",
         shot.display()

@@ -26,6 +26,7 @@
 //! restart, undecodable), `ferrule_aggregator_page_backfills_total{kind}`
 //! (missed, full) and `ferrule_aggregator_page_viewers_refused_total`.
 
+pub mod fleet;
 pub mod redis;
 pub mod ring;
 
@@ -156,13 +157,13 @@ impl Metrics {
 }
 
 /// One alert as the page lists it.
-#[derive(Debug, Clone, Serialize)]
-struct AlertView {
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AlertView {
     rule: String,
     site: String,
     agent: String,
     sensor: String,
-    state: &'static str,
+    state: String,
     severity: String,
     value: f64,
     annotation: String,
@@ -188,7 +189,7 @@ impl AlertBoard {
             site: t.site.clone(),
             agent: t.agent.clone(),
             sensor: t.sensor.clone(),
-            state,
+            state: state.to_string(),
             severity: t.severity.as_str().to_string(),
             value: if t.value.is_finite() { t.value } else { 0.0 },
             annotation: t.annotation.clone(),
@@ -212,14 +213,22 @@ impl AlertBoard {
     }
 }
 
-#[derive(Serialize)]
-struct LocalState<'a> {
-    aggregator: &'a str,
+/// What the page shows besides the signals: agents and alerts, this
+/// aggregator's own, or with Redis the fleet's ([`fleet`]).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Local {
+    aggregator: String,
     ts_ms: i64,
-    alerts_active: Vec<&'a AlertView>,
-    alerts_recent: &'a VecDeque<AlertView>,
+    alerts_active: Vec<AlertView>,
+    alerts_recent: Vec<AlertView>,
     agents: Vec<AgentView>,
     agents_connected: usize,
+    /// The aggregators merged (with Redis), this one first.
+    #[serde(default)]
+    aggregators: Vec<String>,
+    /// Why the fleet's state is missing, if it is.
+    #[serde(default)]
+    fleet_error: Option<String>,
 }
 
 /// Completes once `stop` says so (the guard `wait_for` returns is not `Send`).
@@ -324,29 +333,33 @@ impl Gateway {
             .last()
     }
 
-    /// Refreshes the local state (alerts, agents) and pushes it.
-    fn refresh_local(&self) {
+    /// This aggregator's own agents and alerts.
+    fn own_state(&self) -> Local {
         let agents = self.inner.agents.view(MAX_AGENT_ROWS);
         let connected = agents.iter().filter(|a| a.connected).count();
-        let text = {
-            let board = self
-                .inner
-                .alerts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let state = LocalState {
-                aggregator: &self.inner.instance,
-                ts_ms: now_ms(),
-                alerts_active: board.active.values().collect(),
-                alerts_recent: &board.recent,
-                agents,
-                agents_connected: connected,
-            };
-            format!(
-                "{{\"local\":{}}}",
-                serde_json::to_string(&state).unwrap_or_else(|_| "null".into())
-            )
-        };
+        let board = self
+            .inner
+            .alerts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Local {
+            aggregator: self.inner.instance.clone(),
+            ts_ms: now_ms(),
+            alerts_active: board.active.values().cloned().collect(),
+            alerts_recent: board.recent.iter().cloned().collect(),
+            agents,
+            agents_connected: connected,
+            aggregators: vec![self.inner.instance.clone()],
+            fleet_error: None,
+        }
+    }
+
+    /// Pushes `state` to every viewer (and keeps it for new ones).
+    fn set_local(&self, state: &Local) {
+        let text = format!(
+            "{{\"local\":{}}}",
+            serde_json::to_string(state).unwrap_or_else(|_| "null".into())
+        );
         let text = Utf8Bytes::from(text);
         *self
             .inner
@@ -410,8 +423,13 @@ impl Page {
                 redis::Follower::new(r, gateway.clone()).context("the page's Redis subscriber")?;
             tasks.push(tokio::spawn(follower.run(stop.clone())));
         }
+        let fleet = match redis {
+            Some(r) => Some(fleet::Fleet::new(r).context("the page's fleet state")?),
+            None => None,
+        };
         tasks.push(tokio::spawn(local_loop(
             gateway.clone(),
+            fleet,
             alerts,
             stop.clone(),
         )));
@@ -432,6 +450,7 @@ impl Page {
 
 async fn local_loop(
     gateway: Gateway,
+    mut fleet: Option<fleet::Fleet>,
     mut alerts: Option<broadcast::Receiver<Arc<Evaluated>>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -439,7 +458,17 @@ async fn local_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => gateway.refresh_local(),
+            _ = tick.tick() => {
+                let mut mine = gateway.own_state();
+                if let Some(f) = &mut fleet {
+                    match tokio::time::timeout(Duration::from_secs(2), f.exchange(&mine, mine.ts_ms)).await {
+                        Ok(Ok(others)) => mine = fleet::merge(mine, others),
+                        Ok(Err(e)) => mine.fleet_error = Some(format!("the other aggregators' state is unavailable (Redis: {e})")),
+                        Err(_) => mine.fleet_error = Some("the other aggregators' state is unavailable (Redis did not answer)".into()),
+                    }
+                }
+                gateway.set_local(&mine);
+            }
             e = async {
                 match &mut alerts {
                     Some(rx) => rx.recv().await,
