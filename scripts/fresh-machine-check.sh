@@ -71,6 +71,11 @@ until grep -q "committed" "$out" 2>/dev/null; do
   sleep 1
 done
 sleep "$run_secs"
+grep -q "http://127.0.0.1:9480/" "$out" || { cat "$out"; kill -INT "$pid"; die "the demo did not print the live page's address"; }
+# The page answers, with the stages (bash's /dev/tcp: nothing else needed).
+state="$(exec 3<>/dev/tcp/127.0.0.1/9480 && printf 'GET /state HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n' >&3 && timeout 5 cat <&3)" || true
+grep -q '"stage":"aggregator"' <<<"$state" || { echo "$state"; kill -INT "$pid"; die "the live page at http://127.0.0.1:9480/ did not answer with the stages"; }
+step "the live page answers at http://127.0.0.1:9480/ with the stages"
 # cargo run forwards SIGINT to the demo through the process group; signal the demo itself.
 demo_pid="$(pgrep -f 'target/release/ferrule-demo' | head -n1 || true)"
 kill -INT "${demo_pid:-$pid}"

@@ -132,7 +132,9 @@ pub fn of_connection(err: &ConnectionError, established: bool) -> FailureReason 
 /// The reason for an error the aggregator sent (a wire error code's name).
 pub fn of_code_name(name: &str) -> FailureReason {
     match name {
-        "identity_mismatch" | "unauthorized" | "limit_exceeded" => FailureReason::RefusedByServer,
+        "identity_mismatch" | "unauthorized" | "limit_exceeded" | "certificate_revoked" => {
+            FailureReason::RefusedByServer
+        }
         "handshake_timeout" => FailureReason::HandshakeTimeout,
         "peer_timeout" | "timeout" => FailureReason::PeerTimeout,
         "stalled" => FailureReason::Stalled,

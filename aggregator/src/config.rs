@@ -582,6 +582,16 @@ pub struct TlsSection {
     pub client_ca: PathBuf,
     /// CRL of revoked agent certificates (PEM), if any.
     pub crl: Option<PathBuf>,
+    /// How often the files above are looked at for a change (a new
+    /// certificate, bundle or CRL is used at once, checked first; SIGHUP
+    /// looks at once), seconds; 0 only on SIGHUP. A revoked agent's live
+    /// session is closed within this. Default 5.
+    #[serde(default = "default_reload_interval_secs")]
+    pub reload_interval_secs: u64,
+}
+
+fn default_reload_interval_secs() -> u64 {
+    5
 }
 
 /// `[credit]`

@@ -77,6 +77,12 @@ pub struct IngestContext {
     pub window: SharedWindow,
     /// Every agent seen (the live page's agents table).
     pub agents: crate::agents::Agents,
+    /// The TLS configuration a handshake starting now takes (reloaded while
+    /// running).
+    pub tls: ferrule_transport::ServerTlsSlot,
+    /// The certificates the newest CRL revokes: a session whose certificate
+    /// it lists closes.
+    pub revoked: watch::Receiver<Arc<ferrule_transport::Revoked>>,
 }
 
 /// One [`WindowController`] for all the sessions: they share the sink, so its
@@ -159,7 +165,7 @@ use ferrule_transport::session_now as now;
 /// Serves one incoming connection to its end.
 pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
     let remote = incoming.remote_address();
-    let connecting = match incoming.accept() {
+    let connecting = match incoming.accept_with(ctx.tls.current()) {
         Ok(c) => c,
         Err(e) => {
             let reason = classify(&e);
@@ -339,6 +345,10 @@ async fn drive(
     session.set_window(ctx.window.current());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<CommitDone>();
     let mut shutdown = ctx.shutdown.clone();
+    let mut revoked = ctx.revoked.clone();
+    let mut revocations_open = true;
+    // A CRL taken between this agent's handshake and now.
+    revoked.mark_changed();
     let mut draining = false;
     let mut pressure_poll = tokio::time::interval(PRESSURE_POLL);
     pressure_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,6 +411,19 @@ async fn drive(
                         let e = session.sink_failed(why);
                         break Stop::Cut(e.label(), e.to_string(), e.code());
                     }
+                }
+            },
+            changed = revoked.changed(), if revocations_open => {
+                if changed.is_err() {
+                    revocations_open = false;
+                } else if agent.revoked_by(&revoked.borrow_and_update()) {
+                    ctx.metrics.sessions_revoked.inc();
+                    let msg = Message::Error(ErrorMessage {
+                        code: ErrorCode::CERTIFICATE_REVOKED,
+                        message: "this agent's certificate was revoked (the aggregator's CRL lists it)".into(),
+                    });
+                    let _ = tokio::time::timeout(ERROR_FLUSH, ctl.send(&msg)).await;
+                    break Stop::Cut("certificate_revoked", format!("certificate {} revoked by a new CRL", agent.serial()), ErrorCode::CERTIFICATE_REVOKED);
                 }
             },
             changed = shutdown.changed(), if !draining => {

@@ -28,3 +28,4 @@ pub mod metrics;
 pub mod page;
 pub mod sampler;
 pub mod server;
+pub mod tls_reload;

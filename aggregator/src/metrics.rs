@@ -42,6 +42,8 @@ pub struct IngestMetrics {
     /// Batches acknowledged as durable (committed now or before): never the
     /// rejected ones.
     pub acked_batches: Counter,
+    /// Live sessions closed because a new CRL revoked their certificate.
+    pub sessions_revoked: Counter,
     /// Credit grants sent.
     pub credit_grants: Counter,
     /// Credit withheld because the sink was under pressure (each time it happens).
@@ -132,6 +134,11 @@ impl IngestMetrics {
             acks: registry.counter(
                 "ferrule_aggregator_acks_total",
                 "Ack messages sent for committed batches (rejections are counted in ferrule_aggregator_batches_rejected_total)",
+                &[],
+            ),
+            sessions_revoked: registry.counter(
+                "ferrule_aggregator_sessions_revoked_total",
+                "Live agent sessions closed because a newly loaded CRL revokes their certificate.",
                 &[],
             ),
             acked_batches: registry.counter(

@@ -17,7 +17,10 @@ use crate::kafka::Kafka;
 use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
-use ferrule_transport::{accept_validated, server_crypto, server_endpoint, EndpointLimits};
+use ferrule_transport::{
+    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits,
+    ServerTlsSlot,
+};
 use ferrule_wire::session::{IngestConfig, WindowConfig, WindowController};
 use ferrule_wire::{Credit, Limits, ServerLimits};
 use std::future::Future;
@@ -157,11 +160,47 @@ pub async fn run(
     };
     let reset_secret = std::fs::read(&cfg.tls.key)
         .with_context(|| format!("reading {}", cfg.tls.key.display()))?;
-    let endpoint = server_endpoint(cfg.server.listen, crypto, &limits, &reset_secret)
+    let base = server_config(crypto, &limits).context("loading TLS material")?;
+    let tls_slot = ServerTlsSlot::new(base.clone());
+    let endpoint = server_endpoint_with(cfg.server.listen, base, &limits, &reset_secret)
         .context("starting the QUIC endpoint")?;
     let quic_addr = endpoint.local_addr().context("reading the QUIC address")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // New certificates, bundles and CRLs are taken while running: on a
+    // change seen every tls.reload_interval_secs, and on SIGHUP.
+    let tls_reload = crate::tls_reload::TlsReload::start(
+        cfg.server_tls(),
+        (cfg.tls.reload_interval_secs > 0)
+            .then(|| Duration::from_secs(cfg.tls.reload_interval_secs)),
+        tls_slot.clone(),
+        &registry,
+        stop_rx.clone(),
+    )
+    .context("loading TLS material")?;
+    {
+        let look_now = tls_reload.look_now.clone();
+        let mut stop = stop_rx.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            s = hup.recv() => {
+                                if s.is_none() { return; }
+                                tracing::info!("SIGHUP: looking at the TLS files now");
+                                let _ = look_now.try_send(());
+                            }
+                            _ = stop.changed() => return,
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP cannot be caught; TLS files are still looked at every tls.reload_interval_secs")
+            }
+        }
+    }
     let metrics_addr = match cfg.metrics.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -255,6 +294,8 @@ pub async fn run(
         fanout: publisher,
         window,
         agents: agents.clone(),
+        tls: tls_slot,
+        revoked: tls_reload.revoked.clone(),
     });
     drop(sink);
     tracing::info!(%quic_addr, metrics = ?metrics_addr, data = %cfg.log.dir.display(), "aggregator listening");
@@ -305,6 +346,7 @@ pub async fn run(
     // Another aggregator takes the sampling over at once.
     sampler.stop().await;
     page.stop();
+    tls_reload.stop();
     endpoint.close(0u32.into(), b"shutdown");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     drop(ctx);

@@ -5,8 +5,8 @@
 //! plain WebSocket clients.
 //!
 //! - A consumer group `audit`, read by this test at 30 % of the production
-//!   rate, then at three times it: the page shows `redis:audit` falling
-//!   behind, then catching up; a screenshot is saved to
+//!   rate, then at one and a half times it: the page shows `redis:audit`
+//!   falling behind, then catching up; a screenshot is saved to
 //!   `target/test-artifacts/live-page.png`.
 //! - Both gateways forward the same bytes for the same sequence, equal to the
 //!   history entry they came from; a viewer that reconnects with its last
@@ -275,7 +275,12 @@ fn the_page_shows_a_slow_consumer_falling_behind_then_catching_up() {
         let names = b
             .eval("[...document.querySelectorAll('.stage')].map(e => e.dataset.stage).join(',')")
             .await;
-        rate.store((produced * 3.0 * 1000.0) as u64, Ordering::Relaxed);
+        // A few seconds more behind, then drain at 1.5 times the production
+        // rate: a backlog that takes seconds to drain, so "catching up" holds
+        // for several snapshots (a drain faster than the trend's confirmation
+        // would go from falling behind straight to stable).
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        rate.store((produced * 1.5 * 1000.0) as u64, Ordering::Relaxed);
         let catching = b
             .wait_for(trend, Duration::from_secs(60), |v| {
                 v.as_str().is_some_and(|s| s.starts_with("catching_up|"))

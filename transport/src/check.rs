@@ -122,6 +122,52 @@ pub enum MaterialProblem {
     },
 }
 
+impl MaterialProblem {
+    /// A short name for metric labels (one per kind, never from the peer or
+    /// the file's content).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Load(_) => "unreadable",
+            Self::KeyMismatch { .. } => "key_mismatch",
+            Self::LeafNotFirst { .. } => "leaf_not_first",
+            Self::BadKey { .. } => "bad_key",
+            Self::BadCertificate { .. } => "bad_certificate",
+            Self::Expired { .. } => "expired",
+            Self::NotYetValid { .. } => "not_yet_valid",
+            Self::Untrusted { .. } => "untrusted",
+            Self::Name { .. } => "name",
+            Self::Crl { .. } => "crl",
+        }
+    }
+}
+
+/// What a certificate file's first certificate says: for logs (the serial a
+/// reload put in service) and for checking that a new certificate keeps the
+/// names the old one served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafSummary {
+    /// Serial number, hex.
+    pub serial: String,
+    /// Its DNS and IP subject alternative names.
+    pub names: Vec<String>,
+    /// When it expires, Unix seconds.
+    pub not_after_unix: i64,
+}
+
+/// The summary of the first certificate in the PEM file at `path`.
+pub fn leaf_summary(path: &Path) -> Result<LeafSummary, TlsError> {
+    let chain = certs(path)?;
+    let (_, cert) = X509Certificate::from_der(chain[0].as_ref()).map_err(|e| TlsError::Pem {
+        path: path.to_path_buf(),
+        what: format!("certificate does not parse: {e}"),
+    })?;
+    Ok(LeafSummary {
+        serial: cert.raw_serial_as_string().replace(':', ""),
+        names: san_names(&cert),
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
+}
+
 /// Something in the TLS material that works but should be fixed.
 #[derive(Debug, Error)]
 #[non_exhaustive]

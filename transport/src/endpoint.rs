@@ -91,12 +91,33 @@ pub fn server_endpoint(
     limits: &EndpointLimits,
     reset_secret: &[u8],
 ) -> Result<Endpoint, TlsError> {
+    server_endpoint_with(bind, server_config(crypto, limits)?, limits, reset_secret)
+}
+
+/// The QUIC server configuration [`server_endpoint`] runs with: `crypto`
+/// with the limits' transport, handshake and retry settings. Kept by a caller
+/// that reloads its certificates ([`crate::ServerTlsSlot`]): a clone with new
+/// crypto keeps the retry token key.
+pub fn server_config(
+    crypto: rustls::ServerConfig,
+    limits: &EndpointLimits,
+) -> Result<quinn::ServerConfig, TlsError> {
     let quic = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(transport(limits, false)?));
     cfg.max_incoming(limits.max_pending_handshakes);
     cfg.retry_token_lifetime(limits.retry_token_lifetime);
     cfg.migration(false);
+    Ok(cfg)
+}
+
+/// [`server_endpoint`] with a configuration made by [`server_config`].
+pub fn server_endpoint_with(
+    bind: SocketAddr,
+    cfg: quinn::ServerConfig,
+    limits: &EndpointLimits,
+    reset_secret: &[u8],
+) -> Result<Endpoint, TlsError> {
     let label = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"ferrule stateless reset v1");
     let derived = ring::hmac::sign(&label, reset_secret);
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());

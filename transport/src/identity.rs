@@ -16,6 +16,9 @@ pub struct VerifiedAgent {
     identity: AgentIdentity,
     serial: String,
     not_after_unix: i64,
+    /// The issuer's name (DER) and the serial's bytes: what a CRL names.
+    issuer_der: Vec<u8>,
+    serial_der: Vec<u8>,
 }
 
 impl VerifiedAgent {
@@ -42,6 +45,12 @@ impl VerifiedAgent {
     /// When the certificate expires, seconds since the Unix epoch.
     pub fn not_after_unix(&self) -> i64 {
         self.not_after_unix
+    }
+
+    /// Whether `crl` revokes this certificate (its issuer and serial are
+    /// listed): a live session checks itself when a new CRL is loaded.
+    pub fn revoked_by(&self, crl: &crate::reload::Revoked) -> bool {
+        crl.contains(&self.issuer_der, &self.serial_der)
     }
 }
 
@@ -95,5 +104,7 @@ pub(crate) fn identity_of(der: &[u8]) -> Result<VerifiedAgent, IdentityError> {
         identity,
         serial: cert.raw_serial_as_string().replace(':', ""),
         not_after_unix: cert.validity().not_after.timestamp(),
+        issuer_der: cert.issuer().as_raw().to_vec(),
+        serial_der: crate::reload::serial_key(cert.raw_serial()),
     })
 }

@@ -17,13 +17,17 @@ mod error;
 mod framed;
 mod identity;
 mod reject;
+mod reload;
 mod tls;
 
 pub use check::{
-    check_client_material, check_server_material, key_permission_warning, ExpectedAgent,
-    MaterialProblem, MaterialReport, MaterialWarning,
+    check_client_material, check_server_material, key_permission_warning, leaf_summary,
+    ExpectedAgent, LeafSummary, MaterialProblem, MaterialReport, MaterialWarning,
 };
-pub use endpoint::{accept_validated, client_endpoint, server_endpoint, EndpointLimits};
+pub use endpoint::{
+    accept_validated, client_endpoint, server_config, server_endpoint, server_endpoint_with,
+    EndpointLimits,
+};
 pub use error::{StreamError, TlsError};
 pub use framed::{FrameReceiver, FrameSender};
 pub use identity::{peer_identity, IdentityError, VerifiedAgent};
@@ -31,6 +35,7 @@ pub use reject::{
     classify, classify_server, close_code, refused_by_peer, CloseCode, CERTIFICATE_REASONS,
     CONNECTION_REASONS, PEER_REFUSED_SERVER_CERTIFICATE,
 };
+pub use reload::{stamp, FileStamp, Revoked, ServerTlsSlot};
 pub use tls::{client_crypto, server_crypto, ClientTls, ServerTls, ALPN};
 
 /// Re-exported so drivers name the same quinn the endpoints were built with.

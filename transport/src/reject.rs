@@ -61,6 +61,7 @@ pub const CONNECTION_REASONS: &[&str] = &[
     "unauthorized",
     "internal",
     "timeout",
+    "certificate_revoked",
     "reset",
     "timed_out",
     "locally_closed",

@@ -170,6 +170,12 @@ pub fn server_crypto(files: &ServerTls) -> Result<ServerConfig, TlsError> {
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     // 0 is the default; stated so nobody turns it on by accident. 0-RTT is replayable.
     cfg.max_early_data_size = 0;
+    // No resumption: a resumed TLS 1.3 session skips the client certificate's
+    // verification, so an agent revoked (or expired) since its last full
+    // handshake would get back in. Every handshake checks the certificate
+    // against the trust bundle and CRL loaded now.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 

@@ -388,6 +388,9 @@ impl ErrorCode {
     pub const INTERNAL: ErrorCode = ErrorCode(9);
     /// No message arrived within the idle limit.
     pub const TIMEOUT: ErrorCode = ErrorCode(10);
+    /// The peer's certificate was revoked (a new CRL lists it) while its
+    /// session was up; its new handshakes fail too.
+    pub const CERTIFICATE_REVOKED: ErrorCode = ErrorCode(11);
 
     /// A short name for logs and metric labels.
     pub fn name(self) -> &'static str {
@@ -402,6 +405,7 @@ impl ErrorCode {
             Self::UNAUTHORIZED => "unauthorized",
             Self::INTERNAL => "internal",
             Self::TIMEOUT => "timeout",
+            Self::CERTIFICATE_REVOKED => "certificate_revoked",
             _ => "unknown",
         }
     }
