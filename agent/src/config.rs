@@ -152,6 +152,17 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// Trust bundle the aggregator's certificate must chain to (PEM).
     pub server_ca: PathBuf,
+    /// Warn (hourly, and in `/metrics` as
+    /// `ferrule_agent_tls_cert_not_after_seconds`) when the certificate
+    /// expires within this many days. The files are looked at again before
+    /// every connection attempt: a renewed certificate is used without a
+    /// restart. Default 14.
+    #[serde(default = "default_expiry_warn_days")]
+    pub expiry_warn_days: u64,
+}
+
+fn default_expiry_warn_days() -> u64 {
+    14
 }
 
 /// When the spool fsyncs.

@@ -27,6 +27,7 @@ pub mod failure;
 pub mod inputs;
 pub mod live;
 pub mod spool;
+pub mod tls_reload;
 pub mod uplink;
 
 use anyhow::Context as _;

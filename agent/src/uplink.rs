@@ -377,7 +377,8 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
         seed,
     );
     let mut shutdown = deps.shutdown.clone();
-    let endpoint = loop {
+    let mut tls_reload = crate::tls_reload::ClientTlsReload::new(&deps.cfg, &deps.registry);
+    let mut endpoint = loop {
         match open_endpoint(&deps.cfg) {
             Ok(ep) => break ep,
             Err(e) => {
@@ -413,6 +414,10 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             }
         }
         for (name, addr) in addrs {
+            // A renewed certificate, key or bundle: new connections use it.
+            if let Some(cfg) = tls_reload.check() {
+                endpoint.set_default_client_config(cfg);
+            }
             let mut opened = false;
             let result = session(
                 &endpoint,

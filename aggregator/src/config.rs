@@ -588,6 +588,15 @@ pub struct TlsSection {
     /// session is closed within this. Default 5.
     #[serde(default = "default_reload_interval_secs")]
     pub reload_interval_secs: u64,
+    /// Warn (hourly; `ferrule_aggregator_tls_cert_not_after_seconds` says it
+    /// always) when the serving certificate expires within this many days.
+    /// Default 14.
+    #[serde(default = "default_expiry_warn_days")]
+    pub expiry_warn_days: u64,
+}
+
+fn default_expiry_warn_days() -> u64 {
+    14
 }
 
 fn default_reload_interval_secs() -> u64 {

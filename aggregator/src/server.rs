@@ -173,6 +173,7 @@ pub async fn run(
         cfg.server_tls(),
         (cfg.tls.reload_interval_secs > 0)
             .then(|| Duration::from_secs(cfg.tls.reload_interval_secs)),
+        Duration::from_secs(cfg.tls.expiry_warn_days.saturating_mul(86_400)),
         tls_slot.clone(),
         &registry,
         stop_rx.clone(),

@@ -141,6 +141,12 @@ fn check(
     })
 }
 
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn stamps(files: &ServerTls) -> Vec<Option<FileStamp>> {
     [&files.cert, &files.key, &files.client_ca]
         .into_iter()
@@ -155,6 +161,7 @@ impl TlsReload {
     pub fn start(
         files: ServerTls,
         interval: Option<Duration>,
+        warn_within: Duration,
         slot: ServerTlsSlot,
         registry: &Registry,
         mut stop: watch::Receiver<bool>,
@@ -171,6 +178,8 @@ impl TlsReload {
         let mut serving = stamps(&files);
         let mut serving_names = first.names;
         let mut refused: Option<Vec<Option<FileStamp>>> = None;
+        let mut not_after_unix = first.not_after_unix;
+        let mut last_warned: Option<std::time::Instant> = None;
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,6 +190,13 @@ impl TlsReload {
                     r = asked.recv() => r.is_some(),
                     _ = stop.changed() => return,
                 };
+                let left = not_after_unix.saturating_sub(unix_now());
+                if left < i64::try_from(warn_within.as_secs()).unwrap_or(i64::MAX)
+                    && last_warned.is_none_or(|w| w.elapsed() > Duration::from_secs(3600))
+                {
+                    last_warned = Some(std::time::Instant::now());
+                    tracing::warn!(days_left = left / 86_400, cert = %files.cert.display(), "the aggregator's certificate expires soon: rotate it (see the README's runbook)");
+                }
                 let now = stamps(&files);
                 if now == serving && !forced {
                     continue;
@@ -206,6 +222,8 @@ impl TlsReload {
                         }
                         metrics.applied.inc();
                         metrics.not_after.set(t.not_after_unix);
+                        not_after_unix = t.not_after_unix;
+                        last_warned = None;
                         tracing::info!(
                             serial = %t.serial,
                             names = ?t.names,

@@ -1258,8 +1258,10 @@ async fn stream_limits_hold_and_zero_rtt_is_off() {
     assert!(!client.enable_early_data, "agent would send early data");
     assert_eq!(client.alpn_protocols, vec![ALPN.to_vec()]);
 
-    // ...and against the running aggregator: a client that asks for 0-RTT receives
-    // resumption tickets that allow no early data, and cannot send any.
+    // ...and against the running aggregator: a client that asks for 0-RTT
+    // receives no resumption ticket at all (a resumed session would skip the
+    // client certificate's check against the CRL loaded now), so it has
+    // nothing to send early data with.
     let spy = Arc::new(TicketSpy {
         inner: rustls::client::ClientSessionMemoryCache::new(32),
         early_data_limits: Mutex::new(Vec::new()),
@@ -1269,18 +1271,11 @@ async fn stream_limits_hold_and_zero_rtt_is_off() {
     eager.resumption = rustls::client::Resumption::store(spy.clone());
     let ep = endpoint(eager);
     let (conn, _tx, _rx) = attempt_up(&ep, at.quic, &[hello("s", "eager")]).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while spy.early_data_limits.lock().unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the aggregator sent no session ticket"
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+    sleep(Duration::from_secs(1)).await;
     let tickets = spy.early_data_limits.lock().unwrap().clone();
     assert!(
-        tickets.iter().all(|&n| n == 0),
-        "tickets allow early data: {tickets:?}"
+        tickets.is_empty(),
+        "the aggregator sent session tickets: {tickets:?}"
     );
     conn.close(0u32.into(), b"done");
     let connecting = ep.connect(at.quic, "localhost").unwrap();

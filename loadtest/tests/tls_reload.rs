@@ -142,6 +142,23 @@ impl Rig {
         rig
     }
 
+    /// SIGKILLs the aggregator and starts it again on the same config.
+    fn restart_aggregator(&mut self) {
+        if let Some(mut p) = self.agg.take() {
+            p.kill9();
+        }
+        let root = self.tmp.path();
+        self.agg = Some(
+            Proc::start(
+                "aggregator",
+                &procs::bin("ferrule-aggregator").unwrap(),
+                &root.join("aggregator.toml"),
+                &root.join("aggregator-2.log"),
+            )
+            .unwrap(),
+        );
+    }
+
     fn log(&self, name: &str) -> String {
         let t = std::fs::read_to_string(self.tmp.path().join(name)).unwrap_or_default();
         let tail: Vec<&str> = t.lines().rev().take(25).collect();
@@ -488,4 +505,320 @@ fn a_revoked_agent_is_cut_off_within_the_interval_and_the_other_carries_on() {
         "a1's log says why:\n{}",
         rig.log("agent-a1.log")
     );
+}
+
+/// The agent takes its renewed certificate on its next connection: a1's
+/// certificate is reissued (same identity, new key and serial) and the old
+/// serial revoked; cut off, a1 reconnects with the new one. a2's key is
+/// replaced by one that is not its certificate's: refused, a2 reconnects
+/// with its old material after the aggregator restarts.
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn an_agent_takes_its_renewed_certificate_and_refuses_a_bad_one() {
+    let mut rig = Rig::new(&["a1", "a2"], None);
+    procs::wait_for(Duration::from_secs(20), || {
+        (rig.metric("ferrule_aggregator_sessions") == 2.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agents never connected:\n{}", rig.log("aggregator.log")));
+    let (cert, _) = rig.pki.agent_paths("plant-1", "a1");
+    let old = serial_of(&cert);
+    // Renew: the same identity, new key and serial, over the same files.
+    let identity = ferrule_certs::AgentIdentity::new("plant-1", "a1").unwrap();
+    let renewed = ferrule_certs::issue_agent(
+        &rig.pki.dir,
+        &identity,
+        &ferrule_certs::IssueOptions {
+            days: Some(30),
+            out_dir: None,
+            force: true,
+        },
+    )
+    .unwrap();
+    let new = renewed.serial.to_hex();
+    assert_ne!(old.to_lowercase(), new.to_lowercase());
+    // The old certificate revoked: a1 is cut off and comes back with the new.
+    ferrule_certs::revoke(
+        &rig.pki.dir,
+        &ferrule_certs::Serial::parse(&old).unwrap(),
+        ferrule_certs::RevocationReason::Superseded,
+    )
+    .unwrap();
+    let back = procs::wait_for(Duration::from_secs(20), || {
+        let log =
+            std::fs::read_to_string(rig.tmp.path().join("aggregator.log")).unwrap_or_default();
+        log.lines()
+            .any(|l| {
+                l.contains("agent connected")
+                    && l.contains("plant-1/a1")
+                    && l.to_lowercase().contains(&new.to_lowercase())
+            })
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "a1 never came back with serial {new}:\n{}\n{}",
+        rig.log("aggregator.log"),
+        rig.log("agent-a1.log")
+    );
+    assert_eq!(
+        rig.agent_metric(0, "ferrule_agent_tls_reloads_total{outcome=\"applied\"}"),
+        1.0
+    );
+    procs::wait_for(Duration::from_secs(10), || {
+        (rig.metric("ferrule_aggregator_sessions") == 2.0).then_some(())
+    })
+    .expect("both agents connected again");
+
+    // a2's key replaced by another: refused when a2 next connects.
+    let (_, a2_key) = rig.pki.agent_paths("plant-1", "a2");
+    let (_, a1_key) = rig.pki.agent_paths("plant-1", "a1");
+    let good_key = std::fs::read(&a2_key).unwrap();
+    std::fs::write(&a2_key, std::fs::read(&a1_key).unwrap()).unwrap();
+    rig.restart_aggregator();
+    let refused = procs::wait_for(Duration::from_secs(20), || {
+        (rig.agent_metric(
+            1,
+            "ferrule_agent_tls_reload_refused_total{reason=\"key_mismatch\"}",
+        ) == 1.0)
+            .then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "a2 did not refuse the bad key:\n{}",
+        rig.log("agent-a2.log")
+    );
+    procs::wait_for(Duration::from_secs(20), || {
+        (rig.metric("ferrule_aggregator_sessions") == 2.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a2 did not reconnect on its old material:\n{}",
+            rig.log("agent-a2.log")
+        )
+    });
+    std::fs::write(&a2_key, good_key).unwrap();
+}
+
+/// Writes `bytes` to `path` by a rename over it (as a deploy tool would).
+fn put(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn cat(paths: &[PathBuf]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend(std::fs::read(p).unwrap());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// A fleet walked from CA 1 to CA 2 while it streams: both roots in every
+/// trust bundle (and both CAs' CRLs at the aggregator), a server certificate
+/// from CA 2, the agents renewed under CA 2 one by one (each moved over by
+/// revoking its CA 1 certificate), then CA 1 removed everywhere. Nothing is
+/// lost: every generated sample is committed once.
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn a_fleet_rolls_from_one_ca_to_another_losing_nothing() {
+    const TOTAL: u64 = 28_000; // 7 sensors at 100 Hz: 40 s each
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let ca1 = DevPki::ensure(&root.join("ca1")).unwrap();
+    let ca2 = DevPki::ensure(&root.join("ca2")).unwrap();
+    // What the peers read, in place: the aggregator's certificate, key,
+    // agents' bundle and CRL; each agent's certificate, key and bundle.
+    let live = root.join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let (srv_c, srv_k, agg_bundle, agg_crl) = (
+        live.join("server.crt"),
+        live.join("server.key"),
+        live.join("agents-ca.crt"),
+        live.join("crl.pem"),
+    );
+    put(&srv_c, &std::fs::read(ca1.server_cert()).unwrap());
+    put(&srv_k, &std::fs::read(ca1.server_key()).unwrap());
+    put(&agg_bundle, &std::fs::read(ca1.ca_bundle()).unwrap());
+    put(&agg_crl, &std::fs::read(ca1.crl()).unwrap());
+    let quic: SocketAddr = ([127, 0, 0, 1], procs::free_udp_port().unwrap()).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], procs::free_tcp_port().unwrap()).into();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let toml = format!(
+        "[server]\nlisten = \"{quic}\"\n\n[tls]\ncert = {}\nkey = {}\nclient_ca = {}\ncrl = {}\nreload_interval_secs = 1\n\n[log]\ndir = {}\n\n[metrics]\nlisten = \"{metrics}\"\n",
+        q(&srv_c),
+        q(&srv_k),
+        q(&agg_bundle),
+        q(&agg_crl),
+        q(&root.join("data")),
+    );
+    std::fs::write(root.join("aggregator.toml"), toml).unwrap();
+    let _agg = Proc::start(
+        "aggregator",
+        &procs::bin("ferrule-aggregator").unwrap(),
+        &root.join("aggregator.toml"),
+        &root.join("aggregator.log"),
+    )
+    .unwrap();
+    let log = |name: &str| std::fs::read_to_string(root.join(name)).unwrap_or_default();
+    let metric_sum = |name: &str| -> f64 {
+        let t = procs::http_get(metrics, "/metrics").unwrap_or_default();
+        t.lines()
+            .filter(|l| {
+                l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    procs::wait_for(Duration::from_secs(20), || {
+        procs::http_get(metrics, "/metrics").ok()
+    })
+    .unwrap_or_else(|| panic!("the aggregator never answered:\n{}", log("aggregator.log")));
+    let ids = ["a1", "a2", "a3"];
+    let mut agents = Vec::new();
+    for id in ids {
+        let dir = live.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, k) = ca1.agent("plant-1", id).unwrap();
+        put(&dir.join("agent.crt"), &std::fs::read(&c).unwrap());
+        put(&dir.join("agent.key"), &std::fs::read(&k).unwrap());
+        put(
+            &dir.join("ca.crt"),
+            &std::fs::read(ca1.ca_bundle()).unwrap(),
+        );
+        let spec = AgentSpec {
+            site: "plant-1".into(),
+            id: id.into(),
+            spool: root.join(format!("spool-{id}")),
+            endpoints: vec![quic.to_string()],
+            rate_hz: 100,
+            total_samples: Some(TOTAL),
+            fsync: "interval",
+            metrics: None,
+            extra: String::new(),
+        };
+        let toml = procs::agent_toml(&ca1, &spec)
+            .unwrap()
+            .replace(&q(&c), &q(&dir.join("agent.crt")))
+            .replace(&q(&k), &q(&dir.join("agent.key")))
+            .replace(&q(&ca1.ca_bundle()), &q(&dir.join("ca.crt")));
+        std::fs::write(root.join(format!("agent-{id}.toml")), toml).unwrap();
+        agents.push(
+            Proc::start(
+                id,
+                &procs::bin("ferrule-agent").unwrap(),
+                &root.join(format!("agent-{id}.toml")),
+                &root.join(format!("agent-{id}.log")),
+            )
+            .unwrap(),
+        );
+    }
+    let sessions = || metric_sum("ferrule_aggregator_sessions");
+    procs::wait_for(Duration::from_secs(20), || {
+        (sessions() == 3.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agents never connected:\n{}", log("aggregator.log")));
+    let applied = || metric_sum("ferrule_aggregator_tls_reloads_total{outcome=\"applied\"}");
+
+    // 1. Both roots trusted everywhere; both CAs' CRLs at the aggregator.
+    let before = applied();
+    put(&agg_bundle, &cat(&[ca1.ca_bundle(), ca2.ca_bundle()]));
+    put(&agg_crl, &cat(&[ca1.crl(), ca2.crl()]));
+    for id in ids {
+        put(
+            &live.join(id).join("ca.crt"),
+            &cat(&[ca1.ca_bundle(), ca2.ca_bundle()]),
+        );
+    }
+    procs::wait_for(Duration::from_secs(10), || {
+        (applied() > before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("both roots not taken:\n{}", log("aggregator.log")));
+    // 2. A server certificate from CA 2.
+    let before = applied();
+    put(&srv_k, &std::fs::read(ca2.server_key()).unwrap());
+    put(&srv_c, &std::fs::read(ca2.server_cert()).unwrap());
+    procs::wait_for(Duration::from_secs(10), || {
+        (applied() > before).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "CA 2's server certificate not taken:\n{}",
+            log("aggregator.log")
+        )
+    });
+    // 3. Each agent renewed under CA 2, moved over by revoking its CA 1 one.
+    for (i, id) in ids.iter().enumerate() {
+        let dir = live.join(id);
+        let old = serial_of(&dir.join("agent.crt"));
+        let (c, k) = ca2.agent("plant-1", id).unwrap();
+        let new = serial_of(&c);
+        put(&dir.join("agent.key"), &std::fs::read(&k).unwrap());
+        put(&dir.join("agent.crt"), &std::fs::read(&c).unwrap());
+        ferrule_certs::revoke(
+            &ca1.dir,
+            &ferrule_certs::Serial::parse(&old).unwrap(),
+            ferrule_certs::RevocationReason::Superseded,
+        )
+        .unwrap();
+        put(&agg_crl, &cat(&[ca1.crl(), ca2.crl()]));
+        procs::wait_for(Duration::from_secs(20), || {
+            log("aggregator.log")
+                .lines()
+                .any(|l| {
+                    l.contains("agent connected")
+                        && l.contains(&format!("plant-1/{id}"))
+                        && l.contains(&new)
+                })
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "agent {i} ({id}) never came back under CA 2:\n{}\n{}",
+                log("aggregator.log"),
+                log(&format!("agent-{id}.log"))
+            )
+        });
+    }
+    // 4. CA 1 removed everywhere.
+    let before = applied();
+    put(&agg_bundle, &std::fs::read(ca2.ca_bundle()).unwrap());
+    put(&agg_crl, &std::fs::read(ca2.crl()).unwrap());
+    for id in ids {
+        put(
+            &live.join(id).join("ca.crt"),
+            &std::fs::read(ca2.ca_bundle()).unwrap(),
+        );
+    }
+    procs::wait_for(Duration::from_secs(10), || {
+        (applied() > before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("CA 1's removal not taken:\n{}", log("aggregator.log")));
+    procs::wait_for(Duration::from_secs(10), || {
+        (sessions() == 3.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every agent is connected under CA 2:\n{}",
+            log("aggregator.log")
+        )
+    });
+    // Nothing lost.
+    let all = procs::wait_for(Duration::from_secs(90), || {
+        (metric_sum("ferrule_aggregator_committed_samples_total") >= (3 * TOTAL) as f64)
+            .then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "committed {} of {}",
+        metric_sum("ferrule_aggregator_committed_samples_total"),
+        3 * TOTAL
+    );
+    assert_eq!(
+        metric_sum("ferrule_aggregator_committed_samples_total"),
+        (3 * TOTAL) as f64
+    );
+    assert_eq!(metric_sum("ferrule_aggregator_commit_failures_total"), 0.0);
+    drop(agents);
 }

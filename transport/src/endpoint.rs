@@ -171,13 +171,23 @@ pub fn client_endpoint(
     crypto: rustls::ClientConfig,
     limits: &EndpointLimits,
 ) -> Result<Endpoint, TlsError> {
-    let quic = QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport(limits, true)?));
+    let cfg = client_config(crypto, limits)?;
     let mut ep =
         Endpoint::client(bind).map_err(|e| TlsError::Rustls(format!("binding {bind}: {e}")))?;
     ep.set_default_client_config(cfg);
     Ok(ep)
+}
+
+/// The QUIC client configuration [`client_endpoint`] connects with: for an
+/// agent that reloads its certificate (`Endpoint::set_default_client_config`).
+pub fn client_config(
+    crypto: rustls::ClientConfig,
+    limits: &EndpointLimits,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let quic = QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport(limits, true)?));
+    Ok(cfg)
 }
 
 /// Waits for the next incoming connection whose source address is validated:

@@ -25,8 +25,8 @@ pub use check::{
     ExpectedAgent, LeafSummary, MaterialProblem, MaterialReport, MaterialWarning,
 };
 pub use endpoint::{
-    accept_validated, client_endpoint, server_config, server_endpoint, server_endpoint_with,
-    EndpointLimits,
+    accept_validated, client_config, client_endpoint, server_config, server_endpoint,
+    server_endpoint_with, EndpointLimits,
 };
 pub use error::{StreamError, TlsError};
 pub use framed::{FrameReceiver, FrameSender};
