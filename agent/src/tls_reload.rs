@@ -63,17 +63,7 @@ impl ClientTlsReload {
                 &[("outcome", outcome)],
             )
         };
-        for reason in [
-            "unreadable",
-            "key_mismatch",
-            "leaf_not_first",
-            "bad_key",
-            "bad_certificate",
-            "expired",
-            "not_yet_valid",
-            "untrusted",
-            "name",
-        ] {
+        for reason in ferrule_transport::MaterialProblem::LABELS {
             let _ = refusal(registry, reason);
         }
         let not_after_unix = leaf_summary(&files.cert).ok().map(|l| l.not_after_unix);

@@ -54,19 +54,10 @@ impl Metrics {
                 &[("outcome", outcome)],
             )
         };
-        for reason in [
-            "unreadable",
-            "key_mismatch",
-            "leaf_not_first",
-            "bad_key",
-            "bad_certificate",
-            "expired",
-            "not_yet_valid",
-            "untrusted",
-            "name",
-            "crl",
-            "names_dropped",
-        ] {
+        for reason in ferrule_transport::MaterialProblem::LABELS
+            .iter()
+            .chain(&["names_dropped"])
+        {
             let _ = Self::refusal(r, reason);
         }
         Self {

@@ -123,6 +123,21 @@ pub enum MaterialProblem {
 }
 
 impl MaterialProblem {
+    /// Every [`Self::label`], so a reloader's refusal counters can be
+    /// published at 0 before the first refusal.
+    pub const LABELS: &'static [&'static str] = &[
+        "unreadable",
+        "key_mismatch",
+        "leaf_not_first",
+        "bad_key",
+        "bad_certificate",
+        "expired",
+        "not_yet_valid",
+        "untrusted",
+        "name",
+        "crl",
+    ];
+
     /// A short name for metric labels (one per kind, never from the peer or
     /// the file's content).
     pub fn label(&self) -> &'static str {
