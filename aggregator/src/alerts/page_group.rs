@@ -528,10 +528,7 @@ impl PageGroup {
     async fn query(&self, c: &mut Conn, cmd: &redis::Cmd) -> Result<Value, redis::RedisError> {
         match tokio::time::timeout(self.timeout + BLOCK, c.cmd(cmd)).await {
             Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no answer from Redis",
-            ))),
+            Err(_) => Err(crate::fanout::redis::timed_out()),
         }
     }
 

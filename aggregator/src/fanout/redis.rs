@@ -334,6 +334,15 @@ const STREAMS_REREGISTER: Duration = Duration::from_secs(30);
 
 /// Whether an error means the connection is unusable (rebuild it) rather
 /// than Redis refusing one command.
+/// The error for a Redis command or connection that got no answer within
+/// its timeout (shared by every caller that wraps one in `tokio::time::timeout`).
+pub(crate) fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer from Redis",
+    ))
+}
+
 pub(crate) fn connection_lost(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }

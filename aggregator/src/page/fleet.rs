@@ -8,7 +8,7 @@
 //! Redis down: the page shows this aggregator's own state and says so.
 
 use super::Local;
-use crate::fanout::redis::{connection_lost, fields, text, Conn, Target};
+use crate::fanout::redis::{connection_lost, fields, text, timed_out, Conn, Target};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -48,12 +48,6 @@ impl Fleet {
 
     /// Writes `mine` and reads the others' (fresh ones only).
     pub async fn exchange(&mut self, mine: &Local, now_ms: i64) -> redis::RedisResult<Vec<Local>> {
-        let timed_out = || {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no answer from Redis",
-            ))
-        };
         let mut conn = match &self.conn {
             Some(c) => c.clone(),
             None => {

@@ -10,7 +10,7 @@
 use super::ring::frame_text;
 use super::{stopped, Gateway};
 use crate::config::RedisSection;
-use crate::fanout::redis::{fields, items, text, Target};
+use crate::fanout::redis::{fields, items, text, timed_out, Target};
 use crate::sampler::Keys;
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -74,12 +74,7 @@ impl Follower {
 
     /// One subscription: subscribe, backfill, forward until quiet or gone.
     async fn follow(&self) -> redis::RedisResult<()> {
-        let to = |_| {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no answer from Redis",
-            ))
-        };
+        let to = |_| timed_out();
         let mut ps = tokio::time::timeout(self.timeout * 2, self.client.get_async_pubsub())
             .await
             .map_err(to)??;
@@ -115,12 +110,7 @@ impl Follower {
     async fn backfill(&self) -> redis::RedisResult<()> {
         let mut conn = tokio::time::timeout(self.timeout * 2, self.target.connect())
             .await
-            .map_err(|_| {
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect",
-                ))
-            })??;
+            .map_err(|_| timed_out())??;
         if let Some(last) = self.gateway.last() {
             let mut c = redis::cmd("XRANGE");
             c.arg(&self.keys.snapshots)
@@ -166,12 +156,7 @@ impl Follower {
             Ok(Ok(v)) => v,
             Ok(Err(e)) if e.code() == Some("WRONGTYPE") => return Ok(Vec::new()),
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "XRANGE",
-                )))
-            }
+            Err(_) => return Err(timed_out()),
         };
         let mut entries: Vec<String> = Vec::new();
         for e in items(&v) {

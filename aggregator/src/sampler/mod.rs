@@ -41,7 +41,7 @@ pub mod lease;
 
 use crate::config::{RedisSection, SamplerSection};
 use crate::fanout::embedded::Subscriptions;
-use crate::fanout::redis::{connection_lost, items, number, text, Conn, Target};
+use crate::fanout::redis::{connection_lost, items, number, text, timed_out, Conn, Target};
 use crate::metrics::IngestMetrics;
 use ferrule_signals::{Engine, Signal, Snapshot, StageSample};
 use ferrule_telemetry::{Counter, Gauge, Registry};
@@ -447,13 +447,6 @@ struct Driver {
 }
 
 type RedisResult<T> = Result<T, redis::RedisError>;
-
-fn timed_out() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "no answer from Redis",
-    ))
-}
 
 impl RedisSide {
     async fn conn(&mut self) -> RedisResult<Conn> {
