@@ -20,7 +20,7 @@
 //! Pure: the caller passes in what it observed.
 
 use ferrule_transport::quinn::ConnectionError;
-use ferrule_transport::{classify, CERTIFICATE_REASONS};
+use ferrule_transport::{classify, refused_by_verifier, CERTIFICATE_REASONS};
 
 /// One of the bounded reasons a session failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,7 +105,7 @@ pub fn of_connection(err: &ConnectionError, established: bool) -> FailureReason 
     match err {
         // We detected it: a certificate problem is the aggregator's certificate.
         ConnectionError::TransportError(_) => {
-            if CERTIFICATE_REASONS.contains(&label) {
+            if refused_by_verifier(err) {
                 FailureReason::ServerCertificateRefused
             } else {
                 FailureReason::Protocol

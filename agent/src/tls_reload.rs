@@ -16,8 +16,9 @@ use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::quinn;
 use ferrule_transport::{
     check_client_material, client_config, client_crypto, leaf_summary, stamp, ClientTls,
-    EndpointLimits, ExpectedAgent, FileStamp,
+    EndpointLimits, ExpectedAgent, FileStamp, Refusals,
 };
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Watches the agent's TLS files between connection attempts.
@@ -35,6 +36,7 @@ pub struct ClientTlsReload {
     refused_total: Counter,
     not_after: Gauge,
     registry: Registry,
+    refusals: Arc<Refusals>,
 }
 
 fn stamps(files: &ClientTls) -> Vec<Option<FileStamp>> {
@@ -89,7 +91,15 @@ impl ClientTlsReload {
             refused_total: reloads("refused"),
             not_after,
             registry: registry.clone(),
+            refusals: Refusals::new(),
         }
+    }
+
+    /// Where the verifier of every configuration built here reports the
+    /// aggregator certificates it refused (the uplink asks after a failed
+    /// handshake why, by rustls's typed error).
+    pub fn refusals(&self) -> &Arc<Refusals> {
+        &self.refusals
     }
 
     /// The configuration new connections should use, if the files changed
@@ -110,7 +120,7 @@ impl ClientTlsReload {
             SystemTime::now(),
         );
         let built = if report.is_ok() {
-            client_crypto(&self.files)
+            client_crypto(&self.files, &self.refusals)
                 .and_then(|c| client_config(c, &EndpointLimits::default()))
                 .map_err(|e| vec![("unreadable", e.to_string())])
         } else {

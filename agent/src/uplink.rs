@@ -33,7 +33,8 @@ use crate::spool::{count_dropped, InputCounts, SpoolReader, Spooled};
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::quinn;
 use ferrule_transport::{
-    classify, client_crypto, client_endpoint, EndpointLimits, FrameReceiver, FrameSender,
+    classify, client_crypto, client_endpoint, refused_by_verifier, EndpointLimits, FrameReceiver,
+    FrameSender, Refusals,
 };
 use ferrule_wire::clock::ClockFilter;
 use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession, SendError, SpoolBacklog};
@@ -282,8 +283,8 @@ impl Failures {
 
 /// Builds the QUIC endpoint from the TLS files, read afresh each time (so a
 /// fixed key is picked up without a restart).
-fn open_endpoint(cfg: &Config) -> Result<quinn::Endpoint, UplinkError> {
-    let crypto = client_crypto(&cfg.client_tls())?;
+fn open_endpoint(cfg: &Config, refusals: &Arc<Refusals>) -> Result<quinn::Endpoint, UplinkError> {
+    let crypto = client_crypto(&cfg.client_tls(), refusals)?;
     client_endpoint(
         SocketAddr::from(([0, 0, 0, 0], 0)),
         crypto,
@@ -379,7 +380,7 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
     let mut shutdown = deps.shutdown.clone();
     let mut tls_reload = crate::tls_reload::ClientTlsReload::new(&deps.cfg, &deps.registry);
     let mut endpoint = loop {
-        match open_endpoint(&deps.cfg) {
+        match open_endpoint(&deps.cfg, tls_reload.refusals()) {
             Ok(ep) => break ep,
             Err(e) => {
                 failures.record(&e, false, None, &deps.health);
@@ -420,7 +421,7 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             }
             let mut opened = false;
             let result = session(
-                &endpoint,
+                (&endpoint, tls_reload.refusals()),
                 addr,
                 &deps,
                 &m,
@@ -615,7 +616,7 @@ fn send_copy(
 
 /// One session; `opened` is set once the aggregator welcomed us.
 async fn session(
-    ep: &quinn::Endpoint,
+    (ep, refusals): (&quinn::Endpoint, &Refusals),
     addr: SocketAddr,
     deps: &UplinkDeps,
     m: &Metrics,
@@ -625,15 +626,21 @@ async fn session(
 ) -> Result<End, UplinkError> {
     let up = &deps.cfg.uplink;
     let connect_timeout = Duration::from_secs(up.connect_timeout_secs);
+    let _stale = refusals.take_last();
     let connecting = ep.connect(addr, &up.server_name)?;
     let conn = match tokio::time::timeout(connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
+            // Our verifier refused the aggregator's certificate: it knows
+            // why from rustls's typed error, finer than the TLS alert.
+            let verdict = refused_by_verifier(&e)
+                .then(|| refusals.take_last())
+                .flatten();
             return Err(UplinkError::Connection {
-                reason: classify(&e),
+                reason: verdict.unwrap_or_else(|| classify(&e)),
                 source: e,
                 established: false,
-            })
+            });
         }
         Err(_) => return Err(UplinkError::Timeout(HANDSHAKE)),
     };

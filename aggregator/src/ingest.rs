@@ -33,8 +33,8 @@ use crate::ledger::LedgerKey;
 use crate::metrics::IngestMetrics;
 use ferrule_transport::quinn;
 use ferrule_transport::{
-    classify, classify_server, close_code, peer_identity, FrameReceiver, FrameSender, StreamError,
-    VerifiedAgent, PEER_REFUSED_SERVER_CERTIFICATE,
+    classify, classify_server, close_code, peer_identity, refused_by_verifier, FrameReceiver,
+    FrameSender, StreamError, VerifiedAgent, PEER_REFUSED_SERVER_CERTIFICATE,
 };
 use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
 use ferrule_wire::session::{
@@ -179,8 +179,11 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
         Err(e) => {
             // The agent refusing our certificate is told apart from us
             // refusing its certificate (both say `unknown_ca` on the wire).
+            // Ours the verifier has counted already, by rustls's typed error.
             let reason = classify_server(&e);
-            ctx.metrics.refused(reason);
+            if !refused_by_verifier(&e) {
+                ctx.metrics.refused(reason);
+            }
             if reason == PEER_REFUSED_SERVER_CERTIFICATE {
                 tracing::warn!(%remote, reason, error = %e, "agent refused this aggregator's certificate (check the agent's uplink.server_name and trust bundle)");
             } else {

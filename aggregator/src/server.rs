@@ -18,7 +18,7 @@ use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
 use ferrule_transport::{
-    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits,
+    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits, Refusals,
     ServerTlsSlot,
 };
 use ferrule_wire::session::{IngestConfig, WindowConfig, WindowController};
@@ -152,7 +152,14 @@ pub async fn run(
     for p in &tls.problems {
         tracing::error!("{p}");
     }
-    let crypto = server_crypto(&cfg.server_tls()).context("loading TLS material")?;
+    let ingest_metrics = IngestMetrics::new(&registry);
+    // Client certificates refused are counted by the verifier, with the
+    // reason rustls's typed error gives (not text a peer could choose).
+    let refusals = {
+        let m = ingest_metrics.clone();
+        Refusals::counting(move |reason| m.refused(reason))
+    };
+    let crypto = server_crypto(&cfg.server_tls(), &refusals).context("loading TLS material")?;
     let limits = EndpointLimits {
         idle_timeout: Duration::from_secs(cfg.server.idle_timeout_secs),
         max_pending_handshakes: cfg.server.max_pending_handshakes,
@@ -175,6 +182,7 @@ pub async fn run(
             .then(|| Duration::from_secs(cfg.tls.reload_interval_secs)),
         Duration::from_secs(cfg.tls.expiry_warn_days.saturating_mul(86_400)),
         tls_slot.clone(),
+        refusals,
         &registry,
         stop_rx.clone(),
     )
@@ -248,7 +256,6 @@ pub async fn run(
     session.peer_timeout = Duration::from_secs(cfg.server.peer_timeout_secs);
     session.stall_timeout = Duration::from_secs(cfg.server.stall_timeout_secs);
     session.live_max_bytes_per_sec = cfg.server.live_max_bytes_per_sec;
-    let ingest_metrics = IngestMetrics::new(&registry);
     let agents = crate::agents::Agents::new();
     let gateway = crate::page::Gateway::new(&cfg.page, agents.clone(), &registry);
     let sampler = crate::sampler::Sampler::start(

@@ -20,8 +20,8 @@
 
 use ferrule_telemetry::{Counter, Gauge, Registry};
 use ferrule_transport::{
-    check_server_material, leaf_summary, server_crypto, stamp, FileStamp, Revoked, ServerTls,
-    ServerTlsSlot,
+    check_server_material, leaf_summary, server_crypto, stamp, FileStamp, Refusals, Revoked,
+    ServerTls, ServerTlsSlot,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -94,6 +94,7 @@ struct Taken {
 fn check(
     files: &ServerTls,
     serving_names: &[String],
+    refusals: &Arc<Refusals>,
 ) -> Result<Taken, Vec<(&'static str, String)>> {
     let report = check_server_material(files, SystemTime::now());
     if !report.is_ok() {
@@ -118,7 +119,7 @@ fn check(
             ),
         )]);
     }
-    let crypto = server_crypto(files).map_err(|e| vec![("unreadable", e.to_string())])?;
+    let crypto = server_crypto(files, refusals).map_err(|e| vec![("unreadable", e.to_string())])?;
     let revoked = match &files.crl {
         Some(p) => Revoked::from_file(p).map_err(|e| vec![("crl", e.to_string())])?,
         None => Revoked::default(),
@@ -154,6 +155,7 @@ impl TlsReload {
         interval: Option<Duration>,
         warn_within: Duration,
         slot: ServerTlsSlot,
+        refusals: Arc<Refusals>,
         registry: &Registry,
         mut stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
@@ -197,7 +199,8 @@ impl TlsReload {
                 }
                 let f = files.clone();
                 let names = serving_names.clone();
-                let Ok(outcome) = tokio::task::spawn_blocking(move || check(&f, &names)).await
+                let r = refusals.clone();
+                let Ok(outcome) = tokio::task::spawn_blocking(move || check(&f, &names, &r)).await
                 else {
                     continue;
                 };

@@ -58,27 +58,9 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A site or agent id is not a valid identity label.
-    #[error("invalid {field} {value:?}: {reason} (allowed: 1-64 characters of A-Z a-z 0-9 . _ -)")]
-    InvalidLabel {
-        /// Which label ("site" or "agent id").
-        field: &'static str,
-        /// The rejected value.
-        value: String,
-        /// Why it was rejected.
-        reason: &'static str,
-    },
-
-    /// A string is not a well-formed `ferrule://site/SITE/agent/AGENT` URI.
-    #[error(
-        "invalid agent identity URI {uri:?}: {reason} (expected ferrule://site/SITE/agent/AGENT)"
-    )]
-    InvalidAgentUri {
-        /// The rejected URI.
-        uri: String,
-        /// Why it was rejected.
-        reason: String,
-    },
+    /// A site, agent id or identity URI is not valid (see `ferrule-identity`).
+    #[error(transparent)]
+    Identity(#[from] ferrule_identity::Error),
 
     /// A server name is neither an IP address nor a valid DNS name.
     #[error("invalid server name {name:?}: {reason}")]

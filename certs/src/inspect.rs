@@ -13,10 +13,10 @@ use time::OffsetDateTime;
 use x509_parser::extensions::GeneralName;
 
 use crate::error::{Error, Result};
-use crate::identity::AgentIdentity;
 use crate::pemfile;
 use crate::serial::Serial;
 use crate::store::rfc3339;
+use ferrule_identity::AgentIdentity;
 
 /// The facts about one certificate that operators and the aggregator need.
 ///

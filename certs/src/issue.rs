@@ -23,12 +23,12 @@ use time::OffsetDateTime;
 
 use crate::ca::{check_days, IssuingCa, CLOCK_SKEW, ORG};
 use crate::error::{io_err, Error, Result};
-use crate::identity::AgentIdentity;
 use crate::serial::Serial;
 use crate::store::{
     append_index, refuse_existing, write_file, Access, CaFiles, CertKind, DirLock, IndexEntry,
     Status,
 };
+use ferrule_identity::AgentIdentity;
 
 /// Default server certificate lifetime in days.
 pub const DEFAULT_SERVER_DAYS: u32 = 90;

@@ -21,7 +21,6 @@
 mod bundle;
 mod ca;
 mod error;
-mod identity;
 mod inspect;
 mod issue;
 mod pemfile;
@@ -32,7 +31,7 @@ mod store;
 pub use bundle::{bundle, BundleReport};
 pub use ca::{init, InitOptions, DEFAULT_ISSUING_DAYS, DEFAULT_ROOT_DAYS};
 pub use error::{Error, Result};
-pub use identity::{validate_label, AgentIdentity, MAX_LABEL_LEN};
+pub use ferrule_identity::{validate_label, AgentIdentity, MAX_LABEL_LEN};
 pub use inspect::{inspect, to_json, CertInfo};
 pub use issue::{
     issue_agent, issue_server, IssueOptions, Issued, DEFAULT_AGENT_DAYS, DEFAULT_SERVER_DAYS,

@@ -196,11 +196,14 @@ pub(crate) async fn blast(
     tally: Arc<Tally>,
 ) -> anyhow::Result<Vec<u32>> {
     let (cert, key) = pki.agent(&spec.site, &spec.id)?;
-    let crypto = client_crypto(&ClientTls {
-        cert,
-        key,
-        server_ca: pki.ca_bundle(),
-    })?;
+    let crypto = client_crypto(
+        &ClientTls {
+            cert,
+            key,
+            server_ca: pki.ca_bundle(),
+        },
+        &ferrule_transport::Refusals::new(),
+    )?;
     let ep = client_endpoint(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         crypto,

@@ -725,11 +725,14 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Call within the runtime.
 fn client_ep(pki: &DevPki, id: &str) -> quinn::Endpoint {
     let (cert, key) = pki.agent(SITE, id).unwrap();
-    let tls = client_crypto(&ClientTls {
-        cert,
-        key,
-        server_ca: pki.ca_bundle(),
-    })
+    let tls = client_crypto(
+        &ClientTls {
+            cert,
+            key,
+            server_ca: pki.ca_bundle(),
+        },
+        &ferrule_transport::Refusals::new(),
+    )
     .unwrap();
     client_endpoint(
         SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -202,11 +202,14 @@ async fn client(
     give_up: Instant,
 ) -> Option<quinn::Connection> {
     let (cert, key) = pki.agent_paths("burst", &id);
-    let crypto = client_crypto(&ClientTls {
-        cert,
-        key,
-        server_ca: pki.ca_bundle(),
-    })
+    let crypto = client_crypto(
+        &ClientTls {
+            cert,
+            key,
+            server_ca: pki.ca_bundle(),
+        },
+        &ferrule_transport::Refusals::new(),
+    )
     .unwrap();
     let limits = EndpointLimits::default();
     let ep = client_endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), crypto, &limits).unwrap();

@@ -22,7 +22,7 @@ use ferrule_loadtest::procs::{self, AgentSpec, Proc};
 use ferrule_transport::quinn;
 use ferrule_transport::{
     classify, client_crypto, client_endpoint, close_code, server_crypto, ClientTls, EndpointLimits,
-    FrameReceiver, FrameSender, ServerTls, ALPN,
+    FrameReceiver, FrameSender, Refusals, ServerTls, ALPN,
 };
 use ferrule_wire::{
     encode, Batch, Capabilities, Define, Epoch, ErrorCode, ErrorMessage, Hello, Limits, Message,
@@ -231,11 +231,25 @@ fn issue_with_validity(
 /// TLS for an agent presenting `cert`/`key` and trusting the PKI's bundle, exactly
 /// as the agent builds it.
 fn agent_tls(pki: &DevPki, cert: &Path, key: &Path) -> rustls::ClientConfig {
-    client_crypto(&ClientTls {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        server_ca: pki.ca_bundle(),
-    })
+    agent_tls_reporting(pki, cert, key, &Refusals::new())
+}
+
+/// [`agent_tls`] whose verifier reports the server certificates it refuses
+/// to `refusals`.
+fn agent_tls_reporting(
+    pki: &DevPki,
+    cert: &Path,
+    key: &Path,
+    refusals: &Arc<Refusals>,
+) -> rustls::ClientConfig {
+    client_crypto(
+        &ClientTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            server_ca: pki.ca_bundle(),
+        },
+        refusals,
+    )
     .unwrap()
 }
 
@@ -635,7 +649,10 @@ async fn refuses_a_not_yet_valid_certificate() {
         Some("not_yet_valid"),
     )
     .await;
-    assert_eq!(client, "not_yet_valid", "what the client is told");
+    // TLS has one alert for "expired" and "not yet valid" (RFC 8446,
+    // certificate_expired): the client is told that; the aggregator, which
+    // refused it, counted the exact reason above from rustls's typed error.
+    assert_eq!(client, "expired", "what the client is told");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,7 +682,9 @@ async fn client_refuses_a_server_with_the_wrong_name() {
     let dir = tempfile::tempdir().unwrap();
     let pki = DevPki::ensure(&dir.path().join("pki")).unwrap();
     // A valid agent; the server certificate names localhost and 127.0.0.1 only.
-    let tls = valid_tls(&pki, "s", "misdirected");
+    let (cert, key) = pki.agent("s", "misdirected").unwrap();
+    let verdicts = Refusals::new();
+    let tls = agent_tls_reporting(&pki, &cert, &key, &verdicts);
     let (client, server) = assert_refused(
         dir.path(),
         &pki,
@@ -675,7 +694,14 @@ async fn client_refuses_a_server_with_the_wrong_name() {
         None,
     )
     .await;
-    assert_eq!(client, "wrong_server_name", "the client's own verdict");
+    // The alert it sends says only bad_certificate; its verifier knew why,
+    // from rustls's typed error.
+    assert_eq!(client, "bad_certificate", "the alert the client sent");
+    assert_eq!(
+        verdicts.take_last(),
+        Some("wrong_server_name"),
+        "the client's own verdict"
+    );
     // The client's alert reaches the aggregator, which counts the failed handshake
     // as the agent refusing the aggregator's certificate: not `unknown_ca` &
     // co., which name a problem with the agent's certificate.
@@ -1245,12 +1271,15 @@ async fn stream_limits_hold_and_zero_rtt_is_off() {
         .unwrap();
 
     // 0-RTT: off in both configurations...
-    let server = server_crypto(&ServerTls {
-        cert: pki.server_cert(),
-        key: pki.server_key(),
-        client_ca: pki.ca_bundle(),
-        crl: Some(pki.crl()),
-    })
+    let server = server_crypto(
+        &ServerTls {
+            cert: pki.server_cert(),
+            key: pki.server_key(),
+            client_ca: pki.ca_bundle(),
+            crl: Some(pki.crl()),
+        },
+        &ferrule_transport::Refusals::new(),
+    )
     .unwrap();
     assert_eq!(server.max_early_data_size, 0, "server accepts early data");
     assert_eq!(server.alpn_protocols, vec![ALPN.to_vec()]);

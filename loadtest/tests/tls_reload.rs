@@ -211,11 +211,14 @@ fn probe(
     id: &str,
 ) -> Result<String, String> {
     let (cert, key) = pki.agent("plant-1", id).unwrap();
-    let crypto = client_crypto(&ClientTls {
-        cert,
-        key,
-        server_ca: pki.ca_bundle(),
-    })
+    let crypto = client_crypto(
+        &ClientTls {
+            cert,
+            key,
+            server_ca: pki.ca_bundle(),
+        },
+        &ferrule_transport::Refusals::new(),
+    )
     .unwrap();
     rt.block_on(async {
         let ep = client_endpoint(

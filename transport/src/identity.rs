@@ -5,7 +5,7 @@
 //! [`VerifiedAgent`] can only be built by [`peer_identity`] from a connection whose
 //! handshake (and so rustls's chain, validity and CRL checks) has completed.
 
-use ferrule_certs::AgentIdentity;
+use ferrule_identity::AgentIdentity;
 use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 use x509_parser::prelude::*;

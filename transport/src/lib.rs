@@ -16,6 +16,7 @@ mod endpoint;
 mod error;
 mod framed;
 mod identity;
+mod refusal;
 mod reject;
 mod reload;
 mod tls;
@@ -31,9 +32,10 @@ pub use endpoint::{
 pub use error::{StreamError, TlsError};
 pub use framed::{FrameReceiver, FrameSender};
 pub use identity::{peer_identity, IdentityError, VerifiedAgent};
+pub use refusal::{certificate_label, Refusals};
 pub use reject::{
-    classify, classify_server, close_code, refused_by_peer, CloseCode, CERTIFICATE_REASONS,
-    CONNECTION_REASONS, PEER_REFUSED_SERVER_CERTIFICATE,
+    classify, classify_server, close_code, refused_by_peer, refused_by_verifier, CloseCode,
+    CERTIFICATE_REASONS, CONNECTION_REASONS, PEER_REFUSED_SERVER_CERTIFICATE,
 };
 pub use reload::{stamp, FileStamp, Revoked, ServerTlsSlot};
 pub use tls::{client_crypto, server_crypto, ClientTls, ServerTls, ALPN};

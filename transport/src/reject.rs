@@ -75,7 +75,7 @@ pub const CONNECTION_REASONS: &[&str] = &[
 pub const PEER_REFUSED_SERVER_CERTIFICATE: &str = "peer_refused_server_certificate";
 
 /// True when the peer ended the handshake because of a certificate: it refused
-/// *our* certificate (its TLS alert or its rustls error text says so).
+/// *our* certificate (its TLS alert says so).
 pub fn refused_by_peer(err: &ConnectionError) -> bool {
     matches!(err, ConnectionError::ConnectionClosed(_))
         && CERTIFICATE_REASONS.contains(&classify(err))
@@ -94,18 +94,17 @@ pub fn classify_server(err: &ConnectionError) -> &'static str {
 
 /// A short, stable reason for a failed or closed connection, for metric labels.
 ///
-/// Certificate problems are recognised from rustls's error text as it travels in
-/// the QUIC transport error, on whichever side detected it, or from the TLS alert
-/// the other side sent. The text is the `Display` of rustls's typed
-/// `CertificateError` (quinn carries nothing else); the tests below build those
-/// typed errors and check their labels, so a rustls release that rewords one
-/// fails a test rather than relabelling a refusal `tls_alert`.
+/// Decided by numbers alone, never by text: the QUIC error code, which for a
+/// TLS alert is 0x100 + the alert (RFC 9001, 20.1), and our own close codes.
+/// The reason phrase a peer sends, and rustls's text (which can quote the
+/// peer's certificate), stay in the logs. TLS has one alert for several
+/// certificate problems (expired and not yet valid are both
+/// `certificate_expired`); the side that refused knows the exact one from
+/// rustls's typed error, through [`crate::Refusals`].
 pub fn classify(err: &ConnectionError) -> &'static str {
     match err {
-        ConnectionError::TransportError(t) => classify_text(&t.reason, u64::from(t.code)),
-        ConnectionError::ConnectionClosed(c) => {
-            classify_text(&String::from_utf8_lossy(&c.reason), u64::from(c.error_code))
-        }
+        ConnectionError::TransportError(t) => by_code(u64::from(t.code)),
+        ConnectionError::ConnectionClosed(c) => by_code(u64::from(c.error_code)),
         ConnectionError::ApplicationClosed(c) => match u16::try_from(c.error_code.into_inner()) {
             // Our close codes are wire error codes; 0 is a normal close.
             Ok(0) | Err(_) => "application_closed",
@@ -122,48 +121,29 @@ pub fn classify(err: &ConnectionError) -> &'static str {
     }
 }
 
-fn classify_text(reason: &str, code: u64) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    // Most specific first.
-    let by_text = [
-        ("revoked", "revoked"),
-        ("notvalidyet", "not_yet_valid"),
-        ("not valid yet", "not_yet_valid"),
-        ("expired", "expired"),
-        ("notvalidforname", "wrong_server_name"),
-        ("certificate not valid for name", "wrong_server_name"),
-        ("not valid for name", "wrong_server_name"),
-        // InvalidPurpose(Context): a server certificate presented as a client
-        // certificate, or the reverse (wrong extended key usage).
-        ("invalidpurpose", "bad_key_usage"),
-        ("extended key usage", "bad_key_usage"),
-        ("unknownissuer", "unknown_ca"),
-        ("unknown issuer", "unknown_ca"),
-        ("unknown_ca", "unknown_ca"),
-        ("no certificates", "no_client_certificate"),
-        ("nocertificatespresented", "no_client_certificate"),
-        ("certificate_required", "no_client_certificate"),
-        ("certificaterequired", "no_client_certificate"),
-        ("unsupportedcertversion", "bad_certificate"),
-        ("badsignature", "bad_certificate"),
-        ("bad_certificate", "bad_certificate"),
-        ("badcertificate", "bad_certificate"),
-        ("certificate_revoked", "revoked"),
-        ("certificate_expired", "expired"),
-        ("no_application_protocol", "alpn_mismatch"),
-        ("noapplicationprotocol", "alpn_mismatch"),
-    ];
-    for (needle, label) in by_text {
-        if r.contains(needle) {
-            return label;
-        }
+/// TLS alerts a certificate verifier's error turns into (rustls maps each
+/// `CertificateError` to one of these).
+const VERIFIER_ALERTS: &[u64] = &[42, 43, 44, 45, 46, 48, 49, 51, 113];
+
+/// True when this side refused the peer's certificate in the handshake: its
+/// verifier did, and so already reported the exact reason to its
+/// [`crate::Refusals`]. (No certificate at all is refused by rustls before
+/// any verifier runs: not this.)
+pub fn refused_by_verifier(err: &ConnectionError) -> bool {
+    match err {
+        ConnectionError::TransportError(t) => u64::from(t.code)
+            .checked_sub(0x100)
+            .is_some_and(|a| VERIFIER_ALERTS.contains(&a)),
+        _ => false,
     }
-    // TLS alerts arrive as crypto errors 0x100 + alert number (RFC 9001, 20.1).
+}
+
+fn by_code(code: u64) -> &'static str {
     match code.checked_sub(0x100) {
-        Some(42) => "bad_certificate",
+        Some(42) | Some(46) => "bad_certificate",
+        Some(43) => "bad_key_usage",
         Some(44) => "revoked",
         Some(45) => "expired",
-        Some(43) => "bad_key_usage",
         Some(48) => "unknown_ca",
         Some(116) => "no_client_certificate",
         Some(120) => "alpn_mismatch",
@@ -176,92 +156,82 @@ fn classify_text(reason: &str, code: u64) -> &'static str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reasons_are_recognised() {
-        assert_eq!(
-            classify_text("invalid peer certificate: Expired", 0x12a),
-            "expired"
-        );
-        assert_eq!(
-            classify_text("invalid peer certificate: Revoked", 0),
-            "revoked"
-        );
-        assert_eq!(
-            classify_text("peer sent no certificates", 0),
-            "no_client_certificate"
-        );
-        assert_eq!(classify_text("", 0x100 + 48), "unknown_ca");
-        assert_eq!(classify_text("", 0x100 + 116), "no_client_certificate");
-        assert_eq!(classify_text("", 7), "transport_error");
-        assert_eq!(classify_text("", 0x100 + 43), "bad_key_usage");
+    fn closed(alert: u64, reason: &str) -> ConnectionError {
+        ConnectionError::ConnectionClosed(quinn_proto::ConnectionClose {
+            error_code: quinn_proto::TransportErrorCode::crypto(
+                u8::try_from(alert).expect("an alert"),
+            ),
+            frame_type: None,
+            reason: reason.as_bytes().to_vec().into(),
+        })
     }
 
-    /// The text quinn carries for a rustls error is its `Display`
-    /// (quinn-proto's `crypto::rustls`); each typed certificate error the
-    /// verifiers return must get its own label.
     #[test]
-    fn typed_rustls_certificate_errors_get_their_labels() {
-        use rustls::pki_types::UnixTime;
-        use rustls::{CertificateError as C, Error, ExtendedKeyPurpose as Eku};
-        use std::time::Duration;
-        let t = |s: u64| UnixTime::since_unix_epoch(Duration::from_secs(s));
-        let cases: Vec<(C, &str)> = vec![
-            (C::InvalidPurpose, "bad_key_usage"),
-            (
-                C::InvalidPurposeContext {
-                    required: Eku::ClientAuth,
-                    presented: vec![Eku::ServerAuth],
-                },
-                "bad_key_usage",
-            ),
-            (C::Expired, "expired"),
-            (
-                C::ExpiredContext {
-                    time: t(2000),
-                    not_after: t(1000),
-                },
-                "expired",
-            ),
-            (C::NotValidYet, "not_yet_valid"),
-            (
-                C::NotValidYetContext {
-                    time: t(1000),
-                    not_before: t(2000),
-                },
-                "not_yet_valid",
-            ),
-            (C::UnknownIssuer, "unknown_ca"),
-            (C::Revoked, "revoked"),
-            (C::BadSignature, "bad_certificate"),
-            (C::NotValidForName, "wrong_server_name"),
-        ];
-        for (typed, want) in cases {
-            let alert = u64::from(u8::from(rustls::AlertDescription::from(typed.clone())));
-            let text = Error::InvalidCertificate(typed.clone()).to_string();
-            assert_eq!(
-                classify_text(&text, 0x100 + alert),
-                want,
-                "{typed:?}: {text}"
-            );
-            // The alert alone (a peer that sends no text) gives the same label
-            // where TLS has an alert for it.
-            let by_alert = classify_text("", 0x100 + alert);
-            if !matches!(
-                typed,
-                C::NotValidYet
-                    | C::NotValidYetContext { .. }
-                    | C::BadSignature
-                    | C::NotValidForName
-            ) {
-                assert_eq!(by_alert, want, "{typed:?} by its alert alone");
-            }
+    fn alerts_name_their_reasons() {
+        for (alert, want) in [
+            (42, "bad_certificate"),
+            (43, "bad_key_usage"),
+            (44, "revoked"),
+            (45, "expired"),
+            (48, "unknown_ca"),
+            (116, "no_client_certificate"),
+            (120, "alpn_mismatch"),
+            (40, "tls_alert"),
+        ] {
+            assert_eq!(classify(&closed(alert, "")), want, "alert {alert}");
         }
+    }
+
+    /// What a peer writes in its close reason is not its label: a handshake
+    /// failure with alert `bad_certificate` and a reason phrase reading
+    /// "revoked" is `bad_certificate`.
+    #[test]
+    fn a_peer_cannot_choose_its_label_by_text() {
+        for text in ["revoked", "certificate_revoked", "Expired", "unknown_ca"] {
+            assert_eq!(classify(&closed(42, text)), "bad_certificate", "{text}");
+        }
+        assert_eq!(classify(&closed(40, "revoked")), "tls_alert");
+    }
+
+    /// Each typed certificate error's alert gives a certificate label, and a
+    /// local refusal of one is the verifier's to count.
+    #[test]
+    fn verifier_refusals_are_told_apart_by_their_alert() {
+        use rustls::CertificateError as C;
+        for typed in [
+            C::Expired,
+            C::NotValidYet,
+            C::Revoked,
+            C::UnknownIssuer,
+            C::BadSignature,
+            C::NotValidForName,
+            C::InvalidPurpose,
+            C::BadEncoding,
+            C::ApplicationVerificationFailure,
+            C::InvalidOcspResponse,
+        ] {
+            let alert = u8::from(rustls::AlertDescription::from(typed.clone()));
+            let local = ConnectionError::TransportError(quinn_proto::TransportError {
+                code: quinn_proto::TransportErrorCode::crypto(alert),
+                frame: None,
+                reason: String::new(),
+            });
+            assert!(refused_by_verifier(&local), "{typed:?}");
+            assert!(!refused_by_peer(&local), "{typed:?}");
+        }
+        let none = ConnectionError::TransportError(quinn_proto::TransportError {
+            code: quinn_proto::TransportErrorCode::crypto(116),
+            frame: None,
+            reason: String::new(),
+        });
+        assert!(!refused_by_verifier(&none));
+        assert_eq!(classify(&none), "no_client_certificate");
     }
 
     #[test]
     fn every_label_is_published() {
-        for (text, code) in [("", 0x100 + 99), ("", 7), ("x", 0x100 + 46)] {
-            assert!(CONNECTION_REASONS.contains(&classify_text(text, code)));
+        for code in [0x100 + 99, 7, 0x100 + 46, 0x100 + 42] {
+            assert!(CONNECTION_REASONS.contains(&by_code(code)));
         }
         for r in CERTIFICATE_REASONS {
             assert!(CONNECTION_REASONS.contains(r), "{r}");
@@ -277,5 +247,10 @@ mod tests {
         });
         assert!(!refused_by_peer(&local));
         assert_eq!(classify_server(&local), "unknown_ca");
+        assert!(refused_by_peer(&closed(48, "")));
+        assert_eq!(
+            classify_server(&closed(48, "")),
+            PEER_REFUSED_SERVER_CERTIFICATE
+        );
     }
 }

@@ -7,6 +7,8 @@
 //! its own trust bundle and presents its certificate.
 
 use crate::error::TlsError;
+use crate::refusal::{RecordingClientVerifier, RecordingServerVerifier, Refusals};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -145,7 +147,13 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Builds the aggregator's TLS configuration: TLS 1.3 only, client certificates
 /// required and checked against the bundle and CRL, no 0-RTT.
-pub fn server_crypto(files: &ServerTls) -> Result<ServerConfig, TlsError> {
+///
+/// Each client certificate refused is reported to `refusals` with the label
+/// of rustls's typed error (see [`crate::Refusals`]).
+pub fn server_crypto(
+    files: &ServerTls,
+    refusals: &Arc<Refusals>,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
     let mut verifier = WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(&files.client_ca)?),
@@ -164,7 +172,10 @@ pub fn server_crypto(files: &ServerTls) -> Result<ServerConfig, TlsError> {
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(RecordingClientVerifier {
+            inner: verifier,
+            refusals: refusals.clone(),
+        }))
         .with_single_cert(certs(&files.cert)?, key(&files.key)?)
         .map_err(|e| TlsError::Rustls(format!("{}: {e}", files.key.display())))?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
@@ -182,11 +193,28 @@ pub fn server_crypto(files: &ServerTls) -> Result<ServerConfig, TlsError> {
 /// Builds the agent's TLS configuration: TLS 1.3 only, the aggregator verified
 /// against the bundle (name checked by the caller's `connect`), our certificate
 /// presented, no 0-RTT.
-pub fn client_crypto(files: &ClientTls) -> Result<ClientConfig, TlsError> {
-    let mut cfg = ClientConfig::builder_with_provider(provider())
+///
+/// A server certificate refused is reported to `refusals` with the label of
+/// rustls's typed error (see [`crate::Refusals`]).
+pub fn client_crypto(
+    files: &ClientTls,
+    refusals: &Arc<Refusals>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(&files.server_ca)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_root_certificates(roots(&files.server_ca)?)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RecordingServerVerifier {
+            inner: verifier,
+            refusals: refusals.clone(),
+        }))
         .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)
         .map_err(|e| TlsError::Rustls(format!("{}: {e}", files.key.display())))?;
     cfg.alpn_protocols = vec![ALPN.to_vec()];

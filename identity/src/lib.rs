@@ -1,5 +1,9 @@
 //! Agent identities and their URI form `ferrule://site/SITE/agent/AGENT`.
 //!
+//! A crate of its own so that `ferrule-transport` (which checks identities)
+//! carries no CA tooling, and `ferrule-certs` (which issues them) shares the
+//! very same type.
+//!
 //! The aggregator authorizes an agent by the URI SAN of its client
 //! certificate, so this module is the single definition of that format for
 //! both the issuing side and the checking side.
@@ -10,7 +14,37 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
+/// Why a site, agent id or identity URI was refused.
+///
+/// Its own type (not the CA tooling's error) so the transport can parse a
+/// peer's identity without depending on the certificate-issuing crate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A site or agent id is not a valid identity label.
+    #[error("invalid {field} {value:?}: {reason} (allowed: 1-64 characters of A-Z a-z 0-9 . _ -)")]
+    InvalidLabel {
+        /// Which label ("site" or "agent id").
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A URI SAN is not of the form `ferrule://site/SITE/agent/AGENT`.
+    #[error(
+        "invalid agent identity URI {uri:?}: {reason} (expected ferrule://site/SITE/agent/AGENT)"
+    )]
+    InvalidAgentUri {
+        /// The rejected URI.
+        uri: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// Result of identity parsing and validation.
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Scheme and authority every agent identity URI starts with.
 const URI_PREFIX: &str = "ferrule://site/";
