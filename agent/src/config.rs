@@ -118,6 +118,14 @@ pub struct UplinkSection {
     /// aggregator that offers them. 0 turns them off. Default 1000.
     #[serde(default = "d_live_lag")]
     pub live_lag_ms: u64,
+    /// How much of its credit the agent uses is sized from the time its
+    /// batches take to be acknowledged: it holds that time within this many
+    /// milliseconds of the least it has seen lately (the round trip and the
+    /// aggregator's commit), so at saturation batches do not wait behind a
+    /// whole credit window (delay-based, as TCP Vegas). 0 sends whatever the
+    /// credit allows. Default 2.
+    #[serde(default = "d_target_queue_delay")]
+    pub target_queue_delay_ms: u64,
 }
 
 fn d_connect_timeout() -> u64 {
@@ -137,6 +145,9 @@ fn d_backoff_initial() -> u64 {
 }
 fn d_live_lag() -> u64 {
     1_000
+}
+fn d_target_queue_delay() -> u64 {
+    u64::try_from(ferrule_wire::session::DEFAULT_TARGET_QUEUE_DELAY.as_millis()).unwrap_or(2)
 }
 fn d_backoff_max() -> u64 {
     5_000

@@ -677,6 +677,7 @@ async fn drive(
     cfg.heartbeat_interval = Duration::from_millis(up.heartbeat_interval_ms.max(100));
     cfg.peer_timeout = Duration::from_secs(up.peer_timeout_secs);
     cfg.stall_timeout = Duration::from_secs(up.stall_timeout_secs);
+    cfg.target_queue_delay = Duration::from_millis(up.target_queue_delay_ms);
     let mut s = AgentSession::new(cfg, (start.epoch, start.first_unacked), Instant::now());
     let write_within = Duration::from_secs(up.peer_timeout_secs.max(1));
     flush(&mut s, &mut ctl, write_within).await?;

@@ -183,6 +183,7 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
                 samples: opts.batch_samples,
                 seed: 1000 + i as u64,
                 rate: opts.rate / opts.connections.max(1) as u64,
+                agent_queue_delay: None,
             },
             stop.clone(),
             measuring.clone(),

@@ -54,6 +54,9 @@ pub struct Options {
     /// The aggregator's `credit.target_queue_delay_ms`; `None` for its default,
     /// 0 for a fixed window.
     pub target_queue_delay_ms: Option<u64>,
+    /// The agents' `uplink.target_queue_delay_ms` (their pacing); `None` for
+    /// their default, 0 for none.
+    pub agent_queue_delay_ms: Option<u64>,
     /// Commit to a real Kafka broker started with `scripts/kafka.sh` (on this
     /// port) instead of the embedded log.
     pub kafka_port: Option<u16>,
@@ -173,6 +176,9 @@ pub(crate) struct BlastSpec {
     pub(crate) samples: usize,
     pub(crate) seed: u64,
     pub(crate) rate: u64,
+    /// The agent session's `target_queue_delay` (its pacing); `None` for the
+    /// agent's default, zero for none.
+    pub(crate) agent_queue_delay: Option<Duration>,
 }
 
 /// How one session of a blast client ended.
@@ -261,11 +267,11 @@ async fn establish(
         let limits = Limits::default();
         let mut ctl = FrameSender::new(send, limits);
         let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
-        let mut s = AgentSession::new(
-            AgentConfig::new(spec.site.clone(), spec.id.clone(), "bench"),
-            (epoch, Seq(1)),
-            Instant::now(),
-        );
+        let mut acfg = AgentConfig::new(spec.site.clone(), spec.id.clone(), "bench");
+        if let Some(d) = spec.agent_queue_delay {
+            acfg.target_queue_delay = d;
+        }
+        let mut s = AgentSession::new(acfg, (epoch, Seq(1)), Instant::now());
         while let Some(m) = s.poll_transmit() {
             ctl.send(&m).await?;
         }
@@ -569,6 +575,7 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
                 samples: opts.batch_samples,
                 seed: 1000 + i as u64,
                 rate: opts.rate / opts.connections.max(1) as u64,
+                agent_queue_delay: opts.agent_queue_delay_ms.map(Duration::from_millis),
             },
             stop.clone(),
             measuring.clone(),

@@ -64,6 +64,10 @@ enum Scenario {
         /// given); 0 for a fixed window of `--window-batches`.
         #[arg(long)]
         target_queue_delay_ms: Option<u64>,
+        /// The agents' `uplink.target_queue_delay_ms`, how much of their credit
+        /// they use (their default if not given); 0 to use all of it.
+        #[arg(long)]
+        agent_queue_delay_ms: Option<u64>,
         /// Commit to a real Kafka broker (started with scripts/kafka.sh on this port,
         /// e.g. 39092) instead of the embedded log. Run from the repository root.
         #[arg(long)]
@@ -140,6 +144,7 @@ fn main() -> Result<()> {
             rate,
             window_batches,
             target_queue_delay_ms,
+            agent_queue_delay_ms,
             kafka_port,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -152,6 +157,7 @@ fn main() -> Result<()> {
                     rate,
                     window_batches,
                     target_queue_delay_ms,
+                    agent_queue_delay_ms,
                     kafka_port,
                 },
             ))?;
@@ -165,8 +171,16 @@ fn main() -> Result<()> {
                 Some(ms) => format!("window up to {window_batches} batches for {ms} ms of queue"),
                 None => format!("window up to {window_batches} batches (default queue target)"),
             };
+            let pacing = match agent_queue_delay_ms {
+                Some(0) => "agents use all their credit".to_string(),
+                Some(ms) => format!("agents pace for {ms} ms of queue"),
+                None => format!(
+                    "agents pace for {} ms of queue (their default)",
+                    ferrule_wire::session::DEFAULT_TARGET_QUEUE_DELAY.as_millis()
+                ),
+            };
             println!(
-                "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, {window}, {}",
+                "transport: {secs} s measured, {connections} connections, {batch_samples} samples/batch, {offered}, {window}, {pacing}, {}",
                 if kafka_port.is_some() { "Kafka (1 broker on this machine, acks=all, idempotent, lz4)" } else { "embedded log (fsync per group commit)" }
             );
             println!(

@@ -1142,3 +1142,123 @@ fn a_damaged_status_is_a_typed_error() {
         }
     }
 }
+
+/// Acks every batch in flight on `a` at `now`, as the aggregator would after
+/// committing it.
+fn ack_all_at(a: &mut AgentSession, i: &mut IngestSession, now: Now) {
+    commit_all_at(i, now);
+    pump_at(a, i, now);
+}
+
+fn commit_all_at(i: &mut IngestSession, now: Now) {
+    let mut done = Vec::new();
+    while let Some(e) = i.poll_event() {
+        if let IngestEvent::Commit { batch, .. } = e {
+            done.push((batch.epoch, batch.seq));
+        }
+    }
+    for (e, s) in &done {
+        i.committed(*e, *s, now.mono);
+    }
+}
+
+/// Sends batches while the session lets it (up to `most`), at `now`.
+fn send_while_allowed(
+    a: &mut AgentSession,
+    i: &mut IngestSession,
+    next: &mut u64,
+    most: u64,
+    now: Now,
+) -> u64 {
+    let mut sent = 0;
+    while sent < most && a.can_send(100) {
+        let defines = a.on_send(0, E, Seq(*next), 100, now.mono).unwrap();
+        for d in defines {
+            i.handle(Message::Define(d), 20, now).unwrap();
+        }
+        i.handle(Message::Batch(batch_in(E, *next, 0)), 100, now)
+            .unwrap();
+        *next += 1;
+        sent += 1;
+    }
+    sent
+}
+
+fn wide_credit() -> IngestConfig {
+    IngestConfig::new(
+        "agg-test",
+        limits(),
+        Credit {
+            bytes: 1 << 30,
+            batches: 512,
+        },
+    )
+}
+
+/// At saturation an agent used to keep its whole credit in flight, and every
+/// batch waited behind the lot. With pacing, acks that come back later and
+/// later (a queue building up somewhere it cannot see) make it keep fewer
+/// batches in flight, never none; acks as fast as the least seen let it use
+/// its credit again.
+#[test]
+fn pacing_keeps_fewer_batches_in_flight_when_acks_slow_down() {
+    let (mut a, mut i) = established_with(wide_credit());
+    let full = a.pacing_window().expect("pacing is on by default");
+    let mut next = 1;
+    // Acks in 1 ms: the base.
+    let mut t = 0;
+    for _ in 0..50 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 1;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    // Then each ack takes 30 ms: a queue of 29 ms, far above the 2 ms target.
+    for _ in 0..40 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 30;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    let slow = a.pacing_window().unwrap();
+    assert!(
+        slow < full / 4,
+        "window {slow} of {full} after a 29 ms queue"
+    );
+    assert!(slow >= 1);
+    // With none in flight an agent can always send one.
+    assert!(a.can_send(100));
+    // Fast again: it grows back.
+    for _ in 0..400 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 1;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    assert!(
+        a.pacing_window().unwrap() > slow * 4,
+        "window {} after fast acks, from {slow}",
+        a.pacing_window().unwrap()
+    );
+}
+
+/// Pacing off (a target of zero): the credit alone decides, as before.
+#[test]
+fn without_pacing_the_credit_alone_decides() {
+    let mut cfg = agent_cfg("s1", "a1");
+    cfg.target_queue_delay = Duration::ZERO;
+    let mut a = AgentSession::new(cfg, (E, Seq(1)), at(0).mono);
+    let mut i = IngestSession::new(wide_credit(), peer(), at(0).mono);
+    a.define(define(0, "va"));
+    pump(&mut a, &mut i);
+    assert!(a.is_established());
+    assert_eq!(a.pacing_window(), None);
+    let mut next = 1;
+    let mut t = 0;
+    for _ in 0..20 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 50;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    assert_eq!(
+        send_while_allowed(&mut a, &mut i, &mut next, 1000, at(t)),
+        512
+    );
+}

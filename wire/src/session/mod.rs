@@ -21,7 +21,10 @@ mod agent;
 mod ingest;
 mod window;
 
-pub use agent::{AgentConfig, AgentEvent, AgentSession, SendError, SpoolBacklog};
+pub use agent::{
+    AgentConfig, AgentEvent, AgentSession, SendError, SpoolBacklog, DEFAULT_PACING_MAX_BATCHES,
+    DEFAULT_TARGET_QUEUE_DELAY,
+};
 pub use ingest::{IngestConfig, IngestEvent, IngestSession, LiveRefusal, PeerIdentity};
 pub use window::{WindowConfig, WindowController, WindowStats};
 

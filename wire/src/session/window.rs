@@ -214,6 +214,16 @@ impl WindowController {
         c
     }
 
+    /// The same controller starting at the ceiling instead of the floor: for a
+    /// sender that should use all it is allowed until it sees a queue (the
+    /// agent's pacing, below a credit the aggregator already sizes), not
+    /// creep up from one batch at every new session.
+    pub fn starting_at_ceiling(mut self) -> Self {
+        self.fraction = 1.0;
+        self.window = self.compute_window();
+        self
+    }
+
     /// True when the window is fixed at the ceiling (a target of zero).
     pub fn is_fixed(&self) -> bool {
         self.cfg.target_queue_delay.is_zero()
@@ -232,6 +242,19 @@ impl WindowController {
     /// True while the base is being probed (every window at the floor).
     pub fn is_probing(&self) -> bool {
         self.probe_until.is_some()
+    }
+
+    /// Probes the base at the next latency reported (unless probing now).
+    ///
+    /// For controllers that share a queue without sharing a controller (one
+    /// per agent): each probing on its own drains only its share, so its base
+    /// would read the others' queue as the sink's own and the queue would
+    /// grow with their number. Told to probe at the same moments (the wall
+    /// clock's marks), they drain it together.
+    pub fn probe_base(&mut self, now: Instant) {
+        if self.probe_until.is_none() {
+            self.next_probe = Some(now);
+        }
     }
 
     fn base(&self) -> Option<Duration> {
