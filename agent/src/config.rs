@@ -170,10 +170,93 @@ pub struct TlsSection {
     /// restart. Default 14.
     #[serde(default = "default_expiry_warn_days")]
     pub expiry_warn_days: u64,
+    /// The renew hook: a command run when the certificate is due for
+    /// renewal, as an argv array (no shell), e.g.
+    /// `["/usr/bin/ferrule-certs", "renew", "--dir", "/etc/ferrule/pki",
+    /// "--cert", "/etc/ferrule/pki/agent.crt"]`. It must write the renewed
+    /// certificate over `cert` (and `key`, if it makes a new one); the files
+    /// are then checked and used for new connections as any renewal is. It
+    /// runs with stdin closed; its output is logged when it fails. Default
+    /// none: the hook is off.
+    #[serde(default)]
+    pub renew_command: Option<Vec<String>>,
+    /// When the hook runs, as a fraction of the certificate's lifetime from
+    /// its `not_before` (0.66 of a 30-day certificate: about day 20).
+    /// Between 0 and 1, exclusive. Default 0.66.
+    #[serde(default = "default_renew_at_fraction")]
+    pub renew_at_fraction: f64,
+    /// Up to this fraction of the lifetime earlier or later, drawn once per
+    /// certificate (from its serial), so a fleet issued the same day does
+    /// not renew in the same minute. `renew_at_fraction` plus or minus it
+    /// stays within (0, 1). Default 0.05.
+    #[serde(default = "default_renew_jitter_fraction")]
+    pub renew_jitter_fraction: f64,
+    /// The hook is killed after this many seconds (counted as a timeout).
+    /// Default 60.
+    #[serde(default = "default_renew_timeout_secs")]
+    pub renew_timeout_secs: u64,
+    /// After a run that did not produce a new certificate (failed, timed
+    /// out, or exited 0 leaving the file as it was), the next run waits this
+    /// many seconds. Default 600.
+    #[serde(default = "default_renew_retry_secs")]
+    pub renew_retry_secs: u64,
 }
 
 fn default_expiry_warn_days() -> u64 {
     14
+}
+fn default_renew_at_fraction() -> f64 {
+    0.66
+}
+fn default_renew_jitter_fraction() -> f64 {
+    0.05
+}
+fn default_renew_timeout_secs() -> u64 {
+    60
+}
+fn default_renew_retry_secs() -> u64 {
+    600
+}
+
+impl TlsSection {
+    /// The renew hook's keys: a command with a program, fractions that keep
+    /// the due time inside the certificate's lifetime, non-zero durations.
+    fn validate_renew(&self, bad: &mut Vec<Invalid>) {
+        if let Some(argv) = &self.renew_command {
+            if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                bad.push(Invalid::new(
+                    "tls.renew_command",
+                    "needs at least the program to run (an argv array, e.g. [\"/usr/bin/ferrule-certs\", \"renew\", ...]); leave the key out to turn the hook off",
+                ));
+            }
+        }
+        let at = self.renew_at_fraction;
+        let at_ok = at.is_finite() && at > 0.0 && at < 1.0;
+        if !at_ok {
+            bad.push(Invalid::new(
+                "tls.renew_at_fraction",
+                format!("{at} is not between 0 and 1 (exclusive): it is the fraction of the certificate's lifetime at which the renew hook runs, e.g. 0.66"),
+            ));
+        }
+        let j = self.renew_jitter_fraction;
+        if !(j.is_finite() && j >= 0.0) {
+            bad.push(Invalid::new(
+                "tls.renew_jitter_fraction",
+                format!("{j} must be 0 or more"),
+            ));
+        } else if at_ok && (at - j <= 0.0 || at + j >= 1.0) {
+            bad.push(Invalid::new(
+                "tls.renew_jitter_fraction",
+                format!("{j} takes tls.renew_at_fraction ({at}) plus or minus it outside (0, 1): the hook could run at issue or after expiry"),
+            ));
+        }
+        if self.renew_timeout_secs == 0 {
+            bad.push(Invalid::new("tls.renew_timeout_secs", "must be at least 1"));
+        }
+        if self.renew_retry_secs == 0 {
+            bad.push(Invalid::new("tls.renew_retry_secs", "must be at least 1"));
+        }
+    }
 }
 
 /// When the spool fsyncs.
@@ -380,6 +463,7 @@ impl Validate for Config {
                 "must be at least 1",
             ));
         }
+        self.tls.validate_renew(&mut bad);
         if self.spool.max_bytes < 4 * self.spool.segment_bytes {
             bad.push(Invalid::new(
                 "spool.max_bytes",

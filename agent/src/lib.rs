@@ -26,6 +26,8 @@ pub mod crossing;
 pub mod failure;
 pub mod inputs;
 pub mod live;
+pub mod renew_hook;
+pub mod renew_schedule;
 pub mod spool;
 pub mod tls_reload;
 pub mod uplink;
@@ -151,6 +153,12 @@ pub async fn run(
         health,
         live: tokio::sync::Mutex::new(live_rx),
     }));
+    // Its own task: a slow or hanging renew hook never holds the uplink.
+    let renew = tokio::spawn(renew_hook::run(
+        cfg.clone(),
+        registry.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!(site = %cfg.agent.site, agent = %cfg.agent.id, endpoints = ?cfg.uplink.endpoints, "agent running");
 
     shutdown.await;
@@ -160,6 +168,7 @@ pub async fn run(
         let _ = t.await;
     }
     let up = uplink.await;
+    let _ = renew.await;
     // The uplink dropped its settle sender: the batcher finishes.
     let _ = batcher.await;
     match up {

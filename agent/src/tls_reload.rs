@@ -182,7 +182,7 @@ impl ClientTlsReload {
             tracing::warn!(
                 days_left = left_s / 86_400,
                 cert = %self.files.cert.display(),
-                "the agent's certificate expires soon: renew it (ferrule-certs issue-agent, or the renew hook)"
+                "the agent's certificate expires soon: renew it (ferrule-certs renew, or tls.renew_command)"
             );
         }
     }

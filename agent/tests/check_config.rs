@@ -506,3 +506,68 @@ fn relative_tls_paths_are_a_warning_naming_the_working_directory() {
         "{text}"
     );
 }
+
+/// The renew hook's keys: a fraction outside (0, 1), a jitter that reaches
+/// past it and an empty command are config errors naming the key; a good hook
+/// passes.
+#[test]
+fn renew_hook_keys_are_checked() {
+    let text = std::fs::read_to_string(example()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let with = |keys: &str| text.replace("[tls]\n", &format!("[tls]\n{keys}\n"));
+    for (keys, key, says) in [
+        (
+            "renew_at_fraction = 1.0",
+            "tls.renew_at_fraction",
+            "between 0 and 1",
+        ),
+        (
+            "renew_at_fraction = 0",
+            "tls.renew_at_fraction",
+            "between 0 and 1",
+        ),
+        (
+            "renew_at_fraction = -0.5",
+            "tls.renew_at_fraction",
+            "between 0 and 1",
+        ),
+        (
+            "renew_at_fraction = 0.9\nrenew_jitter_fraction = 0.2",
+            "tls.renew_jitter_fraction",
+            "outside (0, 1)",
+        ),
+        (
+            "renew_jitter_fraction = -0.1",
+            "tls.renew_jitter_fraction",
+            "0 or more",
+        ),
+        ("renew_command = []", "tls.renew_command", "argv array"),
+        ("renew_command = [\"\"]", "tls.renew_command", "argv array"),
+        (
+            "renew_command = \"ferrule-certs renew\"",
+            "renew_command",
+            "sequence",
+        ),
+        (
+            "renew_timeout_secs = 0",
+            "tls.renew_timeout_secs",
+            "at least 1",
+        ),
+        ("renew_retry_secs = 0", "tls.renew_retry_secs", "at least 1"),
+        ("renew_after_secs = 5", "renew_after_secs", "unknown field"),
+    ] {
+        std::fs::write(&path, with(keys)).unwrap();
+        let (ok, out) = check(&path, &[]);
+        assert!(!ok, "{keys} accepted");
+        assert!(out.contains(key), "{keys}: {out}");
+        assert!(out.contains(says), "{keys}: {out}");
+    }
+    std::fs::write(
+        &path,
+        with("renew_command = [\"/usr/bin/ferrule-certs\", \"renew\"]\nrenew_at_fraction = 0.5\nrenew_jitter_fraction = 0.1"),
+    )
+    .unwrap();
+    let (_, out) = check(&path, &[]);
+    assert!(!out.contains("renew"), "{out}");
+}

@@ -200,6 +200,8 @@ pub(crate) struct IssuingCa {
     pub(crate) cert_pem: String,
     /// When the issuing CA expires; leaves may not outlive it.
     pub(crate) not_after: OffsetDateTime,
+    /// The issuing CA certificate in DER, to check a leaf was signed by it.
+    pub(crate) cert_der: Vec<u8>,
 }
 
 impl IssuingCa {
@@ -243,6 +245,7 @@ impl IssuingCa {
             issuer,
             cert_pem: pemfile::encode_cert(&der),
             not_after,
+            cert_der: der,
         })
     }
 

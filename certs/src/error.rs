@@ -206,6 +206,46 @@ pub enum Error {
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,
+
+    /// `renew` was given a certificate that is not an agent or server leaf
+    /// as `ferrule-certs` issues them.
+    #[error("{} is not a ferrule leaf certificate: {reason}; renew only reissues agent and server certificates from `ferrule-certs issue-agent` / `issue-server`", path.display())]
+    NotFerruleLeaf {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is missing or extra.
+        reason: String,
+    },
+
+    /// `renew` was given a leaf that the CA directory's issuing CA did not
+    /// sign.
+    #[error("{} was not issued by the CA in {} (its issuer is {issuer:?}); renew it with the CA that issued it", path.display(), dir.display())]
+    IssuerMismatch {
+        /// The certificate file.
+        path: PathBuf,
+        /// The CA directory given.
+        dir: PathBuf,
+        /// The leaf's issuer DN.
+        issuer: String,
+    },
+
+    /// `renew` was given a leaf whose serial is revoked in the index.
+    #[error("{} (serial {serial}) is revoked; a revoked certificate is not renewed: issue a new one with issue-agent / issue-server", path.display())]
+    RevokedLeaf {
+        /// The certificate file.
+        path: PathBuf,
+        /// The serial (hex).
+        serial: String,
+    },
+
+    /// `renew` was given a key that is not the leaf's.
+    #[error("{} is not the private key of {}; point --key at the certificate's key, or pass --new-key to make a new one", key.display(), cert.display())]
+    LeafKeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
 }
 
 /// Shorthand for results of this crate.

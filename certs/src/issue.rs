@@ -77,6 +77,25 @@ impl Issued {
 /// names the files `server-<name>.crt/.key`.
 pub fn issue_server(dir: &Path, names: &[String], opts: &IssueOptions) -> Result<Issued> {
     let first = names.first().ok_or(Error::NoServerNames)?;
+    let (params, identity) = server_params(names)?;
+    let stem = format!("server-{}", sanitize(first));
+    issue(
+        dir,
+        &stem,
+        params,
+        CertKind::Server,
+        identity,
+        opts.days.unwrap_or(DEFAULT_SERVER_DAYS),
+        opts,
+    )
+}
+
+/// The subject, SANs and EKU of a server leaf for `names` (the first is the
+/// CN), and its index identity (the lowercased names, deduplicated, joined
+/// by commas). Shared by issuing and renewing, so a renewed server
+/// certificate names exactly what a freshly issued one would.
+pub(crate) fn server_params(names: &[String]) -> Result<(CertificateParams, String)> {
+    let first = names.first().ok_or(Error::NoServerNames)?;
     let mut sans: Vec<SanType> = Vec::with_capacity(names.len());
     let mut seen: Vec<String> = Vec::with_capacity(names.len());
     for name in names {
@@ -87,7 +106,6 @@ pub fn issue_server(dir: &Path, names: &[String], opts: &IssueOptions) -> Result
             sans.push(san);
         }
     }
-    let stem = format!("server-{}", sanitize(first));
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -98,24 +116,31 @@ pub fn issue_server(dir: &Path, names: &[String], opts: &IssueOptions) -> Result
         .push(DnType::CommonName, first.as_str());
     params.subject_alt_names = sans;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    issue(
-        dir,
-        &stem,
-        params,
-        CertKind::Server,
-        seen.join(","),
-        opts.days.unwrap_or(DEFAULT_SERVER_DAYS),
-        opts,
-    )
+    Ok((params, seen.join(",")))
 }
 
 /// Issues a clientAuth certificate for the agent `identity` from the CA in
 /// `dir`, with URI SAN `ferrule://site/SITE/agent/AGENT` and CN = agent id,
 /// written as `agent-<site>-<id>.crt/.key`.
 pub fn issue_agent(dir: &Path, identity: &AgentIdentity, opts: &IssueOptions) -> Result<Issued> {
+    let stem = format!("agent-{}-{}", identity.site(), identity.agent());
+    issue(
+        dir,
+        &stem,
+        agent_params(identity)?,
+        CertKind::Agent,
+        identity.to_uri(),
+        opts.days.unwrap_or(DEFAULT_AGENT_DAYS),
+        opts,
+    )
+}
+
+/// The subject (O=ferrule, OU=site, CN=agent), URI SAN and EKU of an agent
+/// leaf. Shared by issuing and renewing, so a renewed agent certificate
+/// carries exactly the identity a freshly issued one would.
+pub(crate) fn agent_params(identity: &AgentIdentity) -> Result<CertificateParams> {
     let uri = identity.to_uri();
     let uri_san = Ia5String::try_from(uri.as_str())?;
-    let stem = format!("agent-{}-{}", identity.site(), identity.agent());
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -129,15 +154,7 @@ pub fn issue_agent(dir: &Path, identity: &AgentIdentity, opts: &IssueOptions) ->
         .push(DnType::CommonName, identity.agent());
     params.subject_alt_names = vec![SanType::URI(uri_san)];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(
-        dir,
-        &stem,
-        params,
-        CertKind::Agent,
-        uri,
-        opts.days.unwrap_or(DEFAULT_AGENT_DAYS),
-        opts,
-    )
+    Ok(params)
 }
 
 /// The shared path: checks, lock, sign, index, write.
@@ -164,14 +181,8 @@ fn issue(
     let not_after = ca.check_fits(now, days)?;
 
     let serial = Serial::random()?;
-    params.serial_number = Some(serial.to_rcgen());
-    params.not_before = now - CLOCK_SKEW;
-    params.not_after = not_after;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca.issuer)?;
+    let cert = sign_leaf(&mut params, &serial, now, not_after, &key, &ca)?;
 
     append_index(
         &files,
@@ -204,6 +215,26 @@ fn issue(
         serial,
         not_after,
     })
+}
+
+/// Completes `params` with what every leaf shares (serial, validity from
+/// `now` minus the clock skew to `not_after`, `CA:FALSE`, digitalSignature,
+/// the authority key id) and signs it with the issuing CA.
+pub(crate) fn sign_leaf(
+    params: &mut CertificateParams,
+    serial: &Serial,
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+    key: &KeyPair,
+    ca: &IssuingCa,
+) -> Result<rcgen::Certificate> {
+    params.serial_number = Some(serial.to_rcgen());
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = not_after;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params.signed_by(key, &ca.issuer)?)
 }
 
 /// Turns a `--name` into a SAN: an IP SAN if it parses as an address,

@@ -24,6 +24,7 @@ mod error;
 mod inspect;
 mod issue;
 mod pemfile;
+mod renew;
 mod revoke;
 mod serial;
 mod store;
@@ -36,6 +37,7 @@ pub use inspect::{inspect, to_json, CertInfo};
 pub use issue::{
     issue_agent, issue_server, IssueOptions, Issued, DEFAULT_AGENT_DAYS, DEFAULT_SERVER_DAYS,
 };
+pub use renew::{renew, RenewOptions, Renewed};
 pub use revoke::{refresh_crl, revoke, RevocationReason, CRL_VALIDITY_DAYS};
 pub use serial::Serial;
 pub use store::{list, rfc3339, CaFiles, CertKind, IndexEntry, Status};

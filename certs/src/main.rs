@@ -65,6 +65,25 @@ enum Command {
         #[command(flatten)]
         common: IssueArgs,
     },
+    /// Reissue the leaf at CERT from the CA in DIR before it expires: same identity,
+    /// new serial, the same key unless --new-key, written over the same file(s).
+    Renew {
+        /// CA directory (the CA that issued CERT).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The agent or server certificate to renew, rewritten in place.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (default: CERT with the extension .key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Lifetime in days (default: 90 for servers, 30 for agents).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Generate a new key too, written over KEY before the certificate.
+        #[arg(long)]
+        new_key: bool,
+    },
     /// Print subject, issuer, SANs, serial, validity and agent identity of each certificate in FILE.
     Inspect {
         /// PEM (or DER) certificate file.
@@ -180,6 +199,31 @@ fn run(cli: Cli) -> Result<()> {
             let issued = ferrule_certs::issue_agent(&dir, &identity, &common.options())
                 .context("cannot issue agent certificate")?;
             report_issued(&identity.to_uri(), &issued)
+        }
+        Command::Renew {
+            dir,
+            cert,
+            key,
+            days,
+            new_key,
+        } => {
+            let opts = ferrule_certs::RenewOptions { days, key, new_key };
+            let renewed = ferrule_certs::renew(&dir, &cert, &opts)
+                .with_context(|| format!("cannot renew {}", cert.display()))?;
+            eprintln!(
+                "renewed {} {}: serial {} -> {}, expires {}{}",
+                renewed.kind.as_str(),
+                renewed.identity,
+                renewed.previous_serial,
+                renewed.serial,
+                ferrule_certs::rfc3339(renewed.not_after),
+                if renewed.key_replaced {
+                    ", new key"
+                } else {
+                    ", key kept"
+                }
+            );
+            print_paths(renewed.paths())
         }
         Command::Inspect { file, json } => {
             let bytes =

@@ -328,3 +328,44 @@ fn bad_input_fails_cleanly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// `renew` through the binary: stdout holds only the paths written (the
+/// certificate, then the key with --new-key), `list` shows the new serial
+/// valid, and a refusal is one line on stderr with nothing on stdout.
+#[test]
+fn renew_via_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let d = s(&dir);
+    run_paths(&["init", "--dir", d]);
+    let agent = run_paths(&["issue-agent", "--dir", d, "--site", "p", "--id", "a"]);
+    let crt = find(&agent, "agent-p-a.crt").to_owned();
+    let key = find(&agent, "agent-p-a.key").to_owned();
+    let serial_of = |p: &Path| {
+        ferrule_certs::inspect(&fs::read(p).unwrap()).unwrap()[0]
+            .serial
+            .clone()
+    };
+    let old = serial_of(&crt);
+
+    let written = run_paths(&["renew", "--dir", d, "--cert", s(&crt), "--days", "7"]);
+    assert_eq!(written, vec![crt.clone()]);
+    let new = serial_of(&crt);
+    assert_ne!(new, old);
+    let list = String::from_utf8(run(&["list", "--dir", d]).stdout).unwrap();
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&new.to_hex()))
+        .unwrap_or_else(|| panic!("{new} not listed:\n{list}"));
+    assert!(line.contains("\tvalid\tferrule://site/p/agent/a"), "{line}");
+
+    let written = run_paths(&["renew", "--dir", d, "--cert", s(&crt), "--new-key"]);
+    assert_eq!(written, vec![crt.clone(), key.clone()]);
+    assert_eq!(mode(&key), 0o600);
+
+    // A refusal: the CA certificate is not a leaf.
+    let root = dir.join("root-ca.crt");
+    let err = run_fails(&["renew", "--dir", d, "--cert", s(&root)]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("is not a ferrule leaf certificate"), "{err}");
+}
