@@ -123,7 +123,7 @@ pub struct UplinkSection {
     /// milliseconds of the least it has seen lately (the round trip and the
     /// aggregator's commit), so at saturation batches do not wait behind a
     /// whole credit window (delay-based, as TCP Vegas). 0 sends whatever the
-    /// credit allows. Default 2.
+    /// credit allows. Default 3.
     #[serde(default = "d_target_queue_delay")]
     pub target_queue_delay_ms: u64,
 }

@@ -204,15 +204,11 @@ fn log_outcome(outcome: &HookOutcome, argv: &[String], timeout: Duration) {
 
 /// The validity and serial of the first certificate in `path`.
 fn read_lifetime(path: &Path) -> Result<CertLifetime, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let infos = ferrule_certs::inspect(&bytes).map_err(|e| e.to_string())?;
-    let leaf = infos
-        .first()
-        .ok_or_else(|| "no certificate in the file".to_string())?;
+    let leaf = ferrule_transport::leaf_summary(path).map_err(|e| e.to_string())?;
     Ok(CertLifetime {
-        serial: leaf.serial.to_hex(),
-        not_before_unix: leaf.not_before.unix_timestamp(),
-        not_after_unix: leaf.not_after.unix_timestamp(),
+        serial: leaf.serial,
+        not_before_unix: leaf.not_before_unix,
+        not_after_unix: leaf.not_after_unix,
     })
 }
 

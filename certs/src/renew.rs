@@ -32,7 +32,6 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::{check_days, IssuingCa};
 use crate::error::{io_err, Error, Result};
-use crate::identity::AgentIdentity;
 use crate::issue::{
     agent_params, server_params, sign_leaf, DEFAULT_AGENT_DAYS, DEFAULT_SERVER_DAYS,
 };
@@ -42,6 +41,7 @@ use crate::store::{
     append_index, read_index, read_text, replace_file, Access, CaFiles, CertKind, DirLock,
     IndexEntry, Status,
 };
+use ferrule_identity::AgentIdentity;
 
 /// Knobs for [`renew`].
 ///

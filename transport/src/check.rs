@@ -167,6 +167,9 @@ pub struct LeafSummary {
     pub names: Vec<String>,
     /// When it expires, Unix seconds.
     pub not_after_unix: i64,
+    /// When it became valid, Unix seconds (a renewal is due at a share of
+    /// the lifetime between the two).
+    pub not_before_unix: i64,
 }
 
 /// The summary of the first certificate in the PEM file at `path`.
@@ -180,6 +183,7 @@ pub fn leaf_summary(path: &Path) -> Result<LeafSummary, TlsError> {
         serial: cert.raw_serial_as_string().replace(':', ""),
         names: san_names(&cert),
         not_after_unix: cert.validity().not_after.timestamp(),
+        not_before_unix: cert.validity().not_before.timestamp(),
     })
 }
 

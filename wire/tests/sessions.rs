@@ -1212,7 +1212,7 @@ fn pacing_keeps_fewer_batches_in_flight_when_acks_slow_down() {
         t += 1;
         ack_all_at(&mut a, &mut i, at(t));
     }
-    // Then each ack takes 30 ms: a queue of 29 ms, far above the 2 ms target.
+    // Then each ack takes 30 ms: a queue of 29 ms, far above the 3 ms target.
     for _ in 0..40 {
         send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
         t += 30;

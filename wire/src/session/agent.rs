@@ -74,7 +74,7 @@ pub struct AgentConfig {
 pub const DEFAULT_PACING_MAX_BATCHES: u32 = 1024;
 
 /// Default queueing delay the pacing holds (see [`AgentConfig::pacing`]).
-pub const DEFAULT_TARGET_QUEUE_DELAY: Duration = Duration::from_millis(2);
+pub const DEFAULT_TARGET_QUEUE_DELAY: Duration = Duration::from_millis(3);
 
 /// Every agent probes its base ack latency at these marks of the wall clock,
 /// so that a fleet drains the shared queue together
