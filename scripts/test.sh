@@ -30,6 +30,11 @@ need_apt redis-server redis-server redis-cli redis-tools
 python3 -c 'import redis' >/dev/null 2>&1 || python3 -m pip install -q redis
 # A real browser for the live page's test (headless, driven over DevTools).
 need_apt chromium chromium
+# deploy/'s checks (scripts/deploy-check.sh, run by loadtest/tests/deploy.rs):
+# promtool for the alerting rules, docker-compose to validate the compose file
+# (no container engine runs), systemd-analyze for the units.
+need_apt promtool prometheus docker-compose docker-compose systemd-analyze systemd
+python3 -c 'import yaml' >/dev/null 2>&1 || python3 -m pip install -q pyyaml
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -160,6 +160,12 @@ pub async fn run(
         stop_rx.clone(),
     ));
     tracing::info!(site = %cfg.agent.site, agent = %cfg.agent.id, endpoints = ?cfg.uplink.endpoints, "agent running");
+    // Under systemd (Type=notify): ready once the spool is open and the
+    // inputs and uplink run; the watchdog pinged from the runtime from then on.
+    ferrule_telemetry::notify::ready(&format!(
+        "spooling, forwarding to {}",
+        cfg.uplink.endpoints.join(", ")
+    ));
 
     shutdown.await;
     tracing::info!("agent stopping: flushing inputs to the spool, draining in-flight batches");

@@ -64,7 +64,10 @@ fn main() -> ExitCode {
                     .context("starting the runtime")?;
                 rt.block_on(ferrule_agent::run(
                     cfg,
-                    ferrule_telemetry::shutdown_signal(),
+                    async {
+                        ferrule_telemetry::shutdown_signal().await;
+                        ferrule_telemetry::notify::stopping();
+                    },
                     ferrule_telemetry::Registry::new(),
                 ))
             })();

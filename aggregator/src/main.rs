@@ -196,8 +196,18 @@ fn main() -> ExitCode {
                 let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
                 rt.block_on(ferrule_aggregator::server::run(
                     cfg,
-                    ferrule_telemetry::shutdown_signal(),
-                    |_| {},
+                    async {
+                        ferrule_telemetry::shutdown_signal().await;
+                        ferrule_telemetry::notify::stopping();
+                    },
+                    // Under systemd (Type=notify): ready once listening, and
+                    // the watchdog pinged from the runtime from then on.
+                    |r| {
+                        ferrule_telemetry::notify::ready(&format!(
+                            "accepting agents on {}",
+                            r.quic_addr
+                        ))
+                    },
                 ))
             })();
             match result {

@@ -360,11 +360,8 @@ async fn send_until_stopped(
     while !stop.load(Ordering::Relaxed) {
         // Send while credit lasts (and the pace allows).
         loop {
-            if let Some(iv) = interval {
-                if tokio::time::Instant::now() < due {
-                    break;
-                }
-                due += iv;
+            if interval.is_some() && tokio::time::Instant::now() < due {
+                break;
             }
             maker.make(next, &mut frame)?;
             let cost = batch_cost(frame.len() as u64, maker.samples as u64);
@@ -375,7 +372,18 @@ async fn send_until_stopped(
                 lane.send(&Message::Define(d)).await?;
             }
             lane.send_frame(&frame).await?;
-            sent_at.insert(next, Instant::now());
+            // At a set rate, latency counts from when the batch was due, so
+            // time it waited for credit or pacing is in it (no coordinated
+            // omission); a batch held back is sent late, never skipped.
+            let since = match interval {
+                Some(iv) => {
+                    let was_due = due.into_std();
+                    due += iv;
+                    was_due
+                }
+                None => Instant::now(),
+            };
+            sent_at.insert(next, since);
             next = next.next();
         }
         s.handle_timeout(now())?;

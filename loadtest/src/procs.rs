@@ -123,6 +123,18 @@ pub struct Proc {
 impl Proc {
     /// Starts `binary run --config config`, stderr to `log`.
     pub fn start(name: &str, binary: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(name, binary, config, log, &[])
+    }
+
+    /// [`Proc::start`] with more environment variables (systemd's
+    /// `NOTIFY_SOCKET`, ...).
+    pub fn start_with_env(
+        name: &str,
+        binary: &Path,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -130,6 +142,7 @@ impl Proc {
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("FERRULE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -20,6 +20,7 @@ mod http;
 mod registry;
 
 mod health;
+pub mod notify;
 
 pub use health::Health;
 pub use http::{serve, serve_with_degraded};

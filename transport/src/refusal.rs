@@ -9,7 +9,9 @@
 //! ([`certificate_label`]), hand it to [`Refusals`] (which counts it and keeps
 //! the last one), and pass on a context-free error of the same kind: the TLS
 //! alert the peer gets is unchanged, and nothing the peer put in its
-//! certificate travels in the close reason.
+//! certificate travels in the close reason. A peer that presents a
+//! certificate without its key (its handshake signature does not verify) is
+//! refused and recorded the same way.
 
 use std::sync::{Arc, Mutex};
 
@@ -57,8 +59,17 @@ impl Refusals {
         })
     }
 
-    /// Records a refusal; returns its label.
+    /// Records a refusal of a certificate (or of a signature made with its
+    /// key); returns its label. Other errors (a CRL that does not verify)
+    /// are not a verdict on the peer's certificate: not recorded here, they
+    /// are counted by their alert where the handshake fails.
     pub fn record(&self, err: &Error) -> &'static str {
+        if !matches!(
+            err,
+            Error::InvalidCertificate(_) | Error::NoCertificatesPresented
+        ) {
+            return certificate_label(err);
+        }
         let label = certificate_label(err);
         if let Ok(mut last) = self.last.lock() {
             *last = Some(label);
@@ -160,7 +171,11 @@ impl ClientCertVerifier for RecordingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner
+            .verify_tls12_signature(message, cert, dss)
+            .inspect_err(|e| {
+                self.refusals.record(e);
+            })
     }
 
     fn verify_tls13_signature(
@@ -169,7 +184,11 @@ impl ClientCertVerifier for RecordingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .inspect_err(|e| {
+                self.refusals.record(e);
+            })
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -207,7 +226,11 @@ impl ServerCertVerifier for RecordingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner
+            .verify_tls12_signature(message, cert, dss)
+            .inspect_err(|e| {
+                self.refusals.record(e);
+            })
     }
 
     fn verify_tls13_signature(
@@ -216,7 +239,11 @@ impl ServerCertVerifier for RecordingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner
+            .verify_tls13_signature(message, cert, dss)
+            .inspect_err(|e| {
+                self.refusals.record(e);
+            })
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

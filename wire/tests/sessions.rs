@@ -1205,9 +1205,10 @@ fn pacing_keeps_fewer_batches_in_flight_when_acks_slow_down() {
     let (mut a, mut i) = established_with(wide_credit());
     let full = a.pacing_window().expect("pacing is on by default");
     let mut next = 1;
-    // Acks in 1 ms: the base.
+    // Acks in 1 ms: the base, measured by the probe at the wall clock's
+    // 5 s mark.
     let mut t = 0;
-    for _ in 0..50 {
+    for _ in 0..5_200 {
         send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
         t += 1;
         ack_all_at(&mut a, &mut i, at(t));
@@ -1260,5 +1261,53 @@ fn without_pacing_the_credit_alone_decides() {
     assert_eq!(
         send_while_allowed(&mut a, &mut i, &mut next, 1000, at(t)),
         512
+    );
+}
+
+/// Acks that come back at once (batches the aggregator had already, resent
+/// after a reconnect) are not the base: taken as one, every real commit read
+/// as queue and the window fell to one batch.
+#[test]
+fn instant_acks_for_resends_do_not_shrink_the_window() {
+    let (mut a, mut i) = established_with(wide_credit());
+    let full = a.pacing_window().unwrap();
+    let mut next = 1;
+    // The resends: acknowledged at once.
+    for _ in 0..20 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(0));
+        ack_all_at(&mut a, &mut i, at(0));
+    }
+    // Then every commit takes 5 ms, steadily: no queue at all.
+    let mut t = 0;
+    for _ in 0..1_400 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 5;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    assert_eq!(
+        a.pacing_window().unwrap(),
+        full,
+        "a steady 5 ms sink with no queue shrank the window"
+    );
+}
+
+/// A far agent (a 100 ms round trip) whose acks jitter by a few
+/// milliseconds keeps its window: jitter is not queue.
+#[test]
+fn a_far_agents_jitter_is_not_queue() {
+    let (mut a, mut i) = established_with(wide_credit());
+    let full = a.pacing_window().unwrap();
+    let mut next = 1;
+    let mut t = 0;
+    for k in 0..200u64 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        // 100-108 ms round trips.
+        t += 100 + (k * 7) % 9;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    assert!(
+        a.pacing_window().unwrap() >= full / 2,
+        "window {} of {full} for a far agent with 8 ms of jitter",
+        a.pacing_window().unwrap()
     );
 }

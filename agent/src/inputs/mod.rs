@@ -28,6 +28,10 @@ use tokio::sync::{mpsc, watch};
 /// Longest silence between two log lines about the same kind of bad data.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
+const SENSORS_REFUSED: &str = "ferrule_agent_sensors_refused_total";
+const SENSORS_REFUSED_HELP: &str =
+    "New sensor names refused because the catalog holds agent.max_sensors already, by input";
+
 /// What an input is given.
 #[derive(Clone)]
 pub struct InputContext {
@@ -55,6 +59,9 @@ impl InputContext {
             "Samples read from each input",
             &[("input", name)],
         );
+        // Published at 0 from the start, so an alert on it works before
+        // the first refusal.
+        let _ = registry.counter(SENSORS_REFUSED, SENSORS_REFUSED_HELP, &[("input", name)]);
         Self {
             name: Arc::from(name),
             tx,
@@ -99,8 +106,8 @@ impl InputContext {
         if let Err(crate::catalog::CatalogError::Full { .. }) = &result {
             self.registry
                 .counter(
-                    "ferrule_agent_sensors_refused_total",
-                    "New sensor names refused because the catalog holds agent.max_sensors already, by input",
+                    SENSORS_REFUSED,
+                    SENSORS_REFUSED_HELP,
                     &[("input", &self.name)],
                 )
                 .inc();

@@ -135,6 +135,12 @@ impl AgentConfig {
         // Longer than the probe period: the wall clock's marks, shared by
         // the fleet, start the probes, not each controller's own timer.
         cfg.base_memory = Duration::from_secs(12);
+        // Acks for batches the aggregator had already (a resend after a
+        // reconnect) come back at once: only the probes say what the base is.
+        cfg.base_from_probes = true;
+        // A far agent's jitter is not queue: hold at least a quarter of the
+        // base (25 ms at a 100 ms round trip).
+        cfg.target_base_share_percent = 25;
         // Until it sees a queue an agent uses its credit as it always has.
         Some(WindowController::new(cfg).starting_at_ceiling())
     }
@@ -644,9 +650,11 @@ impl AgentSession {
             }
             self.probe_mark = Some(mark);
         }
+        // A refusal is answered without a commit: its time says nothing of the queue.
+        let committed = matches!(a.outcome, Outcome::Committed);
         for s in &settled {
             if let Some((_, sent)) = self.in_flight.remove(&(epoch, *s)) {
-                if let Some(p) = self.pacing.as_mut() {
+                if let Some(p) = self.pacing.as_mut().filter(|_| committed) {
                     p.on_commit(now, now.saturating_duration_since(sent), Duration::ZERO);
                 }
             }
