@@ -199,6 +199,9 @@ pub struct BatcherIo {
     /// Where the uplink takes new batches as they are cut, for live copies
     /// while its durable lane is behind (an atomic load per batch otherwise).
     pub live: Option<crate::live::LiveTap>,
+    /// Unhealthy (cause `unacked`) while the oldest batch not acknowledged
+    /// is older than this (`uplink.unhealthy_after_secs`; `None`: never).
+    pub unhealthy_after: Option<Duration>,
 }
 
 fn publish(spool: &Spool, tx: &watch::Sender<SpoolState>) {
@@ -286,6 +289,41 @@ struct Batcher {
 }
 
 impl Batcher {
+    /// Marks the agent unhealthy while nothing old has been acknowledged
+    /// (`uplink.unhealthy_after_secs`): an uplink that is down, or an
+    /// aggregator that takes nothing, is ridden out by spooling, but past
+    /// that time a person should look. Healthy again once the backlog older
+    /// than that has drained.
+    fn check_unacked(&mut self) {
+        let Some(limit) = self.io.unhealthy_after else {
+            return;
+        };
+        let b = self.spool.backlog();
+        let age = b.oldest_unacked_wall_ns.map_or(Duration::ZERO, |t| {
+            let now = i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            )
+            .unwrap_or(i64::MAX);
+            Duration::from_nanos(u64::try_from(now.saturating_sub(t)).unwrap_or(0))
+        });
+        if age > limit {
+            self.io.health.set_unready(
+                "unacked",
+                format!(
+                    "nothing acknowledged for {} s (uplink.unhealthy_after_secs {}): {} batches, {} bytes wait in the spool",
+                    age.as_secs(),
+                    limit.as_secs(),
+                    b.batches,
+                    b.bytes
+                ),
+            );
+        } else {
+            self.io.health.clear("unacked");
+        }
+    }
+
     /// Adds a chunk to the batch; cuts it at `max_samples`.
     fn take(&mut self, mut c: Chunk) {
         // A sample that makes an alert fire or resolve leaves now, not when the
@@ -828,7 +866,10 @@ pub async fn run(
     loop {
         let wake = b.next_wake();
         tokio::select! {
-            _ = gauges.tick() => b.spool.refresh_gauges(),
+            _ = gauges.tick() => {
+                b.spool.refresh_gauges();
+                b.check_unacked();
+            }
             chunk = b.io.chunks.recv(), if b.pending.is_empty() && b.open => match chunk {
                 Some(c) => b.take(c),
                 None => {
@@ -943,6 +984,7 @@ mod tests {
                 health: Arc::default(),
                 crossings: None,
                 live: None,
+                unhealthy_after: None,
             },
             BatchSection {
                 max_samples,

@@ -126,6 +126,13 @@ pub struct UplinkSection {
     /// credit allows. Default 3.
     #[serde(default = "d_target_queue_delay")]
     pub target_queue_delay_ms: u64,
+    /// `/healthz` answers 503 with the reason while the oldest batch not yet
+    /// acknowledged is older than this many seconds (an uplink down, an
+    /// aggregator taking nothing): spooling rides it out, but past this a
+    /// person should look. Healthy again once that backlog has drained. 0
+    /// never. Default 300.
+    #[serde(default = "d_unhealthy_after")]
+    pub unhealthy_after_secs: u64,
 }
 
 fn d_connect_timeout() -> u64 {
@@ -145,6 +152,9 @@ fn d_backoff_initial() -> u64 {
 }
 fn d_live_lag() -> u64 {
     1_000
+}
+fn d_unhealthy_after() -> u64 {
+    300
 }
 fn d_target_queue_delay() -> u64 {
     u64::try_from(ferrule_wire::session::DEFAULT_TARGET_QUEUE_DELAY.as_millis()).unwrap_or(2)

@@ -134,6 +134,8 @@ pub async fn run(
             health: health.clone(),
             crossings,
             live: Some(live_tap),
+            unhealthy_after: (cfg.uplink.unhealthy_after_secs > 0)
+                .then(|| Duration::from_secs(cfg.uplink.unhealthy_after_secs)),
         },
         cfg.batch.clone(),
         cfg.spool.fsync,

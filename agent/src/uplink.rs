@@ -78,6 +78,8 @@ pub struct UplinkDeps {
 struct Metrics {
     registry: Registry,
     up: Gauge,
+    /// When `up` last changed, Unix seconds: down (or up) since when.
+    up_since: Gauge,
     sessions: Counter,
     sent_batches: Counter,
     sent_bytes: Counter,
@@ -87,6 +89,21 @@ struct Metrics {
     /// By reason: the live stream had no room (`stream_full`), or it is gone
     /// (`lane_closed`); the tap counts its own (`tap_full`).
     live_skipped: [Counter; 2],
+}
+
+impl Metrics {
+    /// The uplink is up or down now; the time it changed is kept.
+    fn set_up(&self, up: bool) {
+        let v = i64::from(up);
+        if self.up.get() != v || self.up_since.get() == 0 {
+            self.up.set(v);
+            self.up_since.set(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            );
+        }
+    }
 }
 
 const STREAM_FULL: usize = 0;
@@ -333,6 +350,11 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             "1 while a session with an aggregator is up",
             &[],
         ),
+        up_since: deps.registry.gauge(
+            "ferrule_agent_uplink_since_seconds",
+            "When the uplink last went up or down (ferrule_agent_uplink_up), Unix seconds",
+            &[],
+        ),
         sessions: deps.registry.counter(
             "ferrule_agent_sessions_total",
             "Sessions established",
@@ -371,6 +393,8 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             )
         }),
     };
+    // Down since the start, until the first session.
+    m.set_up(false);
     let seed = now_ns() as u64 ^ u64::from(std::process::id());
     let mut backoff = Backoff::new(
         Duration::from_millis(deps.cfg.uplink.backoff_initial_ms),
@@ -442,7 +466,7 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
                 }
                 Ok(End::Shutdown) => break 'outer,
                 Err(e) => {
-                    m.up.set(0);
+                    m.set_up(false);
                     failures.record(&e, opened, Some((&name, addr)), &deps.health);
                 }
             }
@@ -457,7 +481,7 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             _ = shutdown.changed() => {}
         }
     }
-    m.up.set(0);
+    m.set_up(false);
     endpoint.close(0u32.into(), b"agent stopping");
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     Ok(())
@@ -650,7 +674,7 @@ async fn session(
         Ok(End::Shutdown) | Ok(End::GoAway(_)) => conn.close(0u32.into(), b"bye"),
         Err(e) => conn.close(1u32.into(), e.reason().as_bytes()),
     }
-    m.up.set(0);
+    m.set_up(false);
     result
 }
 
@@ -704,7 +728,7 @@ async fn drive(
     }
     let max_frame = server_limits.map_or(limits.max_frame_bytes, |l| l.max_frame_bytes);
     *opened = true;
-    m.up.set(1);
+    m.set_up(true);
     m.sessions.inc();
     backoff.reset();
     deps.health.clear("uplink");

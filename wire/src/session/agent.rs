@@ -135,9 +135,6 @@ impl AgentConfig {
         // Longer than the probe period: the wall clock's marks, shared by
         // the fleet, start the probes, not each controller's own timer.
         cfg.base_memory = Duration::from_secs(12);
-        // Acks for batches the aggregator had already (a resend after a
-        // reconnect) come back at once: only the probes say what the base is.
-        cfg.base_from_probes = true;
         // A far agent's jitter is not queue: hold at least a quarter of the
         // base (25 ms at a 100 ms round trip).
         cfg.target_base_share_percent = 25;

@@ -68,13 +68,6 @@ pub struct WindowConfig {
     /// How long a base latency is remembered: the base follows a sink that
     /// became slower (a new disk, a far broker) within this.
     pub base_memory: Duration,
-    /// Take the base only from what the probes measure (not from every
-    /// latency): for a sender that sees latencies shorter than any real
-    /// commit (an agent acknowledged at once for a batch the aggregator had
-    /// already, after a reconnect), which would otherwise read as the base
-    /// and every commit as queue. Until the first probe there is no base and
-    /// no queue.
-    pub base_from_probes: bool,
     /// The queue held is at least this share of the base: a sender whose
     /// base is a long round trip (a far agent, 100 ms) sees jitter of a few
     /// milliseconds that no smaller window removes; it must not read as queue.
@@ -94,7 +87,6 @@ impl WindowConfig {
             },
             interval: Duration::from_millis(10),
             base_memory: Duration::from_secs(10),
-            base_from_probes: false,
             target_base_share_percent: 0,
         }
     }
@@ -302,9 +294,7 @@ impl WindowController {
             probe_started = self.window != self.cfg.floor;
             self.window = self.cfg.floor;
         }
-        if !self.cfg.base_from_probes || self.probe_until.is_some() {
-            self.base_current = Some(self.base_current.map_or(latency, |b| b.min(latency)));
-        }
+        self.base_current = Some(self.base_current.map_or(latency, |b| b.min(latency)));
         if let Some(until) = self.probe_until {
             if now < until {
                 return probe_started;
