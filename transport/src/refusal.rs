@@ -80,6 +80,16 @@ impl Refusals {
         label
     }
 
+    /// Passes `result` on; an error is recorded and passed on without the
+    /// details a peer could have put in it ([`without_context`]). What every
+    /// method of the recording verifiers does with the inner verifier's answer.
+    fn verdict<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        result.map_err(|e| {
+            self.record(&e);
+            without_context(e)
+        })
+    }
+
     /// The label of the last refusal since the last call, if any.
     pub fn take_last(&self) -> Option<&'static str> {
         self.last.lock().ok().and_then(|mut l| l.take())
@@ -157,12 +167,10 @@ impl ClientCertVerifier for RecordingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)
-            .map_err(|e| {
-                self.refusals.record(&e);
-                without_context(e)
-            })
+        self.refusals.verdict(
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now),
+        )
     }
 
     fn verify_tls12_signature(
@@ -171,11 +179,8 @@ impl ClientCertVerifier for RecordingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner
-            .verify_tls12_signature(message, cert, dss)
-            .inspect_err(|e| {
-                self.refusals.record(e);
-            })
+        self.refusals
+            .verdict(self.inner.verify_tls12_signature(message, cert, dss))
     }
 
     fn verify_tls13_signature(
@@ -184,11 +189,8 @@ impl ClientCertVerifier for RecordingClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner
-            .verify_tls13_signature(message, cert, dss)
-            .inspect_err(|e| {
-                self.refusals.record(e);
-            })
+        self.refusals
+            .verdict(self.inner.verify_tls13_signature(message, cert, dss))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -212,12 +214,13 @@ impl ServerCertVerifier for RecordingServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-            .map_err(|e| {
-                self.refusals.record(&e);
-                without_context(e)
-            })
+        self.refusals.verdict(self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ))
     }
 
     fn verify_tls12_signature(
@@ -226,11 +229,8 @@ impl ServerCertVerifier for RecordingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner
-            .verify_tls12_signature(message, cert, dss)
-            .inspect_err(|e| {
-                self.refusals.record(e);
-            })
+        self.refusals
+            .verdict(self.inner.verify_tls12_signature(message, cert, dss))
     }
 
     fn verify_tls13_signature(
@@ -239,11 +239,8 @@ impl ServerCertVerifier for RecordingServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner
-            .verify_tls13_signature(message, cert, dss)
-            .inspect_err(|e| {
-                self.refusals.record(e);
-            })
+        self.refusals
+            .verdict(self.inner.verify_tls13_signature(message, cert, dss))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
