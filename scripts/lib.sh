@@ -36,6 +36,16 @@ need_rust() {
   fi
 }
 
+# Ensures the go command exists (scripts/otelcol.sh builds a collector with it). Debian's
+# golang-go is too old for the collector modules (they need Go 1.26+), so no apt fallback.
+need_go() {
+  if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  fi
+  command -v go >/dev/null 2>&1 \
+    || die "go not found (not on PATH, nor /usr/local/go/bin/go): install Go 1.26+ to build the test collector"
+}
+
 # Ensures cargo-fuzz is installed (built from crates.io on first use).
 need_cargo_fuzz() {
   cargo fuzz --version >/dev/null 2>&1 && return 0
