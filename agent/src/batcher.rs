@@ -257,6 +257,8 @@ struct Batcher {
     registry: Registry,
     blocked_total: ferrule_telemetry::Counter,
     write_errors: ferrule_telemetry::Counter,
+    /// How long each group commit's fsync took.
+    fsync_time: ferrule_telemetry::Histogram,
     builder: Builder,
     /// A cut batch waiting for room (block policy) or for the spool to recover.
     pending: VecDeque<Cut>,
@@ -624,7 +626,13 @@ impl Batcher {
         }
         match self.spool.begin_sync() {
             Ok(Some(job)) => {
-                self.syncing = Some(tokio::task::spawn_blocking(move || job.run()));
+                let took = self.fsync_time.clone();
+                self.syncing = Some(tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let done = job.run();
+                    took.observe_duration(started.elapsed());
+                    done
+                }));
             }
             Ok(None) => self.durable(),
             Err(SpoolError::Broken(_)) => {}
@@ -833,6 +841,12 @@ pub async fn run(
         "Spool writes, fsyncs and recovery attempts that failed",
         &[],
     );
+    let fsync_time = registry.histogram(
+        "ferrule_agent_spool_fsync_seconds",
+        "Time one fsync of the spool took (one per group commit), seconds",
+        &[],
+        ferrule_telemetry::Buckets::Latency,
+    );
     let mut b = Batcher {
         spool,
         io,
@@ -843,6 +857,7 @@ pub async fn run(
         registry,
         blocked_total,
         write_errors,
+        fsync_time,
         builder: Builder::default(),
         pending: VecDeque::new(),
         unsynced: VecDeque::new(),

@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::failure::{self, FailureReason};
 use crate::live::{Fresh, LiveGate, LiveTapRx};
 use crate::spool::{count_dropped, InputCounts, SpoolReader, Spooled};
-use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_telemetry::{Buckets, Counter, Gauge, Histogram, Registry};
 use ferrule_transport::quinn;
 use ferrule_transport::{
     classify, client_crypto, client_endpoint, refused_by_verifier, EndpointLimits, FrameReceiver,
@@ -86,6 +86,10 @@ struct Metrics {
     acked: Counter,
     clock_offset: Gauge,
     live_sent: Counter,
+    /// From each batch's send to its ack.
+    ack_latency: Histogram,
+    /// How long a ready batch waited for credit or the pacing window.
+    credit_wait: Histogram,
     /// By reason: the live stream had no room (`stream_full`), or it is gone
     /// (`lane_closed`); the tap counts its own (`tap_full`).
     live_skipped: [Counter; 2],
@@ -385,6 +389,18 @@ pub async fn run(deps: UplinkDeps) -> anyhow::Result<()> {
             "Live copies of new batches sent while the durable lane was behind",
             &[],
         ),
+        ack_latency: deps.registry.histogram(
+            "ferrule_agent_ack_latency_seconds",
+            "From a batch's send to the aggregator's ack saying it is durable, seconds",
+            &[],
+            Buckets::Latency,
+        ),
+        credit_wait: deps.registry.histogram(
+            "ferrule_agent_credit_wait_seconds",
+            "How long a batch ready to send waited for credit or the pacing window, seconds (one observation per wait)",
+            &[],
+            Buckets::Latency,
+        ),
         live_skipped: ["stream_full", "lane_closed"].map(|r| {
             deps.registry.counter(
                 crate::live::SKIPPED,
@@ -509,6 +525,8 @@ struct Sending {
     budget: usize,
     /// The last [`send_ready`] stopped at its budget with more to send.
     more: bool,
+    /// Since when a ready batch has waited for credit (or the pacing window).
+    blocked_since: Option<Instant>,
 }
 
 /// Batches one [`send_ready`] sends at most while live copies are wanted: a
@@ -778,6 +796,7 @@ async fn drive(
         catalog_seen: 0,
         budget: usize::MAX,
         more: false,
+        blocked_since: None,
     };
     let mut goaway: Option<Option<String>> = None;
     let mut stopping = *shutdown.borrow();
@@ -857,8 +876,13 @@ async fn drive(
         }
         while let Some(ev) = s.poll_event() {
             match ev {
-                AgentEvent::Acked { seqs, .. } => {
+                AgentEvent::Acked {
+                    seqs, latencies, ..
+                } => {
                     m.acked.add(seqs.len() as u64);
+                    for l in latencies {
+                        m.ack_latency.observe_duration(l);
+                    }
                     for q in &seqs {
                         sending.sent_meta.remove(q);
                         sending.settled.insert(*q);
@@ -1048,7 +1072,11 @@ async fn send_ready(
         }
         let cost = front.cost();
         if !s.can_send(cost) {
+            out.blocked_since.get_or_insert_with(Instant::now);
             return Ok(true);
+        }
+        if let Some(since) = out.blocked_since.take() {
+            m.credit_wait.observe_duration(since.elapsed());
         }
         let b = lane.buf.pop_front().ok_or(UplinkError::Closed)?;
         let defines = match s.on_send(lane.id, b.epoch, b.seq, cost, Instant::now()) {

@@ -12,7 +12,7 @@
 
 use crate::ledger::{Ledger, LedgerKey};
 use ferrule_disklog::{FsyncPolicy, Log, Offset, Options};
-use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_telemetry::{Buckets, Counter, Gauge, Histogram, Registry};
 use ferrule_wire::record::decode_record_header;
 use ferrule_wire::{Epoch, Seq};
 use std::path::{Path, PathBuf};
@@ -172,6 +172,41 @@ pub struct Sink {
     queued_bytes: Arc<AtomicU64>,
     high_water_bytes: u64,
     health: Arc<Health>,
+    flow: Arc<std::sync::Mutex<CreditFlow>>,
+}
+
+/// Whether credit flows to the agents: since when the sink has held it back
+/// (its queue over the high-water mark, or failing) without a break. A sink
+/// that is only behind is reachable, yet an aggregator that grants no credit
+/// for long takes no work, so a load balancer should send agents elsewhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CreditFlow {
+    since: Option<Instant>,
+}
+
+impl CreditFlow {
+    /// Takes in whether credit is withheld at `now`.
+    pub fn observe(&mut self, now: Instant, withheld: bool) {
+        if withheld {
+            self.since.get_or_insert(now);
+        } else {
+            self.since = None;
+        }
+    }
+
+    /// `Err` with the reason once credit has been withheld for `limit` or more
+    /// without a break (never with a zero `limit`).
+    pub fn check(&self, now: Instant, limit: Duration) -> Result<(), String> {
+        match self.since {
+            Some(since) if !limit.is_zero() && now.saturating_duration_since(since) >= limit => {
+                Err(format!(
+                    "no credit granted for {:.0} s: the sink is behind (its queue is over its high-water mark) or failing",
+                    now.saturating_duration_since(since).as_secs_f64()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Room for one request in a [`Sink`]'s queue (see [`Sink::reserve`]).
@@ -224,6 +259,7 @@ impl Sink {
                 queued_bytes: queued_bytes.clone(),
                 high_water_bytes,
                 health: health.clone(),
+                flow: Arc::default(),
             },
             SinkBackend {
                 rx,
@@ -247,9 +283,29 @@ impl Sink {
         self.queued_bytes.load(Ordering::Relaxed) > self.high_water_bytes || !self.health.is_ok()
     }
 
-    /// Readiness, for `/healthz`.
+    /// Whether the sink is reachable and working (its backend's own causes).
     pub fn health(&self) -> Result<(), String> {
         self.health.check()
+    }
+
+    /// Samples whether credit is withheld now, for [`Sink::ready`]; called
+    /// periodically.
+    pub fn watch_credit(&self, now: Instant) {
+        let withheld = self.under_pressure();
+        self.flow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .observe(now, withheld);
+    }
+
+    /// Readiness, for `/readyz`: the sink is reachable and working, and credit
+    /// has not been withheld for `stall` or more.
+    pub fn ready(&self, now: Instant, stall: Duration) -> Result<(), String> {
+        self.health.check()?;
+        self.flow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(now, stall)
     }
 }
 
@@ -286,6 +342,7 @@ pub const LOG_SUBDIR: &str = "log";
 struct Counters {
     sink: SinkCounters,
     group_commits: Counter,
+    fsync: Histogram,
     log_bytes: Gauge,
     retention_deleted: Counter,
 }
@@ -298,6 +355,12 @@ impl Counters {
                 "ferrule_aggregator_group_commits_total",
                 "fsyncs of the embedded log",
                 &[],
+            ),
+            fsync: registry.histogram(
+                "ferrule_aggregator_fsync_seconds",
+                "Time one fsync of the embedded log took (one per group commit), seconds",
+                &[],
+                Buckets::Latency,
             ),
             log_bytes: registry.gauge(
                 "ferrule_aggregator_log_bytes",
@@ -545,7 +608,10 @@ fn run(
             }
         }
         if error.is_none() && !written.is_empty() {
-            match log.sync() {
+            let started = Instant::now();
+            let synced = log.sync();
+            c.fsync.observe_duration(started.elapsed());
+            match synced {
                 Ok(_) => c.group_commits.inc(),
                 Err(e) => error = Some(format!("fsync: {e}")),
             }
@@ -638,6 +704,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn credit_flow_is_unready_only_after_an_unbroken_stall() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(30);
+        let mut f = CreditFlow::default();
+        f.observe(t0, true);
+        assert!(f.check(t0 + Duration::from_secs(29), limit).is_ok());
+        // A moment of credit restarts the count.
+        f.observe(t0 + Duration::from_secs(29), false);
+        f.observe(t0 + Duration::from_secs(30), true);
+        assert!(f.check(t0 + Duration::from_secs(59), limit).is_ok());
+        let why = f
+            .check(t0 + Duration::from_secs(61), limit)
+            .expect_err("31 s without credit");
+        assert!(why.contains("no credit granted for 31 s"), "{why}");
+        assert!(f
+            .check(t0 + Duration::from_secs(61), Duration::ZERO)
+            .is_ok());
+    }
     use ferrule_disklog::{Fault, LogReader};
     use ferrule_wire::record::{encode_record, RecordHeader};
     use std::collections::BTreeMap;

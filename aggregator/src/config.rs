@@ -755,11 +755,24 @@ pub struct KafkaRoute {
 }
 
 /// `[metrics]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
-    /// TCP address serving `/metrics` and `/healthz`; none to disable. Default none.
+    /// TCP address serving `/metrics`, `/healthz` (alive) and `/readyz` (ready);
+    /// none to disable. Default none.
     pub listen: Option<SocketAddr>,
+    /// `/readyz` answers 503 once no credit has been granted for this long
+    /// without a break (the sink behind or failing); 0 never. Default 30.
+    pub unready_without_credit_secs: u64,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            unready_without_credit_secs: 30,
+        }
+    }
 }
 
 impl ServerSection {

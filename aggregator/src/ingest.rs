@@ -373,6 +373,7 @@ async fn drive(
                     if let Message::Batch(b) = &msg {
                         ctx.metrics.batches_received.inc();
                         ctx.metrics.samples_received.add(b.sample_count() as u64);
+                        ctx.metrics.batch_samples.observe(b.sample_count() as f64);
                     }
                     session.set_sink_pressure(ctx.sink.under_pressure());
                     if let Err(e) = session.handle(msg, n as u64, now()) {
@@ -404,7 +405,10 @@ async fn drive(
                         session.set_sink_pressure(ctx.sink.under_pressure());
                         let at = Instant::now();
                         match session.committed(done.epoch, done.seq, at) {
-                            Some(latency) => session.set_window(ctx.window.on_commit(at, latency, conn.rtt())),
+                            Some(latency) => {
+                                ctx.metrics.commit_latency.observe_duration(latency);
+                                session.set_window(ctx.window.on_commit(at, latency, conn.rtt()));
+                            }
                             None => session.set_window(ctx.window.current()),
                         }
                     }

@@ -1,6 +1,6 @@
 //! The aggregator's named counters, created once and shared by every task.
 
-use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_telemetry::{Buckets, Counter, Gauge, Histogram, Registry};
 use ferrule_wire::session::LiveRefusal;
 use ferrule_wire::RejectReason;
 
@@ -62,6 +62,10 @@ pub struct IngestMetrics {
     /// Live copies handed to the real-time path (never committed: their
     /// batches arrive on the durable lane).
     pub live_batches: Counter,
+    /// From a batch's arrival to its commit (durable, and acknowledged at once).
+    pub commit_latency: Histogram,
+    /// Samples per batch received.
+    pub batch_samples: Histogram,
 }
 
 const LIVE_REFUSED: &str = "ferrule_aggregator_live_refused_total";
@@ -185,6 +189,18 @@ impl IngestMetrics {
                 "ferrule_aggregator_live_batches_total",
                 "Live copies of agents' newest batches handed to the real-time path while their durable lanes replay (never committed)",
                 &[],
+            ),
+            commit_latency: registry.histogram(
+                "ferrule_aggregator_commit_latency_seconds",
+                "From a batch's arrival to its commit in the sink (it is acknowledged right after), seconds",
+                &[],
+                Buckets::Latency,
+            ),
+            batch_samples: registry.histogram(
+                "ferrule_aggregator_batch_samples",
+                "Samples per batch received",
+                &[],
+                Buckets::Count,
             ),
         }
     }

@@ -26,7 +26,7 @@ use ferrule_wire::{Credit, Limits, ServerLimits};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
@@ -219,13 +219,30 @@ pub async fn run(
             let health_sink = sink.clone();
             let mut stop = stop_rx.clone();
             let degraded = degraded.clone();
-            // Readiness is the durable path's alone: a Redis that is down shows
-            // as degraded in the body (and the fan-out's gauges), still 200.
-            tokio::spawn(ferrule_telemetry::serve_with_degraded(
+            let stall = Duration::from_secs(cfg.metrics.unready_without_credit_secs);
+            // Whether credit flows, sampled twice a second for /readyz.
+            let watched = sink.clone();
+            let mut watch_stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => watched.watch_credit(Instant::now()),
+                        _ = watch_stop.wait_for(|s| *s) => return,
+                    }
+                }
+            });
+            // /healthz: alive whenever it answers. /readyz: the durable path's
+            // alone (sink reachable, credit flowing); a Redis that is down
+            // shows as degraded in both bodies (and the fan-out's gauges), still 200.
+            let probes = ferrule_telemetry::Probes::ready_by(move || {
+                health_sink.ready(Instant::now(), stall)
+            })
+            .with_degraded(move || degraded.check());
+            tokio::spawn(ferrule_telemetry::serve_probes(
                 listener,
                 registry.clone(),
-                move || health_sink.health(),
-                move || degraded.check(),
+                probes,
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },

@@ -15,7 +15,7 @@
 //!    Defines beyond `server.max_sensors_per_agent` are refused and counted
 //!    without ending the sessions.
 //! 4. The embedded log's disk full: nothing acknowledged that is not in the log,
-//!    `/healthz` 503 with a reason; once space is freed the aggregator is ready
+//!    `/readyz` 503 with a reason; once space is freed the aggregator is ready
 //!    again by itself and every sample arrives.
 //! 5. The dedupe ledger under scattered seqs (every other one): the aggregator's
 //!    memory stays flat, also after a restart rebuilds the ledger from the log.
@@ -23,7 +23,7 @@
 //!    on the same port is used within 8 s of listening, nothing is lost.
 //! 7. Kafka (3 brokers, RF 3, min.insync.replicas 2) with two brokers stopped,
 //!    killed (the third answers metadata alone) or frozen with SIGSTOP:
-//!    `/healthz` answers 503 on every probe once the stall is noticed, 200 again
+//!    `/readyz` answers 503 on every probe once the stall is noticed, 200 again
 //!    after the brokers return, and nothing is lost.
 //! 8. Kafka unreachable at start: the metrics port answers within 1 s (503 with
 //!    a reason) and the QUIC port accepts an agent, which spools.
@@ -608,9 +608,9 @@ impl Agg {
         metric_sum(&self.metrics(), name, with)
     }
 
-    /// `/healthz`: (status, body), `None` while nothing answers.
-    fn healthz(&self) -> Option<(u16, String)> {
-        http(self.metrics, "/healthz")
+    /// `/readyz`: (status, body), `None` while nothing answers.
+    fn readyz(&self) -> Option<(u16, String)> {
+        http(self.metrics, "/readyz")
     }
 
     /// `inspect` of its log (an empty report before the log exists).
@@ -1856,11 +1856,20 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
         filled as f64 / (1 << 20) as f64,
         fs.avail()
     );
-    let unready = poll(Duration::from_secs(15), || match agg.healthz() {
+    let unready = poll(Duration::from_secs(15), || match agg.readyz() {
         Some((503, body)) => Some((t_full.elapsed().as_secs_f64(), body)),
         _ => None,
     });
-    println!("/healthz after the disk filled: {unready:?}");
+    println!("/readyz after the disk filled: {unready:?}");
+    // Not ready is not dead: the liveness probe stays 200, so an orchestrator
+    // takes it out of rotation without restarting it.
+    if unready.is_some() {
+        let alive = http(agg.metrics, "/healthz");
+        assert!(
+            matches!(alive, Some((200, _))),
+            "/healthz while not ready: {alive:?}"
+        );
+    }
     // While full: every probe, and what is acknowledged against what is in the log.
     let acked = |agents: &[AgentCfg]| -> Vec<f64> { agents.iter().map(AgentCfg::acked).collect() };
     let in_log = |agg: &Agg, agents: &[AgentCfg]| -> Vec<u64> {
@@ -1875,7 +1884,7 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
     let hold = Instant::now();
     let mut probes: Vec<(f64, Option<u16>)> = Vec::new();
     while hold.elapsed() < FULL_FOR {
-        probes.push((t_full.elapsed().as_secs_f64(), agg.healthz().map(|h| h.0)));
+        probes.push((t_full.elapsed().as_secs_f64(), agg.readyz().map(|h| h.0)));
         sleep(Duration::from_millis(200));
     }
     let acked_1 = acked(&agents);
@@ -1895,7 +1904,7 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
     let (mut ready, mut resumed) = (None, None);
     while t_free.elapsed() < Duration::from_secs(20) && (ready.is_none() || resumed.is_none()) {
         let t = t_free.elapsed().as_secs_f64();
-        if ready.is_none() && matches!(agg.healthz(), Some((200, _))) {
+        if ready.is_none() && matches!(agg.readyz(), Some((200, _))) {
             ready = Some(t);
         }
         let now = acked(&agents);
@@ -1905,8 +1914,8 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
         sleep(Duration::from_millis(200));
     }
     println!(
-        "space freed at {freed_at:.1} s: /healthz 200 after {ready:?} s, acks flowing for both agents after {resumed:?} s; now {:?}",
-        agg.healthz()
+        "space freed at {freed_at:.1} s: /readyz 200 after {ready:?} s, acks flowing for both agents after {resumed:?} s; now {:?}",
+        agg.readyz()
     );
     // Everything generated, in the log.
     let wait = if resumed.is_some() { 45 } else { 3 };
@@ -1931,17 +1940,17 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
     match &unready {
         None => v.check(false, || {
             format!(
-                "/healthz did not answer 503 within 15 s of the disk filling (it answered {:?})",
-                agg.healthz()
+                "/readyz did not answer 503 within 15 s of the disk filling (it answered {:?})",
+                agg.readyz()
             )
         }),
         Some((_, body)) => v.check(body.len() > "unready:".len() + 3, || {
-            format!("/healthz answered 503 without a reason: {body:?}")
+            format!("/readyz answered 503 without a reason: {body:?}")
         }),
     }
     v.check(not_503.is_empty(), || {
         format!(
-            "/healthz did not answer 503 on every probe while the disk was full: {} of {} probes answered otherwise, e.g. {:?}",
+            "/readyz did not answer 503 on every probe while the disk was full: {} of {} probes answered otherwise, e.g. {:?}",
             not_503.len(),
             probes.len(),
             &not_503[..not_503.len().min(5)]
@@ -1957,8 +1966,8 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
     }
     v.check(ready.is_some(), || {
         format!(
-            "the aggregator was not ready again within 20 s of the space being freed: /healthz {:?}",
-            agg.healthz()
+            "the aggregator was not ready again within 20 s of the space being freed: /readyz {:?}",
+            agg.readyz()
         )
     });
     v.check(resumed.is_some(), || {
@@ -2555,7 +2564,7 @@ fn kafka_readiness_follows_deliveries_when_two_brokers_are_frozen() {
     kafka_readiness(Stall::Freeze);
 }
 
-/// Two agents stream to Kafka; two of three brokers stop (`how`): `/healthz`
+/// Two agents stream to Kafka; two of three brokers stop (`how`): `/readyz`
 /// must answer 503 on every probe (every 200 ms for 20 s) once the stall is
 /// noticed, 200 again once the brokers are back, and nothing may be lost.
 fn kafka_readiness(how: Stall) {
@@ -2602,7 +2611,7 @@ fn kafka_readiness(how: Stall) {
         flowing.is_some(),
         "the agents had nothing acknowledged in 30 s"
     );
-    let before = agg.healthz();
+    let before = agg.readyz();
     sleep(Duration::from_secs(3));
     // The broker that stays leads none of the agents' partitions: its
     // connection carries no produce request waiting for replicas, so it answers
@@ -2643,7 +2652,7 @@ fn kafka_readiness(how: Stall) {
         if acked_0.is_none() && t >= Duration::from_secs(12) {
             acked_0 = Some(agents.iter().map(AgentCfg::acked).sum());
         }
-        let h = agg.healthz();
+        let h = agg.readyz();
         if noticed.is_none() {
             if let Some((503, body)) = &h {
                 noticed = Some((t.as_secs_f64(), body.clone()));
@@ -2679,7 +2688,7 @@ fn kafka_readiness(how: Stall) {
         *reasons.entry(why).or_default() += 1;
     }
     println!(
-        "brokers {stopped:?} stopped ({how:?}), {survivor} left (the agents' partitions {partitions:?} are led by {leaders:?}): /healthz 503 first after {noticed:?}; in {stalled_for:.0} s the aggregator logged \"sink unready\" {unready_lines} times and \"sink ready again\" {ready_lines} times"
+        "brokers {stopped:?} stopped ({how:?}), {survivor} left (the agents' partitions {partitions:?} are led by {leaders:?}): /readyz 503 first after {noticed:?}; in {stalled_for:.0} s the aggregator logged \"sink unready\" {unready_lines} times and \"sink ready again\" {ready_lines} times"
     );
     for (why, n) in &reasons {
         println!("  {n:2} x unready: {why}");
@@ -2707,9 +2716,9 @@ fn kafka_readiness(how: Stall) {
     );
     let t_cont = Instant::now();
     let ready = poll(Duration::from_secs(90), || {
-        matches!(agg.healthz(), Some((200, _))).then(|| t_cont.elapsed().as_secs_f64())
+        matches!(agg.readyz(), Some((200, _))).then(|| t_cont.elapsed().as_secs_f64())
     });
-    println!("brokers back: /healthz 200 after {ready:?} s");
+    println!("brokers back: /readyz 200 after {ready:?} s");
     // Everything in Kafka, as an independent consumer reads it.
     let deadline = Instant::now() + Duration::from_secs(180);
     let (k, records) = loop {
@@ -2729,24 +2738,24 @@ fn kafka_readiness(how: Stall) {
     let m = agg.metrics();
     let rejected = metric_sum(&m, "ferrule_aggregator_batches_rejected_total", "");
     println!(
-        "{records} records in {TOPIC}; commit failures {:?}; /healthz before {before:?}, now {:?}",
+        "{records} records in {TOPIC}; commit failures {:?}; /readyz before {before:?}, now {:?}",
         metric_lines(&m, "ferrule_aggregator_commit_failures_total"),
-        agg.healthz()
+        agg.readyz()
     );
     let mut v = Verdict::default();
     v.check(agg.running(), || "the aggregator died".into());
     v.check(matches!(before, Some((200, _))), || {
-        format!("/healthz before the fault: {before:?}")
+        format!("/readyz before the fault: {before:?}")
     });
     v.check(noticed.is_some(), || {
         format!(
-            "/healthz never answered 503 in 40 s of probes every 200 ms after two of three brokers stopped ({how:?}), while the aggregator logged \"sink unready\" {unready_lines} times and \"sink ready again\" {ready_lines} times; now {:?}",
-            agg.healthz()
+            "/readyz never answered 503 in 40 s of probes every 200 ms after two of three brokers stopped ({how:?}), while the aggregator logged \"sink unready\" {unready_lines} times and \"sink ready again\" {ready_lines} times; now {:?}",
+            agg.readyz()
         )
     });
     v.check(noticed.is_none() || not_503.is_empty(), || {
         format!(
-            "/healthz answered other than 503 on {} of {} probes (every 200 ms for {:.0} s) after the stall was noticed, at [{}] s after the brokers stopped",
+            "/readyz answered other than 503 on {} of {} probes (every 200 ms for {:.0} s) after the stall was noticed, at [{}] s after the brokers stopped",
             not_503.len(),
             probes.len(),
             PROBE_FOR.as_secs_f64(),
@@ -2758,8 +2767,8 @@ fn kafka_readiness(how: Stall) {
     });
     v.check(ready.is_some(), || {
         format!(
-            "/healthz did not answer 200 within 90 s of the brokers returning: {:?}",
-            agg.healthz()
+            "/readyz did not answer 200 within 90 s of the brokers returning: {:?}",
+            agg.readyz()
         )
     });
     v.check(rejected == 0.0, || {
@@ -2837,9 +2846,9 @@ fn the_aggregator_opens_its_ports_at_once_when_kafka_is_unreachable() {
         }
         sleep(Duration::from_millis(20));
     }
-    let first = agg.healthz();
+    let first = agg.readyz();
     println!(
-        "brokers 127.0.0.1:{closed} (closed): metrics port open after {metrics_at:?} s, \"aggregator listening\" after {listening_at:?} s; /healthz {first:?}"
+        "brokers 127.0.0.1:{closed} (closed): metrics port open after {metrics_at:?} s, \"aggregator listening\" after {listening_at:?} s; /readyz {first:?}"
     );
     let established = poll(Duration::from_secs(20), || {
         (agg.said("session established") && cfg.metric("ferrule_agent_uplink_up") == Some(1.0))
@@ -2851,9 +2860,9 @@ fn the_aggregator_opens_its_ports_at_once_when_kafka_is_unreachable() {
         .metric("ferrule_agent_spooled_samples_total")
         .unwrap_or(0.0);
     let committed = agg.metric("ferrule_aggregator_committed_batches_total", "");
-    let later = agg.healthz();
+    let later = agg.readyz();
     println!(
-        "agent started with the aggregator: session up {established:?} s after the start; 5 s later spooled {spooled} samples, {acked} batches acknowledged; aggregator committed {committed}; /healthz {later:?}"
+        "agent started with the aggregator: session up {established:?} s after the start; 5 s later spooled {spooled} samples, {acked} batches acknowledged; aggregator committed {committed}; /readyz {later:?}"
     );
     let mut v = Verdict::default();
     v.check(agg.running(), || {
@@ -2872,7 +2881,7 @@ fn the_aggregator_opens_its_ports_at_once_when_kafka_is_unreachable() {
             .is_some_and(|(s, b)| *s == 503 && b.len() > "unready:".len() + 3)
     };
     v.check(unready(&first), || {
-        format!("/healthz right after start: {first:?} (503 with a reason expected)")
+        format!("/readyz right after start: {first:?} (503 with a reason expected)")
     });
     v.check(established.is_some(), || {
         "the agent's session was not up within 20 s of the start (the QUIC port must accept agents while Kafka is unreachable)".into()
@@ -2882,7 +2891,7 @@ fn the_aggregator_opens_its_ports_at_once_when_kafka_is_unreachable() {
             "with Kafka unreachable: {spooled} samples spooled, {acked} batches acknowledged, {committed} committed"
         )
     });
-    v.check(unready(&later), || format!("/healthz later: {later:?}"));
+    v.check(unready(&later), || format!("/readyz later: {later:?}"));
     v.check(agent.running(), || "the agent died".into());
     v.finish();
 }

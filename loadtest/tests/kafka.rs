@@ -8,7 +8,7 @@
 //!
 //! 1. Basic: one broker, a 3-partition topic, two agents: every generated sample is
 //!    in Kafka, sequence numbers 1..=last without a gap, each agent in one
-//!    partition in sequence order, `/healthz` ok.
+//!    partition in sequence order, `/readyz` ok.
 //! 2. The single broker stopped for 10 s mid-stream and restarted: nothing lost, no
 //!    process died, nothing dropped.
 //! 3. A 3-broker cluster (RF 3, min.insync.replicas 2): the leader of the agents'
@@ -537,8 +537,8 @@ impl Aggregator {
         metric_sum(&self.metrics(), name)
     }
 
-    fn healthz(&self) -> String {
-        procs::http_get(self.metrics, "/healthz")
+    fn readyz(&self) -> String {
+        procs::http_get(self.metrics, "/readyz")
             .map_or_else(|e| format!("(no answer: {e})"), |b| b.trim().to_string())
     }
 
@@ -821,7 +821,7 @@ impl Rig {
             unacked: sum("ferrule_agent_spool_unacked_batches"),
             spool_bytes: self.agents.iter().map(|a| procs::dir_bytes(&a.spool)).sum(),
             rss_kib: self.agg.rss_kib(),
-            health: self.agg.healthz(),
+            health: self.agg.readyz(),
         }
     }
 
@@ -1005,7 +1005,7 @@ struct Snap {
 impl Snap {
     fn line(&self) -> String {
         format!(
-            "t={:5.1}s sent={} acked={} unacked={} spool={:.1}MiB committed={} acks={} withheld={} queued={:.1}MiB failures={} rss={:.1}MiB healthz={:?}",
+            "t={:5.1}s sent={} acked={} unacked={} spool={:.1}MiB committed={} acks={} withheld={} queued={:.1}MiB failures={} rss={:.1}MiB readyz={:?}",
             self.t,
             self.sent,
             self.acked,
@@ -1052,9 +1052,9 @@ fn basic_every_sample_in_kafka_in_order_one_partition_per_agent() {
     rig.add_agent("a2", 1000, 1000 * SENSORS * 5);
     rig.start_aggregator();
     assert_eq!(
-        rig.agg.healthz(),
+        rig.agg.readyz(),
         "ok",
-        "/healthz before any agent, with the topic there"
+        "/readyz before any agent, with the topic there"
     );
     let t0 = rig.start_agents();
     let k = rig.wait_in_kafka(
@@ -1067,8 +1067,8 @@ fn basic_every_sample_in_kafka_in_order_one_partition_per_agent() {
     );
     let dups = rig.assert_complete(&k);
     assert_eq!(dups, 0, "duplicates in Kafka without any fault");
-    let health = rig.agg.healthz();
-    assert_eq!(health, "ok", "/healthz after the run");
+    let health = rig.agg.readyz();
+    assert_eq!(health, "ok", "/readyz after the run");
     let m = rig.agg.metrics();
     let records = metric_sum(&m, "ferrule_aggregator_kafka_records_total");
     let batches: usize = k.values().map(|v| v.batches.len()).sum();
@@ -1423,10 +1423,10 @@ fn aggregator_memory_bounded_through_2_minute_kafka_outage() {
         s30.unacked,
         s120.unacked
     );
-    // Operators see the outage: /healthz turns unready while Kafka answers nothing.
+    // Operators see the outage: /readyz turns unready while Kafka answers nothing.
     assert!(
         outage.iter().any(|s| s.health.starts_with("unready")),
-        "/healthz never reported the outage: {:?}",
+        "/readyz never reported the outage: {:?}",
         outage.iter().map(|s| s.health.as_str()).collect::<Vec<_>>()
     );
     rig.assert_alive("after the run");

@@ -527,7 +527,7 @@ fn run(seed: u64, batches: u64) -> Totals {
             }
             while let Some(ev) = c.agent.poll_event() {
                 match ev {
-                    AgentEvent::Acked { epoch, seqs } => {
+                    AgentEvent::Acked { epoch, seqs, .. } => {
                         for s in seqs {
                             assert!(
                                 durable.contains(&(epoch, s)),

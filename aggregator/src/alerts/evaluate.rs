@@ -33,7 +33,7 @@
 use super::Notifiers;
 use crate::fanout::embedded::Subscriber;
 use ferrule_rules::{Engine, RuleSet, State, Transition};
-use ferrule_telemetry::{Counter, Gauge, Registry};
+use ferrule_telemetry::{Buckets, Counter, Gauge, Histogram, Registry};
 use ferrule_wire::record::{decode_record_filtered, decode_record_into, RecordHeader, SensorInfo};
 use ferrule_wire::{SampleColumns, SensorId};
 use std::collections::HashMap;
@@ -197,6 +197,9 @@ struct EvalCounters {
     agents_forgotten: Counter,
     skipped: [(Counter, u64); 4],
     series: Gauge,
+    /// From a batch reaching the aggregator to the transition its samples caused
+    /// going to the notifiers: how long a page takes on this side.
+    latency: Histogram,
 }
 
 impl EvalCounters {
@@ -256,6 +259,12 @@ impl EvalCounters {
                 "ferrule_aggregator_alert_series",
                 "Series (site, agent, sensor) the alert engine tracks",
                 &[],
+            ),
+            latency: r.histogram(
+                "ferrule_aggregator_alert_latency_seconds",
+                "From a batch reaching this aggregator to the firing or resolved transition its samples caused being handed to the notifiers, seconds",
+                &[],
+                Buckets::Latency,
             ),
         }
     }
@@ -551,6 +560,11 @@ async fn run(
             // back every cycle). No watcher is fine: the send only fails when
             // nobody listens.
             if matches!(t.state, State::Firing | State::Resolved) {
+                if received_ns > 0 {
+                    counters
+                        .latency
+                        .observe(emitted_ns.saturating_sub(received_ns).max(0) as f64 / 1e9);
+                }
                 let _ = watch.send(Arc::new(Evaluated {
                     transition: t,
                     received_ns,

@@ -196,6 +196,10 @@ pub enum AgentEvent {
         epoch: Epoch,
         /// Their seqs, ascending.
         seqs: Vec<Seq>,
+        /// From each one's send on this session to this ack (for the ones sent
+        /// on this session), in no particular order: the ack latency operators
+        /// chart.
+        latencies: Vec<Duration>,
     },
     /// These batches were refused for good: count them as dropped and delete them.
     Rejected {
@@ -649,10 +653,15 @@ impl AgentSession {
         }
         // A refusal is answered without a commit: its time says nothing of the queue.
         let committed = matches!(a.outcome, Outcome::Committed);
+        let mut latencies = Vec::new();
         for s in &settled {
             if let Some((_, sent)) = self.in_flight.remove(&(epoch, *s)) {
+                let latency = now.saturating_duration_since(sent);
+                if committed {
+                    latencies.push(latency);
+                }
                 if let Some(p) = self.pacing.as_mut().filter(|_| committed) {
-                    p.on_commit(now, now.saturating_duration_since(sent), Duration::ZERO);
+                    p.on_commit(now, latency, Duration::ZERO);
                 }
             }
             book.insert(*s);
@@ -667,6 +676,7 @@ impl AgentSession {
             Outcome::Committed => AgentEvent::Acked {
                 epoch,
                 seqs: settled,
+                latencies,
             },
             Outcome::Rejected(reason) => AgentEvent::Rejected {
                 epoch,
