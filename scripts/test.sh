@@ -35,6 +35,10 @@ need_apt chromium chromium
 # (no container engine runs), systemd-analyze for the units.
 need_apt promtool prometheus docker-compose docker-compose systemd-analyze systemd
 python3 -c 'import yaml' >/dev/null 2>&1 || python3 -m pip install -q pyyaml
+# A real OpenTelemetry Collector for the OTLP export's test (loadtest/tests/otlp.rs),
+# built once from the Go module proxy (pinned in scripts/otelcol/; about 3 minutes the
+# first time, cached after).
+scripts/otelcol.sh build >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

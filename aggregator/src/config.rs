@@ -49,6 +49,10 @@ pub struct Config {
     /// The live page and its WebSocket gateway.
     #[serde(default)]
     pub page: PageSection,
+    /// OTLP export of the aggregator's metrics, batch traces and selected
+    /// sensors (to an OpenTelemetry Collector). None: no export.
+    #[serde(default)]
+    pub otlp: Option<ferrule_otlp::OtlpSection>,
 }
 
 /// `[page]`: the live web page (stages in plain words, sparklines, alerts,
@@ -972,6 +976,9 @@ impl Validate for Config {
                 "log.group_commit_max_batches",
                 "must be at least 1",
             ));
+        }
+        if let Some(o) = &self.otlp {
+            bad.extend(o.invalid("otlp"));
         }
         if bad.is_empty() {
             Ok(())

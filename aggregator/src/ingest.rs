@@ -41,8 +41,8 @@ use ferrule_wire::session::{
     IngestConfig, IngestEvent, IngestSession, PeerIdentity, WindowController,
 };
 use ferrule_wire::{
-    Batch, Credit, DecodeError, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message, Outcome,
-    Status,
+    Batch, Credit, DecodeError, Epoch, ErrorCode, ErrorMessage, GoAwayReason, Limits, Message,
+    Outcome, Seq, Status,
 };
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -83,6 +83,40 @@ pub struct IngestContext {
     /// The certificates the newest CRL revokes: a session whose certificate
     /// it lists closes.
     pub revoked: watch::Receiver<Arc<ferrule_transport::Revoked>>,
+    /// Spans of sampled batches' commits (OTLP); disabled without `[otlp]`.
+    pub traces: ferrule_otlp::BatchTracer,
+}
+
+/// Records the commit span of a sampled batch: from its arrival (`latency`
+/// ago) to now, when it is durable and acknowledged.
+fn trace_commit(
+    ctx: &IngestContext,
+    agent: &VerifiedAgent,
+    epoch: Epoch,
+    seq: Seq,
+    latency: Duration,
+) {
+    let key = ferrule_otlp::BatchKey {
+        site: agent.site(),
+        agent: agent.agent(),
+        epoch: epoch.0,
+        seq: seq.0,
+    };
+    if !ctx.traces.sampled(&key) {
+        return;
+    }
+    let end = std::time::SystemTime::now();
+    ctx.traces.record(
+        &key,
+        "ferrule.aggregator.commit",
+        ferrule_otlp::SpanKind::Server,
+        end.checked_sub(latency).unwrap_or(end),
+        end,
+        vec![ferrule_otlp::KeyValue::new(
+            "ferrule.server",
+            ctx.session.server.clone(),
+        )],
+    );
 }
 
 /// One [`WindowController`] for all the sessions: they share the sink, so its
@@ -407,6 +441,7 @@ async fn drive(
                         match session.committed(done.epoch, done.seq, at) {
                             Some(latency) => {
                                 ctx.metrics.commit_latency.observe_duration(latency);
+                                trace_commit(ctx, agent, done.epoch, done.seq, latency);
                                 session.set_window(ctx.window.on_commit(at, latency, conn.rtt()));
                             }
                             None => session.set_window(ctx.window.current()),

@@ -25,6 +25,7 @@ pub mod instance;
 pub mod kafka;
 pub mod ledger;
 pub mod metrics;
+pub mod otlp_sensors;
 pub mod page;
 pub mod sampler;
 pub mod server;

@@ -141,6 +141,37 @@ pub async fn run(
         )?,
         None => None,
     };
+    // OTLP export (metrics, batch traces, selected sensors), subscribed before
+    // any agent can connect, like the evaluator.
+    let otlp = match &cfg.otlp {
+        Some(o) => {
+            let otlp = ferrule_otlp::Otlp::start(
+                o,
+                "ferrule-aggregator",
+                vec![ferrule_otlp::KeyValue::new(
+                    "service.instance.id",
+                    cfg.server.name.clone(),
+                )],
+                &registry,
+            )
+            .context("starting the OTLP export")?;
+            if let Some(selection) = crate::otlp_sensors::Selection::new(&o.sensors) {
+                let sub = fanout.subscribe_bounded("otlp", 1024, 64 << 20);
+                tokio::spawn(crate::otlp_sensors::run(
+                    sub,
+                    selection,
+                    ferrule_otlp::SensorGauges::new(&otlp),
+                    registry.clone(),
+                ));
+            }
+            Some(otlp)
+        }
+        None => None,
+    };
+    let traces = otlp.as_ref().map_or_else(
+        ferrule_otlp::BatchTracer::disabled,
+        ferrule_otlp::Otlp::batches,
+    );
 
     // Named now, with the file at fault; what rustls refuses below stops the
     // start, the rest (an expired certificate, one agents cannot verify) would
@@ -321,6 +352,7 @@ pub async fn run(
         agents: agents.clone(),
         tls: tls_slot,
         revoked: tls_reload.revoked.clone(),
+        traces,
     });
     drop(sink);
     tracing::info!(%quic_addr, metrics = ?metrics_addr, data = %cfg.log.dir.display(), "aggregator listening");
@@ -391,6 +423,10 @@ pub async fn run(
         {
             tracing::warn!("alert evaluator did not finish within 5 s; leaving it");
         }
+    }
+    if let Some(o) = otlp {
+        // The last export, bounded by otlp.timeout_secs per signal.
+        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
     }
     tracing::info!("aggregator stopped");
     Ok(())

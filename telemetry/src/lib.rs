@@ -25,7 +25,10 @@ pub mod notify;
 
 pub use health::Health;
 pub use http::{serve, serve_probes, Probes};
-pub use registry::{Buckets, Counter, Gauge, Histogram, Registry, CONTENT_TYPE};
+pub use registry::{
+    Buckets, Counter, FamilyInfo, Gauge, Histogram, Kind, MirrorFn, MirrorMaker, Registry,
+    SeriesValues, CONTENT_TYPE,
+};
 
 /// Logs to stderr with the filter in `FERRULE_LOG` (`info` when unset), the way
 /// every ferrule binary does.

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::{Family as PFamily, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge as PGauge;
 use prometheus_client::metrics::histogram::Histogram as PHistogram;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// A monotonically increasing count.
@@ -53,26 +53,54 @@ impl Gauge {
     }
 }
 
+/// Where a histogram's observations are copied besides its own buckets (an OTLP
+/// exporter's instrument): set once, by [`Registry::mirror_histograms`].
+pub type MirrorFn = Box<dyn Fn(f64) + Send + Sync>;
+
+/// Makes the [`MirrorFn`] of one series: given the family's name, help, bucket
+/// bounds, and the series' labels.
+pub type MirrorMaker = dyn Fn(&str, &str, &[f64], &[(String, String)]) -> MirrorFn + Send + Sync;
+
+type MirrorSlot = Arc<OnceLock<MirrorFn>>;
+
 /// A distribution of observations (latencies, sizes) in fixed buckets: what an
 /// operator needs to see a p99, which a counter or an average hides.
-#[derive(Debug, Clone)]
-pub struct Histogram(PHistogram);
+#[derive(Clone)]
+pub struct Histogram {
+    inner: PHistogram,
+    mirror: MirrorSlot,
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histogram")
+            .field("inner", &self.inner)
+            .field("mirrored", &self.mirror.get().is_some())
+            .finish()
+    }
+}
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self(PHistogram::new(Buckets::Latency.bounds()))
+        Self {
+            inner: PHistogram::new(Buckets::Latency.bounds()),
+            mirror: MirrorSlot::default(),
+        }
     }
 }
 
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, v: f64) {
-        self.0.observe(v);
+        self.inner.observe(v);
+        if let Some(m) = self.mirror.get() {
+            m(v);
+        }
     }
 
     /// Records a duration, in seconds (the unit every `_seconds` histogram uses).
     pub fn observe_duration(&self, d: Duration) {
-        self.0.observe(d.as_secs_f64());
+        self.observe(d.as_secs_f64());
     }
 }
 
@@ -88,7 +116,8 @@ pub enum Buckets {
 }
 
 impl Buckets {
-    fn bounds(self) -> Vec<f64> {
+    /// The upper bounds of the buckets, ascending (`+Inf` implied).
+    pub fn bounds(self) -> Vec<f64> {
         match self {
             Self::Latency => (0..20).map(|i| 0.0001 * f64::from(1u32 << i)).collect(),
             Self::Count => (0..17).map(|i| f64::from(1u32 << i)).collect(),
@@ -108,22 +137,75 @@ impl MetricConstructor<PHistogram> for WithBuckets {
     }
 }
 
-#[derive(Debug)]
 enum Family {
     Counter {
         family: PFamily<Labels, PCounter>,
-        /// Every series, to sum them (the family does not list its members).
-        all: Vec<PCounter>,
+        /// Every series with its labels as given (the family does not list its
+        /// members, and keeps the values escaped).
+        all: Vec<(Labels, PCounter)>,
     },
-    Gauge(PFamily<Labels, PGauge>),
-    Histogram(PFamily<Labels, PHistogram, WithBuckets>),
+    Gauge {
+        family: PFamily<Labels, PGauge>,
+        all: Vec<(Labels, PGauge)>,
+    },
+    Histogram {
+        family: PFamily<Labels, PHistogram, WithBuckets>,
+        bounds: Arc<[f64]>,
+        all: Vec<(Labels, MirrorSlot)>,
+    },
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Counter { .. } => "Counter",
+            Family::Gauge { .. } => "Gauge",
+            Family::Histogram { .. } => "Histogram",
+        })
+    }
+}
+
+#[derive(Default)]
 struct Inner {
     exposition: prometheus_client::registry::Registry,
-    families: BTreeMap<String, Family>,
+    families: BTreeMap<String, (String, Family)>,
+    mirror: Option<Arc<MirrorMaker>>,
 }
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("families", &self.families)
+            .field("mirrored", &self.mirror.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What kind of metric a family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution in buckets.
+    Histogram,
+}
+
+/// One family's name, help and kind, as [`Registry::families`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyInfo {
+    /// The exposed name (a counter's ends in `_total`).
+    pub name: String,
+    /// Its help text.
+    pub help: String,
+    /// Its kind.
+    pub kind: Kind,
+}
+
+/// A counter's or gauge's series now, as [`Registry::read`] gives them: labels
+/// as given (not escaped), value.
+pub type SeriesValues = Vec<(Vec<(String, String)>, i64)>;
 
 /// A set of metric families. Cloning shares it.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +220,13 @@ fn labels_of(labels: &[(&str, &str)]) -> Labels {
     labels
         .iter()
         .map(|(k, v)| ((*k).to_string(), escape_label_value(v)))
+        .collect()
+}
+
+fn raw_labels(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
         .collect()
 }
 
@@ -191,8 +280,9 @@ impl Registry {
         let Inner {
             exposition,
             families,
+            ..
         } = &mut *inner;
-        let fam = families.entry(name.to_string()).or_insert_with(|| {
+        let (_, fam) = families.entry(name.to_string()).or_insert_with(|| {
             let family = PFamily::<Labels, PCounter>::default();
             // OpenMetrics adds `_total` to a counter's family name.
             exposition.register(
@@ -200,18 +290,21 @@ impl Registry {
                 help,
                 family.clone(),
             );
-            Family::Counter {
-                family,
-                all: Vec::new(),
-            }
+            (
+                help.to_string(),
+                Family::Counter {
+                    family,
+                    all: Vec::new(),
+                },
+            )
         });
         match fam {
             Family::Counter { family, all } => {
-                let labels = labels_of(labels);
-                let fresh = family.get(&labels).is_none();
-                let c = family.get_or_create_owned(&labels);
+                let key = labels_of(labels);
+                let fresh = family.get(&key).is_none();
+                let c = family.get_or_create_owned(&key);
                 if fresh {
-                    all.push(c.clone());
+                    all.push((raw_labels(labels), c.clone()));
                 }
                 Counter(c)
             }
@@ -227,14 +320,29 @@ impl Registry {
         let Inner {
             exposition,
             families,
+            ..
         } = &mut *inner;
-        let fam = families.entry(name.to_string()).or_insert_with(|| {
+        let (_, fam) = families.entry(name.to_string()).or_insert_with(|| {
             let family = PFamily::<Labels, PGauge>::default();
             exposition.register(name, help, family.clone());
-            Family::Gauge(family)
+            (
+                help.to_string(),
+                Family::Gauge {
+                    family,
+                    all: Vec::new(),
+                },
+            )
         });
         match fam {
-            Family::Gauge(family) => Gauge(family.get_or_create_owned(&labels_of(labels))),
+            Family::Gauge { family, all } => {
+                let key = labels_of(labels);
+                let fresh = family.get(&key).is_none();
+                let g = family.get_or_create_owned(&key);
+                if fresh {
+                    all.push((raw_labels(labels), g.clone()));
+                }
+                Gauge(g)
+            }
             _ => Gauge::default(),
         }
     }
@@ -261,16 +369,48 @@ impl Registry {
         let Inner {
             exposition,
             families,
+            mirror,
         } = &mut *inner;
-        let fam = families.entry(name.to_string()).or_insert_with(|| {
+        let (help, fam) = families.entry(name.to_string()).or_insert_with(|| {
+            let bounds: Arc<[f64]> = buckets.bounds().into();
             let family = PFamily::<Labels, PHistogram, WithBuckets>::new_with_constructor(
-                WithBuckets(buckets.bounds().into()),
+                WithBuckets(bounds.clone()),
             );
             exposition.register(name, help, family.clone());
-            Family::Histogram(family)
+            (
+                help.to_string(),
+                Family::Histogram {
+                    family,
+                    bounds,
+                    all: Vec::new(),
+                },
+            )
         });
         match fam {
-            Family::Histogram(family) => Histogram(family.get_or_create_owned(&labels_of(labels))),
+            Family::Histogram {
+                family,
+                bounds,
+                all,
+            } => {
+                let key = labels_of(labels);
+                let inner = family.get_or_create_owned(&key);
+                let raw = raw_labels(labels);
+                let slot = match all.iter().find(|(l, _)| *l == raw) {
+                    Some((_, slot)) => slot.clone(),
+                    None => {
+                        let slot = MirrorSlot::default();
+                        if let Some(make) = mirror {
+                            let _ = slot.set(make(name, help, bounds, &raw));
+                        }
+                        all.push((raw, slot.clone()));
+                        slot
+                    }
+                };
+                Histogram {
+                    inner,
+                    mirror: slot,
+                }
+            }
             _ => Histogram::default(),
         }
     }
@@ -302,7 +442,7 @@ impl Registry {
 
     /// The value of a counter if it exists (for tests and status output).
     pub fn counter_value(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-        match self.lock().families.get(name)? {
+        match &self.lock().families.get(name)?.1 {
             Family::Counter { family, .. } => family.get(&labels_of(labels)).map(|c| c.get()),
             _ => None,
         }
@@ -311,9 +451,60 @@ impl Registry {
     /// Sum of a counter family across all label sets.
     pub fn counter_sum(&self, name: &str) -> u64 {
         match self.lock().families.get(name) {
-            Some(Family::Counter { all, .. }) => all.iter().map(PCounter::get).sum(),
+            Some((_, Family::Counter { all, .. })) => all.iter().map(|(_, c)| c.get()).sum(),
             _ => 0,
         }
+    }
+
+    /// Every family: name, help, kind (for an exporter that mirrors them).
+    pub fn families(&self) -> Vec<FamilyInfo> {
+        self.lock()
+            .families
+            .iter()
+            .map(|(name, (help, f))| FamilyInfo {
+                name: name.clone(),
+                help: help.clone(),
+                kind: match f {
+                    Family::Counter { .. } => Kind::Counter,
+                    Family::Gauge { .. } => Kind::Gauge,
+                    Family::Histogram { .. } => Kind::Histogram,
+                },
+            })
+            .collect()
+    }
+
+    /// The series of a counter or gauge family now (empty for a histogram or an
+    /// unknown name). Counters beyond `i64::MAX` read as `i64::MAX`.
+    pub fn read(&self, name: &str) -> SeriesValues {
+        match self.lock().families.get(name) {
+            Some((_, Family::Counter { all, .. })) => all
+                .iter()
+                .map(|(l, c)| (l.clone(), i64::try_from(c.get()).unwrap_or(i64::MAX)))
+                .collect(),
+            Some((_, Family::Gauge { all, .. })) => {
+                all.iter().map(|(l, g)| (l.clone(), g.get())).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Copies every histogram observation from now on through `make`'s
+    /// function for its series (existing series and those created later):
+    /// how an OTLP exporter gets distributions it cannot read back from the
+    /// buckets. Only the first call takes effect.
+    pub fn mirror_histograms(&self, make: Arc<MirrorMaker>) {
+        let mut inner = self.lock();
+        if inner.mirror.is_some() {
+            return;
+        }
+        for (name, (help, f)) in &inner.families {
+            if let Family::Histogram { bounds, all, .. } = f {
+                for (labels, slot) in all {
+                    let _ = slot.set(make(name, help, bounds, labels));
+                }
+            }
+        }
+        inner.mirror = Some(make);
     }
 
     /// The OpenMetrics text exposition of every family (what `/metrics` serves;
@@ -415,5 +606,56 @@ mod tests {
         c.add(5);
         assert!(r.render().contains("z 7"));
         assert_eq!(r.counter_value("z", &[]), None);
+    }
+
+    #[test]
+    fn families_and_series_read_back_with_their_labels_as_given() {
+        let r = Registry::new();
+        r.counter("c_total", "C", &[("why", "a\"b")]).add(3);
+        r.gauge("g", "G", &[]).set(-4);
+        r.histogram("h_seconds", "H", &[], Buckets::Latency);
+        let kinds: Vec<(String, Kind)> =
+            r.families().into_iter().map(|f| (f.name, f.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("c_total".to_string(), Kind::Counter),
+                ("g".to_string(), Kind::Gauge),
+                ("h_seconds".to_string(), Kind::Histogram),
+            ]
+        );
+        assert_eq!(
+            r.read("c_total"),
+            vec![(vec![("why".to_string(), "a\"b".to_string())], 3)]
+        );
+        assert_eq!(r.read("g"), vec![(vec![], -4)]);
+        assert!(r.read("h_seconds").is_empty());
+    }
+
+    #[test]
+    fn mirrors_see_every_observation_of_old_and_new_series() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let r = Registry::new();
+        let old = r.histogram("h_seconds", "H", &[("k", "old")], Buckets::Latency);
+        old.observe(1.0);
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        r.mirror_histograms(Arc::new(move |name, _help, bounds, labels| {
+            assert_eq!(name, "h_seconds");
+            assert_eq!(bounds.len(), 20);
+            let s = s.clone();
+            let tag = if labels[0].1 == "old" { 1 } else { 100 };
+            Box::new(move |_v| {
+                s.fetch_add(tag, Ordering::Relaxed);
+            })
+        }));
+        old.observe(2.0);
+        let new = r.histogram("h_seconds", "H", &[("k", "new")], Buckets::Latency);
+        new.observe(3.0);
+        // The same series asked for again shares the mirror.
+        r.histogram("h_seconds", "H", &[("k", "new")], Buckets::Latency)
+            .observe(4.0);
+        assert_eq!(seen.load(Ordering::Relaxed), 201);
+        assert!(r.render().contains("h_seconds_count{k=\"old\"} 2"));
     }
 }
