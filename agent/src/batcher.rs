@@ -33,7 +33,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -152,6 +152,8 @@ struct Builder {
     /// Samples per input, for the spool record.
     inputs: BTreeMap<Arc<str>, u32>,
     marks: Marks,
+    /// When its first sample came (the start of a traced batch's life).
+    opened: Option<SystemTime>,
 }
 
 /// A batch's samples per input.
@@ -162,6 +164,7 @@ struct Cut {
     inputs: Inputs,
     series: Vec<Series>,
     marks: Marks,
+    opened: Option<SystemTime>,
 }
 
 /// A batch in the spool that is not durable yet: kept to tell its inputs when it
@@ -171,6 +174,7 @@ struct Unsynced {
     inputs: Inputs,
     frame: Vec<u8>,
     marks: Marks,
+    opened: Option<SystemTime>,
 }
 
 /// Channels and shared state around the batcher.
@@ -202,6 +206,8 @@ pub struct BatcherIo {
     /// Unhealthy (cause `unacked`) while the oldest batch not acknowledged
     /// is older than this (`uplink.unhealthy_after_secs`; `None`: never).
     pub unhealthy_after: Option<Duration>,
+    /// Spans of sampled batches (OTLP).
+    pub traces: crate::trace::Traces,
 }
 
 fn publish(spool: &Spool, tx: &watch::Sender<SpoolState>) {
@@ -379,6 +385,7 @@ impl Batcher {
             }
         }
         if n > 0 {
+            b.opened.get_or_insert_with(SystemTime::now);
             b.samples += n;
             let per_input = b.inputs.entry(c.input).or_default();
             *per_input = per_input.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
@@ -431,6 +438,7 @@ impl Batcher {
             inputs: b.inputs.into_iter().collect(),
             series: b.series.into_values().collect(),
             marks: b.marks,
+            opened: b.opened,
         };
         match self.append(cut) {
             Ok(()) => true,
@@ -479,6 +487,7 @@ impl Batcher {
             inputs,
             series,
             marks,
+            opened,
         } = cut;
         let series = match self.encode(series) {
             Ok(()) => Vec::new(),
@@ -508,12 +517,14 @@ impl Batcher {
                 if self.fsync == FsyncMode::Always {
                     self.healthy();
                     fire(&marks);
+                    self.io.traces.spooled(self.spool.epoch(), seq, opened);
                 } else {
                     self.unsynced.push_back(Unsynced {
                         seq,
                         inputs,
                         frame: self.frame.clone(),
                         marks,
+                        opened,
                     });
                 }
                 Ok(())
@@ -528,6 +539,7 @@ impl Batcher {
                     inputs,
                     series,
                     marks,
+                    opened,
                 };
                 match e {
                     SpoolError::Full => {
@@ -601,6 +613,7 @@ impl Batcher {
                         inputs: u.inputs,
                         series,
                         marks: u.marks,
+                        opened: u.opened,
                     });
                 }
                 self.retry(false);
@@ -648,6 +661,7 @@ impl Batcher {
         while self.unsynced.front().is_some_and(|u| u.seq < until) {
             if let Some(u) = self.unsynced.pop_front() {
                 fire(&u.marks);
+                self.io.traces.spooled(self.spool.epoch(), u.seq, u.opened);
             }
         }
     }
@@ -780,6 +794,7 @@ impl Batcher {
                 inputs: b.inputs.into_iter().collect(),
                 series: Vec::new(),
                 marks: Vec::new(),
+                opened: b.opened,
             });
         }
         for cut in dropped {
@@ -1000,6 +1015,7 @@ mod tests {
                 crossings: None,
                 live: None,
                 unhealthy_after: None,
+                traces: crate::trace::Traces::disabled(),
             },
             BatchSection {
                 max_samples,

@@ -32,6 +32,10 @@ pub struct Config {
     /// The crossing fast path (see `crossing`).
     #[serde(default)]
     pub alerts: AlertsSection,
+    /// OTLP export of the agent's metrics and its sampled batches' spans (to an
+    /// OpenTelemetry Collector). None: no export.
+    #[serde(default)]
+    pub otlp: Option<ferrule_otlp::OtlpSection>,
 }
 
 /// `[alerts]`: the aggregator's alert rules, run here only to send a batch at
@@ -540,6 +544,15 @@ impl Validate for Config {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             {
                 bad.push(Invalid::new(key, "1-64 characters of A-Z a-z 0-9 . _ -"));
+            }
+        }
+        if let Some(o) = &self.otlp {
+            bad.extend(o.invalid("otlp"));
+            if !o.sensors.is_empty() {
+                bad.push(Invalid::new(
+                    "otlp.sensors",
+                    "is the aggregator's (it reads sensors from the real-time path); the agent exports its own telemetry only",
+                ));
             }
         }
         if bad.is_empty() {

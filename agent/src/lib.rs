@@ -30,6 +30,7 @@ pub mod renew_hook;
 pub mod renew_schedule;
 pub mod spool;
 pub mod tls_reload;
+pub mod trace;
 pub mod uplink;
 
 use anyhow::Context as _;
@@ -121,6 +122,30 @@ pub async fn run(
         ));
     }
 
+    let otlp = match &cfg.otlp {
+        Some(o) => Some(
+            ferrule_otlp::Otlp::start(
+                o,
+                "ferrule-agent",
+                vec![
+                    ferrule_otlp::KeyValue::new("ferrule.site", cfg.agent.site.clone()),
+                    ferrule_otlp::KeyValue::new("ferrule.agent", cfg.agent.id.clone()),
+                    ferrule_otlp::KeyValue::new(
+                        "service.instance.id",
+                        format!("{}/{}", cfg.agent.site, cfg.agent.id),
+                    ),
+                ],
+                &registry,
+            )
+            .context("starting the OTLP export")?,
+        ),
+        None => None,
+    };
+    let traces = match &otlp {
+        Some(o) => trace::Traces::new(o.batches(), &cfg.agent.site, &cfg.agent.id),
+        None => trace::Traces::disabled(),
+    };
+
     let (live_tap, live_rx) = live::tap(&registry);
     let batcher = tokio::spawn(batcher::run(
         spool,
@@ -136,6 +161,7 @@ pub async fn run(
             live: Some(live_tap),
             unhealthy_after: (cfg.uplink.unhealthy_after_secs > 0)
                 .then(|| Duration::from_secs(cfg.uplink.unhealthy_after_secs)),
+            traces: traces.clone(),
         },
         cfg.batch.clone(),
         cfg.spool.fsync,
@@ -154,6 +180,7 @@ pub async fn run(
         shutdown: stop_rx.clone(),
         health,
         live: tokio::sync::Mutex::new(live_rx),
+        traces,
     }));
     // Its own task: a slow or hanging renew hook never holds the uplink.
     let renew = tokio::spawn(renew_hook::run(
@@ -179,6 +206,10 @@ pub async fn run(
     let _ = renew.await;
     // The uplink dropped its settle sender: the batcher finishes.
     let _ = batcher.await;
+    if let Some(o) = otlp {
+        // The last export, bounded by otlp.timeout_secs per signal.
+        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
+    }
     match up {
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("uplink task failed: {e}")),

@@ -50,6 +50,8 @@ use tokio::sync::{mpsc, watch};
 pub struct UplinkDeps {
     /// The configuration.
     pub cfg: Config,
+    /// Spans of sampled batches (OTLP).
+    pub traces: crate::trace::Traces,
     /// Reads batches back from the spool.
     pub reader: SpoolReader,
     /// How far the spool is durable and acknowledged.
@@ -877,11 +879,14 @@ async fn drive(
         while let Some(ev) = s.poll_event() {
             match ev {
                 AgentEvent::Acked {
-                    seqs, latencies, ..
+                    epoch,
+                    seqs,
+                    latencies,
                 } => {
                     m.acked.add(seqs.len() as u64);
-                    for l in latencies {
+                    for (seq, l) in latencies {
                         m.ack_latency.observe_duration(l);
+                        deps.traces.acked(epoch, seq, l);
                     }
                     for q in &seqs {
                         sending.sent_meta.remove(q);

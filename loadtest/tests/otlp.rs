@@ -85,7 +85,9 @@ impl Rig {
             .unwrap_or_default()
     }
 
-    fn start_agent(&mut self) {
+    /// Starts the agent, exporting over OTLP/gRPC to `otlp` (every batch
+    /// traced).
+    fn start_agent(&mut self, otlp: &str) {
         let spec = AgentSpec {
             site: SITE.into(),
             id: AGENT.into(),
@@ -96,7 +98,7 @@ impl Rig {
             fsync: "interval",
             metrics: None,
             extra: format!(
-                "[[inputs.line]]\nname = \"lp\"\nlisten_tcp = \"{}\"\nprecision = \"ns\"\nunits = {{ \"grid/voltage_l1\" = \"V\" }}\n",
+                "[[inputs.line]]\nname = \"lp\"\nlisten_tcp = \"{}\"\nprecision = \"ns\"\nunits = {{ \"grid/voltage_l1\" = \"V\" }}\n\n[otlp]\nendpoint = \"{otlp}\"\nexport_interval_secs = 1\ntrace_sample_ratio = 1.0\n",
                 self.line
             ),
         };
@@ -309,6 +311,57 @@ fn check_collector_got_everything(c: &Collector, rig: &Rig, how: &str, name: &st
     );
 }
 
+/// The agent's own metrics arrive under its service name, and a batch's spans
+/// from both processes form one trace: the root (first sample to ack) with the
+/// agent's spool and send spans and the aggregator's commit span under it.
+fn check_agent_metrics_and_one_trace_per_batch(c: &Collector) {
+    let whole = procs::wait_for(Duration::from_secs(30), || {
+        let m = c.metrics();
+        let acked = m.iter().rev().find(|(res, m)| {
+            m["name"] == "ferrule_agent_acked_batches_total"
+                && attr(&res["attributes"], "service.name").as_deref() == Some("ferrule-agent")
+        })?;
+        (point_value(&acked.1["sum"]["dataPoints"][0])? > 0.0).then_some(())?;
+        let spans = c.spans();
+        // A trace with all four steps.
+        spans.iter().find_map(|(_, root)| {
+            (root["name"] == ferrule_otlp::ROOT).then_some(())?;
+            let trace = root["traceId"].as_str()?;
+            let root_id = root["spanId"].as_str()?;
+            let children: Vec<&str> = spans
+                .iter()
+                .filter(|(_, s)| s["traceId"] == trace && s["parentSpanId"] == root_id)
+                .filter_map(|(_, s)| s["name"].as_str())
+                .collect();
+            [
+                "ferrule.agent.spool",
+                "ferrule.agent.send",
+                "ferrule.aggregator.commit",
+            ]
+            .iter()
+            .all(|n| children.contains(n))
+            .then(|| (root.clone(), children.len()))
+        })
+    });
+    let (root, children) = whole.unwrap_or_else(|| {
+        panic!(
+            "no trace with a batch's root, spool, send and commit spans; spans: {:?}",
+            c.spans()
+                .iter()
+                .map(|(_, s)| s["name"].clone())
+                .collect::<Vec<_>>()
+        )
+    });
+    let a = &root["attributes"];
+    assert_eq!(attr(a, "ferrule.agent").as_deref(), Some(AGENT));
+    let start: u128 = root["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    let end: u128 = root["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    eprintln!(
+        "agent: one trace per batch, root {} ms long, {children} steps under it",
+        (end - start) / 1_000_000
+    );
+}
+
 #[test]
 #[ignore = "long: run by scripts/test.sh with --ignored"]
 fn the_collector_receives_metrics_traces_and_sensor_gauges_over_grpc_http_and_mtls() {
@@ -319,9 +372,10 @@ fn the_collector_receives_metrics_traces_and_sensor_gauges_over_grpc_http_and_mt
     // gRPC.
     let plain = Collector::start(&root.join("otelcol"));
     rig.start_aggregator(&otlp_section(&plain.grpc, "grpc", ""), "grpc");
-    rig.start_agent();
+    rig.start_agent(&plain.grpc);
     rig.send_voltages();
     check_collector_got_everything(&plain, &rig, "grpc", "grpc");
+    check_agent_metrics_and_one_trace_per_batch(&plain);
 
     // HTTP/protobuf, to a fresh collector (so nothing above counts).
     drop(plain);

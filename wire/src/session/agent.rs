@@ -197,9 +197,9 @@ pub enum AgentEvent {
         /// Their seqs, ascending.
         seqs: Vec<Seq>,
         /// From each one's send on this session to this ack (for the ones sent
-        /// on this session), in no particular order: the ack latency operators
-        /// chart.
-        latencies: Vec<Duration>,
+        /// on this session): the ack latency operators chart, and the span of
+        /// a traced batch's send.
+        latencies: Vec<(Seq, Duration)>,
     },
     /// These batches were refused for good: count them as dropped and delete them.
     Rejected {
@@ -658,7 +658,7 @@ impl AgentSession {
             if let Some((_, sent)) = self.in_flight.remove(&(epoch, *s)) {
                 let latency = now.saturating_duration_since(sent);
                 if committed {
-                    latencies.push(latency);
+                    latencies.push((*s, latency));
                 }
                 if let Some(p) = self.pacing.as_mut().filter(|_| committed) {
                     p.on_commit(now, latency, Duration::ZERO);
