@@ -205,10 +205,13 @@ check "collector and Grafana provisioning YAML" yaml_parses
 
 # The compose configs against the aggregator's own parser (deny_unknown_fields)
 # and TLS checks, when a binary is already built: this never builds one.
+# The newer of a release and a debug build (a stale one would not know new keys).
 agg_bin=""; certs_bin=""
 for p in target/release target/debug; do
-  [ -z "$agg_bin" ] && [ -x "$p/ferrule-aggregator" ] && agg_bin="$p/ferrule-aggregator"
-  [ -z "$certs_bin" ] && [ -x "$p/ferrule-certs" ] && certs_bin="$p/ferrule-certs"
+  [ -x "$p/ferrule-aggregator" ] && { [ -z "$agg_bin" ] || [ "$p/ferrule-aggregator" -nt "$agg_bin" ]; } \
+    && agg_bin="$p/ferrule-aggregator"
+  [ -x "$p/ferrule-certs" ] && { [ -z "$certs_bin" ] || [ "$p/ferrule-certs" -nt "$certs_bin" ]; } \
+    && certs_bin="$p/ferrule-certs"
 done
 compose_configs() {
   local pki="$scratch/pki" n rc=0

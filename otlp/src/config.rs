@@ -205,4 +205,37 @@ mod tests {
         let e = resolve("env:FERRULE_OTLP_TEST_SURELY_UNSET").expect_err("unset");
         assert!(e.contains("FERRULE_OTLP_TEST_SURELY_UNSET"), "{e}");
     }
+
+    /// The commented `[otlp]` blocks of deploy/'s examples, switched on, parse
+    /// and pass the checks: what an operator copying them gets.
+    #[test]
+    fn the_deploy_examples_otlp_blocks_parse() {
+        for file in ["aggregator.toml", "agent.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy")
+                .join(file);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let at = text
+                .find("# [otlp]\n")
+                .unwrap_or_else(|| panic!("{file} documents [otlp]"));
+            let mut block = String::new();
+            for line in text[at + "# [otlp]\n".len()..].lines() {
+                if !line.starts_with('#') {
+                    break;
+                }
+                if let Some(code) = line.strip_prefix("# ").filter(|l| !l.starts_with('#')) {
+                    block.push_str(code);
+                    block.push('\n');
+                }
+            }
+            let s = parse(&block).unwrap_or_else(|e| panic!("{file}: {e}\n{block}"));
+            let bad = s.invalid("otlp");
+            let bad: Vec<&Invalid> = bad
+                .iter()
+                .filter(|i| !(file == "agent.toml" && i.key == "otlp.sensors"))
+                .collect();
+            assert!(bad.is_empty(), "{file}: {bad:?}");
+            assert!(s.headers.contains_key("x-api-key"), "{file}: {block}");
+        }
+    }
 }
