@@ -4,11 +4,12 @@
 //! The naming rules are documented at the crate root. Invariants:
 //! - A variable that does not start with `PREFIX_` is never looked at.
 //! - `PREFIX_NAME` with no `__` is not an override. The binaries' own names
-//!   ([`OWN_NAMES`]: `FERRULE_CONFIG`, `FERRULE_LOG`) are left alone; any
-//!   other is reported back as "ignored" so a binary can warn about it and a
-//!   typo such as `FERRULE_SPOOL_DIR` (for `FERRULE_SPOOL__DIR`) does not go
-//!   unnoticed. (The project's scripts name their own variables
-//!   `FERRULEDEV_*`, outside the prefix, so they never draw that warning.)
+//!   ([`OWN_NAMES`]: `FERRULE_CONFIG`, `FERRULE_LOG`, `FERRULE_LOG_FORMAT`)
+//!   are left alone; any other is reported back as "ignored" so a binary can
+//!   warn about it and a typo such as `FERRULE_SPOOL_DIR` (for
+//!   `FERRULE_SPOOL__DIR`) does not go unnoticed. (The project's scripts
+//!   name their own variables `FERRULEDEV_*`, outside the prefix, so they
+//!   never draw that warning.)
 //! - Overrides are applied shortest path first, so a variable replacing a
 //!   whole table (`FERRULE__SPOOL='{ dir = "/x" }'`) is applied before one
 //!   setting a key inside it; two variables setting the same key is an error
@@ -39,8 +40,9 @@ pub(crate) enum Name {
 }
 
 /// The names after `PREFIX_` that the binaries read themselves (the config
-/// path and the log filter): not overrides, and not worth a warning either.
-pub(crate) const OWN_NAMES: &[&str] = &["CONFIG", "LOG"];
+/// path, the log filter and the log format): not overrides, and not worth a
+/// warning either.
+pub(crate) const OWN_NAMES: &[&str] = &["CONFIG", "LOG", "LOG_FORMAT"];
 
 /// Classifies `var` for the given prefix (`"FERRULE"`; a trailing `_` is
 /// accepted too).
@@ -216,6 +218,8 @@ mod tests {
         assert_eq!(classify("FERRULEX__A", "FERRULE"), Name::NotOurs);
         assert_eq!(classify("FERRULE_CONFIG", "FERRULE"), Name::NotOurs);
         assert_eq!(classify("FERRULE_LOG", "FERRULE"), Name::NotOurs);
+        // ferrule_telemetry reads it (`json` for JSON lines): no warning at start.
+        assert_eq!(classify("FERRULE_LOG_FORMAT", "FERRULE"), Name::NotOurs);
         assert_eq!(classify("FERRULE_CACHE", "FERRULE"), Name::Reserved);
         assert_eq!(classify("FERRULEDEV_CACHE", "FERRULE"), Name::NotOurs);
         assert_eq!(classify("FERRULE_SPOOL_DIR", "FERRULE"), Name::Reserved);

@@ -20,17 +20,18 @@
 //! | `FERRULE_SPOOL__LIMITS__MAX_BYTES=5`     | `[spool.limits] max_bytes = 5`         |
 //! | `FERRULE__LOG_LEVEL=debug`               | top-level `log_level = "debug"`        |
 //! | `FERRULE__SPOOL='{ dir = "/x" }'`        | the whole `[spool]` table              |
-//! | `FERRULE_CONFIG`, `FERRULE_LOG`, `PATH`  | nothing: not overrides (see below)     |
+//! | `FERRULE_CONFIG`, `FERRULE_LOG`, `FERRULE_LOG_FORMAT`, `PATH` | nothing: not overrides (see below) |
 //!
 //! - Only variables starting with `PREFIX_` are looked at. After it, keys
 //!   are separated by `__` and lowercased, so `SPOOL__MAX_BYTES` is
 //!   `spool.max_bytes`.
 //! - A top-level key is written with a double underscore after the prefix
 //!   (`FERRULE__LOG_LEVEL`). A name with a single key and a single
-//!   underscore (`FERRULE_CONFIG`) is *not* an override. `FERRULE_CONFIG`
-//!   and `FERRULE_LOG` are the binaries' own settings (which file to load,
-//!   log filters) and are left alone; any other such name is returned in
-//!   [`Loaded::ignored`] so a binary can warn about it; that is how a typo
+//!   underscore (`FERRULE_CONFIG`) is *not* an override. `FERRULE_CONFIG`,
+//!   `FERRULE_LOG` and `FERRULE_LOG_FORMAT` are the binaries' own settings
+//!   (which file to load, log filters, text or JSON lines) and are left
+//!   alone; any other such name is returned in [`Loaded::ignored`] so a
+//!   binary can warn about it; that is how a typo
 //!   such as `FERRULE_SPOOL_DIR` (for `FERRULE_SPOOL__DIR`) gets noticed.
 //!   The project's scripts keep their own variables outside the prefix
 //!   (`FERRULEDEV_CACHE`, `FERRULEDEV_FUZZ_SECS`), so they draw no warning.
@@ -143,8 +144,8 @@ pub struct Loaded<T> {
     /// (parents first, then by name), for the binary to log at startup.
     pub overrides: Vec<String>,
     /// Names of variables that start with the prefix but are not overrides
-    /// and are not the binaries' own (`FERRULE_CONFIG`, `FERRULE_LOG`): a typo
-    /// like `FERRULE_SPOOL_DIR`, sorted.
+    /// and are not the binaries' own (`FERRULE_CONFIG`, `FERRULE_LOG`,
+    /// `FERRULE_LOG_FORMAT`): a typo like `FERRULE_SPOOL_DIR`, sorted.
     pub ignored: Vec<String>,
 }
 

@@ -127,7 +127,7 @@ impl Proc {
     }
 
     /// [`Proc::start`] with more environment variables (systemd's
-    /// `NOTIFY_SOCKET`, ...).
+    /// `NOTIFY_SOCKET`, ...; a `FERRULE_LOG` among them replaces `info`).
     pub fn start_with_env(
         name: &str,
         binary: &Path,
@@ -142,8 +142,8 @@ impl Proc {
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
-            .envs(env.iter().copied())
             .env("FERRULE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
