@@ -207,8 +207,9 @@ pub async fn run(
     // The uplink dropped its settle sender: the batcher finishes.
     let _ = batcher.await;
     if let Some(o) = otlp {
-        // The last export, bounded by otlp.timeout_secs per signal.
-        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
+        // The last export, for 2 s at most (the unit's stop timeout is 15 s,
+        // the uplink's drain 5 s).
+        o.shutdown(Duration::from_secs(2)).await;
     }
     match up {
         Ok(r) => r,

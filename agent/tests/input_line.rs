@@ -158,7 +158,7 @@ impl Harness {
     fn connections(&self) -> i64 {
         self.registry
             .gauge(
-                "ferrule_agent_line_connections",
+                "ferrule_agent_line_connections_open",
                 "Open TCP connections of each line protocol input",
                 &[("input", INPUT)],
             )

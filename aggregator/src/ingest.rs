@@ -435,13 +435,18 @@ async fn drive(
             Some(done) = done_rx.recv() => {
                 match done.outcome {
                     CommitOutcome::Committed | CommitOutcome::Duplicate => {
+                        // A resend of what was committed before is acked, not
+                        // committed again: its commit span was recorded then.
+                        let first_commit = matches!(done.outcome, CommitOutcome::Committed);
                         ctx.metrics.acked_batches.inc();
                         session.set_sink_pressure(ctx.sink.under_pressure());
                         let at = Instant::now();
                         match session.committed(done.epoch, done.seq, at) {
                             Some(latency) => {
                                 ctx.metrics.commit_latency.observe_duration(latency);
-                                trace_commit(ctx, agent, done.epoch, done.seq, latency);
+                                if first_commit {
+                                    trace_commit(ctx, agent, done.epoch, done.seq, latency);
+                                }
                                 session.set_window(ctx.window.on_commit(at, latency, conn.rtt()));
                             }
                             None => session.set_window(ctx.window.current()),

@@ -286,10 +286,14 @@ async fn run(
     let c = Arc::new(c);
     let mut deliveries = tokio::task::JoinSet::new();
     let mut recheck = tokio::time::interval(Duration::from_secs(5));
-    {
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The topic check blocks on the brokers (up to its metadata timeout): it runs
+    // on its own, one at a time, never awaited here, so the loop keeps taking
+    // batches and sees the sender close at shutdown while brokers are away.
+    let mut checking = {
         let (p, cfg, h) = (producer.clone(), cfg.clone(), backend_shared.health.clone());
-        tokio::task::spawn_blocking(move || check_topics(&p, &cfg, &h));
-    }
+        tokio::task::spawn_blocking(move || check_topics(&p, &cfg, &h))
+    };
     let last_delivery = Arc::new(Mutex::new(std::time::Instant::now()));
     loop {
         let req = tokio::select! {
@@ -320,9 +324,9 @@ async fn run(
                 }
                 c.sink.ledger(&ledger.lock().unwrap_or_else(PoisonError::into_inner), &mut forgotten);
                 // While unready, look again: a created topic or granted ACL heals it.
-                if backend_shared.health.check().is_err() {
+                if backend_shared.health.check().is_err() && checking.is_finished() {
                     let (p, cfg, h) = (producer.clone(), cfg.clone(), backend_shared.health.clone());
-                    let _ = tokio::task::spawn_blocking(move || check_topics(&p, &cfg, &h)).await;
+                    checking = tokio::task::spawn_blocking(move || check_topics(&p, &cfg, &h));
                 }
                 continue;
             }

@@ -160,7 +160,7 @@ pub async fn run(
                 tokio::spawn(crate::otlp_sensors::run(
                     sub,
                     selection,
-                    ferrule_otlp::SensorGauges::new(&otlp),
+                    ferrule_otlp::SensorGauges::new(&otlp, &registry),
                     registry.clone(),
                 ));
             }
@@ -425,8 +425,8 @@ pub async fn run(
         }
     }
     if let Some(o) = otlp {
-        // The last export, bounded by otlp.timeout_secs per signal.
-        let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
+        // The last export, for 3 s at most (systemd's stop timeout is 30 s).
+        o.shutdown(Duration::from_secs(3)).await;
     }
     tracing::info!("aggregator stopped");
     Ok(())

@@ -124,7 +124,12 @@ fn deploy_files_pass_their_checks_and_name_only_exported_metrics() {
         total_samples: None,
         fsync: "interval",
         metrics: Some(metrics),
-        extra: String::new(),
+        // A line protocol input too: its metrics are in the exposition checked
+        // below (a gauge and a counter of its once shared a family name).
+        extra: format!(
+            "[[inputs.line]]\nname = \"lp\"\nlisten_tcp = \"127.0.0.1:{}\"\n",
+            procs::free_tcp_port().unwrap()
+        ),
     };
     std::fs::write(
         root.join("agent.toml"),
@@ -166,4 +171,19 @@ fn deploy_files_pass_their_checks_and_name_only_exported_metrics() {
         missing.is_empty(),
         "the dashboard or the alerting rules name metrics no binary exports: {missing:?}"
     );
+    // Both expositions are valid OpenMetrics as a scraper reads them: one TYPE
+    // per family name (a gauge `x` beside a counter `x_total` would be two),
+    // ending in `# EOF`.
+    for (who, addr) in [("aggregator", agg_metrics), ("agent", metrics)] {
+        let text = procs::http_get(addr, "/metrics").unwrap();
+        assert!(text.ends_with("# EOF\n"), "{who}: no # EOF");
+        let mut seen = BTreeSet::new();
+        for fam in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let name = fam.split_whitespace().next().unwrap_or("");
+            assert!(
+                seen.insert(name.to_string()),
+                "{who}: family {name} typed twice"
+            );
+        }
+    }
 }

@@ -809,11 +809,11 @@ fn logs_are_text_or_json_lines_and_never_hold_a_secret() {
                     "{} did not stop cleanly",
                     p.agent.name
                 );
-                // With its brokers unreachable the aggregator's Kafka sink
-                // finishes a topic check (5 s) before it stops, sometimes
-                // several in a row: seconds to tens of seconds.
+                // With its brokers unreachable the aggregator still stops
+                // promptly: its Kafka sink's topic checks (5 s each) run on
+                // their own and never hold its loop.
                 assert!(
-                    p.agg.term(Duration::from_secs(90)),
+                    p.agg.term(Duration::from_secs(15)),
                     "{} did not stop cleanly",
                     p.agg.name
                 );

@@ -376,6 +376,17 @@ fn the_collector_receives_metrics_traces_and_sensor_gauges_over_grpc_http_and_mt
     rig.send_voltages();
     check_collector_got_everything(&plain, &rig, "grpc", "grpc");
     check_agent_metrics_and_one_trace_per_batch(&plain);
+    // A sensor that went quiet is no longer exported (three intervals on): a
+    // silent sensor must not look live.
+    let quiet = procs::wait_for(Duration::from_secs(20), || {
+        let names = plain.last_export("ferrule-aggregator");
+        (!names.is_empty() && !names.iter().any(|n| n == "ferrule_sensor_value")).then_some(())
+    });
+    assert!(
+        quiet.is_some(),
+        "the voltage, silent for 20 s, is still exported: {:?}",
+        plain.last_export("ferrule-aggregator")
+    );
 
     // HTTP/protobuf, to a fresh collector (so nothing above counts).
     drop(plain);
@@ -398,6 +409,86 @@ fn the_collector_receives_metrics_traces_and_sensor_gauges_over_grpc_http_and_mt
     rig.start_aggregator(&otlp_section(&tls.grpc, "grpc", &files), "tls");
     rig.send_voltages();
     check_collector_got_everything(&tls, &rig, "grpc over mutual TLS", "tls");
+}
+
+/// A receiver that accepts connections and never answers (a black hole) or
+/// one that is not there: the aggregator goes on acknowledging, says the
+/// exports fail in its log, and still stops within seconds of SIGTERM.
+#[test]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+fn a_dead_or_silent_collector_is_logged_and_never_holds_the_pipeline_or_the_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // Accepts, never reads or answers; kept open for the test's length.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in hole.incoming().flatten() {
+            keep.lock().unwrap().push(c);
+        }
+    });
+    let dead = procs::free_tcp_port().unwrap();
+    for (how, endpoint, protocol) in [
+        ("black hole, gRPC", format!("http://{hole_addr}"), "grpc"),
+        (
+            "black hole, HTTP",
+            format!("http://{hole_addr}"),
+            "http/protobuf",
+        ),
+        (
+            "nothing there, gRPC",
+            format!("http://127.0.0.1:{dead}"),
+            "grpc",
+        ),
+    ] {
+        let mut rig = Rig::new(&root.join(how.replace([' ', ','], "_")));
+        rig.start_aggregator(&otlp_section(&endpoint, protocol, ""), "dead");
+        rig.start_agent(&endpoint);
+        rig.send_voltages();
+        // Batches keep being acknowledged while every export fails.
+        let acked = |rig: &Rig| {
+            procs::metric(
+                &procs::http_get(rig.metrics, "/metrics").unwrap_or_default(),
+                "ferrule_aggregator_acked_batches_total",
+            )
+            .unwrap_or(0.0)
+        };
+        let first = procs::wait_for(Duration::from_secs(20), || {
+            let a = acked(&rig);
+            (a > 0.0).then_some(a)
+        })
+        .unwrap_or_else(|| panic!("{how}: nothing acknowledged:\n{}", rig.log("dead")));
+        // The failures are in the log, said by the SDK (a wrong endpoint must
+        // be noticed), within a few export intervals.
+        let said = procs::wait_for(Duration::from_secs(30), || {
+            rig.log("dead")
+                .lines()
+                .find(|l| {
+                    let l = l.to_lowercase();
+                    (l.contains("export") || l.contains("otlp"))
+                        && (l.contains("fail") || l.contains("error"))
+                })
+                .map(str::to_string)
+        });
+        let said =
+            said.unwrap_or_else(|| panic!("{how}: no export failure logged:\n{}", rig.log("dead")));
+        eprintln!("{how}: logged: {said}");
+        rig.send_voltages();
+        let later = procs::wait_for(Duration::from_secs(20), || {
+            let a = acked(&rig);
+            (a > first).then_some(a)
+        });
+        assert!(later.is_some(), "{how}: acks stopped at {first}");
+        // SIGTERM: the last export is abandoned after 3 s; the stop is prompt.
+        let mut agg = rig.agg.take().unwrap();
+        let t = std::time::Instant::now();
+        assert!(agg.term(Duration::from_secs(12)), "{how}: did not stop");
+        let took = t.elapsed();
+        eprintln!("{how}: acked {first} then {later:?}; stopped in {took:?}");
+        assert!(took < Duration::from_secs(10), "{how}: stop took {took:?}");
+    }
 }
 
 #[test]

@@ -88,6 +88,9 @@ impl TlsFiles {
 
 type Hyper = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The largest response body read from a receiver.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
 /// The HTTP/protobuf exporters' client. The SDK exports from its own thread,
 /// outside any async runtime; each request is run on the process's tokio
 /// runtime (whose handle this keeps) and awaited from there.
@@ -146,7 +149,13 @@ impl opentelemetry_http::HttpClient for RuntimeHttp {
             let run = async {
                 let response = client.request(request).await?;
                 let (parts, body) = response.into_parts();
-                let body = body.collect().await?.to_bytes();
+                // A receiver answers with a few bytes (a partial-success
+                // message at most); whatever else answers at the endpoint must
+                // not make this process read gigabytes.
+                let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+                    .collect()
+                    .await?
+                    .to_bytes();
                 Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
             };
             match tokio::time::timeout(timeout, run).await {
@@ -155,5 +164,61 @@ impl opentelemetry_http::HttpClient for RuntimeHttp {
             }
         });
         task.await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_http::HttpClient as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Whatever answers at the endpoint (a wrong URL, a file server) cannot
+    /// make an export read an endless body: it fails after 64 KiB.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_huge_response_is_refused_not_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n")
+                .await;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut written = 0usize;
+            // Up to 1 GB, or until the client hangs up.
+            while written < 1_000_000_000 {
+                match tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk)).await {
+                    Ok(Ok(())) => written += chunk.len(),
+                    _ => break,
+                }
+            }
+            written
+        });
+        let tls = TlsFiles {
+            ca: None,
+            identity: None,
+        }
+        .rustls()
+        .unwrap_or_else(|e| panic!("{e}"));
+        let client = RuntimeHttp::new(
+            tls,
+            tokio::runtime::Handle::current(),
+            Duration::from_secs(10),
+        );
+        let req = http::Request::post(format!("http://{addr}/v1/metrics"))
+            .body(Bytes::from_static(b"x"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = client.send_bytes(req).await;
+        assert!(r.is_err(), "a 1 GB body was accepted");
+        let written = server.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            written < 32 << 20,
+            "the server got {written} bytes out before the client gave up"
+        );
     }
 }

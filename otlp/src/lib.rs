@@ -36,7 +36,7 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ pub enum Error {
 /// The running export. Dropping it stops nothing: call [`Otlp::shutdown`] to
 /// flush what is pending before the process exits.
 pub struct Otlp {
+    export_interval: Duration,
     meters: SdkMeterProvider,
     tracers: SdkTracerProvider,
     meter: Meter,
@@ -171,6 +172,18 @@ impl Otlp {
         let meters = SdkMeterProvider::builder()
             .with_resource(resource.clone())
             .with_reader(reader)
+            // Room for every sensor series (the SDK's default is 2000 per
+            // instrument, the rest lumped into one overflow series).
+            .with_view(|i: &opentelemetry_sdk::metrics::Instrument| {
+                (i.name() == SENSOR_GAUGE)
+                    .then(|| {
+                        opentelemetry_sdk::metrics::Stream::builder()
+                            .with_cardinality_limit(MAX_SENSOR_SERIES + 1)
+                            .build()
+                            .ok()
+                    })
+                    .flatten()
+            })
             .build();
         let tracers = SdkTracerProvider::builder()
             .with_resource(resource)
@@ -188,6 +201,7 @@ impl Otlp {
         ));
         tracing::info!(endpoint = %base, protocol = ?cfg.protocol, interval_s = cfg.export_interval().as_secs(), "exporting metrics and traces over OTLP");
         Ok(Self {
+            export_interval: cfg.export_interval(),
             meters,
             tracers,
             meter,
@@ -206,15 +220,38 @@ impl Otlp {
         self.meter.clone()
     }
 
-    /// Exports what is pending and stops, within about `timeout_secs` per
-    /// signal. Blocking: call it from a thread that may block.
-    pub fn shutdown(self) {
+    /// Exports what is pending and stops, waiting `within` at most: a receiver
+    /// that is down or hangs must not hold a process's stop (the SDK's own
+    /// shutdown can take 5 s per signal). What is not out by then is lost.
+    pub async fn shutdown(self, within: Duration) {
         self.bridge.abort();
-        if let Err(e) = self.meters.shutdown() {
-            tracing::warn!(error = %e, "OTLP metrics: last export failed");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (meters, tracers) = (self.meters, self.tracers);
+        // A thread of its own, not waited for past `within`: a blocking task
+        // of the runtime would hold the runtime's own shutdown.
+        let spawned = std::thread::Builder::new()
+            .name("otlp-shutdown".into())
+            .spawn(move || {
+                let m = meters.shutdown();
+                let t = tracers.shutdown();
+                let _ = done_tx.send((m, t));
+            });
+        if spawned.is_err() {
+            return;
         }
-        if let Err(e) = self.tracers.shutdown() {
-            tracing::warn!(error = %e, "OTLP traces: last export failed");
+        match tokio::time::timeout(within, done_rx).await {
+            Ok(Ok((m, t))) => {
+                if let Err(e) = m {
+                    tracing::warn!(error = %e, "OTLP metrics: last export failed");
+                }
+                if let Err(e) = t {
+                    tracing::warn!(error = %e, "OTLP traces: last export failed");
+                }
+            }
+            _ => tracing::warn!(
+                within_s = within.as_secs_f64(),
+                "OTLP: the last export did not finish in time; left behind"
+            ),
         }
     }
 }
@@ -294,17 +331,32 @@ async fn bridge(meter: Meter, registry: Registry, every: Duration) {
     }
 }
 
-/// Attribute sets by (site, agent, sensor).
-type SensorAttributes = BTreeMap<(String, String, String), Arc<[KeyValue]>>;
+/// Sensor series exported at most; beyond, new sensors are refused (counted in
+/// `ferrule_aggregator_otlp_sensor_series_refused_total`), never lumped together.
+pub const MAX_SENSOR_SERIES: usize = 10_000;
 
-/// Selected sensors' values as OTLP gauges (`ferrule_sensor_value`), one
-/// series per (site, agent, sensor, unit, quality): the last value of each
-/// export interval.
+/// A sensor's newest value and what it is exported with.
+struct SensorPoint {
+    attributes: Vec<KeyValue>,
+    unit: String,
+    quality: &'static str,
+    value: f64,
+    at: std::time::Instant,
+}
+
+type SensorKey = (String, String, String);
+
+/// Selected sensors' values as an OTLP gauge (`ferrule_sensor_value`), one
+/// series per (site, agent, sensor) with its `unit` and `quality` as
+/// attributes: the newest value at each export. A sensor not heard from for
+/// three export intervals is no longer exported (a silent sensor must not look
+/// live), and at most [`MAX_SENSOR_SERIES`] sensors are.
 #[derive(Clone)]
 pub struct SensorGauges {
-    gauge: opentelemetry::metrics::Gauge<f64>,
-    /// Attribute sets by (site, agent, sensor), built once per sensor.
-    attrs: Arc<Mutex<SensorAttributes>>,
+    points: Arc<Mutex<HashMap<SensorKey, SensorPoint>>>,
+    refused: ferrule_telemetry::Counter,
+    /// Keeps the observable gauge registered.
+    _gauge: Arc<opentelemetry::metrics::ObservableGauge<f64>>,
 }
 
 impl std::fmt::Debug for SensorGauges {
@@ -317,15 +369,31 @@ impl std::fmt::Debug for SensorGauges {
 pub const SENSOR_GAUGE: &str = "ferrule_sensor_value";
 
 impl SensorGauges {
-    /// Gauges on `otlp`'s meter.
-    pub fn new(otlp: &Otlp) -> Self {
+    /// The gauge on `otlp`'s meter; its refusals counted in `registry`.
+    pub fn new(otlp: &Otlp, registry: &Registry) -> Self {
+        let points: Arc<Mutex<HashMap<SensorKey, SensorPoint>>> = Arc::default();
+        let stale = otlp.export_interval * 3;
+        let read = points.clone();
+        let gauge = otlp
+            .meter()
+            .f64_observable_gauge(SENSOR_GAUGE)
+            .with_description("A sensor's newest value, selected by otlp.sensors")
+            .with_callback(move |o| {
+                let mut p = read.lock().unwrap_or_else(PoisonError::into_inner);
+                p.retain(|_, point| point.at.elapsed() < stale);
+                for point in p.values() {
+                    o.observe(point.value, &point.attributes);
+                }
+            })
+            .build();
         Self {
-            gauge: otlp
-                .meter()
-                .f64_gauge(SENSOR_GAUGE)
-                .with_description("A sensor's latest value, selected by otlp.sensors")
-                .build(),
-            attrs: Arc::default(),
+            points,
+            refused: registry.counter(
+                "ferrule_aggregator_otlp_sensor_series_refused_total",
+                "Samples of sensors not exported over OTLP because otlp.sensors selected more than 10000 sensors",
+                &[],
+            ),
+            _gauge: Arc::new(gauge),
         }
     }
 
@@ -336,26 +404,51 @@ impl SensorGauges {
         agent: &str,
         sensor: &str,
         unit: &str,
-        quality: &str,
+        quality: &'static str,
         value: f64,
     ) {
+        let mut points = self.points.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (site.to_string(), agent.to_string(), sensor.to_string());
-        let base = self
-            .attrs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::from(vec![
-                    KeyValue::new("site", site.to_string()),
-                    KeyValue::new("agent", agent.to_string()),
-                    KeyValue::new("sensor", sensor.to_string()),
-                    KeyValue::new("unit", unit.to_string()),
-                ])
-            })
-            .clone();
-        let mut all = base.to_vec();
-        all.push(KeyValue::new("quality", quality.to_string()));
-        self.gauge.record(value, &all);
+        let now = std::time::Instant::now();
+        if let Some(p) = points.get_mut(&key) {
+            if p.unit != unit || p.quality != quality {
+                p.attributes = sensor_attributes(site, agent, sensor, unit, quality);
+                p.unit = unit.to_string();
+                p.quality = quality;
+            }
+            p.value = value;
+            p.at = now;
+            return;
+        }
+        if points.len() >= MAX_SENSOR_SERIES {
+            self.refused.inc();
+            return;
+        }
+        points.insert(
+            key,
+            SensorPoint {
+                attributes: sensor_attributes(site, agent, sensor, unit, quality),
+                unit: unit.to_string(),
+                quality,
+                value,
+                at: now,
+            },
+        );
     }
+}
+
+fn sensor_attributes(
+    site: &str,
+    agent: &str,
+    sensor: &str,
+    unit: &str,
+    quality: &str,
+) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("site", site.to_string()),
+        KeyValue::new("agent", agent.to_string()),
+        KeyValue::new("sensor", sensor.to_string()),
+        KeyValue::new("unit", unit.to_string()),
+        KeyValue::new("quality", quality.to_string()),
+    ]
 }

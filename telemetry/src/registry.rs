@@ -263,6 +263,46 @@ fn without_empty_label_sets(text: &str) -> String {
     out
 }
 
+/// The family name a metric is exposed under: OpenMetrics names a counter's
+/// family without its `_total`.
+fn family_name(name: &str, kind: Kind) -> &str {
+    match kind {
+        Kind::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    }
+}
+
+impl Family {
+    fn kind(&self) -> Kind {
+        match self {
+            Family::Counter { .. } => Kind::Counter,
+            Family::Gauge { .. } => Kind::Gauge,
+            Family::Histogram { .. } => Kind::Histogram,
+        }
+    }
+}
+
+/// Whether a new family `name` of `kind` would be exposed under the name of
+/// another (a gauge `x` and a counter `x_total` are both family `x`): an
+/// exposition with both is invalid, and scrapers reject it whole. Logged; the
+/// caller hands out a detached handle.
+fn clashes(families: &BTreeMap<String, (String, Family)>, name: &str, kind: Kind) -> bool {
+    if families.contains_key(name) {
+        return false;
+    }
+    let exposed = family_name(name, kind);
+    match families
+        .iter()
+        .find(|(n, (_, f))| family_name(n, f.kind()) == exposed)
+    {
+        Some((other, _)) => {
+            tracing::error!(metric = name, clashes_with = %other, "metric not exported: its family name is another metric's");
+            true
+        }
+        None => false,
+    }
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -282,6 +322,9 @@ impl Registry {
             families,
             ..
         } = &mut *inner;
+        if clashes(families, name, Kind::Counter) {
+            return Counter::default();
+        }
         let (_, fam) = families.entry(name.to_string()).or_insert_with(|| {
             let family = PFamily::<Labels, PCounter>::default();
             // OpenMetrics adds `_total` to a counter's family name.
@@ -322,6 +365,9 @@ impl Registry {
             families,
             ..
         } = &mut *inner;
+        if clashes(families, name, Kind::Gauge) {
+            return Gauge::default();
+        }
         let (_, fam) = families.entry(name.to_string()).or_insert_with(|| {
             let family = PFamily::<Labels, PGauge>::default();
             exposition.register(name, help, family.clone());
@@ -371,6 +417,9 @@ impl Registry {
             families,
             mirror,
         } = &mut *inner;
+        if clashes(families, name, Kind::Histogram) {
+            return Histogram::default();
+        }
         let (help, fam) = families.entry(name.to_string()).or_insert_with(|| {
             let bounds: Arc<[f64]> = buckets.bounds().into();
             let family = PFamily::<Labels, PHistogram, WithBuckets>::new_with_constructor(
@@ -464,11 +513,7 @@ impl Registry {
             .map(|(name, (help, f))| FamilyInfo {
                 name: name.clone(),
                 help: help.clone(),
-                kind: match f {
-                    Family::Counter { .. } => Kind::Counter,
-                    Family::Gauge { .. } => Kind::Gauge,
-                    Family::Histogram { .. } => Kind::Histogram,
-                },
+                kind: f.kind(),
             })
             .collect()
     }
@@ -657,5 +702,25 @@ mod tests {
             .observe(4.0);
         assert_eq!(seen.load(Ordering::Relaxed), 201);
         assert!(r.render().contains("h_seconds_count{k=\"old\"} 2"));
+    }
+
+    /// A gauge `x` and a counter `x_total` would both be family `x`, which
+    /// makes the whole exposition invalid: the second is refused, and what is
+    /// exposed stays one family per name.
+    #[test]
+    fn a_family_name_is_never_exposed_twice() {
+        let r = Registry::new();
+        r.gauge("x", "open", &[]).set(3);
+        r.counter("x_total", "accepted", &[]).inc();
+        r.counter("y_total", "Y", &[]).inc();
+        r.gauge("y", "Y now", &[]).set(1);
+        let text = r.render();
+        assert_eq!(text.matches("# TYPE x ").count(), 1, "{text}");
+        assert_eq!(text.matches("# TYPE y ").count(), 1, "{text}");
+        assert!(
+            text.contains("\nx 3\n") && text.contains("y_total 1"),
+            "{text}"
+        );
+        assert!(!text.contains("x_total"), "{text}");
     }
 }

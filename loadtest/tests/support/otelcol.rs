@@ -94,6 +94,31 @@ impl Collector {
         out
     }
 
+    /// The metric names of the newest export from `service`.
+    pub fn last_export(&self, service: &str) -> Vec<String> {
+        self.lines("metrics.jsonl")
+            .iter()
+            .rev()
+            .find_map(|line| {
+                let rms = line["resourceMetrics"].as_array()?;
+                let mine: Vec<&Value> = rms
+                    .iter()
+                    .filter(|rm| {
+                        attr(&rm["resource"]["attributes"], "service.name").as_deref()
+                            == Some(service)
+                    })
+                    .collect();
+                (!mine.is_empty()).then(|| {
+                    mine.iter()
+                        .flat_map(|rm| rm["scopeMetrics"].as_array().into_iter().flatten())
+                        .flat_map(|sm| sm["metrics"].as_array().into_iter().flatten())
+                        .filter_map(|m| m["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
     /// Every span received: (resource attributes, span object), in order.
     pub fn spans(&self) -> Vec<(Value, Value)> {
         let mut out = Vec::new();

@@ -262,7 +262,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, ctx: InputContext) {
     let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
     let open = ctx.registry().gauge(
-        "ferrule_agent_line_connections",
+        "ferrule_agent_line_connections_open",
         "Open TCP connections of each line protocol input",
         &[("input", ctx.name())],
     );
