@@ -143,7 +143,7 @@ impl Kafka {
         // Unready until the topics are checked, which happens in the background
         // (and again while unready): the aggregator opens its ports at once and
         // says why it is not ready, instead of waiting on the brokers.
-        backend.health.set_unready(
+        backend.health.starting(
             "kafka_topics",
             "kafka: checking the topics (brokers not answered yet)",
         );
