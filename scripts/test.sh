@@ -2,7 +2,7 @@
 # Runs ferrule's whole test suite from a fresh clone, installing what it needs:
 # formatting, lints, docs, every test (the long randomized ones too) and a short
 # fuzz run. Environment:
-#   FERRULEDEV_FUZZ_SECS   seconds per fuzz target (default 30; 0 skips fuzzing)
+#   FERRULEDEV_FUZZ_SECS   seconds per fuzz target (default 20; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -58,7 +58,7 @@ python3 -m pytest -q -p no:cacheprovider wire/python 2>&1 | tee -a "$results"
 step "cargo test: long and randomized runs"
 cargo test --workspace --locked -- --ignored 2>&1 | tee -a "$results"
 
-fuzz_secs="${FERRULEDEV_FUZZ_SECS:-30}"
+fuzz_secs="${FERRULEDEV_FUZZ_SECS:-20}"
 if [ "$fuzz_secs" != 0 ]; then
   step "fuzz smoke run"
   scripts/fuzz.sh "$fuzz_secs"
