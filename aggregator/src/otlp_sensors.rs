@@ -3,15 +3,14 @@
 //! consumer), so a slow or dead collector never holds up the alerts, the
 //! durable path or any other consumer.
 
+// A record's samples at most: the alert evaluator's bound.
+use crate::alerts::evaluate::MAX_RECORD_SAMPLES;
 use crate::fanout::embedded::Subscriber;
 use ferrule_otlp::SensorGauges;
 use ferrule_rules::Glob;
 use ferrule_telemetry::{Counter, Registry};
 use ferrule_wire::record::decode_record_filtered;
 use ferrule_wire::{Quality, SampleColumns};
-
-/// A record's samples at most (as the alert evaluator's bound).
-const MAX_RECORD_SAMPLES: u64 = 1 << 20;
 
 /// Which sensors go out: globs over `site/agent/sensor`.
 #[derive(Debug, Clone)]
@@ -66,11 +65,8 @@ pub async fn run(
             MAX_RECORD_SAMPLES,
             &mut columns,
             |h, i, id, _ts| {
-                let info = match h.sensors.get(i) {
-                    Some(s) if s.id == id => Some(s),
-                    _ => h.sensors.iter().find(|s| s.id == id),
-                };
-                info.is_some_and(|s| selection.matches(&h.site, &h.agent, s.name.as_str()))
+                h.sensor(i, id)
+                    .is_some_and(|s| selection.matches(&h.site, &h.agent, s.name.as_str()))
             },
         );
         let h = match decoded {
@@ -88,12 +84,8 @@ pub async fn run(
             if !series.has_values() {
                 continue;
             }
-            let info = match h.sensors.get(i) {
-                Some(s) if s.id == series.sensor() => s,
-                _ => match h.sensors.iter().find(|s| s.id == series.sensor()) {
-                    Some(s) => s,
-                    None => continue,
-                },
+            let Some(info) = h.sensor(i, series.sensor()) else {
+                continue;
             };
             // The newest sample of the series in this batch.
             let newest = series.iter().max_by_key(|(ts, _, _)| *ts);

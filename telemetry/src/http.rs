@@ -157,6 +157,21 @@ where
 mod tests {
     use super::*;
 
+    /// The whole answer to `GET path`, head and body.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        out
+    }
+
     #[tokio::test]
     async fn serves_metrics_and_health() {
         let reg = Registry::new();
@@ -175,16 +190,7 @@ mod tests {
             ("/readyz", "503"),
             ("/nope", "404"),
         ] {
-            let mut s = tokio::net::TcpStream::connect(addr)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut out = String::new();
-            s.read_to_string(&mut out)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            let out = get(addr, path).await;
             assert!(out.contains(want), "{path}: {out}");
         }
         let _ = tx.send(());
@@ -214,16 +220,7 @@ mod tests {
                 "unready: kafka unreachable\n",
             ),
         ] {
-            let mut s = tokio::net::TcpStream::connect(addr)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let mut out = String::new();
-            s.read_to_string(&mut out)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            let out = get(addr, path).await;
             assert!(
                 out.starts_with(&format!("HTTP/1.1 {status}")),
                 "{path}: {out}"

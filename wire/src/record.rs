@@ -51,6 +51,18 @@ pub struct RecordHeader {
     pub sensors: Vec<SensorInfo>,
 }
 
+impl RecordHeader {
+    /// The entry for the record's `i`-th series, naming sensor `id`. Ingest
+    /// lists the sensors in series order: the same index first, a search only
+    /// for a record built otherwise.
+    pub fn sensor(&self, i: usize, id: SensorId) -> Option<&SensorInfo> {
+        match self.sensors.get(i) {
+            Some(s) if s.id == id => Some(s),
+            _ => self.sensors.iter().find(|s| s.id == id),
+        }
+    }
+}
+
 /// A whole record: header and samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchRecord {

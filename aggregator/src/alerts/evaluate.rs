@@ -34,8 +34,8 @@ use super::Notifiers;
 use crate::fanout::embedded::Subscriber;
 use ferrule_rules::{Engine, RuleSet, State, Transition};
 use ferrule_telemetry::{Buckets, Counter, Gauge, Histogram, Registry};
-use ferrule_wire::record::{decode_record_filtered, decode_record_into, RecordHeader, SensorInfo};
-use ferrule_wire::{SampleColumns, SensorId};
+use ferrule_wire::record::{decode_record_filtered, decode_record_into};
+use ferrule_wire::SampleColumns;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,7 +49,7 @@ pub const WATCH_CAPACITY: usize = 1024;
 
 /// Most samples a record may hold to be evaluated (a record is at most one wire
 /// batch; this only bounds the decode of a damaged one).
-const MAX_RECORD_SAMPLES: u64 = 1 << 20;
+pub(crate) const MAX_RECORD_SAMPLES: u64 = 1 << 20;
 
 /// One transition as a watcher sees it, with the times that say how fast it was.
 #[derive(Debug, Clone)]
@@ -305,16 +305,6 @@ struct Fed {
     times_only: u64,
 }
 
-/// The header's entry for the record's `i`-th series, naming sensor `id`.
-/// Ingest lists the sensors in series order: the same index first, a search
-/// only for a record built otherwise.
-fn sensor_info(h: &RecordHeader, i: usize, id: SensorId) -> Option<&SensorInfo> {
-    match h.sensors.get(i) {
-        Some(s) if s.id == id => Some(s),
-        _ => h.sensors.iter().find(|s| s.id == id),
-    }
-}
-
 /// The newest of `ts` on the aggregator's clock (`ts` is not empty).
 fn newest(ts: &[i64], offset_ns: i64) -> i64 {
     ts.iter()
@@ -337,7 +327,7 @@ fn feed(
     let h = decode_record_filtered(record, MAX_RECORD_SAMPLES, columns, |h, i, id, ts| {
         // A series naming a sensor the header does not list is skipped below
         // (damage, not data): its values are not needed either.
-        sensor_info(h, i, id).is_some_and(|info| {
+        h.sensor(i, id).is_some_and(|info| {
             engine.values_needed(
                 &h.site,
                 &h.agent,
@@ -354,7 +344,7 @@ fn feed(
     };
     let mut redo = None;
     for (i, series) in columns.series().enumerate() {
-        let Some(info) = sensor_info(&h, i, series.sensor()) else {
+        let Some(info) = h.sensor(i, series.sensor()) else {
             continue;
         };
         let sensor = info.name.as_str();
@@ -397,7 +387,7 @@ fn refeed(
     let h = decode_record_into(record, MAX_RECORD_SAMPLES, columns)?;
     let offset = h.clock_offset_ns;
     for (i, series) in columns.series().enumerate().skip(from) {
-        let Some(info) = sensor_info(&h, i, series.sensor()) else {
+        let Some(info) = h.sensor(i, series.sensor()) else {
             continue;
         };
         engine.handle_series(
@@ -582,8 +572,8 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrule_wire::record::encode_record;
-    use ferrule_wire::{Epoch, Quality, SensorKind, SensorName, Seq, Series};
+    use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
+    use ferrule_wire::{Epoch, Quality, SensorId, SensorKind, SensorName, Seq, Series};
 
     const T0: i64 = 1_700_000_000_000_000_000;
     const MS: i64 = 1_000_000;
