@@ -110,6 +110,11 @@ show_logs() { # BROKERDIR
   local f
   for f in "$1/stdout.log" "$1/server.log"; do
     [ -s "$f" ] || continue
+    # The cause is usually the first error, long before the shutdown at the tail.
+    if grep -q -E 'ERROR|FATAL|Exception' "$f"; then
+      log "---- first errors in $f"
+      grep -m 5 -E 'ERROR|FATAL|Exception' "$f" >&2
+    fi
     log "---- last lines of $f"
     tail -n 40 "$f" >&2
   done

@@ -41,6 +41,36 @@ pub fn free_tcp_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// A port `p` such that `p + o` is free on 127.0.0.1 for every offset given,
+/// for servers a script starts later (Kafka brokers and controllers).
+///
+/// Picked below Linux's ephemeral range (32768 and up): a port the kernel hands
+/// out with `bind(0)` can be taken by any test's outgoing connection between
+/// this pick and the server's bind, which made brokers exit at start-up when
+/// the suite ran in parallel.
+pub fn free_port_block(offsets: &[u16]) -> anyhow::Result<u16> {
+    let span = offsets.iter().copied().max().unwrap_or(0);
+    anyhow::ensure!(span < 11_000, "port offsets up to {span} are too wide");
+    // Spread the picks of concurrent tests: pid and clock, no RNG needed.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let (lo, hi) = (20_000u32, 32_000u32 - u32::from(span));
+    for i in 0..500u32 {
+        let p = lo + (seed.wrapping_add(i.wrapping_mul(7_919)) % (hi - lo));
+        let p = u16::try_from(p)?;
+        if offsets
+            .iter()
+            .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
+        {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no block of free TCP ports found on 127.0.0.1 below 32000")
+}
+
 fn q(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }

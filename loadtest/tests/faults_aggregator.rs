@@ -2324,19 +2324,7 @@ fn kafka_prerequisites() {
 
 /// A port `p` such that `p + o` is free on 127.0.0.1 for every offset given.
 fn free_port_block(offsets: &[u16]) -> u16 {
-    for _ in 0..200 {
-        let p = procs::free_tcp_port().unwrap();
-        if p > 65_000 {
-            continue;
-        }
-        if offsets
-            .iter()
-            .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
-        {
-            return p;
-        }
-    }
-    panic!("no block of free TCP ports found on 127.0.0.1")
+    procs::free_port_block(offsets).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Three brokers (`start-cluster`: RF 3, min.insync.replicas 2); continued and

@@ -136,22 +136,9 @@ fn prerequisites() {
     }
 }
 
-/// A port `p` such that `p + o` is free on 127.0.0.1 for every offset given
-/// (brokers listen on PORT.. and their controllers on PORT+100..).
+/// A port `p` such that `p + o` is free on 127.0.0.1 for every offset given.
 fn free_port_block(offsets: &[u16]) -> u16 {
-    for _ in 0..200 {
-        let p = procs::free_tcp_port().unwrap();
-        if p > 65_000 {
-            continue;
-        }
-        if offsets
-            .iter()
-            .all(|o| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
-        {
-            return p;
-        }
-    }
-    panic!("no block of free TCP ports found on 127.0.0.1")
+    procs::free_port_block(offsets).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn read_log(path: &Path) -> String {
@@ -245,12 +232,23 @@ impl Brokers {
             bootstrap: String::new(),
             cleanup_topic: None,
         };
-        let port = free_port_block(&[0, 1, 2, 100, 101, 102]).to_string();
         let t = Instant::now();
-        let out = kafka_sh(
-            &["start-cluster", dir.to_str().unwrap(), &port],
-            &[("FERRULEDEV_KAFKA_PROPS", props)],
-        );
+        let attempt = |d: &Path| {
+            let port = free_port_block(&[0, 1, 2, 100, 101, 102]).to_string();
+            try_kafka_sh(
+                &["start-cluster", d.to_str().unwrap(), &port],
+                &[("FERRULEDEV_KAFKA_PROPS", props)],
+            )
+        };
+        // A broker can die at start-up on a loaded machine: once more, on other
+        // ports, in a fresh directory.
+        let out = attempt(dir).unwrap_or_else(|e| {
+            eprintln!("kafka: start-up failed, once more on other ports: {e}");
+            let _ = try_kafka_sh(&["stop", dir.to_str().unwrap()], &[]);
+            let retry = dir.join("retry");
+            b.dir = Some(retry.clone());
+            attempt(&retry).unwrap_or_else(|e| panic!("{e}"))
+        });
         b.bootstrap = parse_bootstrap(&out);
         println!(
             "kafka: 3-broker cluster at {} up in {:.1} s",

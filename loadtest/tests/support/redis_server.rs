@@ -71,18 +71,8 @@ impl Redis {
 
     pub fn cluster(dir: &Path) -> Self {
         // Three consecutive free ports (and their cluster bus ports, +10000).
-        let base = (0..50)
-            .find_map(|_| {
-                let p = procs::free_tcp_port().ok()?;
-                (p < 50_000
-                    && (0..3).all(|i| {
-                        [p + i, p + i + 10_000]
-                            .iter()
-                            .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
-                    }))
-                .then_some(p)
-            })
-            .unwrap();
+        let base = procs::free_port_block(&[0, 1, 2, 10_000, 10_001, 10_002])
+            .unwrap_or_else(|e| panic!("{e}"));
         Self::from_output(
             dir,
             &redis_sh(&["start-cluster", dir.to_str().unwrap(), &base.to_string()]),
