@@ -9,6 +9,7 @@ pub mod alertbench;
 pub mod alertmanager;
 pub mod bench;
 pub mod devpki;
+pub mod fleet;
 pub mod footprint;
 pub mod inproc;
 pub mod procs;

@@ -102,6 +102,48 @@ enum Scenario {
         #[arg(long)]
         no_fast_path: bool,
     },
+    /// The fleet workload: many simulated agents (real QUIC + mutual TLS, the
+    /// real agent session, varied values, one batch per batching window) into
+    /// one aggregator with the alert rules on; prints a line a second, writes
+    /// report.json, summary.md and SVG plots, and verifies the aggregator's
+    /// log: exits non-zero if any acknowledged batch is missing. Build the
+    /// release binaries first.
+    Fleet {
+        /// Simulated agents (the reference fleet is 2000).
+        #[arg(long, default_value_t = 2000)]
+        agents: usize,
+        /// Samples per second per agent, over its seven sensors.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        /// The agents' batching window, milliseconds (the agent's default).
+        #[arg(long, default_value_t = 50)]
+        window_ms: u64,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Warm-up seconds before the measurement.
+        #[arg(long, default_value_t = 5)]
+        warmup_secs: u64,
+        /// A voltage sag on each agent's feed every this many seconds (0: none);
+        /// each fires and resolves the undervoltage alert.
+        #[arg(long, default_value_t = 10)]
+        sag_every_secs: u32,
+        /// Evaluate no alert rules.
+        #[arg(long)]
+        no_rules: bool,
+        /// Where the aggregator's log and the certificates go (its file system
+        /// is reported); default the system's temp directory.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Where the reports go.
+        #[arg(long, default_value = "fleet-report")]
+        out: std::path::PathBuf,
+        /// A fault a third of the way into the measured period: none,
+        /// aggregator-kill (SIGKILL, restart after 1 s) or aggregator-restart
+        /// (SIGTERM, restart).
+        #[arg(long, default_value = "none")]
+        fault: ferrule_loadtest::fleet::Fault,
+    },
     /// One real agent reading Modbus (pymodbus) and MQTT (Mosquitto) sensors and
     /// forwarding to an aggregator: print its CPU and RSS. Build the release
     /// binaries first; needs python3 with pymodbus and Debian's mosquitto.
@@ -136,6 +178,45 @@ fn main() -> Result<()> {
             threads,
             batch_samples,
         } => codec(secs, threads, batch_samples),
+        Scenario::Fleet {
+            agents,
+            rate,
+            window_ms,
+            secs,
+            warmup_secs,
+            sag_every_secs,
+            no_rules,
+            data_dir,
+            out,
+            fault,
+        } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let opts = ferrule_loadtest::fleet::Options {
+                agents,
+                rate_per_agent: rate,
+                window_ms,
+                secs,
+                warmup_secs,
+                sag_every_secs,
+                no_rules,
+                data_dir: data_dir.unwrap_or_else(std::env::temp_dir),
+                out: out.clone(),
+                progress: true,
+                fault,
+            };
+            let r = rt.block_on(ferrule_loadtest::fleet::run(&opts))?;
+            print!("{}", r.markdown());
+            println!("Reports in {}", out.display());
+            ensure!(
+                r.verdict.passed(),
+                "the verifier failed: {} lost, {} duplicates, {} out of order, {} unknown",
+                r.verdict.lost,
+                r.verdict.duplicates,
+                r.verdict.out_of_order,
+                r.verdict.unknown
+            );
+            Ok(())
+        }
         Scenario::Transport {
             secs,
             connections,

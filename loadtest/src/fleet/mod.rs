@@ -1,0 +1,473 @@
+//! The fleet workload: many agents, small batches, the whole pipeline on.
+//!
+//! N simulated agents ([`sim`]), each a real QUIC + mutual TLS client with its
+//! own certificate and the real agent session, send their three-phase feed
+//! (values that vary, one batch per batching window) at a target rate to a
+//! real `ferrule-aggregator` process evaluating the three-phase alert rules.
+//! The run measures throughput, ack latency from each batch's due time (HDR
+//! histograms: p50 to max), the aggregator's CPU per million events and RSS,
+//! the generator's own CPU, and the aggregator's alert and commit latency
+//! (its histograms); prints a line a second; then stops the agents, lets
+//! them drain, stops the aggregator, and reads its embedded log back with the
+//! [`verify`] verifier: any acknowledged batch missing fails the run.
+//!
+//! Reports ([`report`]): `report.json`, `summary.md` and SVG plots in one
+//! directory.
+
+pub mod report;
+pub mod sim;
+pub mod verify;
+
+use crate::devpki::DevPki;
+use crate::procs::{self, Proc};
+use anyhow::{bail, Context as _};
+use report::{
+    bucket_percentiles, Conditions, Cost, FleetReport, Percentiles, Sessions, Throughput, Tick,
+};
+use sim::{Shared, SimSpec};
+use std::io::IsTerminal as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use verify::Verifier;
+
+/// The rules the aggregator evaluates: the three-phase example.
+const RULES: &str = include_str!("../../../rules/examples/three-phase.toml");
+
+/// A fault injected a third of the way into the measured period; the run
+/// reports how long the fleet took to recover and the verifier still demands
+/// that nothing acknowledged is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// No fault.
+    None,
+    /// SIGKILL the aggregator, restart it a second later on the same data.
+    AggregatorKill,
+    /// SIGTERM the aggregator (its drain), restart it at once.
+    AggregatorRestart,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "none" => Self::None,
+            "aggregator-kill" => Self::AggregatorKill,
+            "aggregator-restart" => Self::AggregatorRestart,
+            _ => bail!("unknown fault {s:?}: none, aggregator-kill or aggregator-restart"),
+        })
+    }
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::AggregatorKill => "aggregator-kill",
+            Self::AggregatorRestart => "aggregator-restart",
+        }
+    }
+}
+
+/// Settings of a fleet run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Simulated agents.
+    pub agents: usize,
+    /// Samples per second per agent (over seven sensors).
+    pub rate_per_agent: u64,
+    /// The agents' batching window, milliseconds (the agent's default is 50).
+    pub window_ms: u64,
+    /// Measured seconds.
+    pub secs: u64,
+    /// Seconds before the measurement: connections, handshakes, warm caches.
+    pub warmup_secs: u64,
+    /// A voltage sag every this many seconds on each agent's feed (0: none):
+    /// it fires the undervoltage alert, whose latency the aggregator measures.
+    pub sag_every_secs: u32,
+    /// Evaluate no alert rules.
+    pub no_rules: bool,
+    /// Where the aggregator's data (and the certificates) go: its file system
+    /// is the log's.
+    pub data_dir: PathBuf,
+    /// Where the reports go.
+    pub out: PathBuf,
+    /// Print a progress line every second.
+    pub progress: bool,
+    /// A fault to inject.
+    pub fault: Fault,
+}
+
+/// Runs the fleet and writes its reports into `opts.out`; the report says
+/// whether the verifier passed.
+pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
+    if opts.agents == 0 || opts.rate_per_agent == 0 || opts.window_ms == 0 || opts.secs == 0 {
+        bail!("agents, rate, window and seconds must all be above zero");
+    }
+    let dir = opts
+        .data_dir
+        .join(format!("ferrule-fleet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = run_in(&dir, opts).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    report.write(&opts.out)?;
+    Ok(report)
+}
+
+fn file_system(dir: &Path) -> String {
+    std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
+    let t_start = Instant::now();
+    let pki = DevPki::ensure(&dir.join("pki"))?;
+    let ids: Vec<(String, String)> = (0..opts.agents)
+        .map(|i| (format!("site-{:03}", i / 100), format!("a{i:05}")))
+        .collect();
+    // One writer in the CA directory: issue before anything runs.
+    for (n, (site, id)) in ids.iter().enumerate() {
+        pki.agent(site, id)?;
+        if opts.progress && (n + 1) % 500 == 0 {
+            eprintln!("fleet: {} certificates issued", n + 1);
+        }
+    }
+    let quic = SocketAddr::from(([127, 0, 0, 1], procs::free_udp_port()?));
+    let metrics = SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port()?));
+    let data = dir.join("aggregator");
+    let mut extra = String::new();
+    if !opts.no_rules {
+        let rules = dir.join("rules.toml");
+        std::fs::write(&rules, RULES)?;
+        extra.push_str(&format!(
+            "[alerts]\nrules = {:?}\n",
+            rules.display().to_string()
+        ));
+    }
+    let cfg = dir.join("aggregator.toml");
+    std::fs::write(
+        &cfg,
+        procs::aggregator_toml(&pki, &data, quic, Some(metrics), &extra),
+    )?;
+    let mut agg = Proc::start(
+        "aggregator",
+        &procs::bin("ferrule-aggregator")?,
+        &cfg,
+        &dir.join("aggregator.log"),
+    )?;
+    let up = tokio::task::spawn_blocking(move || {
+        procs::wait_for(Duration::from_secs(30), || {
+            procs::http_get(metrics, "/healthz").ok()
+        })
+    })
+    .await?;
+    if up.is_none() || !agg.is_running() {
+        let log = std::fs::read_to_string(dir.join("aggregator.log")).unwrap_or_default();
+        bail!("the aggregator did not come up; its log:\n{log}");
+    }
+    let file_system = file_system(&data);
+
+    let shared = Arc::new(Shared::new());
+    let window = Duration::from_millis(opts.window_ms);
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let mut tasks = Vec::with_capacity(opts.agents);
+    for (i, (site, id)) in ids.into_iter().enumerate() {
+        // Windows spread evenly over one window, as independent agents' are.
+        let offset = window.mul_f64(i as f64 / opts.agents as f64);
+        tasks.push(tokio::spawn(sim::run_agent(
+            pki.clone(),
+            SimSpec {
+                addr: quic,
+                site,
+                id,
+                seed: 0x5eed_0000 + i as u64,
+                rate: opts.rate_per_agent,
+                window,
+                first_due: t0 + offset,
+                sag_every_secs: opts.sag_every_secs,
+                // A minute of batches at most, per agent.
+                max_held: (60_000 / opts.window_ms).max(16) as usize,
+            },
+            shared.clone(),
+        )));
+    }
+
+    // Second by second: warm-up, then the measured period.
+    let mut timeline = Vec::new();
+    let total = opts.warmup_secs + opts.secs;
+    let mut measured_cpu = (0.0, 0.0, 0.0);
+    // CPU of aggregator processes that a fault ended, over the measured period.
+    let mut agg_cpu_carried = 0.0;
+    let fault_sec = opts.warmup_secs + opts.secs / 3;
+    let mut fault = None::<report::FaultReport>;
+    let mut backlog_before_fault = 0u64;
+    let mut measure_t0 = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut tick_at = tokio::time::Instant::now();
+    for sec in 0..total {
+        if sec == opts.warmup_secs {
+            measured_cpu = (
+                agg.cpu_secs().unwrap_or(0.0),
+                procs::cpu_secs(std::process::id()).unwrap_or(0.0),
+                0.0,
+            );
+            measure_t0 = Instant::now();
+            // Clear what the warm-up recorded.
+            let mut r = shared.recorder();
+            r.total.reset();
+            r.events = 0;
+            r.batches = 0;
+            drop(r);
+            shared.measuring.store(true, Ordering::Relaxed);
+        }
+        if sec == fault_sec && opts.fault != Fault::None {
+            backlog_before_fault = shared.backlog.load(Ordering::Relaxed);
+            let at = t_start.elapsed().as_secs_f64();
+            let before = agg.cpu_secs().unwrap_or(0.0);
+            agg_cpu_carried += before - measured_cpu.0;
+            let t_down = Instant::now();
+            let kind = opts.fault;
+            let mut old = agg;
+            tokio::task::spawn_blocking(move || {
+                if kind == Fault::AggregatorKill {
+                    old.kill9();
+                } else {
+                    old.term(Duration::from_secs(30));
+                }
+            })
+            .await?;
+            if kind == Fault::AggregatorKill {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // Same configuration, same data: what it committed is still there.
+            agg = Proc::start(
+                "aggregator",
+                &procs::bin("ferrule-aggregator")?,
+                &cfg,
+                &dir.join("aggregator.log"),
+            )?;
+            measured_cpu.0 = 0.0;
+            if opts.progress {
+                eprintln!("\nfleet: {} at {at:.1} s", opts.fault.name());
+            }
+            fault = Some(report::FaultReport {
+                kind: opts.fault.name().into(),
+                at_secs: at,
+                down_secs: t_down.elapsed().as_secs_f64(),
+                recovered_after_secs: None,
+            });
+            tick_at = tokio::time::Instant::now();
+        }
+        tick_at += Duration::from_secs(1);
+        tokio::time::sleep_until(tick_at).await;
+        let tick = take_tick(
+            &shared,
+            t_start.elapsed().as_secs_f64(),
+            sec >= opts.warmup_secs,
+        );
+        if let Some(f) = fault.as_mut().filter(|f| f.recovered_after_secs.is_none()) {
+            // Recovered: every agent back, the backlog the fault built drained.
+            if tick.connected == opts.agents as u64
+                && tick.backlog_batches <= backlog_before_fault + opts.agents as u64
+            {
+                f.recovered_after_secs = Some(tick.t_secs - f.at_secs);
+            }
+        }
+        if opts.progress {
+            let line = format!(
+                "fleet: {:>3}/{total} s {} {:>10.0} events/s  ack p50 {:>7.2} ms p99 {:>8.2} ms  up {:>5}/{}  backlog {:>6} batches",
+                sec + 1,
+                if sec < opts.warmup_secs { "warm-up " } else { "measured" },
+                tick.events_per_sec,
+                tick.ack_p50_ms,
+                tick.ack_p99_ms,
+                tick.connected,
+                opts.agents,
+                tick.backlog_batches
+            );
+            if tty {
+                eprint!("\r{line}");
+                let _ = std::io::stderr().flush();
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        timeline.push(tick);
+        if !agg.is_running() {
+            bail!(
+                "the aggregator exited during the run: see {}",
+                dir.join("aggregator.log").display()
+            );
+        }
+    }
+    if opts.progress && tty {
+        eprintln!();
+    }
+    shared.measuring.store(false, Ordering::Relaxed);
+    let elapsed = measure_t0.elapsed().as_secs_f64();
+    let agg_cpu = agg_cpu_carried + agg.cpu_secs().unwrap_or(0.0) - measured_cpu.0;
+    let gen_cpu = procs::cpu_secs(std::process::id()).unwrap_or(0.0) - measured_cpu.1;
+    let agg_rss = agg.rss_kib().unwrap_or(0) as f64 / 1024.0;
+    let gen_rss = procs::rss_kib(std::process::id()).unwrap_or(0) as f64 / 1024.0;
+
+    // Stop generating; let every agent drain what it holds (bounded).
+    shared.generating.store(false, Ordering::Relaxed);
+    let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while shared.backlog.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut ledgers = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        ledgers.push(t.await.context("a simulated agent panicked")??);
+    }
+    let exposition = tokio::task::spawn_blocking(move || procs::http_get(metrics, "/metrics"))
+        .await?
+        .unwrap_or_default();
+    let stopped = tokio::task::spawn_blocking(move || agg.term(Duration::from_secs(30))).await?;
+    if !stopped {
+        eprintln!("fleet: the aggregator did not stop cleanly within 30 s (killed)");
+    }
+
+    // Read the sink back.
+    let verdict =
+        tokio::task::spawn_blocking(move || read_back(&data.join("log"), ledgers)).await??;
+
+    let r = shared.recorder();
+    let events = r.events as f64;
+    let per_million = |cpu: f64| {
+        if events > 0.0 {
+            cpu / (events / 1e6)
+        } else {
+            f64::NAN
+        }
+    };
+    let sessions = Sessions {
+        refused: shared.refused.load(Ordering::Relaxed),
+        lost: shared.lost_sessions.load(Ordering::Relaxed),
+        first_error: shared
+            .first_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
+        backlog_peak_batches: shared.backlog_peak.load(Ordering::Relaxed),
+        not_generated: shared.not_generated.load(Ordering::Relaxed),
+    };
+    let batch_samples = ((opts.rate_per_agent as f64 * window.as_secs_f64()).round() as u64).max(1);
+    Ok(FleetReport {
+        conditions: Conditions {
+            agents: opts.agents,
+            rate_per_agent: opts.rate_per_agent,
+            offered_events_per_sec: opts.rate_per_agent * opts.agents as u64,
+            window_ms: opts.window_ms,
+            batch_samples,
+            secs: opts.secs,
+            warmup_secs: opts.warmup_secs,
+            rules: !opts.no_rules,
+            sag_every_secs: opts.sag_every_secs,
+            sink: "embedded log (group-commit fsync)".into(),
+            file_system,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(t_start.elapsed().as_secs()),
+        },
+        throughput: Throughput {
+            events_per_sec: events / elapsed,
+            batches_per_sec: r.batches as f64 / elapsed,
+        },
+        ack_latency_ms: Percentiles::of(&r.total),
+        alert_latency_ms: bucket_percentiles(
+            &exposition,
+            "ferrule_aggregator_alert_latency_seconds",
+        ),
+        commit_latency_ms: bucket_percentiles(
+            &exposition,
+            "ferrule_aggregator_commit_latency_seconds",
+        ),
+        aggregator: Cost {
+            cpu_secs: agg_cpu,
+            cores: agg_cpu / elapsed,
+            cpu_secs_per_million: per_million(agg_cpu),
+            rss_mib: agg_rss,
+        },
+        generator: Cost {
+            cpu_secs: gen_cpu,
+            cores: gen_cpu / elapsed,
+            cpu_secs_per_million: per_million(gen_cpu),
+            rss_mib: gen_rss,
+        },
+        sessions,
+        fault,
+        verdict,
+        timeline,
+        latency_distribution: report::distribution(&r.total),
+    })
+}
+
+/// The second just ended: its rate and latencies, then a fresh tick.
+fn take_tick(shared: &Shared, t_secs: f64, measured: bool) -> Tick {
+    let mut r = shared.recorder();
+    let p = Percentiles::of(&r.tick);
+    let events = r.tick_events;
+    r.tick.reset();
+    r.tick_events = 0;
+    drop(r);
+    Tick {
+        t_secs,
+        measured,
+        events_per_sec: events as f64,
+        ack_p50_ms: p.p50,
+        ack_p99_ms: p.p99,
+        ack_max_ms: p.max,
+        connected: shared.connected.load(Ordering::Relaxed),
+        backlog_batches: shared.backlog.load(Ordering::Relaxed),
+    }
+}
+
+/// Every record of the embedded log in `log_dir`, through the verifier.
+fn read_back(log_dir: &Path, ledgers: Vec<verify::AgentLedger>) -> anyhow::Result<verify::Verdict> {
+    use ferrule_disklog::{LogReader, Offset};
+    let (reader, _) = LogReader::open_read_only(log_dir)
+        .with_context(|| format!("opening the embedded log in {}", log_dir.display()))?;
+    let mut v = Verifier::new(ledgers);
+    let mut from = Offset(0);
+    let mut spans = Vec::new();
+    loop {
+        let recs = reader
+            .read_records(from, 4096, 64 << 20)
+            .with_context(|| format!("reading the embedded log at {}", from.0))?;
+        let Some(last) = recs.last() else { break };
+        from = Offset(last.offset.0 + 1);
+        for r in recs {
+            let rec = ferrule_wire::record::decode_record(&r.payload, 1 << 24)
+                .with_context(|| format!("record {} does not decode", r.offset.0))?;
+            spans.clear();
+            for s in &rec.series {
+                let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+                for (t, _, _) in s.iter() {
+                    lo = lo.min(t);
+                    hi = hi.max(t);
+                }
+                if lo <= hi {
+                    spans.push((s.sensor().0, lo, hi));
+                }
+            }
+            v.record(&rec.header, &spans);
+        }
+    }
+    Ok(v.finish())
+}

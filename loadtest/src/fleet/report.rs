@@ -1,0 +1,554 @@
+//! The fleet run's report: one JSON document for machines, a Markdown summary
+//! for people, and SVG plots (throughput and latency over time, the latency
+//! distribution), written side by side in one directory.
+
+use super::verify::Verdict;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// What was run, where: the figures mean nothing without it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conditions {
+    /// Simulated agents (each a QUIC connection with its own certificate).
+    pub agents: usize,
+    /// Samples per second each agent generates (seven sensors).
+    pub rate_per_agent: u64,
+    /// Offered events per second over the fleet.
+    pub offered_events_per_sec: u64,
+    /// The agents' batching window, milliseconds.
+    pub window_ms: u64,
+    /// Samples per batch.
+    pub batch_samples: u64,
+    /// Measured seconds.
+    pub secs: u64,
+    /// Warm-up seconds before the measurement.
+    pub warmup_secs: u64,
+    /// Whether the aggregator evaluated the three-phase alert rules.
+    pub rules: bool,
+    /// A voltage sag per agent every this many seconds (0: none).
+    pub sag_every_secs: u32,
+    /// Where batches were committed.
+    pub sink: String,
+    /// The file system holding the aggregator's log (`stat -f`).
+    pub file_system: String,
+    /// Cores this machine offers.
+    pub cores: usize,
+    /// When the run started, seconds since the Unix epoch.
+    pub started_unix: u64,
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Values recorded.
+    pub count: u64,
+    /// 50th percentile.
+    pub p50: f64,
+    /// 90th.
+    pub p90: f64,
+    /// 99th.
+    pub p99: f64,
+    /// 99.9th.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// A latency the aggregator measured itself, read from its Prometheus
+/// histogram: each figure is the upper bound of the bucket that holds it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BucketPercentiles {
+    /// Observations.
+    pub count: u64,
+    /// Bucket bound at or below which half of them lie, milliseconds.
+    pub p50_le: f64,
+    /// Bucket bound for the 99th percentile, milliseconds.
+    pub p99_le: f64,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tick {
+    /// Seconds since the agents started.
+    pub t_secs: f64,
+    /// Whether this second counted in the totals.
+    pub measured: bool,
+    /// Events acknowledged in this second, per second.
+    pub events_per_sec: f64,
+    /// Ack latency of the batches acknowledged in this second, milliseconds.
+    pub ack_p50_ms: f64,
+    /// 99th percentile.
+    pub ack_p99_ms: f64,
+    /// Largest.
+    pub ack_max_ms: f64,
+    /// Sessions up.
+    pub connected: u64,
+    /// Batches generated and not yet acknowledged, over the fleet.
+    pub backlog_batches: u64,
+}
+
+/// Throughput over the measured period.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Events acknowledged (committed) per second.
+    pub events_per_sec: f64,
+    /// Batches acknowledged per second.
+    pub batches_per_sec: f64,
+}
+
+/// CPU and memory of one process over the measured period.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cost {
+    /// CPU seconds used.
+    pub cpu_secs: f64,
+    /// Cores busy on average.
+    pub cores: f64,
+    /// CPU seconds per million events acknowledged.
+    pub cpu_secs_per_million: f64,
+    /// Resident memory at the end, MiB.
+    pub rss_mib: f64,
+}
+
+/// Connections and backlog.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sessions {
+    /// Connection attempts that failed before Welcome (each retried).
+    pub refused: u64,
+    /// Sessions that failed after Welcome (each resumed).
+    pub lost: u64,
+    /// The first failure's message.
+    pub first_error: Option<String>,
+    /// Most batches the fleet held unacknowledged at once.
+    pub backlog_peak_batches: u64,
+    /// Batches not generated because an agent held its cap (the generator
+    /// fell behind: the run's latency figures understate the truth).
+    pub not_generated: u64,
+}
+
+/// A fault the run injected, and how the fleet came back.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    /// Which fault.
+    pub kind: String,
+    /// When, seconds since the agents started.
+    pub at_secs: f64,
+    /// How long the aggregator was away (kill or drain, and the pause).
+    pub down_secs: f64,
+    /// From the fault to the first second with every agent connected and the
+    /// backlog it built drained; `None` if that never came.
+    pub recovered_after_secs: Option<f64>,
+}
+
+/// Everything one fleet run measured and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    /// What was run, where.
+    pub conditions: Conditions,
+    /// What got through.
+    pub throughput: Throughput,
+    /// From a batch's due time (its window's end) to its ack.
+    pub ack_latency_ms: Percentiles,
+    /// The aggregator's own alert latency histogram (from a batch's arrival to
+    /// the alert's emission), when any alert fired.
+    pub alert_latency_ms: Option<BucketPercentiles>,
+    /// The aggregator's commit latency histogram.
+    pub commit_latency_ms: Option<BucketPercentiles>,
+    /// The aggregator process.
+    pub aggregator: Cost,
+    /// The load generator (this process: every simulated agent).
+    pub generator: Cost,
+    /// Connections and backlog.
+    pub sessions: Sessions,
+    /// The fault injected, if any.
+    pub fault: Option<FaultReport>,
+    /// What the sink holds against what was generated and acknowledged.
+    pub verdict: Verdict,
+    /// Second by second.
+    pub timeline: Vec<Tick>,
+    /// (percentile, milliseconds) of the measured ack latency.
+    pub latency_distribution: Vec<(f64, f64)>,
+}
+
+/// Percentiles from 0 to 99.999 spaced evenly on a "nines" scale.
+pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    (0..=50)
+        .map(|k| {
+            let p = 1.0 - 10f64.powf(-f64::from(k) / 10.0);
+            (p * 100.0, h.value_at_quantile(p) as f64 / 1000.0)
+        })
+        .collect()
+}
+
+impl FleetReport {
+    /// Writes `report.json`, `summary.md`, `throughput.svg`, `latency.svg`
+    /// and `latency-distribution.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self)?)?;
+        std::fs::write(dir.join("summary.md"), self.markdown())?;
+        let t = |f: fn(&Tick) -> f64| -> Vec<(f64, f64)> {
+            self.timeline.iter().map(|k| (k.t_secs, f(k))).collect()
+        };
+        std::fs::write(
+            dir.join("throughput.svg"),
+            line_chart(
+                "Events acknowledged per second",
+                "seconds",
+                "events/s",
+                &[("acknowledged", "#1f77b4", t(|k| k.events_per_sec))],
+            ),
+        )?;
+        std::fs::write(
+            dir.join("latency.svg"),
+            line_chart(
+                "Ack latency per second",
+                "seconds",
+                "ms",
+                &[
+                    ("p50", "#2ca02c", t(|k| k.ack_p50_ms)),
+                    ("p99", "#ff7f0e", t(|k| k.ack_p99_ms)),
+                    ("max", "#d62728", t(|k| k.ack_max_ms)),
+                ],
+            ),
+        )?;
+        let nines: Vec<(f64, f64)> = self
+            .latency_distribution
+            .iter()
+            .map(|&(p, ms)| (-(1.0 - p / 100.0).max(1e-5).log10(), ms))
+            .collect();
+        std::fs::write(
+            dir.join("latency-distribution.svg"),
+            line_chart(
+                "Ack latency distribution (x: nines, 1 = p90, 2 = p99, 3 = p99.9)",
+                "percentile (nines)",
+                "ms",
+                &[("ack latency", "#9467bd", nines)],
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// The summary a person reads first.
+    pub fn markdown(&self) -> String {
+        let c = &self.conditions;
+        let v = &self.verdict;
+        let a = &self.ack_latency_ms;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# Fleet run: {} agents x {} events/s\n",
+            c.agents, c.rate_per_agent
+        );
+        let _ = writeln!(
+            s,
+            "{} agents, {} samples/s each ({} events/s offered), batching window {} ms ({} samples a batch), {} s measured after {} s of warm-up, {}, alert rules {}, log on {}, {} cores.\n",
+            c.agents,
+            c.rate_per_agent,
+            c.offered_events_per_sec,
+            c.window_ms,
+            c.batch_samples,
+            c.secs,
+            c.warmup_secs,
+            c.sink,
+            if c.rules { "on" } else { "off" },
+            c.file_system,
+            c.cores
+        );
+        let _ = writeln!(s, "| figure | value |\n|---|---|");
+        let _ = writeln!(
+            s,
+            "| verdict | **{}**: lost {}, duplicates {}, out of order {}, unknown {} |",
+            if v.passed() { "PASS" } else { "FAIL" },
+            v.lost,
+            v.duplicates,
+            v.out_of_order,
+            v.unknown
+        );
+        let _ = writeln!(
+            s,
+            "| batches | generated {}, acknowledged {}, rejected {}, in the sink {}, unsettled at stop {} |",
+            v.generated, v.acked, v.rejected, v.records, v.unsettled
+        );
+        let _ = writeln!(
+            s,
+            "| throughput | {:.0} events/s ({:.0} batches/s) |",
+            self.throughput.events_per_sec, self.throughput.batches_per_sec
+        );
+        let _ = writeln!(
+            s,
+            "| ack latency (from due) | p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2} ({} batches) |",
+            a.p50, a.p90, a.p99, a.p999, a.max, a.count
+        );
+        if let Some(al) = &self.alert_latency_ms {
+            let _ = writeln!(
+                s,
+                "| alert latency (from arrival, bucket bounds) | p50 <= {} ms, p99 <= {} ms ({} alerts) |",
+                al.p50_le, al.p99_le, al.count
+            );
+        }
+        if let Some(cl) = &self.commit_latency_ms {
+            let _ = writeln!(
+                s,
+                "| commit latency (bucket bounds) | p50 <= {} ms, p99 <= {} ms |",
+                cl.p50_le, cl.p99_le
+            );
+        }
+        for (name, k) in [
+            ("aggregator", &self.aggregator),
+            ("load generator", &self.generator),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {name} | {:.3} CPU-s per million events ({:.2} cores), RSS {:.1} MiB |",
+                k.cpu_secs_per_million, k.cores, k.rss_mib
+            );
+        }
+        let ss = &self.sessions;
+        let _ = writeln!(
+            s,
+            "| sessions | refused {}, lost {}, backlog peak {} batches, not generated {} |",
+            ss.refused, ss.lost, ss.backlog_peak_batches, ss.not_generated
+        );
+        if let Some(f) = &self.fault {
+            let _ = writeln!(
+                s,
+                "| fault | {} at {:.1} s, aggregator away {:.1} s, recovered after {} |",
+                f.kind,
+                f.at_secs,
+                f.down_secs,
+                f.recovered_after_secs
+                    .map_or("never (within the run)".to_string(), |r| format!(
+                        "{r:.1} s"
+                    ))
+            );
+        }
+        if let Some(e) = &ss.first_error {
+            let _ = writeln!(s, "\nFirst session error: `{e}`");
+        }
+        if !v.lost_examples.is_empty() {
+            let _ = writeln!(s, "\nLost, for example: {}", v.lost_examples.join("; "));
+        }
+        let _ = writeln!(
+            s,
+            "\nPlots: throughput.svg, latency.svg, latency-distribution.svg. Data: report.json."
+        );
+        s
+    }
+}
+
+/// One plotted line: its name, its colour and its (x, y) points.
+type Line<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A plain SVG line chart: linear axes from zero, a legend, ticks at round values.
+fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Line<'_>]) -> String {
+    let (w, h, l, r, t, b) = (800.0, 400.0, 80.0, 20.0, 40.0, 50.0);
+    let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
+    let xmax = series
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|&(x, _)| finite(x)))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let ymax = nice(
+        series
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|&(_, y)| finite(y)))
+            .fold(0.0f64, f64::max),
+    );
+    let px = |x: f64| l + finite(x) / xmax * (w - l - r);
+    let py = |y: f64| h - b - finite(y) / ymax * (h - t - b);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        w / 2.0,
+        esc(title)
+    );
+    for i in 0..=5 {
+        let y = ymax * f64::from(i) / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"##,
+            x2 = w - r,
+            yy = py(y),
+            tx = l - 6.0,
+            ty = py(y) + 4.0,
+            label = short(y)
+        );
+        let x = xmax * f64::from(i) / 5.0;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            px(x),
+            h - b + 16.0,
+            short(x)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">{}</text>"#,
+        (l + w - r) / 2.0,
+        h - 12.0,
+        esc(x_label),
+        h / 2.0,
+        h / 2.0,
+        esc(y_label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<line x1="{l}" x2="{l}" y1="{t}" y2="{}" stroke="black"/><line x1="{l}" x2="{}" y1="{}" y2="{}" stroke="black"/>"#,
+        h - b,
+        w - r,
+        h - b,
+        h - b
+    );
+    for (i, (name, color, points)) in series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            path.join(" ")
+        );
+        let ly = t + 14.0 + 16.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{}" y="{}" width="12" height="3" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
+            w - r - 140.0,
+            ly - 4.0,
+            w - r - 122.0,
+            ly,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A round axis maximum at or above `v`.
+fn nice(v: f64) -> f64 {
+    if v.is_nan() || v <= 0.0 {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&c| c >= v)
+        .unwrap_or(10.0 * p)
+}
+
+/// An axis label: 1.5M, 250k, 12, 0.25.
+fn short(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Percentiles of a Prometheus histogram `name` in an exposition: the upper
+/// bound (milliseconds) of the first bucket holding each quantile; `None` if
+/// it has no observations.
+pub fn bucket_percentiles(text: &str, name: &str) -> Option<BucketPercentiles> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, n))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let at = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= q * total)
+            .map_or(f64::INFINITY, |(le, _)| le * 1000.0)
+    };
+    Some(BucketPercentiles {
+        count: total as u64,
+        p50_le: at(0.5),
+        p99_le: at(0.99),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_percentiles_name_the_bucket_holding_each_quantile() {
+        let text = "# TYPE x histogram\n\
+            x_bucket{le=\"0.001\"} 60\n\
+            x_bucket{le=\"0.002\"} 98\n\
+            x_bucket{le=\"0.004\"} 100\n\
+            x_bucket{le=\"+Inf\"} 100\n\
+            x_count 100\n";
+        let p = bucket_percentiles(text, "x").unwrap();
+        assert_eq!(p.count, 100);
+        assert_eq!(p.p50_le, 1.0);
+        assert_eq!(p.p99_le, 4.0);
+        assert!(bucket_percentiles("x_bucket{le=\"+Inf\"} 0\n", "x").is_none());
+    }
+
+    #[test]
+    fn charts_are_svg_with_every_series() {
+        let svg = line_chart(
+            "t <1>",
+            "s",
+            "ms",
+            &[
+                ("p50", "#000", vec![(0.0, 1.0), (1.0, 2.0)]),
+                ("p99", "#111", vec![(0.0, f64::NAN)]),
+            ],
+        );
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("t &lt;1&gt;") && !svg.contains("NaN"));
+    }
+}

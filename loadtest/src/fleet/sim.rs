@@ -1,0 +1,466 @@
+//! One simulated agent of the fleet: a real QUIC client with its own certificate
+//! and the real agent session (`AgentSession`), whose three-phase feed is cut
+//! into a batch every batching window, as `ferrule-agent` does.
+//!
+//! What it keeps of a real agent: every batch stays held until the aggregator
+//! acknowledges it; a lost session is retried after the agent's backoff with
+//! the same epoch, resending from the oldest unacknowledged batch; batches go
+//! out within credit and pacing. What it leaves out: the disk spool (held
+//! batches are in memory, up to a cap) and the inputs.
+//!
+//! Ack latency counts from the end of the window that formed the batch (when a
+//! real agent would have it ready), so time spent waiting for credit, pacing or
+//! a reconnection is in it: no coordinated omission.
+
+use super::verify::{AgentLedger, Fate};
+use crate::devpki::DevPki;
+use anyhow::bail;
+use ferrule_agent::backoff::Backoff;
+use ferrule_transport::quinn;
+use ferrule_transport::session_now as now;
+use ferrule_transport::{
+    client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
+};
+use ferrule_wire::example::{FeedOptions, ThreePhaseFeed, SENSORS, UNITS};
+use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession};
+use ferrule_wire::*;
+use hdrhistogram::Histogram;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a handshake and Welcome may take before the attempt counts as
+/// refused (the agent's `uplink.connect_timeout_secs`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest ack latency the histograms hold, microseconds (longer is clamped).
+pub(crate) const MAX_LATENCY_US: u64 = 600_000_000;
+
+/// A latency histogram in microseconds, 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds hdrhistogram accepts")
+}
+
+/// Latencies and counts, shared by every agent and read by the run each second.
+pub(crate) struct Recorder {
+    /// Ack latency over the measured period, microseconds.
+    pub(crate) total: Histogram<u64>,
+    /// Ack latency since the last tick.
+    pub(crate) tick: Histogram<u64>,
+    /// Events acknowledged since the last tick (measured or not).
+    pub(crate) tick_events: u64,
+    /// Events and batches acknowledged over the measured period.
+    pub(crate) events: u64,
+    /// Batches acknowledged over the measured period.
+    pub(crate) batches: u64,
+}
+
+/// State every simulated agent shares with the run.
+pub(crate) struct Shared {
+    /// While true, agents generate a batch every window.
+    pub(crate) generating: AtomicBool,
+    /// Set to end every agent now, drained or not.
+    pub(crate) stop: AtomicBool,
+    /// While true, acks count in the totals.
+    pub(crate) measuring: AtomicBool,
+    pub(crate) rec: Mutex<Recorder>,
+    /// Sessions up now.
+    pub(crate) connected: AtomicU64,
+    /// Batches generated and not yet acknowledged, over all agents.
+    pub(crate) backlog: AtomicU64,
+    /// The most `backlog` has been.
+    pub(crate) backlog_peak: AtomicU64,
+    /// Connection attempts that failed before Welcome.
+    pub(crate) refused: AtomicU64,
+    /// Sessions that failed after Welcome.
+    pub(crate) lost_sessions: AtomicU64,
+    /// Batches not generated because an agent already held its cap.
+    pub(crate) not_generated: AtomicU64,
+    pub(crate) first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            generating: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            measuring: AtomicBool::new(false),
+            rec: Mutex::new(Recorder {
+                total: latency_histogram(),
+                tick: latency_histogram(),
+                tick_events: 0,
+                events: 0,
+                batches: 0,
+            }),
+            connected: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+            backlog_peak: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            lost_sessions: AtomicU64::new(0),
+            not_generated: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
+        self.rec.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fail(&self, count: &AtomicU64, e: &anyhow::Error) {
+        count.fetch_add(1, Ordering::Relaxed);
+        self.first_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| format!("{e:#}"));
+    }
+}
+
+/// Who one simulated agent is and what it sends.
+pub(crate) struct SimSpec {
+    pub(crate) addr: SocketAddr,
+    pub(crate) site: String,
+    pub(crate) id: String,
+    pub(crate) seed: u64,
+    /// Samples per second over its seven sensors.
+    pub(crate) rate: u64,
+    /// The batching window.
+    pub(crate) window: Duration,
+    /// When its first window ends (agents' windows are spread over one window).
+    pub(crate) first_due: tokio::time::Instant,
+    /// A voltage sag every this many seconds (0: never).
+    pub(crate) sag_every_secs: u32,
+    /// Most batches held unacknowledged before generation is skipped (counted).
+    pub(crate) max_held: usize,
+}
+
+/// A batch held until its ack.
+struct Held {
+    frame: Vec<u8>,
+    samples: u64,
+    /// When it was due (its window's end).
+    due: tokio::time::Instant,
+}
+
+/// The agent's batches: generated, held, settled.
+struct Book {
+    epoch: Epoch,
+    feed: ThreePhaseFeed,
+    per_window: usize,
+    next_seq: u64,
+    due: tokio::time::Instant,
+    held: BTreeMap<u64, Held>,
+    fates: Vec<Fate>,
+}
+
+impl Book {
+    /// Generates every batch whose window has ended; returns their seqs.
+    fn generate_due(
+        &mut self,
+        spec: &SimSpec,
+        shared: &Shared,
+        fresh: &mut VecDeque<u64>,
+    ) -> anyhow::Result<()> {
+        let t = tokio::time::Instant::now();
+        while shared.generating.load(Ordering::Relaxed) && self.due <= t {
+            let due = self.due;
+            self.due += spec.window;
+            if self.held.len() >= spec.max_held {
+                // Memory stays bounded; the report says the generator fell behind.
+                shared.not_generated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let series = self.feed.next_batch(self.per_window);
+            let mut frame = Vec::new();
+            encode(
+                &Message::Batch(Batch {
+                    epoch: self.epoch,
+                    seq: Seq(seq),
+                    clock_offset_ns: 0,
+                    series,
+                }),
+                &Limits::default(),
+                &mut frame,
+            )?;
+            self.held.insert(
+                seq,
+                Held {
+                    frame,
+                    samples: self.per_window as u64,
+                    due,
+                },
+            );
+            self.fates.push(Fate::Pending);
+            let before = shared.backlog.fetch_add(1, Ordering::Relaxed);
+            shared.backlog_peak.fetch_max(before + 1, Ordering::Relaxed);
+            fresh.push_back(seq);
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, seqs: &[Seq], fate: Fate, shared: &Shared) {
+        let t = tokio::time::Instant::now();
+        let measuring = shared.measuring.load(Ordering::Relaxed);
+        let mut rec = None;
+        for q in seqs {
+            let Some(h) = self.held.remove(&q.0) else {
+                continue;
+            };
+            shared.backlog.fetch_sub(1, Ordering::Relaxed);
+            if let Some(f) =
+                q.0.checked_sub(1)
+                    .and_then(|i| self.fates.get_mut(i as usize))
+            {
+                *f = fate;
+            }
+            if fate != Fate::Acked {
+                continue;
+            }
+            let r = rec.get_or_insert_with(|| shared.recorder());
+            let us = t
+                .duration_since(h.due)
+                .as_micros()
+                .clamp(1, u128::from(MAX_LATENCY_US));
+            let us = u64::try_from(us).unwrap_or(MAX_LATENCY_US);
+            r.tick_events += h.samples;
+            let _ = r.tick.record(us);
+            if measuring {
+                let _ = r.total.record(us);
+                r.events += h.samples;
+                r.batches += 1;
+            }
+        }
+    }
+
+    fn done(&self, shared: &Shared) -> bool {
+        !shared.generating.load(Ordering::Relaxed) && self.held.is_empty()
+    }
+}
+
+/// Runs one simulated agent until the run stops generating and everything it
+/// generated is settled, or the run stops it; returns its ledger.
+pub(crate) async fn run_agent(
+    pki: DevPki,
+    spec: SimSpec,
+    shared: Arc<Shared>,
+) -> anyhow::Result<AgentLedger> {
+    let (cert, key) = pki.agent_paths(&spec.site, &spec.id);
+    let crypto = client_crypto(
+        &ClientTls {
+            cert,
+            key,
+            server_ca: pki.ca_bundle(),
+        },
+        &ferrule_transport::Refusals::new(),
+    )?;
+    let ep = client_endpoint(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        crypto,
+        &EndpointLimits::default(),
+    )?;
+    let start_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let per_sensor_hz =
+        u32::try_from((spec.rate / SENSORS.len() as u64).max(1)).unwrap_or(u32::MAX);
+    let per_window = ((spec.rate as f64 * spec.window.as_secs_f64()).round() as usize).max(1);
+    let mut book = Book {
+        epoch: Epoch(start_ns.unsigned_abs() ^ spec.seed),
+        feed: ThreePhaseFeed::new(
+            spec.seed,
+            start_ns,
+            FeedOptions {
+                rate_hz: per_sensor_hz,
+                jitter_ns: 0,
+                full_precision: false,
+                sag_every_secs: spec.sag_every_secs,
+            },
+        ),
+        per_window,
+        next_seq: 1,
+        due: spec.first_due,
+        held: BTreeMap::new(),
+        fates: Vec::new(),
+    };
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+        spec.seed,
+    );
+    let mut fresh = VecDeque::new();
+    tokio::time::sleep_until(spec.first_due).await;
+    while !shared.stop.load(Ordering::Relaxed) && !book.done(&shared) {
+        match session(&ep, &spec, &mut book, &shared, &mut backoff).await {
+            Ok(()) => {}
+            Err(End::Refused(e)) => shared.fail(&shared.refused, &e),
+            Err(End::Lost(e)) => shared.fail(&shared.lost_sessions, &e),
+        }
+        if shared.stop.load(Ordering::Relaxed) || book.done(&shared) {
+            break;
+        }
+        // Spooling while the uplink is down: batches keep coming.
+        let until = tokio::time::Instant::now() + backoff.next_delay();
+        while tokio::time::Instant::now() < until && !shared.stop.load(Ordering::Relaxed) {
+            book.generate_due(&spec, &shared, &mut fresh)
+                .map_err(|e| anyhow::anyhow!("encoding a batch: {e}"))?;
+            // The next session sends everything held, these included.
+            fresh.clear();
+            tokio::time::sleep_until(
+                until.min(
+                    book.due
+                        .max(tokio::time::Instant::now() + Duration::from_millis(5)),
+                ),
+            )
+            .await;
+        }
+    }
+    ep.close(0u32.into(), b"done");
+    shared
+        .backlog
+        .fetch_sub(book.held.len() as u64, Ordering::Relaxed);
+    Ok(AgentLedger {
+        agent: spec.id,
+        epoch: book.epoch,
+        fates: book.fates,
+    })
+}
+
+enum End {
+    Refused(anyhow::Error),
+    Lost(anyhow::Error),
+}
+
+/// Connects, says Hello (resuming at the oldest held batch) and waits for Welcome.
+async fn establish(
+    ep: &quinn::Endpoint,
+    spec: &SimSpec,
+    book: &Book,
+) -> anyhow::Result<(quinn::Connection, AgentSession, FrameSender, FrameReceiver)> {
+    let connecting = ep.connect(spec.addr, "localhost")?;
+    let resume = book.held.keys().next().copied().unwrap_or(book.next_seq);
+    tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let conn = connecting.await?;
+        let (send, recv) = conn.open_bi().await?;
+        let limits = Limits::default();
+        let mut ctl = FrameSender::new(send, limits);
+        let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
+        let acfg = AgentConfig::new(spec.site.clone(), spec.id.clone(), "fleet");
+        let mut s = AgentSession::new(acfg, (book.epoch, Seq(resume)), Instant::now());
+        while let Some(m) = s.poll_transmit() {
+            ctl.send(&m).await?;
+        }
+        while !s.is_established() {
+            match ctl_rx.next().await? {
+                Some((m, _)) => s.handle(m, now())?,
+                None => bail!("aggregator closed before Welcome"),
+            }
+        }
+        Ok((conn, s, ctl, ctl_rx))
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}"))?
+}
+
+/// One session: resend what is held, then send each window's batch within
+/// credit until the run is over.
+async fn session(
+    ep: &quinn::Endpoint,
+    spec: &SimSpec,
+    book: &mut Book,
+    shared: &Shared,
+    backoff: &mut Backoff,
+) -> Result<(), End> {
+    let (conn, mut s, mut ctl, mut ctl_rx) =
+        establish(ep, spec, book).await.map_err(End::Refused)?;
+    backoff.reset();
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let r = send_loop(&conn, spec, book, shared, (&mut s, &mut ctl, &mut ctl_rx)).await;
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
+    match r {
+        Ok(()) => {
+            conn.close(0u32.into(), b"done");
+            Ok(())
+        }
+        Err(e) => {
+            conn.close(1u32.into(), b"client error");
+            Err(End::Lost(e))
+        }
+    }
+}
+
+async fn send_loop(
+    conn: &quinn::Connection,
+    spec: &SimSpec,
+    book: &mut Book,
+    shared: &Shared,
+    (s, ctl, ctl_rx): (&mut AgentSession, &mut FrameSender, &mut FrameReceiver),
+) -> anyhow::Result<()> {
+    let mut lane = FrameSender::new(conn.open_uni().await?, Limits::default());
+    for (i, (name, unit)) in SENSORS.iter().zip(UNITS).enumerate() {
+        s.define(Define {
+            sensor: SensorId(i as u32),
+            name: SensorName::new(format!("{}/{name}", spec.id))?,
+            unit: unit.into(),
+            kind: SensorKind::Gauge,
+        });
+    }
+    // Everything held goes again on a new session, oldest first.
+    let mut to_send: VecDeque<u64> = book.held.keys().copied().collect();
+    loop {
+        if shared.stop.load(Ordering::Relaxed) || book.done(shared) {
+            return Ok(());
+        }
+        book.generate_due(spec, shared, &mut to_send)?;
+        while let Some(&q) = to_send.front() {
+            let Some(h) = book.held.get(&q) else {
+                // Settled meanwhile (acked from an earlier session).
+                to_send.pop_front();
+                continue;
+            };
+            let cost = batch_cost(h.frame.len() as u64, h.samples);
+            if !s.can_send(cost) {
+                break;
+            }
+            for d in s.on_send(0, book.epoch, Seq(q), cost, Instant::now())? {
+                lane.send(&Message::Define(d)).await?;
+            }
+            lane.send_frame(&h.frame).await?;
+            to_send.pop_front();
+        }
+        s.handle_timeout(now())?;
+        while let Some(m) = s.poll_transmit() {
+            ctl.send(&m).await?;
+        }
+        let mut wait_until = tokio::time::Instant::now() + Duration::from_secs(1);
+        if shared.generating.load(Ordering::Relaxed) {
+            wait_until = wait_until.min(book.due);
+        }
+        if let Some(t) = s.poll_timeout() {
+            wait_until = wait_until.min(tokio::time::Instant::from_std(t));
+        }
+        let msg = match tokio::time::timeout_at(wait_until, ctl_rx.next()).await {
+            Ok(m) => m?,
+            Err(_) => continue,
+        };
+        let Some((m, _)) = msg else {
+            bail!("aggregator closed the control stream")
+        };
+        s.handle(m, now())?;
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                AgentEvent::Acked { epoch, seqs, .. } if epoch == book.epoch => {
+                    book.settle(&seqs, Fate::Acked, shared)
+                }
+                AgentEvent::Rejected { epoch, seqs, .. } if epoch == book.epoch => {
+                    book.settle(&seqs, Fate::Rejected, shared)
+                }
+                _ => {}
+            }
+        }
+    }
+}

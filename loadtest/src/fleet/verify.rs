@@ -1,0 +1,244 @@
+//! The fleet run's verifier: what every simulated agent generated, what the
+//! aggregator acknowledged, and what the sink holds, compared batch by batch.
+//!
+//! Pure bookkeeping (no I/O): the run feeds it the ledger of what was generated
+//! and acknowledged, then every committed record in sink order; it answers with
+//! counts a user checks. An acknowledged batch missing from the sink is **lost**
+//! and fails the run; a batch the sink holds twice is a **duplicate**; a record
+//! whose samples start before the end of the same sensor's previous record is
+//! **out of order** (the README promises order per agent).
+
+use ferrule_wire::record::RecordHeader;
+use ferrule_wire::{Epoch, Seq};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// What happened to one generated batch, as the generator saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Generated and not (yet) settled by the aggregator.
+    Pending,
+    /// Acknowledged: it must be in the sink.
+    Acked,
+    /// Refused for good by the aggregator (dropped by policy, counted).
+    Rejected,
+}
+
+/// The generator's side of one agent: its epoch and each seq's fate (seqs
+/// start at 1 and are contiguous).
+#[derive(Debug, Clone)]
+pub struct AgentLedger {
+    /// The agent's id (its certificate's).
+    pub agent: String,
+    /// The epoch of every batch it generated.
+    pub epoch: Epoch,
+    /// Fate of seq `i + 1`.
+    pub fates: Vec<Fate>,
+}
+
+/// The verdict, as the report prints it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    /// Batches generated.
+    pub generated: u64,
+    /// Batches acknowledged.
+    pub acked: u64,
+    /// Batches refused by the aggregator (counted, not lost).
+    pub rejected: u64,
+    /// Records read from the sink that belong to this run.
+    pub records: u64,
+    /// Acknowledged batches the sink does not hold: must be 0.
+    pub lost: u64,
+    /// Records holding a batch the sink already held.
+    pub duplicates: u64,
+    /// Records whose samples go back in time against the same sensor's last
+    /// record from the same agent.
+    pub out_of_order: u64,
+    /// Generated, never acknowledged, and not in the sink: still in flight when
+    /// the run stopped (a real agent keeps these in its spool).
+    pub unsettled: u64,
+    /// Committed but the generator never saw the ack (it stopped first).
+    pub committed_unacked: u64,
+    /// Records naming an (agent, epoch, seq) this run never generated.
+    pub unknown: u64,
+    /// A few examples of lost batches, `agent epoch seq`, to start looking.
+    pub lost_examples: Vec<String>,
+}
+
+impl Verdict {
+    /// True when nothing acknowledged is missing and nothing came twice or out
+    /// of order.
+    pub fn passed(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.unknown == 0
+    }
+}
+
+/// Checks records against the ledgers as they are read.
+#[derive(Debug)]
+pub struct Verifier {
+    ledgers: Vec<AgentLedger>,
+    by_agent: HashMap<String, usize>,
+    /// Per ledger: how many times each seq was seen in the sink.
+    seen: Vec<Vec<u8>>,
+    /// Per (ledger, sensor id): the latest sample time seen so far.
+    last_ts: HashMap<(usize, u32), i64>,
+    verdict: Verdict,
+}
+
+impl Verifier {
+    /// A verifier for these agents.
+    pub fn new(ledgers: Vec<AgentLedger>) -> Self {
+        let by_agent = ledgers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.agent.clone(), i))
+            .collect();
+        let seen = ledgers.iter().map(|l| vec![0u8; l.fates.len()]).collect();
+        Self {
+            ledgers,
+            by_agent,
+            seen,
+            last_ts: HashMap::new(),
+            verdict: Verdict::default(),
+        }
+    }
+
+    /// One committed record, in sink order, with each series' (sensor id,
+    /// first sample time, last sample time). Records of other agents (not
+    /// this run's) are ignored.
+    pub fn record(&mut self, header: &RecordHeader, series: &[(u32, i64, i64)]) {
+        let Some(&i) = self.by_agent.get(&header.agent) else {
+            return;
+        };
+        self.verdict.records += 1;
+        let ledger = &self.ledgers[i];
+        let idx = header.seq.0.checked_sub(1).map(|s| s as usize);
+        let known = header.epoch == ledger.epoch && idx.is_some_and(|s| s < ledger.fates.len());
+        let (Some(s), true) = (idx, known) else {
+            self.verdict.unknown += 1;
+            return;
+        };
+        let count = &mut self.seen[i][s];
+        *count = count.saturating_add(1);
+        if *count > 1 {
+            self.verdict.duplicates += 1;
+            // A repeat is not an order violation of its own.
+            return;
+        }
+        let mut back = false;
+        for &(sensor, first, last) in series {
+            let prev = self.last_ts.entry((i, sensor)).or_insert(i64::MIN);
+            if first < *prev {
+                back = true;
+            }
+            *prev = (*prev).max(last);
+        }
+        if back {
+            self.verdict.out_of_order += 1;
+        }
+    }
+
+    /// The verdict once every record has been read.
+    pub fn finish(mut self) -> Verdict {
+        let v = &mut self.verdict;
+        for (ledger, seen) in self.ledgers.iter().zip(&self.seen) {
+            for (s, (fate, &n)) in ledger.fates.iter().zip(seen).enumerate() {
+                v.generated += 1;
+                match fate {
+                    Fate::Acked => {
+                        v.acked += 1;
+                        if n == 0 {
+                            v.lost += 1;
+                            if v.lost_examples.len() < 10 {
+                                v.lost_examples.push(format!(
+                                    "{} {} {}",
+                                    ledger.agent,
+                                    ledger.epoch.0,
+                                    Seq(s as u64 + 1).0
+                                ));
+                            }
+                        }
+                    }
+                    Fate::Rejected => v.rejected += 1,
+                    Fate::Pending if n == 0 => v.unsettled += 1,
+                    Fate::Pending => v.committed_unacked += 1,
+                }
+            }
+        }
+        self.verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(agent: &str, epoch: u64, seq: u64) -> RecordHeader {
+        RecordHeader {
+            site: "s".into(),
+            agent: agent.into(),
+            epoch: Epoch(epoch),
+            seq: Seq(seq),
+            clock_offset_ns: 0,
+            received_ns: 0,
+            samples: 1,
+            sensors: Vec::new(),
+        }
+    }
+
+    fn ledger(agent: &str, fates: &[Fate]) -> AgentLedger {
+        AgentLedger {
+            agent: agent.into(),
+            epoch: Epoch(7),
+            fates: fates.to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_acked_batch_missing_from_the_sink_is_lost_and_fails() {
+        let mut v = Verifier::new(vec![ledger("a", &[Fate::Acked, Fate::Acked, Fate::Acked])]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19)]);
+        v.record(&header("a", 7, 3), &[(0, 30, 39)]);
+        let out = v.finish();
+        assert_eq!(out.lost, 1);
+        assert_eq!(out.lost_examples, vec!["a 7 2".to_string()]);
+        assert!(!out.passed());
+    }
+
+    #[test]
+    fn repeats_backwards_samples_and_strangers_are_counted() {
+        let mut v = Verifier::new(vec![
+            ledger("a", &[Fate::Acked, Fate::Acked, Fate::Pending]),
+            ledger("b", &[Fate::Rejected, Fate::Pending]),
+        ]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19), (1, 10, 19)]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19)]);
+        // Seq 3 committed before seq 2 with earlier samples: out of order.
+        v.record(&header("a", 7, 3), &[(1, 30, 39)]);
+        v.record(&header("a", 7, 2), &[(1, 20, 29)]);
+        // A record of another run's epoch, and of someone not in this run.
+        v.record(&header("b", 8, 1), &[]);
+        v.record(&header("z", 7, 1), &[]);
+        let out = v.finish();
+        assert_eq!(out.duplicates, 1);
+        assert_eq!(out.out_of_order, 1);
+        assert_eq!(out.unknown, 1);
+        assert_eq!(out.records, 5);
+        assert_eq!(out.lost, 0);
+        assert_eq!(out.committed_unacked, 1, "a seq 3 was committed, not acked");
+        assert_eq!(out.unsettled, 1, "b seq 2 never left");
+        assert_eq!(out.rejected, 1);
+        assert_eq!((out.generated, out.acked), (5, 2));
+        assert!(!out.passed());
+    }
+
+    #[test]
+    fn a_clean_run_passes() {
+        let mut v = Verifier::new(vec![ledger("a", &[Fate::Acked, Fate::Acked])]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19)]);
+        v.record(&header("a", 7, 2), &[(0, 20, 29)]);
+        let out = v.finish();
+        assert!(out.passed(), "{out:?}");
+        assert_eq!(out.records, 2);
+    }
+}
