@@ -1,5 +1,5 @@
 //! One simulated agent of the fleet: a real QUIC client with its own certificate
-//! and the real agent session (`AgentSession`), whose three-phase feed is cut
+//! and the real agent session (`AgentSession`), whose three-phase meter feed is cut
 //! into a batch every batching window, as `ferrule-agent` does.
 //!
 //! What it keeps of a real agent: every batch stays held until the aggregator
@@ -21,7 +21,7 @@ use ferrule_transport::session_now as now;
 use ferrule_transport::{
     client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
 };
-use ferrule_wire::example::{FeedOptions, ThreePhaseFeed, SENSORS, UNITS};
+use ferrule_wire::example::{SENSORS, UNITS};
 use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession};
 use ferrule_wire::*;
 use hdrhistogram::Histogram;
@@ -136,6 +136,78 @@ pub(crate) struct SimSpec {
     pub(crate) max_held: usize,
 }
 
+/// A three-phase meter's rms readings, the fleet's feed: 230 V and 100 A with
+/// noise at the meter's resolution, 50 Hz wandering slowly, and a sag to 70 %
+/// for 100 ms every `sag_every_secs`. (The example feed's instantaneous
+/// waveform needs 1 kHz per sensor; a fleet agent's few hundred samples a
+/// second over seven sensors would alias it, and the waveform rules would
+/// fire all the time.)
+pub struct MeterFeed {
+    rng: u64,
+    tick: u64,
+    start_ns: i64,
+    period_ns: i64,
+    rate_hz: f64,
+    sag_every_secs: u32,
+}
+
+impl MeterFeed {
+    /// A feed starting at `start_ns`, `rate_hz` readings a second per sensor.
+    pub fn new(seed: u64, start_ns: i64, rate_hz: u32, sag_every_secs: u32) -> Self {
+        let rate_hz = rate_hz.max(1);
+        Self {
+            rng: seed,
+            tick: 0,
+            start_ns,
+            period_ns: 1_000_000_000 / i64::from(rate_hz),
+            rate_hz: f64::from(rate_hz),
+            sag_every_secs,
+        }
+    }
+
+    /// A uniform value in [-1, 1) (SplitMix64).
+    fn noise(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+
+    /// The next `samples` readings (whole ticks of seven, the last cut short).
+    pub fn next_batch(&mut self, samples: usize) -> Vec<Series> {
+        let ticks = samples.div_ceil(SENSORS.len());
+        let mut out: Vec<Series> = (0..SENSORS.len() as u32)
+            .map(|i| Series::with_capacity(SensorId(i), ticks))
+            .collect();
+        let mut left = samples;
+        while left > 0 {
+            let ts = self.start_ns + self.tick as i64 * self.period_ns;
+            let t = self.tick as f64 / self.rate_hz;
+            let sag =
+                self.sag_every_secs > 0 && t >= 1.0 && t % f64::from(self.sag_every_secs) < 0.1;
+            let v = if sag { 161.0 } else { 230.0 };
+            let mut values = [0.0; 7];
+            for p in 0..3 {
+                values[p] = ((v + self.noise() * 0.8) * 10.0).round() / 10.0;
+                values[3 + p] = ((100.0 + self.noise() * 2.0) * 100.0).round() / 100.0;
+            }
+            values[6] =
+                ((50.0 + 0.02 * (t * 0.1).sin() + self.noise() * 0.003) * 1000.0).round() / 1000.0;
+            for (series, value) in out.iter_mut().zip(values) {
+                if left == 0 {
+                    break;
+                }
+                series.push(ts, value, Quality::Good);
+                left -= 1;
+            }
+            self.tick += 1;
+        }
+        out
+    }
+}
+
 /// A batch held until its ack.
 struct Held {
     frame: Vec<u8>,
@@ -147,7 +219,7 @@ struct Held {
 /// The agent's batches: generated, held, settled.
 struct Book {
     epoch: Epoch,
-    feed: ThreePhaseFeed,
+    feed: MeterFeed,
     per_window: usize,
     next_seq: u64,
     due: tokio::time::Instant,
@@ -271,16 +343,7 @@ pub(crate) async fn run_agent(
     let per_window = ((spec.rate as f64 * spec.window.as_secs_f64()).round() as usize).max(1);
     let mut book = Book {
         epoch: Epoch(start_ns.unsigned_abs() ^ spec.seed),
-        feed: ThreePhaseFeed::new(
-            spec.seed,
-            start_ns,
-            FeedOptions {
-                rate_hz: per_sensor_hz,
-                jitter_ns: 0,
-                full_precision: false,
-                sag_every_secs: spec.sag_every_secs,
-            },
-        ),
+        feed: MeterFeed::new(spec.seed, start_ns, per_sensor_hz, spec.sag_every_secs),
         per_window,
         next_seq: 1,
         due: spec.first_due,
@@ -462,5 +525,27 @@ async fn send_loop(
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_meter_feed_sags_once_per_period_and_is_otherwise_nominal() {
+        // 100 Hz per sensor for 3 s, a sag every 2 s: one sag, at t = 2 s.
+        let mut feed = MeterFeed::new(1, 0, 100, 2);
+        let series = feed.next_batch(7 * 300);
+        let va: Vec<(i64, f64, Quality)> = series[0].iter().collect();
+        assert_eq!(va.len(), 300);
+        let low: Vec<i64> = va.iter().filter(|s| s.1 < 207.0).map(|s| s.0).collect();
+        assert_eq!(low.len(), 10, "100 ms of sag at 100 Hz");
+        assert_eq!(low[0], 2_000_000_000);
+        assert!(va.iter().all(|s| s.1 > 150.0 && s.1 < 232.0));
+        let f: Vec<f64> = series[6].iter().map(|s| s.1).collect();
+        assert!(f.iter().all(|v| (49.9..50.1).contains(v)));
+        // Timestamps go forward, tick by tick.
+        assert!(va.windows(2).all(|w| w[1].0 - w[0].0 == 10_000_000));
     }
 }
