@@ -105,3 +105,34 @@ async fn a_fleet_survives_the_aggregator_killed_and_restarted() {
     let md = std::fs::read_to_string(dir.path().join("report/summary.md")).unwrap();
     assert!(md.contains("| fault | aggregator-kill"), "{md}");
 }
+
+/// SIGTERM the aggregator under the fleet: it says GoAway, the agents settle
+/// what is in flight and move, the aggregator exits promptly, and the
+/// restarted one takes the fleet back without losing or repeating anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_drains_and_moves_when_the_aggregator_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        agents: 16,
+        rate_per_agent: 1000,
+        window_ms: 50,
+        secs: 9,
+        warmup_secs: 1,
+        sag_every_secs: 0,
+        no_rules: true,
+        data_dir: dir.path().to_path_buf(),
+        out: dir.path().join("report"),
+        progress: true,
+        fault: Fault::AggregatorRestart,
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    let v = &r.verdict;
+    assert!(v.passed(), "{}", r.markdown());
+    assert_eq!(v.acked, v.generated, "{}", r.markdown());
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert_eq!(f.kind, "aggregator-restart");
+    // The drain ends when the agents have moved, not at a timeout.
+    assert!(f.down_secs < 4.0, "{}", r.markdown());
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+    assert!(r.sessions.moved >= 16, "{}", r.markdown());
+}

@@ -357,6 +357,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     let sessions = Sessions {
         refused: shared.refused.load(Ordering::Relaxed),
         lost: shared.lost_sessions.load(Ordering::Relaxed),
+        moved: shared.moved.load(Ordering::Relaxed),
         first_error: shared
             .first_error
             .lock()

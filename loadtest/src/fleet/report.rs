@@ -133,6 +133,8 @@ pub struct Sessions {
     pub refused: u64,
     /// Sessions that failed after Welcome (each resumed).
     pub lost: u64,
+    /// Sessions the aggregator ended with GoAway (drained, then moved).
+    pub moved: u64,
     /// The first failure's message.
     pub first_error: Option<String>,
     /// Most batches the fleet held unacknowledged at once.
@@ -323,8 +325,8 @@ impl FleetReport {
         let ss = &self.sessions;
         let _ = writeln!(
             s,
-            "| sessions | refused {}, lost {}, backlog peak {} batches, not generated {} |",
-            ss.refused, ss.lost, ss.backlog_peak_batches, ss.not_generated
+            "| sessions | refused {}, lost {}, moved on GoAway {}, backlog peak {} batches, not generated {} |",
+            ss.refused, ss.lost, ss.moved, ss.backlog_peak_batches, ss.not_generated
         );
         if let Some(f) = &self.fault {
             let _ = writeln!(

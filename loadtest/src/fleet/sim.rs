@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) refused: AtomicU64,
     /// Sessions that failed after Welcome.
     pub(crate) lost_sessions: AtomicU64,
+    /// Sessions ended by the aggregator's GoAway, drained and moved.
+    pub(crate) moved: AtomicU64,
     /// Batches not generated because an agent already held its cap.
     pub(crate) not_generated: AtomicU64,
     pub(crate) first_error: Mutex<Option<String>>,
@@ -100,6 +102,7 @@ impl Shared {
             backlog_peak: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             lost_sessions: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
             not_generated: AtomicU64::new(0),
             first_error: Mutex::new(None),
         }
@@ -359,7 +362,14 @@ pub(crate) async fn run_agent(
     tokio::time::sleep_until(spec.first_due).await;
     while !shared.stop.load(Ordering::Relaxed) && !book.done(&shared) {
         match session(&ep, &spec, &mut book, &shared, &mut backoff).await {
-            Ok(()) => {}
+            Ok(Ended::Moved) => {
+                // As the agent does: straight to the next connection (one
+                // endpoint here, so the same aggregator, which may be gone:
+                // then the backoff applies).
+                shared.moved.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Ok(Ended::Done) => {}
             Err(End::Refused(e)) => shared.fail(&shared.refused, &e),
             Err(End::Lost(e)) => shared.fail(&shared.lost_sessions, &e),
         }
@@ -391,6 +401,14 @@ pub(crate) async fn run_agent(
         epoch: book.epoch,
         fates: book.fates,
     })
+}
+
+/// How a session ended well.
+enum Ended {
+    /// The run is over (stopped, or nothing left to send).
+    Done,
+    /// The aggregator said GoAway; everything in flight was settled first.
+    Moved,
 }
 
 enum End {
@@ -437,7 +455,7 @@ async fn session(
     book: &mut Book,
     shared: &Shared,
     backoff: &mut Backoff,
-) -> Result<(), End> {
+) -> Result<Ended, End> {
     let (conn, mut s, mut ctl, mut ctl_rx) =
         establish(ep, spec, book).await.map_err(End::Refused)?;
     backoff.reset();
@@ -445,9 +463,9 @@ async fn session(
     let r = send_loop(&conn, spec, book, shared, (&mut s, &mut ctl, &mut ctl_rx)).await;
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     match r {
-        Ok(()) => {
+        Ok(ended) => {
             conn.close(0u32.into(), b"done");
-            Ok(())
+            Ok(ended)
         }
         Err(e) => {
             conn.close(1u32.into(), b"client error");
@@ -462,7 +480,7 @@ async fn send_loop(
     book: &mut Book,
     shared: &Shared,
     (s, ctl, ctl_rx): (&mut AgentSession, &mut FrameSender, &mut FrameReceiver),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let mut lane = FrameSender::new(conn.open_uni().await?, Limits::default());
     for (i, (name, unit)) in SENSORS.iter().zip(UNITS).enumerate() {
         s.define(Define {
@@ -474,12 +492,17 @@ async fn send_loop(
     }
     // Everything held goes again on a new session, oldest first.
     let mut to_send: VecDeque<u64> = book.held.keys().copied().collect();
+    // GoAway: send nothing new, settle what is in flight, then move.
+    let mut draining = false;
     loop {
         if shared.stop.load(Ordering::Relaxed) || book.done(shared) {
-            return Ok(());
+            return Ok(Ended::Done);
+        }
+        if draining && s.in_flight().next().is_none() {
+            return Ok(Ended::Moved);
         }
         book.generate_due(spec, shared, &mut to_send)?;
-        while let Some(&q) = to_send.front() {
+        while let Some(&q) = to_send.front().filter(|_| !draining) {
             let Some(h) = book.held.get(&q) else {
                 // Settled meanwhile (acked from an earlier session).
                 to_send.pop_front();
@@ -522,6 +545,7 @@ async fn send_loop(
                 AgentEvent::Rejected { epoch, seqs, .. } if epoch == book.epoch => {
                     book.settle(&seqs, Fate::Rejected, shared)
                 }
+                AgentEvent::GoAway(_) => draining = true,
                 _ => {}
             }
         }
