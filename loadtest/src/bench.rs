@@ -431,58 +431,76 @@ async fn send_until_stopped(
     Ok(())
 }
 
-/// A single Kafka broker for the benchmark, stopped on drop.
-struct Broker {
+/// A single Kafka broker for the benchmarks (`scripts/kafka.sh`, run from the
+/// repository root), stopped on drop.
+pub(crate) struct Broker {
     dir: std::path::PathBuf,
+    /// Its bootstrap address.
+    pub(crate) bootstrap: String,
+}
+
+/// `scripts/NAME` from the repository root, or from a crate directory in it
+/// (where `cargo test` runs).
+pub(crate) fn repo_script(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    for base in [".", ".."] {
+        let p = std::path::Path::new(base).join("scripts").join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("scripts/{name} not found: run the benchmark from the repository root")
 }
 
 fn kafka_script() -> anyhow::Result<std::path::PathBuf> {
-    let p = std::path::PathBuf::from("scripts/kafka.sh");
-    if p.is_file() {
-        return Ok(p);
+    repo_script("kafka.sh")
+}
+
+/// Runs `scripts/kafka.sh ARGS`, its output passed through.
+pub(crate) fn kafka_sh(args: &[&str]) -> anyhow::Result<()> {
+    let st = std::process::Command::new("bash")
+        .arg(kafka_script()?)
+        .args(args)
+        .status()?;
+    if !st.success() {
+        bail!("scripts/kafka.sh {} failed", args.join(" "));
     }
-    bail!("scripts/kafka.sh not found: run the benchmark from the repository root")
+    Ok(())
 }
 
 impl Broker {
-    fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
-        let script = kafka_script()?;
-        let run = |args: &[&str]| -> anyhow::Result<()> {
-            let st = std::process::Command::new("bash")
-                .arg(&script)
-                .args(args)
-                .status()?;
-            if !st.success() {
-                bail!("scripts/kafka.sh {} failed", args.join(" "));
-            }
-            Ok(())
-        };
-        run(&["fetch"])?;
+    /// Starts one broker on `port` with `topic` (`partitions`, replication 1).
+    pub(crate) fn start(
+        dir: &Path,
+        port: u16,
+        topic: &str,
+        partitions: u32,
+    ) -> anyhow::Result<Self> {
+        kafka_sh(&["fetch"])?;
         let d = dir.display().to_string();
-        run(&["start-single", &d, &port.to_string()])?;
+        kafka_sh(&["start-single", &d, &port.to_string()])?;
         let broker = Broker {
             dir: dir.to_path_buf(),
+            bootstrap: format!("127.0.0.1:{port}"),
         };
-        run(&[
+        kafka_sh(&[
             "create-topic",
-            &format!("127.0.0.1:{port}"),
-            "ferrule.bench",
-            "4",
+            &broker.bootstrap,
+            topic,
+            &partitions.to_string(),
             "1",
         ])?;
         Ok(broker)
+    }
+
+    /// The broker's directory (for `kafka.sh kill` and `restart`).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Ok(script) = kafka_script() {
-            let _ = std::process::Command::new("bash")
-                .arg(script)
-                .arg("stop")
-                .arg(&self.dir)
-                .status();
-        }
+        let _ = kafka_sh(&["stop", &self.dir.display().to_string()]);
     }
 }
 
@@ -518,7 +536,7 @@ async fn run(dir: &Path, opts: &Options) -> anyhow::Result<Report> {
     }
     let _broker = match opts.kafka_port {
         Some(port) => {
-            let broker = Broker::start(&dir.join("kafka"), port)?;
+            let broker = Broker::start(&dir.join("kafka"), port, "ferrule.bench", 4)?;
             extra.push_str(&format!(
                 "[kafka]\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"ferrule.bench\"\n"
             ));

@@ -143,6 +143,12 @@ enum Scenario {
         /// (SIGTERM, restart).
         #[arg(long, default_value = "none")]
         fault: ferrule_loadtest::fleet::Fault,
+        /// Commit to a Kafka broker the run starts on this port (e.g. 39092;
+        /// scripts/kafka.sh, run from the repository root) instead of the
+        /// embedded log; the verifier reads the topic back. With it,
+        /// `--fault kafka-restart` kills and restarts the broker.
+        #[arg(long)]
+        kafka_port: Option<u16>,
     },
     /// One real agent reading Modbus (pymodbus) and MQTT (Mosquitto) sensors and
     /// forwarding to an aggregator: print its CPU and RSS. Build the release
@@ -189,6 +195,7 @@ fn main() -> Result<()> {
             data_dir,
             out,
             fault,
+            kafka_port,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let opts = ferrule_loadtest::fleet::Options {
@@ -203,6 +210,7 @@ fn main() -> Result<()> {
                 out: out.clone(),
                 progress: true,
                 fault,
+                kafka_port,
             };
             let r = rt.block_on(ferrule_loadtest::fleet::run(&opts))?;
             print!("{}", r.markdown());

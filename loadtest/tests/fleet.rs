@@ -24,6 +24,7 @@ async fn a_small_fleet_is_acknowledged_verified_and_reported() {
         out: out.clone(),
         progress: true,
         fault: Fault::None,
+        kafka_port: None,
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -82,6 +83,7 @@ async fn a_fleet_survives_the_aggregator_killed_and_restarted() {
         out: dir.path().join("report"),
         progress: true,
         fault: Fault::AggregatorKill,
+        kafka_port: None,
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -124,6 +126,7 @@ async fn a_fleet_drains_and_moves_when_the_aggregator_is_stopped() {
         out: dir.path().join("report"),
         progress: true,
         fault: Fault::AggregatorRestart,
+        kafka_port: None,
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -135,4 +138,46 @@ async fn a_fleet_drains_and_moves_when_the_aggregator_is_stopped() {
     assert!(f.down_secs < 4.0, "{}", r.markdown());
     assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
     assert!(r.sessions.moved >= 16, "{}", r.markdown());
+}
+
+/// The fleet through Kafka, the broker SIGKILLed and restarted under it: the
+/// aggregator stops acknowledging while the broker is away (the agents hold
+/// their batches), then everything arrives; an independent consumer
+/// (`scripts/kafka/consume.py`) reads the topic back and finds every
+/// acknowledged batch once, in order per agent. Needs Java and the Kafka jars
+/// (`scripts/kafka.sh fetch`) and python3 with confluent-kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn a_fleet_through_kafka_loses_nothing_when_the_broker_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = ferrule_loadtest::procs::free_port_block(&[0, 100]).unwrap();
+    let opts = Options {
+        agents: 8,
+        rate_per_agent: 1000,
+        window_ms: 50,
+        secs: 30,
+        warmup_secs: 2,
+        sag_every_secs: 0,
+        no_rules: true,
+        data_dir: dir.path().to_path_buf(),
+        out: dir.path().join("report"),
+        progress: true,
+        fault: Fault::KafkaRestart,
+        kafka_port: Some(port),
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    let v = &r.verdict;
+    assert!(r.conditions.sink.starts_with("Kafka"), "{}", r.markdown());
+    assert!(v.passed(), "{}", r.markdown());
+    assert_eq!(v.acked, v.generated, "{}", r.markdown());
+    assert_eq!(v.records, v.generated, "{}", r.markdown());
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert_eq!(f.kind, "kafka-restart");
+    assert!(f.down_secs >= 1.0, "{f:?}");
+    // While the broker was away the agents held what they generated.
+    assert!(
+        r.sessions.backlog_peak_batches >= 8 * 10,
+        "{}",
+        r.markdown()
+    );
 }

@@ -48,6 +48,8 @@ pub enum Fault {
     AggregatorKill,
     /// SIGTERM the aggregator (its drain), restart it at once.
     AggregatorRestart,
+    /// SIGKILL the Kafka broker, restart it a second later (needs Kafka).
+    KafkaRestart,
 }
 
 impl std::str::FromStr for Fault {
@@ -57,7 +59,10 @@ impl std::str::FromStr for Fault {
             "none" => Self::None,
             "aggregator-kill" => Self::AggregatorKill,
             "aggregator-restart" => Self::AggregatorRestart,
-            _ => bail!("unknown fault {s:?}: none, aggregator-kill or aggregator-restart"),
+            "kafka-restart" => Self::KafkaRestart,
+            _ => bail!(
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart or kafka-restart"
+            ),
         })
     }
 }
@@ -68,9 +73,13 @@ impl Fault {
             Self::None => "none",
             Self::AggregatorKill => "aggregator-kill",
             Self::AggregatorRestart => "aggregator-restart",
+            Self::KafkaRestart => "kafka-restart",
         }
     }
 }
+
+/// The topic a fleet run commits to with Kafka.
+const KAFKA_TOPIC: &str = "ferrule.fleet";
 
 /// Settings of a fleet run.
 #[derive(Debug, Clone)]
@@ -99,6 +108,11 @@ pub struct Options {
     pub progress: bool,
     /// A fault to inject.
     pub fault: Fault,
+    /// Commit to a Kafka broker started on this port (`scripts/kafka.sh`;
+    /// topic `ferrule.fleet`, 4 partitions) instead of the embedded log; the
+    /// verifier then reads the topic back with an independent consumer
+    /// (`scripts/kafka/consume.py`, librdkafka through Python).
+    pub kafka_port: Option<u16>,
 }
 
 /// Runs the fleet and writes its reports into `opts.out`; the report says
@@ -106,6 +120,9 @@ pub struct Options {
 pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
     if opts.agents == 0 || opts.rate_per_agent == 0 || opts.window_ms == 0 || opts.secs == 0 {
         bail!("agents, rate, window and seconds must all be above zero");
+    }
+    if opts.fault == Fault::KafkaRestart && opts.kafka_port.is_none() {
+        bail!("--fault kafka-restart needs --kafka-port");
     }
     let dir = opts
         .data_dir
@@ -155,6 +172,18 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             rules.display().to_string()
         ));
     }
+    let broker = match opts.kafka_port {
+        Some(port) => {
+            let d = dir.join("kafka");
+            let b = tokio::task::spawn_blocking(move || {
+                crate::bench::Broker::start(&d, port, KAFKA_TOPIC, 4)
+            })
+            .await??;
+            extra.push_str(&procs::kafka_section(&b.bootstrap, KAFKA_TOPIC, ""));
+            Some(b)
+        }
+        None => None,
+    };
     let cfg = dir.join("aggregator.toml");
     std::fs::write(
         &cfg,
@@ -234,35 +263,47 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         if sec == fault_sec && opts.fault != Fault::None {
             backlog_before_fault = shared.backlog.load(Ordering::Relaxed);
             let at = t_start.elapsed().as_secs_f64();
-            let before = agg.cpu_secs().unwrap_or(0.0);
-            agg_cpu_carried += before - measured_cpu.0;
             let t_down = Instant::now();
             let kind = opts.fault;
-            let mut old = agg;
-            tokio::task::spawn_blocking(move || {
-                if kind == Fault::AggregatorKill {
-                    old.kill9();
-                } else {
-                    old.term(Duration::from_secs(30));
-                }
-            })
-            .await?;
-            if kind == Fault::AggregatorKill {
+            if kind == Fault::KafkaRestart {
+                let bdir = broker
+                    .as_ref()
+                    .map(|b| b.dir().display().to_string())
+                    .unwrap_or_default();
+                let b2 = bdir.clone();
+                tokio::task::spawn_blocking(move || crate::bench::kafka_sh(&["kill", &b2]))
+                    .await??;
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::task::spawn_blocking(move || crate::bench::kafka_sh(&["restart", &bdir]))
+                    .await??;
+            } else {
+                agg_cpu_carried += agg.cpu_secs().unwrap_or(0.0) - measured_cpu.0;
+                let mut old = agg;
+                tokio::task::spawn_blocking(move || {
+                    if kind == Fault::AggregatorKill {
+                        old.kill9();
+                    } else {
+                        old.term(Duration::from_secs(30));
+                    }
+                })
+                .await?;
+                if kind == Fault::AggregatorKill {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // Same configuration, same data: what it committed is still there.
+                agg = Proc::start(
+                    "aggregator",
+                    &procs::bin("ferrule-aggregator")?,
+                    &cfg,
+                    &dir.join("aggregator.log"),
+                )?;
+                measured_cpu.0 = 0.0;
             }
-            // Same configuration, same data: what it committed is still there.
-            agg = Proc::start(
-                "aggregator",
-                &procs::bin("ferrule-aggregator")?,
-                &cfg,
-                &dir.join("aggregator.log"),
-            )?;
-            measured_cpu.0 = 0.0;
             if opts.progress {
-                eprintln!("\nfleet: {} at {at:.1} s", opts.fault.name());
+                eprintln!("\nfleet: {} at {at:.1} s", kind.name());
             }
             fault = Some(report::FaultReport {
-                kind: opts.fault.name().into(),
+                kind: kind.name().into(),
                 at_secs: at,
                 down_secs: t_down.elapsed().as_secs_f64(),
                 recovered_after_secs: None,
@@ -342,8 +383,13 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     }
 
     // Read the sink back.
-    let verdict =
-        tokio::task::spawn_blocking(move || read_back(&data.join("log"), ledgers)).await??;
+    let bootstrap = broker.as_ref().map(|b| b.bootstrap.clone());
+    let verdict = tokio::task::spawn_blocking(move || match bootstrap {
+        Some(b) => read_back_kafka(&b, ledgers),
+        None => read_back(&data.join("log"), ledgers),
+    })
+    .await??;
+    drop(broker);
 
     let r = shared.recorder();
     let events = r.events as f64;
@@ -378,7 +424,11 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             warmup_secs: opts.warmup_secs,
             rules: !opts.no_rules,
             sag_every_secs: opts.sag_every_secs,
-            sink: "embedded log (group-commit fsync)".into(),
+            sink: if opts.kafka_port.is_some() {
+                format!("Kafka (1 broker on this machine, topic {KAFKA_TOPIC} with 4 partitions, acks=all)")
+            } else {
+                "embedded log (group-commit fsync)".into()
+            },
             file_system,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             started_unix: std::time::SystemTime::now()
@@ -439,6 +489,72 @@ fn take_tick(shared: &Shared, t_secs: f64, measured: bool) -> Tick {
     }
 }
 
+/// The record's series as (sensor, first sample time, last sample time).
+fn spans(rec: &ferrule_wire::record::BatchRecord, out: &mut Vec<(u32, i64, i64)>) {
+    out.clear();
+    for s in &rec.series {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for (t, _, _) in s.iter() {
+            lo = lo.min(t);
+            hi = hi.max(t);
+        }
+        if lo <= hi {
+            out.push((s.sensor().0, lo, hi));
+        }
+    }
+}
+
+/// Every record of the Kafka topic, read by an independent consumer
+/// (`scripts/kafka/consume.py`: librdkafka through Python, from the start of
+/// every partition to the end it had), through the verifier.
+fn read_back_kafka(
+    bootstrap: &str,
+    ledgers: Vec<verify::AgentLedger>,
+) -> anyhow::Result<verify::Verdict> {
+    use std::io::BufRead as _;
+    let script = crate::bench::repo_script("kafka/consume.py")?;
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            bootstrap,
+            KAFKA_TOPIC,
+            "--to-end",
+            "--values",
+            "--timeout",
+            "900",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running python3 {}", script.display()))?;
+    let stdout = child.stdout.take().context("the consumer's stdout")?;
+    let mut v = Verifier::new(ledgers);
+    let mut sp = Vec::new();
+    let mut bytes = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        let j: serde_json::Value = serde_json::from_str(&line).context("a line of consume.py")?;
+        let hex = j["value"].as_str().context("a record without a value")?;
+        bytes.clear();
+        for pair in hex.as_bytes().chunks(2) {
+            let s = std::str::from_utf8(pair)?;
+            bytes.push(u8::from_str_radix(s, 16).context("a value that is not hex")?);
+        }
+        let rec = ferrule_wire::record::decode_record(&bytes, 1 << 24).with_context(|| {
+            format!(
+                "record at partition {} offset {} does not decode",
+                j["partition"], j["offset"]
+            )
+        })?;
+        spans(&rec, &mut sp);
+        v.record(&rec.header, &sp);
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("scripts/kafka/consume.py failed ({st})");
+    }
+    Ok(v.finish())
+}
+
 /// Every record of the embedded log in `log_dir`, through the verifier.
 fn read_back(log_dir: &Path, ledgers: Vec<verify::AgentLedger>) -> anyhow::Result<verify::Verdict> {
     use ferrule_disklog::{LogReader, Offset};
@@ -456,17 +572,7 @@ fn read_back(log_dir: &Path, ledgers: Vec<verify::AgentLedger>) -> anyhow::Resul
         for r in recs {
             let rec = ferrule_wire::record::decode_record(&r.payload, 1 << 24)
                 .with_context(|| format!("record {} does not decode", r.offset.0))?;
-            spans.clear();
-            for s in &rec.series {
-                let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-                for (t, _, _) in s.iter() {
-                    lo = lo.min(t);
-                    hi = hi.max(t);
-                }
-                if lo <= hi {
-                    spans.push((s.sensor().0, lo, hi));
-                }
-            }
+            self::spans(&rec, &mut spans);
             v.record(&rec.header, &spans);
         }
     }
