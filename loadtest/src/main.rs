@@ -215,14 +215,7 @@ fn main() -> Result<()> {
             let r = rt.block_on(ferrule_loadtest::fleet::run(&opts))?;
             print!("{}", r.markdown());
             println!("Reports in {}", out.display());
-            ensure!(
-                r.verdict.passed(),
-                "the verifier failed: {} lost, {} duplicates, {} out of order, {} unknown",
-                r.verdict.lost,
-                r.verdict.duplicates,
-                r.verdict.out_of_order,
-                r.verdict.unknown
-            );
+            ensure!(r.passed(), "the run failed: {}", r.problems.join("; "));
             Ok(())
         }
         Scenario::Transport {

@@ -28,7 +28,7 @@ async fn a_small_fleet_is_acknowledged_verified_and_reported() {
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
-    assert!(v.passed(), "{}", r.markdown());
+    assert!(r.passed(), "{}", r.markdown());
     // Every batch generated was acknowledged (the run drains before stopping)
     // and read back from the log exactly once.
     assert!(v.generated >= 24 * 20 * 4, "{v:?}");
@@ -87,7 +87,7 @@ async fn a_fleet_survives_the_aggregator_killed_and_restarted() {
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
-    assert!(v.passed(), "{}", r.markdown());
+    assert!(r.passed(), "{}", r.markdown());
     assert_eq!(v.acked, v.generated, "{}", r.markdown());
     let f = r.fault.as_ref().expect("the fault ran");
     assert_eq!(f.kind, "aggregator-kill");
@@ -130,7 +130,7 @@ async fn a_fleet_drains_and_moves_when_the_aggregator_is_stopped() {
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
-    assert!(v.passed(), "{}", r.markdown());
+    assert!(r.passed(), "{}", r.markdown());
     assert_eq!(v.acked, v.generated, "{}", r.markdown());
     let f = r.fault.as_ref().expect("the fault ran");
     assert_eq!(f.kind, "aggregator-restart");
@@ -168,7 +168,7 @@ async fn a_fleet_through_kafka_loses_nothing_when_the_broker_restarts() {
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
     assert!(r.conditions.sink.starts_with("Kafka"), "{}", r.markdown());
-    assert!(v.passed(), "{}", r.markdown());
+    assert!(r.passed(), "{}", r.markdown());
     assert_eq!(v.acked, v.generated, "{}", r.markdown());
     assert_eq!(v.records, v.generated, "{}", r.markdown());
     let f = r.fault.as_ref().expect("the fault ran");

@@ -147,6 +147,24 @@ fn file_system(dir: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The last lines of a log, for an error message (the run's directory is
+/// removed afterwards).
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Sets `stop` when dropped, so simulated agents end with the run however
+/// it ends.
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     let t_start = Instant::now();
     let pki = DevPki::ensure(&dir.join("pki"))?;
@@ -202,12 +220,15 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     })
     .await?;
     if up.is_none() || !agg.is_running() {
-        let log = std::fs::read_to_string(dir.join("aggregator.log")).unwrap_or_default();
-        bail!("the aggregator did not come up; its log:\n{log}");
+        bail!(
+            "the aggregator did not come up; the end of its log:\n{}",
+            log_tail(&dir.join("aggregator.log"))
+        );
     }
     let file_system = file_system(&data);
 
     let shared = Arc::new(Shared::new());
+    let _stop_agents = StopOnDrop(shared.clone());
     let window = Duration::from_millis(opts.window_ms);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let mut tasks = Vec::with_capacity(opts.agents);
@@ -244,6 +265,8 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     let mut measure_t0 = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut tick_at = tokio::time::Instant::now();
+    let mut last_tick = Instant::now();
+    let mut established_at_fault = 0u64;
     for sec in 0..total {
         if sec == opts.warmup_secs {
             measured_cpu = (
@@ -252,16 +275,11 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                 0.0,
             );
             measure_t0 = Instant::now();
-            // Clear what the warm-up recorded.
-            let mut r = shared.recorder();
-            r.total.reset();
-            r.events = 0;
-            r.batches = 0;
-            drop(r);
-            shared.measuring.store(true, Ordering::Relaxed);
+            let _ = shared.measure_from.set(tokio::time::Instant::now());
         }
         if sec == fault_sec && opts.fault != Fault::None {
             backlog_before_fault = shared.backlog.load(Ordering::Relaxed);
+            established_at_fault = shared.established.load(Ordering::Relaxed);
             let at = t_start.elapsed().as_secs_f64();
             let t_down = Instant::now();
             let kind = opts.fault;
@@ -298,6 +316,13 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                     &dir.join("aggregator.log"),
                 )?;
                 measured_cpu.0 = 0.0;
+                // Away until it answers again.
+                tokio::task::spawn_blocking(move || {
+                    procs::wait_for(Duration::from_secs(30), || {
+                        procs::http_get(metrics, "/healthz").ok()
+                    })
+                })
+                .await?;
             }
             if opts.progress {
                 eprintln!("\nfleet: {} at {at:.1} s", kind.name());
@@ -312,14 +337,23 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         }
         tick_at += Duration::from_secs(1);
         tokio::time::sleep_until(tick_at).await;
+        // A tick after a fault spans the outage too: a rate over its length.
+        let interval = last_tick.elapsed().as_secs_f64();
+        last_tick = Instant::now();
         let tick = take_tick(
             &shared,
             t_start.elapsed().as_secs_f64(),
+            interval,
             sec >= opts.warmup_secs,
         );
         if let Some(f) = fault.as_mut().filter(|f| f.recovered_after_secs.is_none()) {
-            // Recovered: every agent back, the backlog the fault built drained.
-            if tick.connected == opts.agents as u64
+            // Recovered: every agent back on a new session (when the fault
+            // cut them), the backlog the fault built drained.
+            let reconnected = opts.fault == Fault::KafkaRestart
+                || shared.established.load(Ordering::Relaxed) - established_at_fault
+                    >= opts.agents as u64;
+            if reconnected
+                && tick.connected == opts.agents as u64
                 && tick.backlog_batches <= backlog_before_fault + opts.agents as u64
             {
                 f.recovered_after_secs = Some(tick.t_secs - f.at_secs);
@@ -347,15 +381,15 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         timeline.push(tick);
         if !agg.is_running() {
             bail!(
-                "the aggregator exited during the run: see {}",
-                dir.join("aggregator.log").display()
+                "the aggregator exited during the run; the end of its log:\n{}",
+                log_tail(&dir.join("aggregator.log"))
             );
         }
     }
     if opts.progress && tty {
         eprintln!();
     }
-    shared.measuring.store(false, Ordering::Relaxed);
+    let _ = shared.measure_until.set(tokio::time::Instant::now());
     let elapsed = measure_t0.elapsed().as_secs_f64();
     let agg_cpu = agg_cpu_carried + agg.cpu_secs().unwrap_or(0.0) - measured_cpu.0;
     let gen_cpu = procs::cpu_secs(std::process::id()).unwrap_or(0.0) - measured_cpu.1;
@@ -370,16 +404,29 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     shared.stop.store(true, Ordering::Relaxed);
+    // An agent stuck in a send the aggregator never reads would hang the run.
     let mut ledgers = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        ledgers.push(t.await.context("a simulated agent panicked")??);
+    let join_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for mut t in tasks {
+        match tokio::time::timeout_at(join_deadline, &mut t).await {
+            Ok(joined) => ledgers.push(joined.context("a simulated agent panicked")??),
+            Err(_) => {
+                t.abort();
+                bail!("a simulated agent did not stop within 30 s (stuck in a send?)");
+            }
+        }
     }
     let exposition = tokio::task::spawn_blocking(move || procs::http_get(metrics, "/metrics"))
         .await?
         .unwrap_or_default();
-    let stopped = tokio::task::spawn_blocking(move || agg.term(Duration::from_secs(30))).await?;
-    if !stopped {
-        eprintln!("fleet: the aggregator did not stop cleanly within 30 s (killed)");
+    let mut problems = Vec::new();
+    if !agg.is_running() {
+        problems.push(format!(
+            "the aggregator exited before the end; its log ends:\n{}",
+            log_tail(&dir.join("aggregator.log"))
+        ));
+    } else if !tokio::task::spawn_blocking(move || agg.term(Duration::from_secs(30))).await? {
+        problems.push("the aggregator did not stop cleanly within 30 s of SIGTERM (killed)".into());
     }
 
     // Read the sink back.
@@ -461,6 +508,17 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             cpu_secs_per_million: per_million(gen_cpu),
             rss_mib: gen_rss,
         },
+        problems: {
+            let mut p = verdict.failures();
+            if sessions.not_generated > 0 {
+                p.push(format!(
+                    "the generator skipped {} batches (agents held a minute of batches): the latency figures understate",
+                    sessions.not_generated
+                ));
+            }
+            p.extend(problems);
+            p
+        },
         sessions,
         fault,
         verdict,
@@ -470,7 +528,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
 }
 
 /// The second just ended: its rate and latencies, then a fresh tick.
-fn take_tick(shared: &Shared, t_secs: f64, measured: bool) -> Tick {
+fn take_tick(shared: &Shared, t_secs: f64, interval_secs: f64, measured: bool) -> Tick {
     let mut r = shared.recorder();
     let p = Percentiles::of(&r.tick);
     let events = r.tick_events;
@@ -480,7 +538,7 @@ fn take_tick(shared: &Shared, t_secs: f64, measured: bool) -> Tick {
     Tick {
         t_secs,
         measured,
-        events_per_sec: events as f64,
+        events_per_sec: events as f64 / interval_secs.max(1e-3),
         ack_p50_ms: p.p50,
         ack_p99_ms: p.p99,
         ack_max_ms: p.max,
@@ -490,9 +548,12 @@ fn take_tick(shared: &Shared, t_secs: f64, measured: bool) -> Tick {
 }
 
 /// The record's series as (sensor, first sample time, last sample time).
-fn spans(rec: &ferrule_wire::record::BatchRecord, out: &mut Vec<(u32, i64, i64)>) {
+/// Returns the samples it holds.
+fn spans(rec: &ferrule_wire::record::BatchRecord, out: &mut Vec<(u32, i64, i64)>) -> u64 {
     out.clear();
+    let mut n = 0u64;
     for s in &rec.series {
+        n += s.len() as u64;
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         for (t, _, _) in s.iter() {
             lo = lo.min(t);
@@ -502,6 +563,7 @@ fn spans(rec: &ferrule_wire::record::BatchRecord, out: &mut Vec<(u32, i64, i64)>
             out.push((s.sensor().0, lo, hi));
         }
     }
+    n
 }
 
 /// Every record of the Kafka topic, read by an independent consumer
@@ -511,22 +573,54 @@ fn read_back_kafka(
     bootstrap: &str,
     ledgers: Vec<verify::AgentLedger>,
 ) -> anyhow::Result<verify::Verdict> {
-    use std::io::BufRead as _;
     let script = crate::bench::repo_script("kafka/consume.py")?;
     let mut child = std::process::Command::new("python3")
         .arg(&script)
+        // Only the end of every partition ends the read: no idle cut-off.
         .args([
             bootstrap,
             KAFKA_TOPIC,
             "--to-end",
             "--values",
+            "--idle",
+            "900",
             "--timeout",
             "900",
         ])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("running python3 {}", script.display()))?;
     let stdout = child.stdout.take().context("the consumer's stdout")?;
+    let mut stderr = child.stderr.take().context("the consumer's stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let result = verify_lines(stdout, ledgers);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let st = child.wait()?;
+    let err = err_reader.join().unwrap_or_default();
+    let v = result?;
+    if !st.success() {
+        bail!("scripts/kafka/consume.py failed ({st}): {err}");
+    }
+    // It says why it stopped; anything but the end means records unread.
+    if !err.contains("(end)") {
+        bail!("scripts/kafka/consume.py stopped before the end of the topic: {err}");
+    }
+    Ok(v)
+}
+
+/// consume.py's JSON lines through the verifier.
+fn verify_lines(
+    stdout: std::process::ChildStdout,
+    ledgers: Vec<verify::AgentLedger>,
+) -> anyhow::Result<verify::Verdict> {
+    use std::io::BufRead as _;
     let mut v = Verifier::new(ledgers);
     let mut sp = Vec::new();
     let mut bytes = Vec::new();
@@ -545,12 +639,8 @@ fn read_back_kafka(
                 j["partition"], j["offset"]
             )
         })?;
-        spans(&rec, &mut sp);
-        v.record(&rec.header, &sp);
-    }
-    let st = child.wait()?;
-    if !st.success() {
-        bail!("scripts/kafka/consume.py failed ({st})");
+        let n = spans(&rec, &mut sp);
+        v.record(&rec.header, &sp, n);
     }
     Ok(v.finish())
 }
@@ -572,8 +662,8 @@ fn read_back(log_dir: &Path, ledgers: Vec<verify::AgentLedger>) -> anyhow::Resul
         for r in recs {
             let rec = ferrule_wire::record::decode_record(&r.payload, 1 << 24)
                 .with_context(|| format!("record {} does not decode", r.offset.0))?;
-            self::spans(&rec, &mut spans);
-            v.record(&rec.header, &spans);
+            let n = self::spans(&rec, &mut spans);
+            v.record(&rec.header, &spans, n);
         }
     }
     Ok(v.finish())
@@ -589,7 +679,7 @@ mod tests {
     fn the_meter_feed_fires_the_fleet_rules_once_per_sag() {
         let set = ferrule_rules::RuleSet::from_toml(super::RULES).expect("fleet rules.toml");
         // 5 s at 100 Hz per sensor, a sag every 2 s: at 2 s and 4 s.
-        let mut feed = super::sim::MeterFeed::new(3, 0, 100, 2);
+        let mut feed = super::sim::MeterFeed::new(3, 0, 100.0, 2);
         let mut input = String::new();
         for series in feed.next_batch(7 * 500) {
             let name = SENSORS[series.sensor().0 as usize];

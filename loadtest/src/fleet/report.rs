@@ -19,7 +19,8 @@ pub struct Conditions {
     pub offered_events_per_sec: u64,
     /// The agents' batching window, milliseconds.
     pub window_ms: u64,
-    /// Samples per batch.
+    /// Samples per batch (on average: batches are cut by time in whole ticks
+    /// of the seven sensors).
     pub batch_samples: u64,
     /// Measured seconds.
     pub secs: u64,
@@ -182,6 +183,9 @@ pub struct FleetReport {
     pub fault: Option<FaultReport>,
     /// What the sink holds against what was generated and acknowledged.
     pub verdict: Verdict,
+    /// Why the run fails (the verifier's reasons, and the harness's: the
+    /// aggregator died, the generator fell behind); empty if it passed.
+    pub problems: Vec<String>,
     /// Second by second.
     pub timeline: Vec<Tick>,
     /// (percentile, milliseconds) of the measured ack latency.
@@ -199,6 +203,12 @@ pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 }
 
 impl FleetReport {
+    /// The run passed: the verifier found nothing wrong and neither did the
+    /// harness.
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+
     /// Writes `report.json`, `summary.md`, `throughput.svg`, `latency.svg`
     /// and `latency-distribution.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
@@ -276,12 +286,13 @@ impl FleetReport {
         let _ = writeln!(s, "| figure | value |\n|---|---|");
         let _ = writeln!(
             s,
-            "| verdict | **{}**: lost {}, duplicates {}, out of order {}, unknown {} |",
-            if v.passed() { "PASS" } else { "FAIL" },
+            "| verdict | **{}**: lost {}, duplicates {}, out of order {}, unknown {}, wrong sample counts {} |",
+            if self.passed() { "PASS" } else { "FAIL" },
             v.lost,
             v.duplicates,
             v.out_of_order,
-            v.unknown
+            v.unknown,
+            v.wrong_samples
         );
         let _ = writeln!(
             s,
@@ -343,6 +354,9 @@ impl FleetReport {
         }
         if let Some(e) = &ss.first_error {
             let _ = writeln!(s, "\nFirst session error: `{e}`");
+        }
+        for p in &self.problems {
+            let _ = writeln!(s, "\nFAIL: {p}");
         }
         if !v.lost_examples.is_empty() {
             let _ = writeln!(s, "\nLost, for example: {}", v.lost_examples.join("; "));

@@ -46,15 +46,15 @@ pub(crate) fn latency_histogram() -> Histogram<u64> {
 
 /// Latencies and counts, shared by every agent and read by the run each second.
 pub(crate) struct Recorder {
-    /// Ack latency over the measured period, microseconds.
+    /// Ack latency of the batches due in the measured period, microseconds.
     pub(crate) total: Histogram<u64>,
     /// Ack latency since the last tick.
     pub(crate) tick: Histogram<u64>,
     /// Events acknowledged since the last tick (measured or not).
     pub(crate) tick_events: u64,
-    /// Events and batches acknowledged over the measured period.
+    /// Events acknowledged in the measured period.
     pub(crate) events: u64,
-    /// Batches acknowledged over the measured period.
+    /// Batches acknowledged in the measured period.
     pub(crate) batches: u64,
 }
 
@@ -64,11 +64,15 @@ pub(crate) struct Shared {
     pub(crate) generating: AtomicBool,
     /// Set to end every agent now, drained or not.
     pub(crate) stop: AtomicBool,
-    /// While true, acks count in the totals.
-    pub(crate) measuring: AtomicBool,
+    /// The measured period: batches due in it count in the totals.
+    pub(crate) measure_from: std::sync::OnceLock<tokio::time::Instant>,
+    /// Its end.
+    pub(crate) measure_until: std::sync::OnceLock<tokio::time::Instant>,
     pub(crate) rec: Mutex<Recorder>,
     /// Sessions up now.
     pub(crate) connected: AtomicU64,
+    /// Sessions established so far.
+    pub(crate) established: AtomicU64,
     /// Batches generated and not yet acknowledged, over all agents.
     pub(crate) backlog: AtomicU64,
     /// The most `backlog` has been.
@@ -89,7 +93,8 @@ impl Shared {
         Self {
             generating: AtomicBool::new(true),
             stop: AtomicBool::new(false),
-            measuring: AtomicBool::new(false),
+            measure_from: std::sync::OnceLock::new(),
+            measure_until: std::sync::OnceLock::new(),
             rec: Mutex::new(Recorder {
                 total: latency_histogram(),
                 tick: latency_histogram(),
@@ -98,6 +103,7 @@ impl Shared {
                 batches: 0,
             }),
             connected: AtomicU64::new(0),
+            established: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
             backlog_peak: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -106,6 +112,12 @@ impl Shared {
             not_generated: AtomicU64::new(0),
             first_error: Mutex::new(None),
         }
+    }
+
+    /// Whether a batch due at `due` counts in the totals.
+    fn measured(&self, due: tokio::time::Instant) -> bool {
+        self.measure_from.get().is_some_and(|f| due >= *f)
+            && self.measure_until.get().is_none_or(|u| due < *u)
     }
 
     pub(crate) fn recorder(&self) -> std::sync::MutexGuard<'_, Recorder> {
@@ -156,16 +168,26 @@ pub struct MeterFeed {
 
 impl MeterFeed {
     /// A feed starting at `start_ns`, `rate_hz` readings a second per sensor.
-    pub fn new(seed: u64, start_ns: i64, rate_hz: u32, sag_every_secs: u32) -> Self {
-        let rate_hz = rate_hz.max(1);
+    pub fn new(seed: u64, start_ns: i64, rate_hz: f64, sag_every_secs: u32) -> Self {
+        let rate_hz = rate_hz.max(0.001);
         Self {
             rng: seed,
             tick: 0,
             start_ns,
-            period_ns: 1_000_000_000 / i64::from(rate_hz),
-            rate_hz: f64::from(rate_hz),
+            period_ns: (1e9 / rate_hz) as i64,
+            rate_hz,
             sag_every_secs,
         }
+    }
+
+    /// Ticks (readings of all seven sensors) generated so far.
+    pub fn ticks(&self) -> u64 {
+        self.tick
+    }
+
+    /// Readings per second per sensor.
+    pub fn rate_hz(&self) -> f64 {
+        self.rate_hz
     }
 
     /// A uniform value in [-1, 1) (SplitMix64).
@@ -223,11 +245,14 @@ struct Held {
 struct Book {
     epoch: Epoch,
     feed: MeterFeed,
-    per_window: usize,
+    /// Windows generated (or skipped) so far: the feed's clock.
+    windows: u64,
     next_seq: u64,
     due: tokio::time::Instant,
     held: BTreeMap<u64, Held>,
     fates: Vec<Fate>,
+    /// Samples in each generated batch.
+    samples: Vec<u32>,
 }
 
 impl Book {
@@ -242,14 +267,25 @@ impl Book {
         while shared.generating.load(Ordering::Relaxed) && self.due <= t {
             let due = self.due;
             self.due += spec.window;
+            self.windows += 1;
+            // Whole ticks, cut by time: the data's clock keeps the wall's.
+            let target = (self.windows as f64 * spec.window.as_secs_f64() * self.feed.rate_hz())
+                .floor() as u64;
+            let ticks = target.saturating_sub(self.feed.ticks());
             if self.held.len() >= spec.max_held {
-                // Memory stays bounded; the report says the generator fell behind.
+                // Memory stays bounded; the report says the generator fell
+                // behind, and the run fails.
                 shared.not_generated.fetch_add(1, Ordering::Relaxed);
+                let _ = self.feed.next_batch(ticks as usize * SENSORS.len());
                 continue;
             }
+            if ticks == 0 {
+                continue;
+            }
+            let n = ticks as usize * SENSORS.len();
             let seq = self.next_seq;
             self.next_seq += 1;
-            let series = self.feed.next_batch(self.per_window);
+            let series = self.feed.next_batch(n);
             let mut frame = Vec::new();
             encode(
                 &Message::Batch(Batch {
@@ -265,11 +301,12 @@ impl Book {
                 seq,
                 Held {
                     frame,
-                    samples: self.per_window as u64,
+                    samples: n as u64,
                     due,
                 },
             );
             self.fates.push(Fate::Pending);
+            self.samples.push(u32::try_from(n).unwrap_or(u32::MAX));
             let before = shared.backlog.fetch_add(1, Ordering::Relaxed);
             shared.backlog_peak.fetch_max(before + 1, Ordering::Relaxed);
             fresh.push_back(seq);
@@ -279,7 +316,6 @@ impl Book {
 
     fn settle(&mut self, seqs: &[Seq], fate: Fate, shared: &Shared) {
         let t = tokio::time::Instant::now();
-        let measuring = shared.measuring.load(Ordering::Relaxed);
         let mut rec = None;
         for q in seqs {
             let Some(h) = self.held.remove(&q.0) else {
@@ -303,8 +339,12 @@ impl Book {
             let us = u64::try_from(us).unwrap_or(MAX_LATENCY_US);
             r.tick_events += h.samples;
             let _ = r.tick.record(us);
-            if measuring {
+            // Latency: of every batch due in the measured period, whenever
+            // its ack came. Throughput: acks that came in it.
+            if shared.measured(h.due) {
                 let _ = r.total.record(us);
+            }
+            if shared.measured(t) {
                 r.events += h.samples;
                 r.batches += 1;
             }
@@ -341,17 +381,16 @@ pub(crate) async fn run_agent(
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let per_sensor_hz =
-        u32::try_from((spec.rate / SENSORS.len() as u64).max(1)).unwrap_or(u32::MAX);
-    let per_window = ((spec.rate as f64 * spec.window.as_secs_f64()).round() as usize).max(1);
+    let per_sensor_hz = spec.rate as f64 / SENSORS.len() as f64;
     let mut book = Book {
         epoch: Epoch(start_ns.unsigned_abs() ^ spec.seed),
         feed: MeterFeed::new(spec.seed, start_ns, per_sensor_hz, spec.sag_every_secs),
-        per_window,
+        windows: 0,
         next_seq: 1,
         due: spec.first_due,
         held: BTreeMap::new(),
         fates: Vec::new(),
+        samples: Vec::new(),
     };
     let mut backoff = Backoff::new(
         Duration::from_millis(200),
@@ -400,6 +439,7 @@ pub(crate) async fn run_agent(
         agent: spec.id,
         epoch: book.epoch,
         fates: book.fates,
+        samples: book.samples,
     })
 }
 
@@ -460,6 +500,7 @@ async fn session(
         establish(ep, spec, book).await.map_err(End::Refused)?;
     backoff.reset();
     shared.connected.fetch_add(1, Ordering::Relaxed);
+    shared.established.fetch_add(1, Ordering::Relaxed);
     let r = send_loop(&conn, spec, book, shared, (&mut s, &mut ctl, &mut ctl_rx)).await;
     shared.connected.fetch_sub(1, Ordering::Relaxed);
     match r {
@@ -559,7 +600,7 @@ mod tests {
     #[test]
     fn the_meter_feed_sags_once_per_period_and_is_otherwise_nominal() {
         // 100 Hz per sensor for 3 s, a sag every 2 s: one sag, at t = 2 s.
-        let mut feed = MeterFeed::new(1, 0, 100, 2);
+        let mut feed = MeterFeed::new(1, 0, 100.0, 2);
         let series = feed.next_batch(7 * 300);
         let va: Vec<(i64, f64, Quality)> = series[0].iter().collect();
         assert_eq!(va.len(), 300);

@@ -34,6 +34,8 @@ pub struct AgentLedger {
     pub epoch: Epoch,
     /// Fate of seq `i + 1`.
     pub fates: Vec<Fate>,
+    /// Samples generated in seq `i + 1`.
+    pub samples: Vec<u32>,
 }
 
 /// The verdict, as the report prints it.
@@ -61,15 +63,61 @@ pub struct Verdict {
     pub committed_unacked: u64,
     /// Records naming an (agent, epoch, seq) this run never generated.
     pub unknown: u64,
+    /// Records holding a different number of samples than were generated.
+    pub wrong_samples: u64,
     /// A few examples of lost batches, `agent epoch seq`, to start looking.
     pub lost_examples: Vec<String>,
 }
 
 impl Verdict {
-    /// True when nothing acknowledged is missing and nothing came twice or out
-    /// of order.
+    /// True when something was acknowledged, everything generated was
+    /// acknowledged (the fleet's batches are all valid and the run drains
+    /// before it stops), and the sink holds each once, whole and in order.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.unknown == 0
+        self.failures().is_empty()
+    }
+
+    /// Why the run fails, one phrase per reason; empty if it passed.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        let mut check = |bad: bool, what: String| {
+            if bad {
+                f.push(what);
+            }
+        };
+        check(self.acked == 0, "nothing was acknowledged".into());
+        check(
+            self.lost > 0,
+            format!("{} acknowledged batches lost", self.lost),
+        );
+        check(
+            self.duplicates > 0,
+            format!("{} duplicates", self.duplicates),
+        );
+        check(
+            self.out_of_order > 0,
+            format!("{} out of order", self.out_of_order),
+        );
+        check(
+            self.unknown > 0,
+            format!("{} unknown records", self.unknown),
+        );
+        check(
+            self.wrong_samples > 0,
+            format!("{} records with the wrong sample count", self.wrong_samples),
+        );
+        check(
+            self.rejected > 0,
+            format!("{} batches rejected", self.rejected),
+        );
+        check(
+            self.unsettled > 0,
+            format!(
+                "{} batches never acknowledged (the drain ran out)",
+                self.unsettled
+            ),
+        );
+        f
     }
 }
 
@@ -104,9 +152,9 @@ impl Verifier {
     }
 
     /// One committed record, in sink order, with each series' (sensor id,
-    /// first sample time, last sample time). Records of other agents (not
-    /// this run's) are ignored.
-    pub fn record(&mut self, header: &RecordHeader, series: &[(u32, i64, i64)]) {
+    /// first sample time, last sample time) and the samples it decoded to.
+    /// Records of other agents (not this run's) are ignored.
+    pub fn record(&mut self, header: &RecordHeader, series: &[(u32, i64, i64)], samples: u64) {
         let Some(&i) = self.by_agent.get(&header.agent) else {
             return;
         };
@@ -118,6 +166,9 @@ impl Verifier {
             self.verdict.unknown += 1;
             return;
         };
+        if ledger.samples.get(s).map(|&n| u64::from(n)) != Some(samples) {
+            self.verdict.wrong_samples += 1;
+        }
         let count = &mut self.seen[i][s];
         *count = count.saturating_add(1);
         if *count > 1 {
@@ -191,14 +242,15 @@ mod tests {
             agent: agent.into(),
             epoch: Epoch(7),
             fates: fates.to_vec(),
+            samples: vec![10; fates.len()],
         }
     }
 
     #[test]
     fn an_acked_batch_missing_from_the_sink_is_lost_and_fails() {
         let mut v = Verifier::new(vec![ledger("a", &[Fate::Acked, Fate::Acked, Fate::Acked])]);
-        v.record(&header("a", 7, 1), &[(0, 10, 19)]);
-        v.record(&header("a", 7, 3), &[(0, 30, 39)]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19)], 10);
+        v.record(&header("a", 7, 3), &[(0, 30, 39)], 10);
         let out = v.finish();
         assert_eq!(out.lost, 1);
         assert_eq!(out.lost_examples, vec!["a 7 2".to_string()]);
@@ -211,14 +263,14 @@ mod tests {
             ledger("a", &[Fate::Acked, Fate::Acked, Fate::Pending]),
             ledger("b", &[Fate::Rejected, Fate::Pending]),
         ]);
-        v.record(&header("a", 7, 1), &[(0, 10, 19), (1, 10, 19)]);
-        v.record(&header("a", 7, 1), &[(0, 10, 19)]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19), (1, 10, 19)], 10);
+        v.record(&header("a", 7, 1), &[(0, 10, 19)], 10);
         // Seq 3 committed before seq 2 with earlier samples: out of order.
-        v.record(&header("a", 7, 3), &[(1, 30, 39)]);
-        v.record(&header("a", 7, 2), &[(1, 20, 29)]);
+        v.record(&header("a", 7, 3), &[(1, 30, 39)], 10);
+        v.record(&header("a", 7, 2), &[(1, 20, 29)], 10);
         // A record of another run's epoch, and of someone not in this run.
-        v.record(&header("b", 8, 1), &[]);
-        v.record(&header("z", 7, 1), &[]);
+        v.record(&header("b", 8, 1), &[], 10);
+        v.record(&header("z", 7, 1), &[], 10);
         let out = v.finish();
         assert_eq!(out.duplicates, 1);
         assert_eq!(out.out_of_order, 1);
@@ -233,10 +285,27 @@ mod tests {
     }
 
     #[test]
+    fn short_records_unsettled_and_rejected_batches_and_an_empty_run_fail() {
+        let mut v = Verifier::new(vec![ledger("a", &[Fate::Acked, Fate::Acked])]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19)], 10);
+        v.record(&header("a", 7, 2), &[(0, 20, 29)], 9);
+        let out = v.finish();
+        assert_eq!(out.wrong_samples, 1);
+        assert!(!out.passed());
+
+        let v = Verifier::new(vec![ledger("a", &[Fate::Pending, Fate::Rejected])]);
+        let out = v.finish();
+        assert_eq!((out.unsettled, out.rejected, out.acked), (1, 1, 0));
+        let why = out.failures();
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(!out.passed());
+    }
+
+    #[test]
     fn a_clean_run_passes() {
         let mut v = Verifier::new(vec![ledger("a", &[Fate::Acked, Fate::Acked])]);
-        v.record(&header("a", 7, 1), &[(0, 10, 19)]);
-        v.record(&header("a", 7, 2), &[(0, 20, 29)]);
+        v.record(&header("a", 7, 1), &[(0, 10, 19)], 10);
+        v.record(&header("a", 7, 2), &[(0, 20, 29)], 10);
         let out = v.finish();
         assert!(out.passed(), "{out:?}");
         assert_eq!(out.records, 2);
