@@ -149,6 +149,11 @@ enum Scenario {
         /// `--fault kafka-restart` kills and restarts the broker.
         #[arg(long)]
         kafka_port: Option<u16>,
+        /// Fan out through a redis-server the run starts on this port (e.g.
+        /// 36379; scripts/redis.sh) instead of in-process; with it,
+        /// `--fault redis-restart` kills and restarts Redis.
+        #[arg(long)]
+        redis_port: Option<u16>,
     },
     /// One real agent reading Modbus (pymodbus) and MQTT (Mosquitto) sensors and
     /// forwarding to an aggregator: print its CPU and RSS. Build the release
@@ -196,6 +201,7 @@ fn main() -> Result<()> {
             out,
             fault,
             kafka_port,
+            redis_port,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let opts = ferrule_loadtest::fleet::Options {
@@ -211,6 +217,7 @@ fn main() -> Result<()> {
                 progress: true,
                 fault,
                 kafka_port,
+                redis_port,
             };
             let r = rt.block_on(ferrule_loadtest::fleet::run(&opts))?;
             print!("{}", r.markdown());

@@ -25,6 +25,7 @@ async fn a_small_fleet_is_acknowledged_verified_and_reported() {
         progress: true,
         fault: Fault::None,
         kafka_port: None,
+        redis_port: None,
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -84,6 +85,7 @@ async fn a_fleet_survives_the_aggregator_killed_and_restarted() {
         progress: true,
         fault: Fault::AggregatorKill,
         kafka_port: None,
+        redis_port: None,
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -127,6 +129,7 @@ async fn a_fleet_drains_and_moves_when_the_aggregator_is_stopped() {
         progress: true,
         fault: Fault::AggregatorRestart,
         kafka_port: None,
+        redis_port: None,
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -164,6 +167,7 @@ async fn a_fleet_through_kafka_loses_nothing_when_the_broker_restarts() {
         progress: true,
         fault: Fault::KafkaRestart,
         kafka_port: Some(port),
+        redis_port: None,
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -177,6 +181,58 @@ async fn a_fleet_through_kafka_loses_nothing_when_the_broker_restarts() {
     // While the broker was away the agents held what they generated.
     assert!(
         r.sessions.backlog_peak_batches >= 8 * 10,
+        "{}",
+        r.markdown()
+    );
+}
+
+/// The fleet with its real-time path through Redis Streams, Redis SIGKILLed
+/// and restarted under it: commits and acks never wait for Redis (nothing
+/// acknowledged is lost, the agents are never cut off), the fan-out resumes
+/// and counts what it skipped, and the alerts still fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn a_fleet_keeps_being_acknowledged_when_redis_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = ferrule_loadtest::procs::free_port_block(&[0]).unwrap();
+    let opts = Options {
+        agents: 16,
+        rate_per_agent: 1000,
+        window_ms: 50,
+        secs: 12,
+        warmup_secs: 1,
+        sag_every_secs: 2,
+        no_rules: false,
+        data_dir: dir.path().to_path_buf(),
+        out: dir.path().join("report"),
+        progress: true,
+        fault: Fault::RedisRestart,
+        kafka_port: None,
+        redis_port: Some(port),
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(
+        r.conditions.fan_out.starts_with("Redis"),
+        "{}",
+        r.markdown()
+    );
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    // No session was cut, and acks went on through the outage.
+    assert_eq!(
+        (r.sessions.lost, r.sessions.refused),
+        (0, 0),
+        "{}",
+        r.markdown()
+    );
+    assert!(r.ack_latency_ms.max < 1000.0, "{}", r.markdown());
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert_eq!(f.kind, "redis-restart");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+    // The fan-out went on after the restart, and the alerts fired.
+    assert!(r.fan_out.published > 0, "{}", r.markdown());
+    assert!(
+        r.alert_latency_ms.as_ref().is_some_and(|a| a.count > 0),
         "{}",
         r.markdown()
     );

@@ -50,6 +50,8 @@ pub enum Fault {
     AggregatorRestart,
     /// SIGKILL the Kafka broker, restart it a second later (needs Kafka).
     KafkaRestart,
+    /// SIGKILL Redis, restart it a second later (needs Redis).
+    RedisRestart,
 }
 
 impl std::str::FromStr for Fault {
@@ -60,8 +62,9 @@ impl std::str::FromStr for Fault {
             "aggregator-kill" => Self::AggregatorKill,
             "aggregator-restart" => Self::AggregatorRestart,
             "kafka-restart" => Self::KafkaRestart,
+            "redis-restart" => Self::RedisRestart,
             _ => bail!(
-                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart or kafka-restart"
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, kafka-restart or redis-restart"
             ),
         })
     }
@@ -74,6 +77,7 @@ impl Fault {
             Self::AggregatorKill => "aggregator-kill",
             Self::AggregatorRestart => "aggregator-restart",
             Self::KafkaRestart => "kafka-restart",
+            Self::RedisRestart => "redis-restart",
         }
     }
 }
@@ -113,6 +117,50 @@ pub struct Options {
     /// verifier then reads the topic back with an independent consumer
     /// (`scripts/kafka/consume.py`, librdkafka through Python).
     pub kafka_port: Option<u16>,
+    /// Fan out through a `redis-server` started on this port
+    /// (`scripts/redis.sh`) instead of in-process.
+    pub redis_port: Option<u16>,
+}
+
+/// A throwaway `redis-server` (`scripts/redis.sh`), stopped on drop.
+struct Redis {
+    dir: PathBuf,
+    url: String,
+}
+
+fn redis_sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("bash")
+        .arg(crate::bench::repo_script("redis.sh")?)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("scripts/redis.sh {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Redis {
+    fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
+        let d = dir.display().to_string();
+        let out = redis_sh(&["start", &d, &port.to_string()])?;
+        let url = out
+            .lines()
+            .find_map(|l| l.strip_prefix("url="))
+            .context("scripts/redis.sh printed no url= line")?
+            .trim()
+            .to_string();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            url,
+        })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = redis_sh(&["stop", &self.dir.display().to_string()]);
+    }
 }
 
 /// Runs the fleet and writes its reports into `opts.out`; the report says
@@ -123,6 +171,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
     }
     if opts.fault == Fault::KafkaRestart && opts.kafka_port.is_none() {
         bail!("--fault kafka-restart needs --kafka-port");
+    }
+    if opts.fault == Fault::RedisRestart && opts.redis_port.is_none() {
+        bail!("--fault redis-restart needs --redis-port");
     }
     let dir = opts
         .data_dir
@@ -199,6 +250,15 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             .await??;
             extra.push_str(&procs::kafka_section(&b.bootstrap, KAFKA_TOPIC, ""));
             Some(b)
+        }
+        None => None,
+    };
+    let redis = match opts.redis_port {
+        Some(port) => {
+            let d = dir.join("redis");
+            let r = tokio::task::spawn_blocking(move || Redis::start(&d, port)).await??;
+            extra.push_str(&format!("[redis]\nurl = {:?}\n", r.url));
+            Some(r)
         }
         None => None,
     };
@@ -283,7 +343,16 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             let at = t_start.elapsed().as_secs_f64();
             let t_down = Instant::now();
             let kind = opts.fault;
-            if kind == Fault::KafkaRestart {
+            if kind == Fault::RedisRestart {
+                let rdir = redis
+                    .as_ref()
+                    .map(|r| r.dir.display().to_string())
+                    .unwrap_or_default();
+                let r2 = rdir.clone();
+                tokio::task::spawn_blocking(move || redis_sh(&["kill", &r2])).await??;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::task::spawn_blocking(move || redis_sh(&["restart", &rdir])).await??;
+            } else if kind == Fault::KafkaRestart {
                 let bdir = broker
                     .as_ref()
                     .map(|b| b.dir().display().to_string())
@@ -349,7 +418,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         if let Some(f) = fault.as_mut().filter(|f| f.recovered_after_secs.is_none()) {
             // Recovered: every agent back on a new session (when the fault
             // cut them), the backlog the fault built drained.
-            let reconnected = opts.fault == Fault::KafkaRestart
+            let reconnected = matches!(opts.fault, Fault::KafkaRestart | Fault::RedisRestart)
                 || shared.established.load(Ordering::Relaxed) - established_at_fault
                     >= opts.agents as u64;
             if reconnected
@@ -437,6 +506,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     })
     .await??;
     drop(broker);
+    drop(redis);
 
     let r = shared.recorder();
     let events = r.events as f64;
@@ -471,6 +541,11 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             warmup_secs: opts.warmup_secs,
             rules: !opts.no_rules,
             sag_every_secs: opts.sag_every_secs,
+            fan_out: if opts.redis_port.is_some() {
+                "Redis Streams (1 redis-server on this machine)".into()
+            } else {
+                "in-process".into()
+            },
             sink: if opts.kafka_port.is_some() {
                 format!("Kafka (1 broker on this machine, topic {KAFKA_TOPIC} with 4 partitions, acks=all)")
             } else {
@@ -492,6 +567,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             &exposition,
             "ferrule_aggregator_alert_latency_seconds",
         ),
+        fan_out: report::FanOut::from_exposition(&exposition),
         commit_latency_ms: bucket_percentiles(
             &exposition,
             "ferrule_aggregator_commit_latency_seconds",

@@ -32,6 +32,8 @@ pub struct Conditions {
     pub sag_every_secs: u32,
     /// Where batches were committed.
     pub sink: String,
+    /// How batches reached the real-time consumers (the alert evaluator).
+    pub fan_out: String,
     /// The file system holding the aggregator's log (`stat -f`).
     pub file_system: String,
     /// Cores this machine offers.
@@ -82,6 +84,45 @@ pub struct BucketPercentiles {
     pub p50_le: f64,
     /// Bucket bound for the 99th percentile, milliseconds.
     pub p99_le: f64,
+}
+
+/// What the aggregator's fan-out did, from its counters at the end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FanOut {
+    /// Batches published to the real-time path.
+    pub published: u64,
+    /// Batches the fan-out skipped (Redis away or slow), every reason.
+    pub skipped: u64,
+    /// Entries a consumer lost by lagging behind its bounded queue.
+    pub lagged: u64,
+    /// Entries a Redis consumer group lost to the stream's cap.
+    pub group_lost: u64,
+}
+
+impl FanOut {
+    /// From a `/metrics` exposition.
+    pub fn from_exposition(text: &str) -> Self {
+        Self {
+            published: sum_metric(text, "ferrule_aggregator_fanout_published_total"),
+            skipped: sum_metric(text, "ferrule_aggregator_fanout_skipped_total"),
+            lagged: sum_metric(text, "ferrule_aggregator_fanout_lagged_total"),
+            group_lost: sum_metric(text, "ferrule_aggregator_fanout_group_lost_total"),
+        }
+    }
+}
+
+/// The sum of every series of `name` in an exposition.
+pub fn sum_metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
+        })
+        .sum::<f64>() as u64
 }
 
 /// One second of the run.
@@ -173,6 +214,8 @@ pub struct FleetReport {
     pub alert_latency_ms: Option<BucketPercentiles>,
     /// The aggregator's commit latency histogram.
     pub commit_latency_ms: Option<BucketPercentiles>,
+    /// The fan-out's counters (from the last aggregator process).
+    pub fan_out: FanOut,
     /// The aggregator process.
     pub aggregator: Cost,
     /// The load generator (this process: every simulated agent).
@@ -270,7 +313,7 @@ impl FleetReport {
         );
         let _ = writeln!(
             s,
-            "{} agents, {} samples/s each ({} events/s offered), batching window {} ms ({} samples a batch), {} s measured after {} s of warm-up, {}, alert rules {}, log on {}, {} cores.\n",
+            "{} agents, {} samples/s each ({} events/s offered), batching window {} ms ({} samples a batch), {} s measured after {} s of warm-up, {}, fan-out {}, alert rules {}, log on {}, {} cores.\n",
             c.agents,
             c.rate_per_agent,
             c.offered_events_per_sec,
@@ -279,6 +322,7 @@ impl FleetReport {
             c.secs,
             c.warmup_secs,
             c.sink,
+            c.fan_out,
             if c.rules { "on" } else { "off" },
             c.file_system,
             c.cores
@@ -323,6 +367,12 @@ impl FleetReport {
                 cl.p50_le, cl.p99_le
             );
         }
+        let fo = &self.fan_out;
+        let _ = writeln!(
+            s,
+            "| fan-out | published {}, skipped {}, lost by lagging consumers {}, lost by groups to the cap {} |",
+            fo.published, fo.skipped, fo.lagged, fo.group_lost
+        );
         for (name, k) in [
             ("aggregator", &self.aggregator),
             ("load generator", &self.generator),
@@ -550,6 +600,13 @@ mod tests {
         assert_eq!(p.p50_le, 1.0);
         assert_eq!(p.p99_le, 4.0);
         assert!(bucket_percentiles("x_bucket{le=\"+Inf\"} 0\n", "x").is_none());
+    }
+
+    #[test]
+    fn counters_sum_over_their_series_only() {
+        let text =
+            "# TYPE x counter\nx_total{stream=\"a\"} 3\nx_total{stream=\"b\"} 4\nx_total_other 9\n";
+        assert_eq!(sum_metric(text, "x_total"), 7);
     }
 
     #[test]
