@@ -193,7 +193,9 @@ pub struct FaultReport {
     pub kind: String,
     /// When, seconds since the agents started.
     pub at_secs: f64,
-    /// How long the aggregator was away (kill or drain, and the pause).
+    /// How long what the fault hit was away: the aggregator (kill or drain,
+    /// the pause, until it answers `/healthz`), or the broker or Redis (kill,
+    /// the pause, the restart).
     pub down_secs: f64,
     /// From the fault to the first second with every agent connected and the
     /// backlog it built drained; `None` if that never came.
@@ -392,7 +394,7 @@ impl FleetReport {
         if let Some(f) = &self.fault {
             let _ = writeln!(
                 s,
-                "| fault | {} at {:.1} s, aggregator away {:.1} s, recovered after {} |",
+                "| fault | {} at {:.1} s, down {:.1} s, recovered after {} |",
                 f.kind,
                 f.at_secs,
                 f.down_secs,
