@@ -124,6 +124,10 @@ enum Scenario {
         /// Warm-up seconds before the measurement.
         #[arg(long, default_value_t = 5)]
         warmup_secs: u64,
+        /// Agents start evenly over this many seconds (default: one per 500
+        /// agents); keep it under the warm-up.
+        #[arg(long)]
+        ramp_secs: Option<u64>,
         /// A voltage sag on each agent's feed every this many seconds (0: none);
         /// each fires and resolves the undervoltage alert.
         #[arg(long, default_value_t = 10)]
@@ -195,6 +199,7 @@ fn main() -> Result<()> {
             window_ms,
             secs,
             warmup_secs,
+            ramp_secs,
             sag_every_secs,
             no_rules,
             data_dir,
@@ -210,6 +215,7 @@ fn main() -> Result<()> {
                 window_ms,
                 secs,
                 warmup_secs,
+                ramp_secs,
                 sag_every_secs,
                 no_rules,
                 data_dir: data_dir.unwrap_or_else(std::env::temp_dir),

@@ -1089,10 +1089,13 @@ fn basic_every_sample_in_kafka_in_order_one_partition_per_agent() {
 fn single_broker_stopped_10s_mid_stream_loses_nothing() {
     let _serial = serial();
     const OUTAGE: Duration = Duration::from_secs(10);
-    // A low high-water mark (64 KiB; the default is 256 MiB) so that what piles up
-    // during the outage (~300 batches, a few hundred KiB) is above it when the
-    // broker returns: returned credit is withheld until the sink drains, then paid.
-    let mut rig = Rig::new(Setup::Single, 3, "sink_high_water_bytes = 65536", "");
+    // A tiny high-water mark (1 KiB, about one batch; the default is 256 MiB):
+    // credit returned while more than that is outstanding is withheld until
+    // the sink drains, then paid. With 64 KiB, whether any was withheld
+    // depended on scheduling: when the broker came back, the delivery tasks
+    // could drain the whole backlog (~100 KiB) before a session saw its first
+    // commit, and there was then nothing to withhold.
+    let mut rig = Rig::new(Setup::Single, 3, "sink_high_water_bytes = 1024", "");
     for id in ["r1", "r2"] {
         rig.add_agent(id, 1000, 1000 * SENSORS * 20);
     }
@@ -1154,7 +1157,7 @@ fn single_broker_stopped_10s_mid_stream_loses_nothing() {
     );
     assert!(
         end.withheld > 0,
-        "no credit was withheld although more than the high-water mark was outstanding when the broker returned: {}",
+        "no credit was withheld although more than the high-water mark (1 KiB) was outstanding: {}",
         end.line()
     );
     rig.assert_alive("after the run");

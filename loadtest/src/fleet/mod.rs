@@ -98,6 +98,9 @@ pub struct Options {
     pub secs: u64,
     /// Seconds before the measurement: connections, handshakes, warm caches.
     pub warmup_secs: u64,
+    /// Agents start over this many seconds, evenly (a fleet does not boot in
+    /// one instant); `None` for one second per 500 agents.
+    pub ramp_secs: Option<u64>,
     /// A voltage sag every this many seconds on each agent's feed (0: none):
     /// it fires the undervoltage alert, whose latency the aggregator measures.
     pub sag_every_secs: u32,
@@ -291,10 +294,13 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     let _stop_agents = StopOnDrop(shared.clone());
     let window = Duration::from_millis(opts.window_ms);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let ramp = opts.ramp_secs.unwrap_or(opts.agents as u64 / 500) as f64;
     let mut tasks = Vec::with_capacity(opts.agents);
     for (i, (site, id)) in ids.into_iter().enumerate() {
-        // Windows spread evenly over one window, as independent agents' are.
-        let offset = window.mul_f64(i as f64 / opts.agents as f64);
+        // Windows spread evenly over one window, as independent agents' are,
+        // and starts over the ramp.
+        let frac = i as f64 / opts.agents as f64;
+        let offset = window.mul_f64(frac) + Duration::from_secs_f64(ramp * frac);
         tasks.push(tokio::spawn(sim::run_agent(
             pki.clone(),
             SimSpec {

@@ -559,6 +559,11 @@ async fn send_loop(
             lane.send_frame(&h.frame).await?;
             to_send.pop_front();
         }
+        // Replies already here first, as the agent does: a task the
+        // scheduler ran late must not call a live aggregator dead.
+        while let Ok(msg) = tokio::time::timeout(Duration::ZERO, ctl_rx.next()).await {
+            on_message(msg?, s, book, shared, &mut draining)?;
+        }
         s.handle_timeout(now())?;
         while let Some(m) = s.poll_transmit() {
             ctl.send(&m).await?;
@@ -570,27 +575,39 @@ async fn send_loop(
         if let Some(t) = s.poll_timeout() {
             wait_until = wait_until.min(tokio::time::Instant::from_std(t));
         }
-        let msg = match tokio::time::timeout_at(wait_until, ctl_rx.next()).await {
-            Ok(m) => m?,
+        match tokio::time::timeout_at(wait_until, ctl_rx.next()).await {
+            Ok(msg) => on_message(msg?, s, book, shared, &mut draining)?,
             Err(_) => continue,
-        };
-        let Some((m, _)) = msg else {
-            bail!("aggregator closed the control stream")
-        };
-        s.handle(m, now())?;
-        while let Some(ev) = s.poll_event() {
-            match ev {
-                AgentEvent::Acked { epoch, seqs, .. } if epoch == book.epoch => {
-                    book.settle(&seqs, Fate::Acked, shared)
-                }
-                AgentEvent::Rejected { epoch, seqs, .. } if epoch == book.epoch => {
-                    book.settle(&seqs, Fate::Rejected, shared)
-                }
-                AgentEvent::GoAway(_) => draining = true,
-                _ => {}
-            }
         }
     }
+}
+
+/// One control message from the aggregator: into the session, and what it
+/// settles into the book.
+fn on_message(
+    msg: Option<(Message, usize)>,
+    s: &mut AgentSession,
+    book: &mut Book,
+    shared: &Shared,
+    draining: &mut bool,
+) -> anyhow::Result<()> {
+    let Some((m, _)) = msg else {
+        bail!("aggregator closed the control stream")
+    };
+    s.handle(m, now())?;
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            AgentEvent::Acked { epoch, seqs, .. } if epoch == book.epoch => {
+                book.settle(&seqs, Fate::Acked, shared)
+            }
+            AgentEvent::Rejected { epoch, seqs, .. } if epoch == book.epoch => {
+                book.settle(&seqs, Fate::Rejected, shared)
+            }
+            AgentEvent::GoAway(_) => *draining = true,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
