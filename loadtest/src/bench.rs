@@ -254,24 +254,24 @@ pub(crate) async fn blast(
     Ok(latencies_us)
 }
 
-/// Connects, says Hello and waits for Welcome within [`CONNECT_TIMEOUT`].
-async fn establish(
+/// Connects to `addr` as `acfg` says, says Hello resuming at `resume` (the
+/// oldest unacknowledged batch, or the next to be written) and waits for
+/// Welcome within [`CONNECT_TIMEOUT`]. Shared by the blast clients and the
+/// fleet's simulated agents.
+pub(crate) async fn establish(
     ep: &quinn::Endpoint,
-    spec: &BlastSpec,
-    epoch: Epoch,
+    addr: SocketAddr,
+    acfg: AgentConfig,
+    resume: (Epoch, Seq),
 ) -> anyhow::Result<(quinn::Connection, AgentSession, FrameSender, FrameReceiver)> {
-    let connecting = ep.connect(spec.addr, "localhost")?;
+    let connecting = ep.connect(addr, "localhost")?;
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let conn = connecting.await?;
         let (send, recv) = conn.open_bi().await?;
         let limits = Limits::default();
         let mut ctl = FrameSender::new(send, limits);
         let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
-        let mut acfg = AgentConfig::new(spec.site.clone(), spec.id.clone(), "bench");
-        if let Some(d) = spec.agent_queue_delay {
-            acfg.target_queue_delay = d;
-        }
-        let mut s = AgentSession::new(acfg, (epoch, Seq(1)), Instant::now());
+        let mut s = AgentSession::new(acfg, resume, Instant::now());
         while let Some(m) = s.poll_transmit() {
             ctl.send(&m).await?;
         }
@@ -299,10 +299,15 @@ async fn session(
     latencies_us: &mut Vec<u32>,
     backoff: &mut Backoff,
 ) -> SessionEnd {
-    let (conn, mut s, mut ctl, mut ctl_rx) = match establish(ep, spec, epoch).await {
-        Ok(up) => up,
-        Err(e) => return SessionEnd::Refused(e),
-    };
+    let mut acfg = AgentConfig::new(spec.site.clone(), spec.id.clone(), "bench");
+    if let Some(d) = spec.agent_queue_delay {
+        acfg.target_queue_delay = d;
+    }
+    let (conn, mut s, mut ctl, mut ctl_rx) =
+        match establish(ep, spec.addr, acfg, (epoch, Seq(1))).await {
+            Ok(up) => up,
+            Err(e) => return SessionEnd::Refused(e),
+        };
     backoff.reset();
     let result = send_until_stopped(
         &conn,

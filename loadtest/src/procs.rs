@@ -298,6 +298,22 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The sum of every series of `name` in an exposition (counters over their
+/// labels), 0 if it has none.
+pub fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
+        })
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -7,6 +7,29 @@
 //! Needs the workspace binaries (`cargo build --workspace --bins`).
 
 use ferrule_loadtest::fleet::{self, Fault, Options};
+use std::path::Path;
+
+/// A small fleet in `dir` on the embedded log without rules (16 agents at
+/// 1 000 samples/s, 9 s after 1 s of warm-up), with `fault`; each test
+/// changes what it needs.
+fn small(dir: &Path, fault: Fault) -> Options {
+    Options {
+        agents: 16,
+        rate_per_agent: 1000,
+        window_ms: 50,
+        secs: 9,
+        warmup_secs: 1,
+        ramp_secs: None,
+        sag_every_secs: 0,
+        no_rules: true,
+        data_dir: dir.to_path_buf(),
+        out: dir.join("report"),
+        progress: true,
+        fault,
+        kafka_port: None,
+        redis_port: None,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_fleet_is_acknowledged_verified_and_reported() {
@@ -14,19 +37,10 @@ async fn a_small_fleet_is_acknowledged_verified_and_reported() {
     let out = dir.path().join("report");
     let opts = Options {
         agents: 24,
-        rate_per_agent: 1000,
-        window_ms: 50,
         secs: 4,
-        warmup_secs: 1,
-        ramp_secs: None,
         sag_every_secs: 2,
         no_rules: false,
-        data_dir: dir.path().to_path_buf(),
-        out: out.clone(),
-        progress: true,
-        fault: Fault::None,
-        kafka_port: None,
-        redis_port: None,
+        ..small(dir.path(), Fault::None)
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -73,22 +87,7 @@ async fn a_small_fleet_is_acknowledged_verified_and_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_survives_the_aggregator_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        agents: 16,
-        rate_per_agent: 1000,
-        window_ms: 50,
-        secs: 9,
-        warmup_secs: 1,
-        ramp_secs: None,
-        sag_every_secs: 0,
-        no_rules: true,
-        data_dir: dir.path().to_path_buf(),
-        out: dir.path().join("report"),
-        progress: true,
-        fault: Fault::AggregatorKill,
-        kafka_port: None,
-        redis_port: None,
-    };
+    let opts = small(dir.path(), Fault::AggregatorKill);
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
     assert!(r.passed(), "{}", r.markdown());
@@ -118,22 +117,7 @@ async fn a_fleet_survives_the_aggregator_killed_and_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_drains_and_moves_when_the_aggregator_is_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        agents: 16,
-        rate_per_agent: 1000,
-        window_ms: 50,
-        secs: 9,
-        warmup_secs: 1,
-        ramp_secs: None,
-        sag_every_secs: 0,
-        no_rules: true,
-        data_dir: dir.path().to_path_buf(),
-        out: dir.path().join("report"),
-        progress: true,
-        fault: Fault::AggregatorRestart,
-        kafka_port: None,
-        redis_port: None,
-    };
+    let opts = small(dir.path(), Fault::AggregatorRestart);
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
     assert!(r.passed(), "{}", r.markdown());
@@ -159,19 +143,10 @@ async fn a_fleet_through_kafka_loses_nothing_when_the_broker_restarts() {
     let port = ferrule_loadtest::procs::free_port_block(&[0, 100]).unwrap();
     let opts = Options {
         agents: 8,
-        rate_per_agent: 1000,
-        window_ms: 50,
         secs: 30,
         warmup_secs: 2,
-        ramp_secs: None,
-        sag_every_secs: 0,
-        no_rules: true,
-        data_dir: dir.path().to_path_buf(),
-        out: dir.path().join("report"),
-        progress: true,
-        fault: Fault::KafkaRestart,
         kafka_port: Some(port),
-        redis_port: None,
+        ..small(dir.path(), Fault::KafkaRestart)
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     let v = &r.verdict;
@@ -200,20 +175,11 @@ async fn a_fleet_keeps_being_acknowledged_when_redis_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let port = ferrule_loadtest::procs::free_port_block(&[0]).unwrap();
     let opts = Options {
-        agents: 16,
-        rate_per_agent: 1000,
-        window_ms: 50,
         secs: 12,
-        warmup_secs: 1,
-        ramp_secs: None,
         sag_every_secs: 2,
         no_rules: false,
-        data_dir: dir.path().to_path_buf(),
-        out: dir.path().join("report"),
-        progress: true,
-        fault: Fault::RedisRestart,
-        kafka_port: None,
         redis_port: Some(port),
+        ..small(dir.path(), Fault::RedisRestart)
     };
     let r = fleet::run(&opts).await.expect("the fleet run");
     assert!(

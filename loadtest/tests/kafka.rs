@@ -158,22 +158,6 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// The sum of every series of `name` (with or without labels) in a Prometheus text
-/// exposition; 0 if absent.
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
-        })
-        .map(|v| v as u64)
-        .sum()
-}
-
 /// Every series of `name`, as rendered (for messages).
 fn metric_lines(text: &str, name: &str) -> Vec<String> {
     text.lines()
@@ -532,7 +516,7 @@ impl Aggregator {
     }
 
     fn metric(&self, name: &str) -> u64 {
-        metric_sum(&self.metrics(), name)
+        procs::metric_sum(&self.metrics(), name)
     }
 
     fn readyz(&self) -> String {
@@ -806,14 +790,14 @@ impl Rig {
     fn snap(&self, since: Instant) -> Snap {
         let am = self.agg.metrics();
         let ag: Vec<String> = self.agents.iter().map(Agent::metrics).collect();
-        let sum = |name: &str| ag.iter().map(|m| metric_sum(m, name)).sum::<u64>();
+        let sum = |name: &str| ag.iter().map(|m| procs::metric_sum(m, name)).sum::<u64>();
         Snap {
             t: since.elapsed().as_secs_f64(),
-            acks: metric_sum(&am, "ferrule_aggregator_acks_total"),
-            committed: metric_sum(&am, "ferrule_aggregator_committed_samples_total"),
-            withheld: metric_sum(&am, "ferrule_aggregator_credit_withheld_total"),
-            queued: metric_sum(&am, "ferrule_aggregator_sink_queued_bytes"),
-            failures: metric_sum(&am, "ferrule_aggregator_commit_failures_total"),
+            acks: procs::metric_sum(&am, "ferrule_aggregator_acks_total"),
+            committed: procs::metric_sum(&am, "ferrule_aggregator_committed_samples_total"),
+            withheld: procs::metric_sum(&am, "ferrule_aggregator_credit_withheld_total"),
+            queued: procs::metric_sum(&am, "ferrule_aggregator_sink_queued_bytes"),
+            failures: procs::metric_sum(&am, "ferrule_aggregator_commit_failures_total"),
             sent: sum("ferrule_agent_sent_batches_total"),
             acked: sum("ferrule_agent_acked_batches_total"),
             unacked: sum("ferrule_agent_spool_unacked_batches"),
@@ -848,12 +832,12 @@ impl Rig {
     /// agents' dropped samples), with the series for messages.
     fn losses(&self) -> (u64, u64, String) {
         let am = self.agg.metrics();
-        let rejected = metric_sum(&am, "ferrule_aggregator_batches_rejected_total");
+        let rejected = procs::metric_sum(&am, "ferrule_aggregator_batches_rejected_total");
         let mut lines = metric_lines(&am, "ferrule_aggregator_batches_rejected_total");
         let mut dropped = 0;
         for a in &self.agents {
             let m = a.metrics();
-            dropped += metric_sum(&m, "ferrule_agent_dropped_samples_total");
+            dropped += procs::metric_sum(&m, "ferrule_agent_dropped_samples_total");
             lines.extend(
                 metric_lines(&m, "ferrule_agent_dropped_")
                     .into_iter()
@@ -1068,7 +1052,7 @@ fn basic_every_sample_in_kafka_in_order_one_partition_per_agent() {
     let health = rig.agg.readyz();
     assert_eq!(health, "ok", "/readyz after the run");
     let m = rig.agg.metrics();
-    let records = metric_sum(&m, "ferrule_aggregator_kafka_records_total");
+    let records = procs::metric_sum(&m, "ferrule_aggregator_kafka_records_total");
     let batches: usize = k.values().map(|v| v.batches.len()).sum();
     assert_eq!(
         records, batches as u64,
@@ -1076,7 +1060,7 @@ fn basic_every_sample_in_kafka_in_order_one_partition_per_agent() {
     );
     rig.assert_no_losses();
     assert_eq!(
-        metric_sum(&m, "ferrule_aggregator_commit_failures_total"),
+        procs::metric_sum(&m, "ferrule_aggregator_commit_failures_total"),
         0,
         "commit failures without any fault: {}",
         rig.failures()

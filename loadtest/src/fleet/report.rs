@@ -103,26 +103,15 @@ impl FanOut {
     /// From a `/metrics` exposition.
     pub fn from_exposition(text: &str) -> Self {
         Self {
-            published: sum_metric(text, "ferrule_aggregator_fanout_published_total"),
-            skipped: sum_metric(text, "ferrule_aggregator_fanout_skipped_total"),
-            lagged: sum_metric(text, "ferrule_aggregator_fanout_lagged_total"),
-            group_lost: sum_metric(text, "ferrule_aggregator_fanout_group_lost_total"),
+            published: crate::procs::metric_sum(text, "ferrule_aggregator_fanout_published_total"),
+            skipped: crate::procs::metric_sum(text, "ferrule_aggregator_fanout_skipped_total"),
+            lagged: crate::procs::metric_sum(text, "ferrule_aggregator_fanout_lagged_total"),
+            group_lost: crate::procs::metric_sum(
+                text,
+                "ferrule_aggregator_fanout_group_lost_total",
+            ),
         }
     }
-}
-
-/// The sum of every series of `name` in an exposition.
-pub fn sum_metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            rest.rsplit(' ').next()?.trim().parse::<f64>().ok()
-        })
-        .sum::<f64>() as u64
 }
 
 /// One second of the run.
@@ -608,7 +597,7 @@ mod tests {
     fn counters_sum_over_their_series_only() {
         let text =
             "# TYPE x counter\nx_total{stream=\"a\"} 3\nx_total{stream=\"b\"} 4\nx_total_other 9\n";
-        assert_eq!(sum_metric(text, "x_total"), 7);
+        assert_eq!(crate::procs::metric_sum(text, "x_total"), 7);
     }
 
     #[test]

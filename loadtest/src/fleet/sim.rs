@@ -31,10 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// How long a handshake and Welcome may take before the attempt counts as
-/// refused (the agent's `uplink.connect_timeout_secs`).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Largest ack latency the histograms hold, microseconds (longer is clamped).
 pub(crate) const MAX_LATENCY_US: u64 = 600_000_000;
 
@@ -456,37 +452,6 @@ enum End {
     Lost(anyhow::Error),
 }
 
-/// Connects, says Hello (resuming at the oldest held batch) and waits for Welcome.
-async fn establish(
-    ep: &quinn::Endpoint,
-    spec: &SimSpec,
-    book: &Book,
-) -> anyhow::Result<(quinn::Connection, AgentSession, FrameSender, FrameReceiver)> {
-    let connecting = ep.connect(spec.addr, "localhost")?;
-    let resume = book.held.keys().next().copied().unwrap_or(book.next_seq);
-    tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let conn = connecting.await?;
-        let (send, recv) = conn.open_bi().await?;
-        let limits = Limits::default();
-        let mut ctl = FrameSender::new(send, limits);
-        let mut ctl_rx = FrameReceiver::new(recv, limits, Duration::from_secs(30));
-        let acfg = AgentConfig::new(spec.site.clone(), spec.id.clone(), "fleet");
-        let mut s = AgentSession::new(acfg, (book.epoch, Seq(resume)), Instant::now());
-        while let Some(m) = s.poll_transmit() {
-            ctl.send(&m).await?;
-        }
-        while !s.is_established() {
-            match ctl_rx.next().await? {
-                Some((m, _)) => s.handle(m, now())?,
-                None => bail!("aggregator closed before Welcome"),
-            }
-        }
-        Ok((conn, s, ctl, ctl_rx))
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("no session within {CONNECT_TIMEOUT:?}"))?
-}
-
 /// One session: resend what is held, then send each window's batch within
 /// credit until the run is over.
 async fn session(
@@ -496,8 +461,13 @@ async fn session(
     shared: &Shared,
     backoff: &mut Backoff,
 ) -> Result<Ended, End> {
+    // Resume at the oldest held batch, or the next one to be written.
+    let resume = book.held.keys().next().copied().unwrap_or(book.next_seq);
+    let acfg = AgentConfig::new(spec.site.clone(), spec.id.clone(), "fleet");
     let (conn, mut s, mut ctl, mut ctl_rx) =
-        establish(ep, spec, book).await.map_err(End::Refused)?;
+        crate::bench::establish(ep, spec.addr, acfg, (book.epoch, Seq(resume)))
+            .await
+            .map_err(End::Refused)?;
     backoff.reset();
     shared.connected.fetch_add(1, Ordering::Relaxed);
     shared.established.fetch_add(1, Ordering::Relaxed);
