@@ -11,7 +11,9 @@
 //! agent: its certificate is expired, revoked or from another CA, or its
 //! identity or session count is refused), `unreachable` (no QUIC handshake
 //! completed within `uplink.connect_timeout_secs`: network, address, firewall,
-//! aggregator down), `handshake_timeout` (QUIC came up, the aggregator did not
+//! aggregator down), `server_busy` (the aggregator refused the handshake
+//! because it had as many in progress as it takes: a reconnect storm; the
+//! agent backs off and retries), `handshake_timeout` (QUIC came up, the aggregator did not
 //! welcome the agent in time). Sessions that were up and ended badly are
 //! `peer_timeout`, `stalled` or `connection_lost`; `protocol` is a peer
 //! speaking something else, `spool_read` a local read failure, `other` the
@@ -34,6 +36,9 @@ pub enum FailureReason {
     RefusedByServer,
     /// No QUIC handshake completed in time, or the address is unusable.
     Unreachable,
+    /// The aggregator had as many handshakes in progress as it takes and
+    /// refused this one at once (a reconnect storm): back off and retry.
+    ServerBusy,
     /// QUIC came up but the session handshake (Hello/Welcome) did not finish.
     HandshakeTimeout,
     /// An established aggregator went silent (or stopped reading).
@@ -52,11 +57,12 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every reason, for publishing each series at 0.
-    pub const ALL: [FailureReason; 11] = [
+    pub const ALL: [FailureReason; 12] = [
         Self::TlsLocalConfig,
         Self::ServerCertificateRefused,
         Self::RefusedByServer,
         Self::Unreachable,
+        Self::ServerBusy,
         Self::HandshakeTimeout,
         Self::PeerTimeout,
         Self::Stalled,
@@ -73,6 +79,7 @@ impl FailureReason {
             Self::ServerCertificateRefused => "server_certificate_refused",
             Self::RefusedByServer => "refused_by_server",
             Self::Unreachable => "unreachable",
+            Self::ServerBusy => "server_busy",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::PeerTimeout => "peer_timeout",
             Self::Stalled => "stalled",
@@ -113,6 +120,7 @@ pub fn of_connection(err: &ConnectionError, established: bool) -> FailureReason 
         }
         // The aggregator reported it: a certificate problem or any TLS alert
         // during the handshake is it refusing us.
+        ConnectionError::ConnectionClosed(_) if label == "server_busy" => FailureReason::ServerBusy,
         ConnectionError::ConnectionClosed(_) => {
             if CERTIFICATE_REASONS.contains(&label) || (!established && label == "tls_alert") {
                 FailureReason::RefusedByServer

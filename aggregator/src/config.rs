@@ -502,13 +502,16 @@ pub struct ServerSection {
     pub name: String,
     /// Validate client addresses with a QUIC Retry before any handshake work. Default true.
     pub retry: bool,
-    /// Handshakes in progress at once; more are refused. Default 256.
+    /// QUIC + TLS handshakes in progress at once; more are refused at once
+    /// (`server_busy`: the agent backs off) so a reconnect storm does not slow
+    /// every handshake past the agents' connect timeout. Default 256.
     pub max_pending_handshakes: usize,
     /// Close a connection silent this long. Default 30.
     pub idle_timeout_secs: u64,
     /// A frame must arrive whole within this many seconds of its first byte. Default 10.
     pub frame_timeout_secs: u64,
-    /// A session must say Hello within this many seconds of connecting. Default 10.
+    /// The QUIC + TLS handshake must be over within this many seconds, and the
+    /// session must then say Hello within as many again. Default 10.
     pub hello_timeout_secs: u64,
     /// Largest frame accepted, bytes. Default 1 MiB.
     pub max_frame_bytes: u32,

@@ -34,7 +34,7 @@ use crate::metrics::IngestMetrics;
 use ferrule_transport::quinn;
 use ferrule_transport::{
     classify, classify_server, close_code, peer_identity, refused_by_verifier, FrameReceiver,
-    FrameSender, StreamError, VerifiedAgent, PEER_REFUSED_SERVER_CERTIFICATE,
+    FrameSender, HandshakePermit, StreamError, VerifiedAgent, PEER_REFUSED_SERVER_CERTIFICATE,
 };
 use ferrule_wire::record::{encode_record, RecordHeader, SensorInfo};
 use ferrule_wire::session::{
@@ -197,7 +197,12 @@ enum Inbound {
 use ferrule_transport::session_now as now;
 
 /// Serves one incoming connection to its end.
-pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
+///
+/// `handshake` holds one of the server's handshake slots until the QUIC and
+/// TLS handshake is over; a handshake not over within the hello timeout is
+/// given up (an agent that vanished mid-handshake must not keep its slot for
+/// the whole idle timeout).
+pub async fn serve(incoming: quinn::Incoming, handshake: HandshakePermit, ctx: Arc<IngestContext>) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept_with(ctx.tls.current()) {
         Ok(c) => c,
@@ -208,7 +213,15 @@ pub async fn serve(incoming: quinn::Incoming, ctx: Arc<IngestContext>) {
             return;
         }
     };
-    let conn = match connecting.await {
+    let handshaken = tokio::time::timeout(ctx.session.hello_timeout, connecting).await;
+    drop(handshake);
+    let Ok(handshaken) = handshaken else {
+        // Dropping the attempt closes it.
+        ctx.metrics.refused("handshake_timeout");
+        tracing::debug!(%remote, "QUIC handshake not over within the hello timeout; given up");
+        return;
+    };
+    let conn = match handshaken {
         Ok(c) => c,
         Err(e) => {
             // The agent refusing our certificate is told apart from us

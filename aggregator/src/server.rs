@@ -18,8 +18,8 @@ use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
 use ferrule_transport::{
-    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits, Refusals,
-    ServerTlsSlot,
+    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits,
+    HandshakeGate, Refusals, ServerTlsSlot,
 };
 use ferrule_wire::session::{IngestConfig, WindowConfig, WindowController};
 use ferrule_wire::{Credit, Limits, ServerLimits};
@@ -368,12 +368,23 @@ pub async fn run(
     });
 
     let mut sessions = JoinSet::new();
+    let handshakes = HandshakeGate::new(cfg.server.max_pending_handshakes);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             incoming = accept_validated(&endpoint, cfg.server.retry) => match incoming {
-                Some(i) => { sessions.spawn(ingest::serve(i, ctx.clone())); }
+                Some(i) => match handshakes.try_enter() {
+                    Some(permit) => { sessions.spawn(ingest::serve(i, permit, ctx.clone())); }
+                    None => {
+                        // A storm: refused at once (no crypto), the agent
+                        // backs off, instead of every handshake slowing past
+                        // the agents' connect timeout.
+                        ctx.metrics.refused("server_busy");
+                        tracing::debug!(remote = %i.remote_address(), in_progress = handshakes.in_progress(), "handshake refused: server.max_pending_handshakes in progress");
+                        i.refuse();
+                    }
+                },
                 None => break,
             },
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}

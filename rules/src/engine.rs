@@ -596,7 +596,12 @@ impl Engine {
                 window: matches!(r.condition, Condition::Rate { .. }).then(RateWindow::default),
             })
             .collect();
-        let bucket = self.series.entry(key).or_default();
+        // Almost every bucket holds one series (they share a 64-bit hash
+        // only by accident): room for one, not Vec's first four.
+        let bucket = self
+            .series
+            .entry(key)
+            .or_insert_with(|| Vec::with_capacity(1));
         bucket.push(Series {
             site: sample.site.into(),
             agent: sample.agent.into(),

@@ -25,7 +25,9 @@ pub struct EndpointLimits {
     pub idle_timeout: Duration,
     /// Send a keep-alive this often (client side; keeps NAT bindings open).
     pub keep_alive: Duration,
-    /// Handshakes in progress at once (server side); more are refused.
+    /// Handshakes in progress at once (server side); more are refused
+    /// (by the server's `HandshakeGate`; quinn's own queue of attempts not yet
+    /// looked at is at least 1024).
     pub max_pending_handshakes: usize,
     /// How long a Retry token is accepted after it was sent (server side). At
     /// least as long as a client keeps retransmitting the Initial that carries
@@ -64,7 +66,18 @@ impl Default for EndpointLimits {
     }
 }
 
-fn transport(limits: &EndpointLimits, keep_alive: bool) -> Result<TransportConfig, TlsError> {
+/// The least room in quinn's queue of connection attempts not yet accepted.
+const MIN_INCOMING_QUEUE: usize = 1024;
+
+/// Which side a transport configuration is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+fn transport(limits: &EndpointLimits, side: Side) -> Result<TransportConfig, TlsError> {
+    let keep_alive = side == Side::Client;
     let mut t = TransportConfig::default();
     let idle = IdleTimeout::try_from(limits.idle_timeout)
         .map_err(|e| TlsError::Rustls(format!("idle timeout: {e}")))?;
@@ -75,6 +88,11 @@ fn transport(limits: &EndpointLimits, keep_alive: bool) -> Result<TransportConfi
     t.stream_receive_window(VarInt::from_u32(limits.stream_window_bytes));
     t.receive_window(VarInt::from_u32(limits.connection_window_bytes));
     t.datagram_receive_buffer_size(None);
+    // With segmentation offload every connection keeps a transmit buffer for a
+    // burst of datagrams (about 13 KiB each, for its whole life). The agent
+    // sends bursts (batches); the server sends acks and credit, a datagram at a
+    // time, and holds thousands of connections: it goes without.
+    t.enable_segmentation_offload(side == Side::Client);
     Ok(t)
 }
 
@@ -104,8 +122,12 @@ pub fn server_config(
 ) -> Result<quinn::ServerConfig, TlsError> {
     let quic = QuicServerConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport(limits, false)?));
-    cfg.max_incoming(limits.max_pending_handshakes);
+    cfg.transport_config(Arc::new(transport(limits, Side::Server)?));
+    // quinn's queue of attempts the accept loop has not looked at yet; beyond
+    // it quinn drops Initials without a word. The accept loop refuses what
+    // exceeds the handshake limit at once (the aggregator's gate), so this
+    // only has to absorb a burst arriving faster than one loop turn.
+    cfg.max_incoming(limits.max_pending_handshakes.max(MIN_INCOMING_QUEUE));
     cfg.retry_token_lifetime(limits.retry_token_lifetime);
     cfg.migration(false);
     Ok(cfg)
@@ -186,7 +208,7 @@ pub fn client_config(
 ) -> Result<quinn::ClientConfig, TlsError> {
     let quic = QuicClientConfig::try_from(crypto).map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport(limits, true)?));
+    cfg.transport_config(Arc::new(transport(limits, Side::Client)?));
     Ok(cfg)
 }
 

@@ -15,6 +15,7 @@ mod check;
 mod endpoint;
 mod error;
 mod framed;
+mod gate;
 mod identity;
 mod refusal;
 mod reject;
@@ -31,6 +32,7 @@ pub use endpoint::{
 };
 pub use error::{StreamError, TlsError};
 pub use framed::{FrameReceiver, FrameSender};
+pub use gate::{HandshakeGate, HandshakePermit};
 pub use identity::{peer_identity, IdentityError, VerifiedAgent};
 pub use refusal::{certificate_label, Refusals};
 pub use reject::{

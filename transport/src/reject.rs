@@ -50,6 +50,7 @@ pub const CONNECTION_REASONS: &[&str] = &[
     "alpn_mismatch",
     "tls_alert",
     "transport_error",
+    "server_busy",
     "application_closed",
     "malformed",
     "unsupported_version",
@@ -148,6 +149,8 @@ fn by_code(code: u64) -> &'static str {
         Some(116) => "no_client_certificate",
         Some(120) => "alpn_mismatch",
         Some(a) if a < 256 => "tls_alert",
+        // CONNECTION_REFUSED: the server's handshake gate was full.
+        None if code == 0x2 => "server_busy",
         _ => "transport_error",
     }
 }

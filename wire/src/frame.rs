@@ -268,6 +268,10 @@ pub struct FrameReader {
     limits: Limits,
 }
 
+/// The largest buffer [`FrameReader::shrink_idle`] keeps: a few small
+/// frames' worth (a 100-sample batch is about 1 KiB).
+const IDLE_BUFFER_BYTES: usize = 4096;
+
 impl FrameReader {
     /// A reader enforcing `limits`.
     pub fn new(limits: Limits) -> Self {
@@ -288,6 +292,19 @@ impl FrameReader {
             self.start = 0;
         }
         self.buf.extend_from_slice(data);
+    }
+
+    /// Frees the buffer a large frame grew once nothing is held, so an idle
+    /// stream costs no more than its reader (a server holds thousands).
+    /// A buffer of up to 4 KiB is kept for the next frames.
+    pub fn shrink_idle(&mut self) {
+        if self.buffered() == 0 {
+            self.start = 0;
+            self.buf.clear();
+            if self.buf.capacity() > IDLE_BUFFER_BYTES {
+                self.buf = Vec::new();
+            }
+        }
     }
 
     /// Bytes held that do not yet form a whole frame.
@@ -311,5 +328,49 @@ impl FrameReader {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Heartbeat;
+
+    /// A server holds thousands of idle streams: a reader that once took a
+    /// large read must not keep that buffer while idle, and must still
+    /// decode what comes next.
+    #[test]
+    fn an_idle_reader_gives_back_a_large_buffer() {
+        let limits = Limits::default();
+        let hb = |i| {
+            Message::Heartbeat(Heartbeat {
+                origin_ns: i,
+                receive_ns: 0,
+                transmit_ns: 0,
+            })
+        };
+        let mut bytes = Vec::new();
+        for i in 0..5000 {
+            encode(&hb(i), &limits, &mut bytes).expect("encodes");
+        }
+        assert!(bytes.len() > 2 * IDLE_BUFFER_BYTES, "{}", bytes.len());
+        let mut reader = FrameReader::new(limits);
+        reader.feed(&bytes);
+        reader.shrink_idle();
+        assert!(
+            reader.buf.capacity() >= bytes.len(),
+            "nothing freed while frames are held"
+        );
+        for i in 0..5000 {
+            assert_eq!(reader.next_message().expect("decodes"), Some(hb(i)));
+        }
+        reader.shrink_idle();
+        assert!(reader.buf.capacity() <= IDLE_BUFFER_BYTES);
+        let mut one = Vec::new();
+        encode(&hb(7), &limits, &mut one).expect("encodes");
+        reader.feed(&one[..3]);
+        reader.shrink_idle();
+        reader.feed(&one[3..]);
+        assert_eq!(reader.next_message().expect("decodes"), Some(hb(7)));
     }
 }
