@@ -436,8 +436,8 @@ async fn send_until_stopped(
     Ok(())
 }
 
-/// A single Kafka broker for the benchmarks (`scripts/kafka.sh`, run from the
-/// repository root), stopped on drop.
+/// Kafka for the benchmarks (`scripts/kafka.sh`, run from the repository
+/// root): one broker, or a three-broker cluster; stopped on drop.
 pub(crate) struct Broker {
     dir: std::path::PathBuf,
     /// Its bootstrap address.
@@ -458,6 +458,36 @@ pub(crate) fn repo_script(name: &str) -> anyhow::Result<std::path::PathBuf> {
 
 fn kafka_script() -> anyhow::Result<std::path::PathBuf> {
     repo_script("kafka.sh")
+}
+
+/// Runs `scripts/kafka.sh ARGS` and returns what it printed on stdout (its
+/// stderr passed through).
+pub(crate) fn kafka_sh_output(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("bash")
+        .arg(kafka_script()?)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("scripts/kafka.sh {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The directory of the broker leading `partition` of `topic` now, in the
+/// cluster under `cluster_dir` (its `broker-N`).
+pub(crate) fn leader_dir(
+    cluster_dir: &Path,
+    bootstrap: &str,
+    topic: &str,
+    partition: u32,
+) -> anyhow::Result<std::path::PathBuf> {
+    let out = kafka_sh_output(&["leader", bootstrap, topic, &partition.to_string()])?;
+    let id: u32 = out
+        .trim()
+        .parse()
+        .with_context(|| format!("kafka.sh leader printed {out:?}"))?;
+    Ok(cluster_dir.join(format!("broker-{id}")))
 }
 
 /// Runs `scripts/kafka.sh ARGS`, its output passed through.
@@ -493,6 +523,38 @@ impl Broker {
             topic,
             &partitions.to_string(),
             "1",
+        ])?;
+        Ok(broker)
+    }
+
+    /// Starts three brokers on `base_port`..+2 (controllers on +100..+102)
+    /// with `topic` (`partitions`, replication 3, min.insync.replicas 2: a
+    /// write is acknowledged by two brokers, and one may die).
+    pub(crate) fn start_cluster(
+        dir: &Path,
+        base_port: u16,
+        topic: &str,
+        partitions: u32,
+    ) -> anyhow::Result<Self> {
+        kafka_sh(&["fetch"])?;
+        let d = dir.display().to_string();
+        let out = kafka_sh_output(&["start-cluster", &d, &base_port.to_string()])?;
+        let bootstrap = out
+            .lines()
+            .find_map(|l| l.strip_prefix("bootstrap="))
+            .context("scripts/kafka.sh start-cluster printed no bootstrap= line")?
+            .trim()
+            .to_string();
+        let broker = Broker {
+            dir: dir.to_path_buf(),
+            bootstrap,
+        };
+        kafka_sh(&[
+            "create-topic",
+            &broker.bootstrap,
+            topic,
+            &partitions.to_string(),
+            "3",
         ])?;
         Ok(broker)
     }

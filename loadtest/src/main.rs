@@ -143,8 +143,9 @@ enum Scenario {
         #[arg(long, default_value = "fleet-report")]
         out: std::path::PathBuf,
         /// A fault a third of the way into the measured period: none,
-        /// aggregator-kill (SIGKILL, restart after 1 s) or aggregator-restart
-        /// (SIGTERM, restart).
+        /// aggregator-kill (SIGKILL, restart after 1 s), aggregator-restart
+        /// (SIGTERM, restart), aggregator-pause (SIGSTOP 8 s, SIGCONT),
+        /// kafka-restart, kafka-leader-loss, redis-restart.
         #[arg(long, default_value = "none")]
         fault: ferrule_loadtest::fleet::Fault,
         /// Commit to a Kafka broker the run starts on this port (e.g. 39092;
@@ -153,6 +154,12 @@ enum Scenario {
         /// `--fault kafka-restart` kills and restarts the broker.
         #[arg(long)]
         kafka_port: Option<u16>,
+        /// With --kafka-port: three brokers on it and the next two ports
+        /// (controllers 100 above), the topic replicated three times,
+        /// min.insync.replicas 2; `--fault kafka-leader-loss` kills the
+        /// leader of partition 0 and restarts it 5 s later.
+        #[arg(long)]
+        kafka_cluster: bool,
         /// Fan out through a redis-server the run starts on this port (e.g.
         /// 36379; scripts/redis.sh) instead of in-process; with it,
         /// `--fault redis-restart` kills and restarts Redis.
@@ -206,6 +213,7 @@ fn main() -> Result<()> {
             out,
             fault,
             kafka_port,
+            kafka_cluster,
             redis_port,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -223,6 +231,7 @@ fn main() -> Result<()> {
                 progress: true,
                 fault,
                 kafka_port,
+                kafka_cluster,
                 redis_port,
             };
             let r = rt.block_on(ferrule_loadtest::fleet::run(&opts))?;

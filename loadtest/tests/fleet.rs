@@ -27,6 +27,7 @@ fn small(dir: &Path, fault: Fault) -> Options {
         progress: true,
         fault,
         kafka_port: None,
+        kafka_cluster: false,
         redis_port: None,
     }
 }
@@ -207,4 +208,71 @@ async fn a_fleet_keeps_being_acknowledged_when_redis_restarts() {
         "{}",
         r.markdown()
     );
+}
+
+/// The aggregator frozen (SIGSTOP) for 8 s under a fleet with Redis, then
+/// thawed: the agents hold what they generate and get it all through after;
+/// the sampler, paused past its 5 s lease, takes a new grant (a higher fence)
+/// and samples again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn a_fleet_rides_out_an_aggregator_frozen_past_the_sampler_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = ferrule_loadtest::procs::free_port_block(&[0]).unwrap();
+    let opts = Options {
+        agents: 8,
+        secs: 24,
+        warmup_secs: 2,
+        redis_port: Some(port),
+        ..small(dir.path(), Fault::AggregatorPause)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert_eq!(f.kind, "aggregator-pause");
+    assert!(f.down_secs >= 8.0, "{f:?}");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+    // Nothing was acknowledged while frozen: the agents held 8 s of batches.
+    assert!(
+        r.sessions.backlog_peak_batches >= 8 * 100,
+        "{}",
+        r.markdown()
+    );
+    let s = &r.sampler;
+    assert_eq!(s.active, 1, "{}", r.markdown());
+    assert!(
+        s.fence >= 2,
+        "the lease lapsed and was granted again: {}",
+        r.markdown()
+    );
+    assert!(s.snapshots > 0, "{}", r.markdown());
+}
+
+/// The leader of a partition lost in a three-broker cluster (SIGKILL, back
+/// 5 s later): writes move to a new leader (replication 3, min.insync.replicas
+/// 2), acks go on, and the topic read back holds every batch once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn a_fleet_through_three_brokers_loses_nothing_when_a_leader_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = ferrule_loadtest::procs::free_port_block(&[0, 1, 2, 100, 101, 102]).unwrap();
+    let opts = Options {
+        agents: 8,
+        // The fault at 12 s; Kafka fences the dead broker after its 9 s
+        // session timeout, then the backlog drains (debug builds, 2 cores).
+        secs: 36,
+        warmup_secs: 2,
+        kafka_port: Some(port),
+        kafka_cluster: true,
+        ..small(dir.path(), Fault::KafkaLeaderLoss)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(r.conditions.sink.contains("3 brokers"), "{}", r.markdown());
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    assert_eq!(r.verdict.records, r.verdict.generated, "{}", r.markdown());
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert_eq!(f.kind, "kafka-leader-loss");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
 }

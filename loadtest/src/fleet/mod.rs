@@ -52,7 +52,18 @@ pub enum Fault {
     KafkaRestart,
     /// SIGKILL Redis, restart it a second later (needs Redis).
     RedisRestart,
+    /// SIGKILL the broker leading partition 0 of a three-broker cluster,
+    /// restart it 5 s later (needs Kafka with `kafka_cluster`).
+    KafkaLeaderLoss,
+    /// SIGSTOP the aggregator for [`PAUSE`] (a stalled VM, a process frozen by
+    /// its host), then SIGCONT. With Redis its sampler is paused past its
+    /// 5 s lease and must come back under a new fence.
+    AggregatorPause,
 }
+
+/// How long `aggregator-pause` freezes the aggregator: past the sampler's
+/// lease (5 s by default), within the agents' idle timeout (30 s).
+pub const PAUSE: Duration = Duration::from_secs(8);
 
 impl std::str::FromStr for Fault {
     type Err = anyhow::Error;
@@ -63,8 +74,10 @@ impl std::str::FromStr for Fault {
             "aggregator-restart" => Self::AggregatorRestart,
             "kafka-restart" => Self::KafkaRestart,
             "redis-restart" => Self::RedisRestart,
+            "kafka-leader-loss" => Self::KafkaLeaderLoss,
+            "aggregator-pause" => Self::AggregatorPause,
             _ => bail!(
-                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, kafka-restart or redis-restart"
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss or redis-restart"
             ),
         })
     }
@@ -78,6 +91,8 @@ impl Fault {
             Self::AggregatorRestart => "aggregator-restart",
             Self::KafkaRestart => "kafka-restart",
             Self::RedisRestart => "redis-restart",
+            Self::KafkaLeaderLoss => "kafka-leader-loss",
+            Self::AggregatorPause => "aggregator-pause",
         }
     }
 }
@@ -120,6 +135,10 @@ pub struct Options {
     /// verifier then reads the topic back with an independent consumer
     /// (`scripts/kafka/consume.py`, librdkafka through Python).
     pub kafka_port: Option<u16>,
+    /// With `kafka_port`: three brokers on it and the next two ports
+    /// (controllers 100 above), the topic replicated three times with
+    /// min.insync.replicas 2.
+    pub kafka_cluster: bool,
     /// Fan out through a `redis-server` started on this port
     /// (`scripts/redis.sh`) instead of in-process.
     pub redis_port: Option<u16>,
@@ -178,6 +197,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
     if opts.fault == Fault::RedisRestart && opts.redis_port.is_none() {
         bail!("--fault redis-restart needs --redis-port");
     }
+    if opts.fault == Fault::KafkaLeaderLoss && !(opts.kafka_port.is_some() && opts.kafka_cluster) {
+        bail!("--fault kafka-leader-loss needs --kafka-port and --kafka-cluster");
+    }
+    if opts.kafka_cluster && opts.kafka_port.is_none() {
+        bail!("--kafka-cluster needs --kafka-port");
+    }
     let dir = opts
         .data_dir
         .join(format!("ferrule-fleet-{}", std::process::id()));
@@ -199,6 +224,17 @@ fn file_system(dir: &Path) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Sends `kill SIG PID`.
+fn signal(sig: &str, pid: &str) -> anyhow::Result<()> {
+    let st = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()?;
+    if !st.success() {
+        bail!("kill {sig} {pid} failed");
+    }
+    Ok(())
 }
 
 /// The last lines of a log, for an error message (the run's directory is
@@ -247,8 +283,13 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     let broker = match opts.kafka_port {
         Some(port) => {
             let d = dir.join("kafka");
+            let cluster = opts.kafka_cluster;
             let b = tokio::task::spawn_blocking(move || {
-                crate::bench::Broker::start(&d, port, KAFKA_TOPIC, 4)
+                if cluster {
+                    crate::bench::Broker::start_cluster(&d, port, KAFKA_TOPIC, 4)
+                } else {
+                    crate::bench::Broker::start(&d, port, KAFKA_TOPIC, 4)
+                }
             })
             .await??;
             extra.push_str(&procs::kafka_section(&b.bootstrap, KAFKA_TOPIC, ""));
@@ -256,6 +297,20 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         }
         None => None,
     };
+    // The broker a leader loss kills, looked up now (the tool takes seconds).
+    let leader0 = match (&broker, opts.fault) {
+        (Some(b), Fault::KafkaLeaderLoss) => {
+            let (d, bootstrap) = (b.dir().to_path_buf(), b.bootstrap.clone());
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    crate::bench::leader_dir(&d, &bootstrap, KAFKA_TOPIC, 0)
+                })
+                .await??,
+            )
+        }
+        _ => None,
+    };
+    let broker_back = Arc::new(std::sync::OnceLock::<f64>::new());
     let redis = match opts.redis_port {
         Some(port) => {
             let d = dir.join("redis");
@@ -369,6 +424,36 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 tokio::task::spawn_blocking(move || crate::bench::kafka_sh(&["restart", &bdir]))
                     .await??;
+            } else if kind == Fault::KafkaLeaderLoss {
+                let leader = leader0
+                    .clone()
+                    .context("the leader was looked up at the start")?;
+                let (l1, l2) = (leader.display().to_string(), leader.display().to_string());
+                tokio::task::spawn_blocking(move || crate::bench::kafka_sh(&["kill", &l1]))
+                    .await??;
+                if opts.progress {
+                    eprintln!("\nfleet: killed the leader of partition 0, {l2}");
+                }
+                // Back after a while, in the background: the seconds go on
+                // being measured, and the fleet must not need it back to
+                // recover (another broker leads now).
+                let back = broker_back.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let r = tokio::task::spawn_blocking(move || {
+                        crate::bench::kafka_sh(&["restart", &l2])
+                    })
+                    .await;
+                    if matches!(r, Ok(Ok(()))) {
+                        let _ = back.set(t_down.elapsed().as_secs_f64());
+                    }
+                });
+            } else if kind == Fault::AggregatorPause {
+                let pid = agg.pid().to_string();
+                let p2 = pid.clone();
+                signal("-STOP", &pid)?;
+                tokio::time::sleep(PAUSE).await;
+                signal("-CONT", &p2)?;
             } else {
                 agg_cpu_carried += agg.cpu_secs().unwrap_or(0.0) - measured_cpu.0;
                 let mut old = agg;
@@ -421,12 +506,22 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             interval,
             sec >= opts.warmup_secs,
         );
+        if let (Some(f), Some(back)) = (fault.as_mut(), broker_back.get()) {
+            // The killed leader's outage: until its restart finished.
+            f.down_secs = *back;
+        }
         if let Some(f) = fault.as_mut().filter(|f| f.recovered_after_secs.is_none()) {
             // Recovered: every agent back on a new session (when the fault
             // cut them), the backlog the fault built drained.
-            let reconnected = matches!(opts.fault, Fault::KafkaRestart | Fault::RedisRestart)
-                || shared.established.load(Ordering::Relaxed) - established_at_fault
-                    >= opts.agents as u64;
+            let reconnected = matches!(
+                opts.fault,
+                Fault::KafkaRestart
+                    | Fault::RedisRestart
+                    | Fault::KafkaLeaderLoss
+                    | Fault::AggregatorPause
+            ) || shared.established.load(Ordering::Relaxed)
+                - established_at_fault
+                >= opts.agents as u64;
             if reconnected
                 && tick.connected == opts.agents as u64
                 && tick.backlog_batches <= backlog_before_fault + opts.agents as u64
@@ -511,6 +606,10 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         None => read_back(&data.join("log"), ledgers),
     })
     .await??;
+    let verdict = verify::Verdict {
+        duplicates_expected: opts.kafka_port.is_some() && opts.fault == Fault::AggregatorKill,
+        ..verdict
+    };
     drop(broker);
     drop(redis);
 
@@ -552,7 +651,9 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             } else {
                 "in-process".into()
             },
-            sink: if opts.kafka_port.is_some() {
+            sink: if opts.kafka_cluster {
+                format!("Kafka (3 brokers on this machine, topic {KAFKA_TOPIC} with 4 partitions, replication 3, min.insync.replicas 2, acks=all)")
+            } else if opts.kafka_port.is_some() {
                 format!("Kafka (1 broker on this machine, topic {KAFKA_TOPIC} with 4 partitions, acks=all)")
             } else {
                 "embedded log (group-commit fsync)".into()
@@ -574,6 +675,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             "ferrule_aggregator_alert_latency_seconds",
         ),
         fan_out: report::FanOut::from_exposition(&exposition),
+        sampler: report::Sampler::from_exposition(&exposition),
         commit_latency_ms: bucket_percentiles(
             &exposition,
             "ferrule_aggregator_commit_latency_seconds",

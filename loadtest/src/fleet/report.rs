@@ -86,6 +86,32 @@ pub struct BucketPercentiles {
     pub p99_le: f64,
 }
 
+/// The sampler at the end of the run (the last aggregator process).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sampler {
+    /// 1 while this aggregator holds the sampler lease.
+    pub active: u64,
+    /// The fence of its current grant (each grant is above every earlier one).
+    pub fence: u64,
+    /// Snapshots it stored.
+    pub snapshots: u64,
+    /// Its writes the store refused (a stale fence).
+    pub writes_refused: u64,
+}
+
+impl Sampler {
+    /// From a `/metrics` exposition.
+    pub fn from_exposition(text: &str) -> Self {
+        let m = |name| crate::procs::metric_sum(text, name);
+        Self {
+            active: m("ferrule_aggregator_sampler_active"),
+            fence: m("ferrule_aggregator_sampler_fence"),
+            snapshots: m("ferrule_aggregator_sampler_snapshots_total"),
+            writes_refused: m("ferrule_aggregator_sampler_writes_refused_total"),
+        }
+    }
+}
+
 /// What the aggregator's fan-out did, from its counters at the end.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FanOut {
@@ -207,6 +233,8 @@ pub struct FleetReport {
     pub commit_latency_ms: Option<BucketPercentiles>,
     /// The fan-out's counters (from the last aggregator process).
     pub fan_out: FanOut,
+    /// The sampler's lease and writes.
+    pub sampler: Sampler,
     /// The aggregator process.
     pub aggregator: Cost,
     /// The load generator (this process: every simulated agent).
@@ -321,10 +349,15 @@ impl FleetReport {
         let _ = writeln!(s, "| figure | value |\n|---|---|");
         let _ = writeln!(
             s,
-            "| verdict | **{}**: lost {}, duplicates {}, out of order {}, unknown {}, wrong sample counts {} |",
+            "| verdict | **{}**: lost {}, duplicates {}{}, out of order {}, unknown {}, wrong sample counts {} |",
             if self.passed() { "PASS" } else { "FAIL" },
             v.lost,
             v.duplicates,
+            if v.duplicates > 0 && v.duplicates_expected {
+                " (expected: Kafka after an aggregator crash; consumers drop them by (agent, epoch, seq))"
+            } else {
+                ""
+            },
             v.out_of_order,
             v.unknown,
             v.wrong_samples
@@ -379,6 +412,12 @@ impl FleetReport {
             s,
             "| sessions | refused {}, lost {}, moved on GoAway {}, backlog peak {} batches, not generated {} |",
             ss.refused, ss.lost, ss.moved, ss.backlog_peak_batches, ss.not_generated
+        );
+        let sm = &self.sampler;
+        let _ = writeln!(
+            s,
+            "| sampler | active {}, fence {}, snapshots {}, writes refused {} |",
+            sm.active, sm.fence, sm.snapshots, sm.writes_refused
         );
         if let Some(f) = &self.fault {
             let _ = writeln!(
