@@ -506,6 +506,11 @@ pub struct ServerSection {
     /// (`server_busy`: the agent backs off) so a reconnect storm does not slow
     /// every handshake past the agents' connect timeout. Default 256.
     pub max_pending_handshakes: usize,
+    /// Of those, at most this many from one source address, so a host that
+    /// starts handshakes and never finishes them cannot hold every slot
+    /// (each is held up to `hello_timeout_secs`). Sites behind one NAT
+    /// address share it. Default 32.
+    pub max_pending_handshakes_per_address: usize,
     /// Close a connection silent this long. Default 30.
     pub idle_timeout_secs: u64,
     /// A frame must arrive whole within this many seconds of its first byte. Default 10.
@@ -559,6 +564,7 @@ impl Default for ServerSection {
             name: "ferrule-aggregator".into(),
             retry: true,
             max_pending_handshakes: 256,
+            max_pending_handshakes_per_address: 32,
             idle_timeout_secs: 30,
             frame_timeout_secs: 10,
             hello_timeout_secs: 10,
@@ -889,6 +895,14 @@ impl Validate for Config {
             bad.push(Invalid::new(
                 "server.max_sessions",
                 "max_sessions and max_sessions_per_agent must be at least 1",
+            ));
+        }
+        if self.server.max_pending_handshakes == 0
+            || self.server.max_pending_handshakes_per_address == 0
+        {
+            bad.push(Invalid::new(
+                "server.max_pending_handshakes",
+                "max_pending_handshakes and max_pending_handshakes_per_address must be at least 1 (0 would refuse every agent)",
             ));
         }
         if self.server.idle_timeout_secs == 0 || self.server.frame_timeout_secs == 0 {

@@ -18,7 +18,7 @@ use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
 use ferrule_transport::{
-    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits,
+    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits, GateFull,
     HandshakeGate, Refusals, ServerTlsSlot,
 };
 use ferrule_wire::session::{IngestConfig, WindowConfig, WindowController};
@@ -368,20 +368,28 @@ pub async fn run(
     });
 
     let mut sessions = JoinSet::new();
-    let handshakes = HandshakeGate::new(cfg.server.max_pending_handshakes);
+    let handshakes = HandshakeGate::new(
+        cfg.server.max_pending_handshakes,
+        cfg.server.max_pending_handshakes_per_address,
+    );
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             incoming = accept_validated(&endpoint, cfg.server.retry) => match incoming {
-                Some(i) => match handshakes.try_enter() {
-                    Some(permit) => { sessions.spawn(ingest::serve(i, permit, ctx.clone())); }
-                    None => {
-                        // A storm: refused at once (no crypto), the agent
-                        // backs off, instead of every handshake slowing past
-                        // the agents' connect timeout.
+                Some(i) => match handshakes.try_enter(i.remote_address().ip().to_canonical()) {
+                    Ok(permit) => { sessions.spawn(ingest::serve(i, permit, ctx.clone())); }
+                    Err(full) => {
+                        // A storm, or one host holding its share: refused at
+                        // once (no crypto), the agent backs off, instead of
+                        // every handshake slowing past the agents' connect
+                        // timeout.
                         ctx.metrics.refused("server_busy");
-                        tracing::debug!(remote = %i.remote_address(), in_progress = handshakes.in_progress(), "handshake refused: server.max_pending_handshakes in progress");
+                        let limit = match full {
+                            GateFull::Total => "server.max_pending_handshakes",
+                            GateFull::Address => "server.max_pending_handshakes_per_address",
+                        };
+                        tracing::debug!(remote = %i.remote_address(), in_progress = handshakes.in_progress(), limit, "handshake refused: its limit of handshakes in progress");
                         i.refuse();
                     }
                 },

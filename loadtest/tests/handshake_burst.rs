@@ -448,3 +448,135 @@ fn the_impairment_recognises_retried_initials() {
     assert!(is_retry(&[0xf0, 0, 0, 0, 1]));
     assert!(!is_retry(&with_token));
 }
+
+/// A client socket that goes silent once it has sent its Initial answering
+/// the Retry: the server starts the handshake (a slot of the gate taken) and
+/// never hears the client's Finished. A host doing this on purpose tries to
+/// hold every handshake slot.
+#[derive(Debug)]
+struct SilentAfterRetry {
+    inner: Arc<dyn AsyncUdpSocket>,
+    answered_retry: AtomicBool,
+}
+
+impl AsyncUdpSocket for SilentAfterRetry {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, t: &quinn::udp::Transmit) -> io::Result<()> {
+        if self.answered_retry.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if carries_retry_token(t.contents) {
+            self.answered_retry.store(true, Ordering::Relaxed);
+        }
+        self.inner.try_send(t)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        1
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// One host starting handshakes it never finishes holds only its address's
+/// share of the handshake slots (each held until the hello timeout): an agent
+/// from another address gets in at once. Without the per-address share the
+/// silent host took every slot and locked the fleet out for as long as it
+/// kept going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_finishes_its_handshakes_holds_only_its_share() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::ensure(&dir.path().join("pki")).unwrap();
+    let issue = pki.clone();
+    tokio::task::spawn_blocking(move || {
+        issue.agent("burst", "silent").unwrap();
+        issue.agent("burst", "good").unwrap();
+    })
+    .await
+    .unwrap();
+    let agg = start_aggregator(
+        dir.path(),
+        &pki,
+        "max_pending_handshakes = 8\nmax_pending_handshakes_per_address = 4\n",
+    )
+    .await;
+    let crypto_for = |id: &str| {
+        let (cert, key) = pki.agent_paths("burst", id);
+        client_crypto(
+            &ClientTls {
+                cert,
+                key,
+                server_ca: pki.ca_bundle(),
+            },
+            &ferrule_transport::Refusals::new(),
+        )
+        .unwrap()
+    };
+    // Twelve silent handshakes from 127.0.0.1, more than all the slots.
+    let mut silent = Vec::new();
+    for _ in 0..12 {
+        let ep = client_endpoint(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            crypto_for("silent"),
+            &EndpointLimits::default(),
+        )
+        .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inner = quinn::TokioRuntime.wrap_udp_socket(socket).unwrap();
+        ep.rebind_abstract(Arc::new(SilentAfterRetry {
+            inner,
+            answered_retry: AtomicBool::new(false),
+        }))
+        .unwrap();
+        let connecting = ep.connect(agg.quic, "localhost").unwrap();
+        silent.push((ep, tokio::spawn(async move { connecting.await.is_ok() })));
+    }
+    // Let them take what they can.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // An agent from another address: in at the first attempt.
+    let ep = client_endpoint(
+        SocketAddr::from(([127, 0, 0, 2], 0)),
+        crypto_for("good"),
+        &EndpointLimits::default(),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(5), session(&ep, agg.quic, "good")).await;
+    match got {
+        Ok(Ok(conn)) => conn.close(0u32.into(), b"done"),
+        Ok(Err(Failure::Busy)) => panic!("refused as busy: the silent host holds every slot"),
+        Ok(Err(Failure::InvalidToken)) => panic!("refused with INVALID_TOKEN"),
+        Ok(Err(Failure::Other(e))) => panic!("the agent from another address failed: {e}"),
+        Err(_) => panic!("no session within 5 s"),
+    }
+    eprintln!("the other agent got in after {:?}", started.elapsed());
+    for (ep, t) in silent {
+        t.abort();
+        ep.close(0u32.into(), b"done");
+    }
+    let _ = agg.stop.send(true);
+    agg.task.await.unwrap().unwrap();
+}

@@ -1,5 +1,5 @@
 //! Handshake admission: how many QUIC + TLS handshakes the server works on at
-//! once.
+//! once, in all and per source address.
 //!
 //! quinn bounds only the queue of connection attempts nobody has looked at yet
 //! (`max_incoming`), and drops the Initials beyond it without a word: in a
@@ -10,52 +10,103 @@
 //! server finishes quickly and refuses the rest at once (QUIC's
 //! CONNECTION_REFUSED, a packet without any cryptographic work), so those
 //! agents back off and come back instead of timing out.
+//!
+//! A slot is held until the handshake ends or times out, so one host that
+//! starts handshakes and never finishes them could hold every slot and lock
+//! the fleet out: each source address may hold only its own share.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
-/// Counts handshakes in progress against a limit. Cheap to clone: clones
-/// share the count.
-#[derive(Debug, Clone)]
-pub struct HandshakeGate {
-    in_progress: Arc<AtomicUsize>,
-    limit: usize,
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
 }
+
+#[derive(Debug)]
+struct Inner {
+    counts: Mutex<Counts>,
+    limit: usize,
+    per_address: usize,
+}
+
+impl Inner {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // Counts are updated whole under the lock; a panic elsewhere leaves
+        // them consistent.
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts handshakes in progress against a limit in all and one per source
+/// address. Cheap to clone: clones share the counts.
+#[derive(Debug, Clone)]
+pub struct HandshakeGate(Arc<Inner>);
 
 /// One handshake in progress; dropping it (handshake done, failed or given
 /// up) lets the next one in.
 #[derive(Debug)]
-pub struct HandshakePermit(Arc<AtomicUsize>);
+pub struct HandshakePermit {
+    gate: Arc<Inner>,
+    address: IpAddr,
+}
+
+/// Why the gate refused a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateFull {
+    /// The server has its limit of handshakes in progress.
+    Total,
+    /// This source address has its share in progress.
+    Address,
+}
 
 impl HandshakeGate {
-    /// A gate admitting at most `limit` handshakes at once (at least one).
-    pub fn new(limit: usize) -> Self {
-        Self {
-            in_progress: Arc::new(AtomicUsize::new(0)),
+    /// A gate admitting at most `limit` handshakes at once, at most
+    /// `per_address` of them from one source address (each at least one).
+    pub fn new(limit: usize, per_address: usize) -> Self {
+        Self(Arc::new(Inner {
+            counts: Mutex::new(Counts::default()),
             limit: limit.max(1),
-        }
+            per_address: per_address.max(1),
+        }))
     }
 
-    /// A permit when fewer than the limit are in progress; `None` means
-    /// refuse this one.
-    pub fn try_enter(&self) -> Option<HandshakePermit> {
-        self.in_progress
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| HandshakePermit(self.in_progress.clone()))
+    /// A permit for a handshake from `address`, or why it must be refused.
+    pub fn try_enter(&self, address: IpAddr) -> Result<HandshakePermit, GateFull> {
+        let mut c = self.0.counts();
+        if c.total >= self.0.limit {
+            return Err(GateFull::Total);
+        }
+        let mine = c.by_address.entry(address).or_insert(0);
+        if *mine >= self.0.per_address {
+            return Err(GateFull::Address);
+        }
+        *mine += 1;
+        c.total += 1;
+        Ok(HandshakePermit {
+            gate: self.0.clone(),
+            address,
+        })
     }
 
     /// Handshakes in progress now.
     pub fn in_progress(&self) -> usize {
-        self.in_progress.load(Ordering::Acquire)
+        self.0.counts().total
     }
 }
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut c = self.gate.counts();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_address.get_mut(&self.address) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.by_address.remove(&self.address);
+            }
+        }
     }
 }
 
@@ -63,24 +114,45 @@ impl Drop for HandshakePermit {
 mod tests {
     use super::*;
 
-    #[test]
-    fn admits_up_to_the_limit_and_again_after_a_release() {
-        let gate = HandshakeGate::new(2);
-        let a = gate.try_enter().expect("first");
-        let b = gate.try_enter().expect("second");
-        assert!(gate.try_enter().is_none(), "a third is refused");
-        assert_eq!(gate.in_progress(), 2);
-        drop(a);
-        let c = gate.try_enter().expect("a slot freed");
-        assert!(gate.try_enter().is_none());
-        drop((b, c));
-        assert_eq!(gate.in_progress(), 0);
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
     }
 
     #[test]
-    fn a_zero_limit_still_admits_one() {
-        let gate = HandshakeGate::new(0);
-        let _p = gate.try_enter().expect("one");
-        assert!(gate.try_enter().is_none());
+    fn admits_up_to_the_limit_and_again_after_a_release() {
+        let gate = HandshakeGate::new(2, 2);
+        let a = gate.try_enter(ip(1)).expect("first");
+        let b = gate.try_enter(ip(2)).expect("second");
+        assert_eq!(gate.try_enter(ip(3)).unwrap_err(), GateFull::Total);
+        assert_eq!(gate.in_progress(), 2);
+        drop(a);
+        let c = gate.try_enter(ip(3)).expect("a slot freed");
+        assert!(gate.try_enter(ip(4)).is_err());
+        drop((b, c));
+        assert_eq!(gate.in_progress(), 0);
+        assert!(gate.0.counts().by_address.is_empty(), "no address kept");
+    }
+
+    /// One host cannot take every slot: its share is full while others
+    /// still get in.
+    #[test]
+    fn one_address_holds_only_its_share() {
+        let gate = HandshakeGate::new(10, 3);
+        let mine: Vec<_> = (0..3)
+            .map(|_| gate.try_enter(ip(1)).expect("share"))
+            .collect();
+        assert_eq!(gate.try_enter(ip(1)).unwrap_err(), GateFull::Address);
+        let other = gate.try_enter(ip(2)).expect("another address gets in");
+        drop(mine);
+        let _again = gate.try_enter(ip(1)).expect("its share back");
+        drop(other);
+        assert_eq!(gate.in_progress(), 1);
+    }
+
+    #[test]
+    fn zero_limits_still_admit_one() {
+        let gate = HandshakeGate::new(0, 0);
+        let _p = gate.try_enter(ip(1)).expect("one");
+        assert!(gate.try_enter(ip(2)).is_err());
     }
 }

@@ -321,9 +321,15 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         None => None,
     };
     let cfg = dir.join("aggregator.toml");
+    // Every simulated agent comes from 127.0.0.1, standing for as many hosts:
+    // the per-address share of the handshake slots is the whole.
     std::fs::write(
         &cfg,
-        procs::aggregator_toml(&pki, &data, quic, Some(metrics), &extra),
+        procs::aggregator_toml(&pki, &data, quic, Some(metrics), &extra).replacen(
+            "[server]\n",
+            "[server]\nmax_pending_handshakes_per_address = 256\n",
+            1,
+        ),
     )?;
     let mut agg = Proc::start(
         "aggregator",
