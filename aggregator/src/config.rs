@@ -506,10 +506,11 @@ pub struct ServerSection {
     /// (`server_busy`: the agent backs off) so a reconnect storm does not slow
     /// every handshake past the agents' connect timeout. Default 256.
     pub max_pending_handshakes: usize,
-    /// Of those, at most this many from one source address, so a host that
-    /// starts handshakes and never finishes them cannot hold every slot
-    /// (each is held up to `hello_timeout_secs`). Sites behind one NAT
-    /// address share it. Default 32.
+    /// Of those, at most this many from one source address (an IPv6 /64), so
+    /// a host that starts handshakes and never finishes them cannot hold
+    /// every slot (each is held up to `hello_timeout_secs`); and when all are
+    /// taken, an address holding fewer takes the biggest holder's oldest
+    /// back. Sites behind one NAT address share it. Default 32.
     pub max_pending_handshakes_per_address: usize,
     /// Close a connection silent this long. Default 30.
     pub idle_timeout_secs: u64,

@@ -202,7 +202,11 @@ use ferrule_transport::session_now as now;
 /// TLS handshake is over; a handshake not over within the hello timeout is
 /// given up (an agent that vanished mid-handshake must not keep its slot for
 /// the whole idle timeout).
-pub async fn serve(incoming: quinn::Incoming, handshake: HandshakePermit, ctx: Arc<IngestContext>) {
+pub async fn serve(
+    incoming: quinn::Incoming,
+    mut handshake: HandshakePermit,
+    ctx: Arc<IngestContext>,
+) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept_with(ctx.tls.current()) {
         Ok(c) => c,
@@ -213,10 +217,18 @@ pub async fn serve(incoming: quinn::Incoming, handshake: HandshakePermit, ctx: A
             return;
         }
     };
-    let handshaken = tokio::time::timeout(ctx.session.hello_timeout, connecting).await;
+    let mut shutdown = ctx.shutdown.clone();
+    // Dropping the attempt (any branch but the first) closes it.
+    let handshaken = tokio::select! {
+        r = tokio::time::timeout(ctx.session.hello_timeout, connecting) => r,
+        () = handshake.evicted() => {
+            tracing::debug!(%remote, "QUIC handshake abandoned: its slot went to another address");
+            return;
+        }
+        _ = shutdown.wait_for(|s| *s) => return,
+    };
     drop(handshake);
     let Ok(handshaken) = handshaken else {
-        // Dropping the attempt closes it.
         ctx.metrics.refused("handshake_timeout");
         tracing::debug!(%remote, "QUIC handshake not over within the hello timeout; given up");
         return;

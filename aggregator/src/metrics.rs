@@ -86,6 +86,7 @@ pub fn refusal_reasons() -> impl Iterator<Item = &'static str> {
             // ingest: identity, admission, streams, session timers, sink.
             "bad_identity",
             "superseded",
+            "handshake_evicted",
             "too_many_sessions",
             "handshake_timeout",
             "peer_timeout",

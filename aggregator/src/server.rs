@@ -18,8 +18,8 @@ use crate::metrics::IngestMetrics;
 use anyhow::Context as _;
 use ferrule_telemetry::Registry;
 use ferrule_transport::{
-    accept_validated, server_config, server_crypto, server_endpoint_with, EndpointLimits, GateFull,
-    HandshakeGate, Refusals, ServerTlsSlot,
+    accept_validated, server_config, server_crypto, server_endpoint_with, Admitted, EndpointLimits,
+    GateFull, HandshakeGate, Refusals, ServerTlsSlot,
 };
 use ferrule_wire::session::{IngestConfig, WindowConfig, WindowController};
 use ferrule_wire::{Credit, Limits, ServerLimits};
@@ -377,8 +377,16 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             incoming = accept_validated(&endpoint, cfg.server.retry) => match incoming {
-                Some(i) => match handshakes.try_enter(i.remote_address().ip().to_canonical()) {
-                    Ok(permit) => { sessions.spawn(ingest::serve(i, permit, ctx.clone())); }
+                Some(i) => match handshakes.try_enter(i.remote_address().ip()) {
+                    Ok((permit, admitted)) => {
+                        if let Admitted::Evicted(from) = admitted {
+                            // Hoarded slots (handshakes started and never
+                            // finished): counted, the address in the log.
+                            ctx.metrics.refused("handshake_evicted");
+                            tracing::debug!(%from, "handshake slot taken back from the address holding the most");
+                        }
+                        sessions.spawn(ingest::serve(i, permit, ctx.clone()));
+                    }
                     Err(full) => {
                         // A storm, or one host holding its share: refused at
                         // once (no crypto), the agent backs off, instead of

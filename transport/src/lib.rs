@@ -32,7 +32,7 @@ pub use endpoint::{
 };
 pub use error::{StreamError, TlsError};
 pub use framed::{FrameReceiver, FrameSender};
-pub use gate::{GateFull, HandshakeGate, HandshakePermit};
+pub use gate::{Admitted, GateFull, HandshakeGate, HandshakePermit};
 pub use identity::{peer_identity, IdentityError, VerifiedAgent};
 pub use refusal::{certificate_label, Refusals};
 pub use reject::{
