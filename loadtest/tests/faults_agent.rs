@@ -954,9 +954,10 @@ fn an_acknowledged_record_cut_off_the_spool_does_not_get_its_seq_reused() {
     let mut runs = 0u64;
     // SIGKILL right after the last batch is acknowledged: the spool releases
     // acknowledged batches at most once a second, so the last record is
-    // normally still there, above the floor. If a release came first, run
-    // once more. (Looking every 250 ms, that happened three runs in a row in
-    // CI: the watch is every 20 ms, and five runs are allowed.)
+    // often still there, above the floor. If a release came first (the
+    // agent also releases once everything is acknowledged and its input has
+    // ended, so this races the kill), run once more: three runs in a row
+    // missed in CI, about half miss here; ten are allowed, watched every 20 ms.
     let cut = loop {
         runs += 1;
         let mut agent = cfg.start();
@@ -983,8 +984,8 @@ fn an_acknowledged_record_cut_off_the_spool_does_not_get_its_seq_reused() {
             break last;
         }
         assert!(
-            runs < 5,
-            "setup: five times the agent released its last record before the SIGKILL"
+            runs < 10,
+            "setup: ten times the agent released its last record before the SIGKILL"
         );
         println!("run {runs}: the last record was released before the kill; once more");
     };
