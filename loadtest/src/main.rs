@@ -145,7 +145,8 @@ enum Scenario {
         /// A fault a third of the way into the measured period: none,
         /// aggregator-kill (SIGKILL, restart after 1 s), aggregator-restart
         /// (SIGTERM, restart), aggregator-pause (SIGSTOP 8 s, SIGCONT),
-        /// kafka-restart, kafka-leader-loss, redis-restart.
+        /// kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall
+        /// (two consumer groups read the streams; one stops reading).
         #[arg(long, default_value = "none")]
         fault: ferrule_loadtest::fleet::Fault,
         /// Commit to a Kafka broker the run starts on this port (e.g. 39092;
@@ -162,7 +163,8 @@ enum Scenario {
         kafka_cluster: bool,
         /// Fan out through a redis-server the run starts on this port (e.g.
         /// 36379; scripts/redis.sh) instead of in-process; with it,
-        /// `--fault redis-restart` kills and restarts Redis.
+        /// `--fault redis-restart` kills and restarts Redis, and
+        /// `--fault redis-group-stall` stalls one of two consumer groups.
         #[arg(long)]
         redis_port: Option<u16>,
     },

@@ -217,6 +217,62 @@ async fn a_fleet_keeps_being_acknowledged_when_redis_restarts() {
     );
 }
 
+/// Two consumer groups read the fleet's Redis stream; one stalls a third of
+/// the way in (a hung consumer). The agents do not notice (acks go on, none
+/// cut off), the other group reads every batch published, Redis holds no
+/// more than the stream's cap, and what the stalled group lost to the cap is
+/// counted for it alone and shown at `/healthz`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn a_stalled_consumer_group_costs_the_fleet_and_the_other_group_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = ferrule_loadtest::procs::free_port_block(&[0]).unwrap();
+    let opts = Options {
+        agents: 8,
+        secs: 24,
+        warmup_secs: 2,
+        redis_port: Some(port),
+        ..small(dir.path(), Fault::RedisGroupStall)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    assert_eq!(
+        (r.sessions.lost, r.sessions.refused),
+        (0, 0),
+        "{}",
+        r.markdown()
+    );
+    assert!(r.ack_latency_ms.max < 1000.0, "{}", r.markdown());
+    let g = r.groups.as_ref().expect("the groups' report");
+    // Everything generated was published (nothing skipped), and the fast
+    // group read all of it, once each, and lost nothing.
+    assert_eq!(r.fan_out.skipped, 0, "{}", r.markdown());
+    assert_eq!(r.fan_out.published, r.verdict.generated, "{}", r.markdown());
+    assert_eq!(g.fast.distinct, r.fan_out.published, "{}", r.markdown());
+    assert_eq!(g.fast_lost_counted, 0, "{}", r.markdown());
+    // The slow group read the first third, then nothing; the cap held the
+    // stream (approximate trimming: within one 100-entry node of it), and
+    // the slow group's loss was counted, no more than it missed.
+    assert!(g.slow.distinct > 0, "{}", r.markdown());
+    assert!(
+        g.slow.distinct < r.fan_out.published / 2,
+        "{}",
+        r.markdown()
+    );
+    assert!(g.longest_stream <= g.max_len + 100, "{}", r.markdown());
+    assert!(g.slow_lost_counted > 0, "{}", r.markdown());
+    // Exactly counted: every batch published was read by the slow group,
+    // lost to the cap, or is still in the stream after its last read.
+    assert_eq!(
+        g.slow.distinct + g.slow_lost_counted + g.slow_waiting,
+        r.fan_out.published,
+        "{}",
+        r.markdown()
+    );
+    assert!(g.healthz.contains("slow"), "{}", r.markdown());
+}
+
 /// The aggregator frozen (SIGSTOP) for 8 s under a fleet with Redis, then
 /// thawed: the agents hold what they generate and get it all through after;
 /// the sampler, paused past its 5 s lease, takes a new grant (a higher fence)

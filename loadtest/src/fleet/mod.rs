@@ -14,6 +14,7 @@
 //! Reports ([`report`]): `report.json`, `summary.md` and SVG plots in one
 //! directory.
 
+pub mod groups;
 pub mod report;
 pub mod sim;
 pub mod verify;
@@ -59,6 +60,12 @@ pub enum Fault {
     /// its host), then SIGCONT. With Redis its sampler is paused past its
     /// 5 s lease and must come back under a new fence.
     AggregatorPause,
+    /// With Redis: two consumer groups read every site stream, and one of
+    /// them stops reading (a consumer hung). The agents must not notice, the
+    /// other group must get everything, and the stream stays under its cap
+    /// (`redis.max_len`, ten seconds of the stream here), the stalled group's
+    /// loss to the cap counted.
+    RedisGroupStall,
 }
 
 /// How long `aggregator-pause` freezes the aggregator: past the sampler's
@@ -76,8 +83,9 @@ impl std::str::FromStr for Fault {
             "redis-restart" => Self::RedisRestart,
             "kafka-leader-loss" => Self::KafkaLeaderLoss,
             "aggregator-pause" => Self::AggregatorPause,
+            "redis-group-stall" => Self::RedisGroupStall,
             _ => bail!(
-                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss or redis-restart"
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart or redis-group-stall"
             ),
         })
     }
@@ -93,6 +101,7 @@ impl Fault {
             Self::RedisRestart => "redis-restart",
             Self::KafkaLeaderLoss => "kafka-leader-loss",
             Self::AggregatorPause => "aggregator-pause",
+            Self::RedisGroupStall => "redis-group-stall",
         }
     }
 }
@@ -194,8 +203,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
     if opts.fault == Fault::KafkaRestart && opts.kafka_port.is_none() {
         bail!("--fault kafka-restart needs --kafka-port");
     }
-    if opts.fault == Fault::RedisRestart && opts.redis_port.is_none() {
-        bail!("--fault redis-restart needs --redis-port");
+    if matches!(opts.fault, Fault::RedisRestart | Fault::RedisGroupStall)
+        && opts.redis_port.is_none()
+    {
+        bail!("--fault {} needs --redis-port", opts.fault.name());
     }
     if opts.fault == Fault::KafkaLeaderLoss && !(opts.kafka_port.is_some() && opts.kafka_cluster) {
         bail!("--fault kafka-leader-loss needs --kafka-port and --kafka-cluster");
@@ -311,14 +322,39 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         _ => None,
     };
     let broker_back = Arc::new(std::sync::OnceLock::<f64>::new());
+    // Ten seconds of the busiest site stream (a site is up to 100 agents).
+    let group_stall_max_len =
+        ((opts.agents.min(100) as u64 * 10_000) / opts.window_ms).max(1000);
     let redis = match opts.redis_port {
         Some(port) => {
             let d = dir.join("redis");
             let r = tokio::task::spawn_blocking(move || Redis::start(&d, port)).await??;
             extra.push_str(&format!("[redis]\nurl = {:?}\n", r.url));
+            if opts.fault == Fault::RedisGroupStall {
+                extra.push_str(&format!(
+                    "max_len = {group_stall_max_len}\ntrim_interval_ms = 200\n"
+                ));
+            }
             Some(r)
         }
         None => None,
+    };
+    // The two groups exist before anything is published, and read from the
+    // first entry.
+    let readers = match (&redis, opts.fault) {
+        (Some(r), Fault::RedisGroupStall) => {
+            let mut streams: Vec<String> = ids
+                .iter()
+                .map(|(site, _)| format!("ferrule:{{{site}}}"))
+                .collect();
+            streams.dedup();
+            let url = r.url.clone();
+            Some(
+                tokio::task::spawn_blocking(move || groups::Readers::start(&url, streams))
+                    .await??,
+            )
+        }
+        _ => None,
     };
     let cfg = dir.join("aggregator.toml");
     // Every simulated agent comes from 127.0.0.1, standing for as many hosts:
@@ -454,6 +490,10 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                         let _ = back.set(t_down.elapsed().as_secs_f64());
                     }
                 });
+            } else if kind == Fault::RedisGroupStall {
+                if let Some(r) = &readers {
+                    r.stall_slow();
+                }
             } else if kind == Fault::AggregatorPause {
                 let pid = agg.pid().to_string();
                 let p2 = pid.clone();
@@ -523,6 +563,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                 opts.fault,
                 Fault::KafkaRestart
                     | Fault::RedisRestart
+                    | Fault::RedisGroupStall
                     | Fault::KafkaLeaderLoss
                     | Fault::AggregatorPause
             ) || shared.established.load(Ordering::Relaxed)
@@ -592,9 +633,32 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             }
         }
     }
-    let exposition = tokio::task::spawn_blocking(move || procs::http_get(metrics, "/metrics"))
-        .await?
-        .unwrap_or_default();
+    let mut groups = match readers {
+        Some(r) => Some(
+            tokio::task::spawn_blocking(move || r.finish(group_stall_max_len)).await??,
+        ),
+        None => None,
+    };
+    if let (Some(f), true) = (fault.as_mut(), groups.is_some()) {
+        // The slow group stayed stalled to the end.
+        f.down_secs = t_start.elapsed().as_secs_f64() - f.at_secs;
+    }
+    // After a trimming pass has seen the end of the streams.
+    if groups.is_some() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (exposition, healthz) = tokio::task::spawn_blocking(move || {
+        (
+            procs::http_get(metrics, "/metrics").unwrap_or_default(),
+            procs::http_get(metrics, "/healthz").unwrap_or_default(),
+        )
+    })
+    .await?;
+    if let Some(g) = groups.as_mut() {
+        g.fast_lost_counted = groups::lost_counted(&exposition, groups::FAST);
+        g.slow_lost_counted = groups::lost_counted(&exposition, groups::SLOW);
+        g.healthz = healthz.lines().map(str::trim).collect::<Vec<_>>().join(" / ");
+    }
     let mut problems = Vec::new();
     if !agg.is_running() {
         problems.push(format!(
@@ -682,6 +746,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         ),
         fan_out: report::FanOut::from_exposition(&exposition),
         sampler: report::Sampler::from_exposition(&exposition),
+        groups,
         commit_latency_ms: bucket_percentiles(
             &exposition,
             "ferrule_aggregator_commit_latency_seconds",

@@ -235,6 +235,8 @@ pub struct FleetReport {
     pub fan_out: FanOut,
     /// The sampler's lease and writes.
     pub sampler: Sampler,
+    /// The two consumer groups of a `redis-group-stall` run.
+    pub groups: Option<super::groups::GroupsReport>,
     /// The aggregator process.
     pub aggregator: Cost,
     /// The load generator (this process: every simulated agent).
@@ -397,6 +399,21 @@ impl FleetReport {
             "| fan-out | published {}, skipped {}, lost by lagging consumers {}, lost by groups to the cap {} |",
             fo.published, fo.skipped, fo.lagged, fo.group_lost
         );
+        if let Some(g) = &self.groups {
+            let _ = writeln!(
+                s,
+                "| consumer groups | fast read {} entries ({} batches), lost {} (counted); slow read {} then stalled, lost {} to the cap (counted), {} left unread; longest stream {} entries (cap {}); healthz: {} |",
+                g.fast.entries,
+                g.fast.distinct,
+                g.fast_lost_counted,
+                g.slow.entries,
+                g.slow_lost_counted,
+                g.slow_waiting,
+                g.longest_stream,
+                g.max_len,
+                g.healthz
+            );
+        }
         for (name, k) in [
             ("aggregator", &self.aggregator),
             ("load generator", &self.generator),
