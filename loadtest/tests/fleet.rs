@@ -273,6 +273,48 @@ async fn a_stalled_consumer_group_costs_the_fleet_and_the_other_group_nothing() 
     assert!(g.healthz.contains("slow"), "{}", r.markdown());
 }
 
+/// Certificates changed mid-stream under the fleet: the aggregator's renewed
+/// with a new key, one agent's revoked for key compromise, another's renewed
+/// in place with its old serial revoked as superseded. Within the reload
+/// interval both agents' live sessions are closed; the renewed one comes
+/// back at once on its new certificate and gets everything through; the
+/// revoked one is refused and holds what was never acknowledged; the other
+/// six never notice; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn certificates_rotated_and_revoked_mid_stream_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        agents: 8,
+        secs: 21,
+        warmup_secs: 2,
+        ..small(dir.path(), Fault::CertRotateRevoke)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    let v = &r.verdict;
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(v.lost, 0, "{}", r.markdown());
+    // Every batch acknowledged but what the revoked agent holds.
+    assert!(v.held_by_revoked > 0, "{}", r.markdown());
+    assert_eq!(v.acked + v.held_by_revoked, v.generated, "{}", r.markdown());
+    let c = r.certs.as_ref().expect("the certificates' report");
+    assert!(c.reloads_applied >= 1, "{}", r.markdown());
+    // Sessions after the rotation were established on the new certificate.
+    assert_eq!(c.server_certificates_seen, 2, "{}", r.markdown());
+    // Both agents' live sessions closed as revoked, and only theirs.
+    assert_eq!(c.sessions_revoked, 2, "{}", r.markdown());
+    assert_eq!(
+        (r.sessions.lost, r.sessions.refused),
+        (2, 0),
+        "{}",
+        r.markdown()
+    );
+    assert!(c.refused_revoked >= 1, "{}", r.markdown());
+    assert!(c.reloaded_sessions >= 1, "{}", r.markdown());
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+}
+
 /// The aggregator frozen (SIGSTOP) for 8 s under a fleet with Redis, then
 /// thawed: the agents hold what they generate and get it all through after;
 /// the sampler, paused past its 5 s lease, takes a new grant (a higher fence)

@@ -66,7 +66,9 @@ pub fn lost_counted(exposition: &str, group: &str) -> u64 {
     let label = format!("group=\"{group}\"");
     exposition
         .lines()
-        .filter(|l| l.starts_with("ferrule_aggregator_fanout_group_lost_total{") && l.contains(&label))
+        .filter(|l| {
+            l.starts_with("ferrule_aggregator_fanout_group_lost_total{") && l.contains(&label)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
@@ -158,7 +160,9 @@ impl Readers {
     }
 
     /// Stops the readers (after the fan-out has published everything) and
-    /// says what each read and how long the streams are.
+    /// says what each read and how long the streams are. Blocking: call it
+    /// from `spawn_blocking`.
+    #[allow(clippy::disallowed_methods)] // a blocking thread, not an executor's
     pub fn finish(self, max_len: u64) -> anyhow::Result<GroupsReport> {
         // Let the fast group read the last entries published.
         std::thread::sleep(Duration::from_millis(500));
@@ -222,13 +226,10 @@ fn waiting(con: &mut redis::Connection, key: &str, group: &str) -> anyhow::Resul
             .arg(1000)
             .query(con)?;
         let Value::Array(items) = reply else { break };
-        let Some(next) = items
-            .last()
-            .and_then(|i| match i {
-                Value::Array(pair) => pair.first().and_then(text),
-                _ => None,
-            })
-        else {
+        let Some(next) = items.last().and_then(|i| match i {
+            Value::Array(pair) => pair.first().and_then(text),
+            _ => None,
+        }) else {
             break;
         };
         n += items.len() as u64;
@@ -239,6 +240,8 @@ fn waiting(con: &mut redis::Connection, key: &str, group: &str) -> anyhow::Resul
 
 /// One group's reader: `XREADGROUP` up to 1 000 entries (blocking 100 ms),
 /// then `XACK` them, until `stop`; with `stall`, nothing more once it is set.
+/// Runs on its own thread.
+#[allow(clippy::disallowed_methods)] // its own thread, not an executor's
 fn read_group(
     url: &str,
     streams: &[String],

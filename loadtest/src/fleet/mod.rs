@@ -66,6 +66,13 @@ pub enum Fault {
     /// (`redis.max_len`, ten seconds of the stream here), the stalled group's
     /// loss to the cap counted.
     RedisGroupStall,
+    /// Certificates changed mid-stream: the aggregator's renewed with a new
+    /// key (it reloads within `tls.reload_interval_secs`, 5 s), the first
+    /// agent's revoked for key compromise (its session closed, its
+    /// handshakes refused, what it holds kept), the second agent's renewed in
+    /// place and its old serial revoked as superseded (it comes back at once
+    /// on the new one). Nothing acknowledged is lost; the others carry on.
+    CertRotateRevoke,
 }
 
 /// How long `aggregator-pause` freezes the aggregator: past the sampler's
@@ -84,8 +91,9 @@ impl std::str::FromStr for Fault {
             "kafka-leader-loss" => Self::KafkaLeaderLoss,
             "aggregator-pause" => Self::AggregatorPause,
             "redis-group-stall" => Self::RedisGroupStall,
+            "cert-rotate-revoke" => Self::CertRotateRevoke,
             _ => bail!(
-                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart or redis-group-stall"
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall or cert-rotate-revoke"
             ),
         })
     }
@@ -102,6 +110,7 @@ impl Fault {
             Self::KafkaLeaderLoss => "kafka-leader-loss",
             Self::AggregatorPause => "aggregator-pause",
             Self::RedisGroupStall => "redis-group-stall",
+            Self::CertRotateRevoke => "cert-rotate-revoke",
         }
     }
 }
@@ -211,6 +220,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
     if opts.fault == Fault::KafkaLeaderLoss && !(opts.kafka_port.is_some() && opts.kafka_cluster) {
         bail!("--fault kafka-leader-loss needs --kafka-port and --kafka-cluster");
     }
+    if opts.fault == Fault::CertRotateRevoke && opts.agents < 3 {
+        bail!("--fault cert-rotate-revoke needs at least 3 agents (one revoked, one renewed, the rest untouched)");
+    }
     if opts.kafka_cluster && opts.kafka_port.is_none() {
         bail!("--kafka-cluster needs --kafka-port");
     }
@@ -246,6 +258,53 @@ fn signal(sig: &str, pid: &str) -> anyhow::Result<()> {
         bail!("kill {sig} {pid} failed");
     }
     Ok(())
+}
+
+/// The `cert-rotate-revoke` fault: renews the aggregator's certificate with
+/// a new key, renews `ids[1]`'s with a new key and revokes its old serial as
+/// superseded, and revokes `ids[0]`'s for key compromise (each CRL write
+/// replaces the file in one step, as `ferrule-certs` does).
+fn rotate_and_revoke(
+    pki: &DevPki,
+    ids: &[(String, String)],
+) -> anyhow::Result<report::CertsReport> {
+    let (Some((rs, ra)), Some((ns, na))) = (ids.first(), ids.get(1)) else {
+        bail!("cert-rotate-revoke needs two agents");
+    };
+    let renew = ferrule_certs::RenewOptions {
+        new_key: true,
+        ..ferrule_certs::RenewOptions::default()
+    };
+    let server = ferrule_certs::renew(&pki.dir, &pki.server_cert(), &renew)
+        .context("renewing the server certificate")?;
+    let (agent_cert, _) = pki.agent_paths(ns, na);
+    let agent = ferrule_certs::renew(&pki.dir, &agent_cert, &renew)
+        .with_context(|| format!("renewing agent {ns}/{na}"))?;
+    ferrule_certs::revoke(
+        &pki.dir,
+        &agent.previous_serial,
+        ferrule_certs::RevocationReason::Superseded,
+    )
+    .context("revoking the renewed agent's old serial")?;
+    let (revoked_cert, _) = pki.agent_paths(rs, ra);
+    let pem = std::fs::read(&revoked_cert)?;
+    let serial = ferrule_certs::inspect(&pem)?
+        .into_iter()
+        .next()
+        .context("the agent's certificate file holds no certificate")?
+        .serial;
+    ferrule_certs::revoke(
+        &pki.dir,
+        &serial,
+        ferrule_certs::RevocationReason::KeyCompromise,
+    )
+    .with_context(|| format!("revoking agent {rs}/{ra}"))?;
+    Ok(report::CertsReport {
+        server_serials: (server.previous_serial.to_hex(), server.serial.to_hex()),
+        renewed_agent: format!("{ns}/{na}"),
+        revoked_agent: format!("{rs}/{ra}"),
+        ..report::CertsReport::default()
+    })
 }
 
 /// The last lines of a log, for an error message (the run's directory is
@@ -323,8 +382,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     };
     let broker_back = Arc::new(std::sync::OnceLock::<f64>::new());
     // Ten seconds of the busiest site stream (a site is up to 100 agents).
-    let group_stall_max_len =
-        ((opts.agents.min(100) as u64 * 10_000) / opts.window_ms).max(1000);
+    let group_stall_max_len = ((opts.agents.min(100) as u64 * 10_000) / opts.window_ms).max(1000);
     let redis = match opts.redis_port {
         Some(port) => {
             let d = dir.join("redis");
@@ -388,6 +446,9 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     let file_system = file_system(&data);
 
     let shared = Arc::new(Shared::new());
+    // The agents a certificate fault renews and revokes: the second and the first.
+    let cert_ids: Vec<(String, String)> = ids.iter().take(2).cloned().collect();
+    let mut certs = None::<report::CertsReport>;
     let _stop_agents = StopOnDrop(shared.clone());
     let window = Duration::from_millis(opts.window_ms);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
@@ -490,6 +551,11 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                         let _ = back.set(t_down.elapsed().as_secs_f64());
                     }
                 });
+            } else if kind == Fault::CertRotateRevoke {
+                let (pki, ids) = (pki.clone(), cert_ids.clone());
+                certs = Some(
+                    tokio::task::spawn_blocking(move || rotate_and_revoke(&pki, &ids)).await??,
+                );
             } else if kind == Fault::RedisGroupStall {
                 if let Some(r) = &readers {
                     r.stall_slow();
@@ -564,14 +630,18 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                 Fault::KafkaRestart
                     | Fault::RedisRestart
                     | Fault::RedisGroupStall
+                    | Fault::CertRotateRevoke
                     | Fault::KafkaLeaderLoss
                     | Fault::AggregatorPause
             ) || shared.established.load(Ordering::Relaxed)
                 - established_at_fault
                 >= opts.agents as u64;
+            // A revoked agent stays away, holding what it has.
+            let away = u64::from(opts.fault == Fault::CertRotateRevoke);
+            let held = shared.revoked_held.load(Ordering::Relaxed);
             if reconnected
-                && tick.connected == opts.agents as u64
-                && tick.backlog_batches <= backlog_before_fault + opts.agents as u64
+                && tick.connected == opts.agents as u64 - away
+                && tick.backlog_batches <= backlog_before_fault + held + opts.agents as u64
             {
                 f.recovered_after_secs = Some(tick.t_secs - f.at_secs);
             }
@@ -616,7 +686,8 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     // Stop generating; let every agent drain what it holds (bounded).
     shared.generating.store(false, Ordering::Relaxed);
     let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while shared.backlog.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < drain_deadline
+    while shared.backlog.load(Ordering::Relaxed) > shared.revoked_held.load(Ordering::Relaxed)
+        && tokio::time::Instant::now() < drain_deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -634,9 +705,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         }
     }
     let mut groups = match readers {
-        Some(r) => Some(
-            tokio::task::spawn_blocking(move || r.finish(group_stall_max_len)).await??,
-        ),
+        Some(r) => Some(tokio::task::spawn_blocking(move || r.finish(group_stall_max_len)).await??),
         None => None,
     };
     if let (Some(f), true) = (fault.as_mut(), groups.is_some()) {
@@ -654,10 +723,30 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         )
     })
     .await?;
+    if let Some(c) = certs.as_mut() {
+        c.reloads_applied = procs::metric(
+            &exposition,
+            "ferrule_aggregator_tls_reloads_total{outcome=\"applied\"}",
+        )
+        .unwrap_or(0.0) as u64;
+        c.sessions_revoked =
+            procs::metric_sum(&exposition, "ferrule_aggregator_sessions_revoked_total");
+        c.refused_revoked = shared.refused_revoked.load(Ordering::Relaxed);
+        c.reloaded_sessions = shared.reloaded_sessions.load(Ordering::Relaxed);
+        c.server_certificates_seen = shared
+            .server_leaves
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+    }
     if let Some(g) = groups.as_mut() {
         g.fast_lost_counted = groups::lost_counted(&exposition, groups::FAST);
         g.slow_lost_counted = groups::lost_counted(&exposition, groups::SLOW);
-        g.healthz = healthz.lines().map(str::trim).collect::<Vec<_>>().join(" / ");
+        g.healthz = healthz
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" / ");
     }
     let mut problems = Vec::new();
     if !agg.is_running() {
@@ -747,6 +836,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         fan_out: report::FanOut::from_exposition(&exposition),
         sampler: report::Sampler::from_exposition(&exposition),
         groups,
+        certs,
         commit_latency_ms: bucket_percentiles(
             &exposition,
             "ferrule_aggregator_commit_latency_seconds",

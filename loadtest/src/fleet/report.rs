@@ -217,6 +217,32 @@ pub struct FaultReport {
     pub recovered_after_secs: Option<f64>,
 }
 
+/// The certificates a `cert-rotate-revoke` run changed mid-stream, and what
+/// the agents and the aggregator made of it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CertsReport {
+    /// The aggregator's serving certificate before and after its renewal
+    /// (new key), serials in hex.
+    pub server_serials: (String, String),
+    /// The agent renewed in place (new key), its old serial then revoked as
+    /// superseded so its session moves at once.
+    pub renewed_agent: String,
+    /// The agent revoked for key compromise.
+    pub revoked_agent: String,
+    /// `ferrule_aggregator_tls_reloads_total{outcome="applied"}`.
+    pub reloads_applied: u64,
+    /// `ferrule_aggregator_sessions_revoked_total`: live sessions closed
+    /// because their certificate was revoked.
+    pub sessions_revoked: u64,
+    /// Handshakes refused as revoked, as the agents saw them.
+    pub refused_revoked: u64,
+    /// Sessions established on a certificate reloaded from disk.
+    pub reloaded_sessions: u64,
+    /// Distinct server certificates the agents' sessions were established
+    /// with (2: the old, then the rotated one).
+    pub server_certificates_seen: usize,
+}
+
 /// Everything one fleet run measured and found.
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetReport {
@@ -237,6 +263,8 @@ pub struct FleetReport {
     pub sampler: Sampler,
     /// The two consumer groups of a `redis-group-stall` run.
     pub groups: Option<super::groups::GroupsReport>,
+    /// What a `cert-rotate-revoke` run changed and what the fleet saw.
+    pub certs: Option<CertsReport>,
     /// The aggregator process.
     pub aggregator: Cost,
     /// The load generator (this process: every simulated agent).
@@ -366,8 +394,17 @@ impl FleetReport {
         );
         let _ = writeln!(
             s,
-            "| batches | generated {}, acknowledged {}, rejected {}, in the sink {}, unsettled at stop {} |",
-            v.generated, v.acked, v.rejected, v.records, v.unsettled
+            "| batches | generated {}, acknowledged {}, rejected {}, in the sink {}, unsettled at stop {}{} |",
+            v.generated,
+            v.acked,
+            v.rejected,
+            v.records,
+            v.unsettled,
+            if v.held_by_revoked > 0 {
+                format!(", held by revoked agents {}", v.held_by_revoked)
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             s,
@@ -412,6 +449,21 @@ impl FleetReport {
                 g.longest_stream,
                 g.max_len,
                 g.healthz
+            );
+        }
+        if let Some(c) = &self.certs {
+            let _ = writeln!(
+                s,
+                "| certificates | server renewed (serial {} to {}), reloads applied {}, agents saw {} server certificates; {} renewed in place (new key, old serial superseded), {} sessions on reloaded certificates; {} revoked (keyCompromise): sessions closed as revoked {}, handshakes refused as revoked {} |",
+                &c.server_serials.0[..c.server_serials.0.len().min(8)],
+                &c.server_serials.1[..c.server_serials.1.len().min(8)],
+                c.reloads_applied,
+                c.server_certificates_seen,
+                c.renewed_agent,
+                c.reloaded_sessions,
+                c.revoked_agent,
+                c.sessions_revoked,
+                c.refused_revoked
             );
         }
         for (name, k) in [

@@ -19,7 +19,8 @@ use ferrule_agent::backoff::Backoff;
 use ferrule_transport::quinn;
 use ferrule_transport::session_now as now;
 use ferrule_transport::{
-    client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver, FrameSender,
+    client_config, client_crypto, client_endpoint, ClientTls, EndpointLimits, FrameReceiver,
+    FrameSender,
 };
 use ferrule_wire::example::{SENSORS, UNITS};
 use ferrule_wire::session::{AgentConfig, AgentEvent, AgentSession};
@@ -81,6 +82,19 @@ pub(crate) struct Shared {
     pub(crate) moved: AtomicU64,
     /// Batches not generated because an agent already held its cap.
     pub(crate) not_generated: AtomicU64,
+    /// Handshakes the aggregator refused because the agent's certificate is
+    /// revoked.
+    pub(crate) refused_revoked: AtomicU64,
+    /// Batches held by agents whose certificate was refused as revoked (a
+    /// real agent keeps them in its spool until it has a new certificate):
+    /// part of `backlog`, and what the drain does not wait for.
+    pub(crate) revoked_held: AtomicU64,
+    /// Sessions established on a certificate the agent reloaded from disk
+    /// after it changed (renewed in place).
+    pub(crate) reloaded_sessions: AtomicU64,
+    /// The distinct server certificates (leaf DER) sessions were established
+    /// with: two after the aggregator's certificate was rotated.
+    pub(crate) server_leaves: Mutex<Vec<Vec<u8>>>,
     pub(crate) first_error: Mutex<Option<String>>,
 }
 
@@ -106,6 +120,10 @@ impl Shared {
             lost_sessions: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             not_generated: AtomicU64::new(0),
+            refused_revoked: AtomicU64::new(0),
+            revoked_held: AtomicU64::new(0),
+            reloaded_sessions: AtomicU64::new(0),
+            server_leaves: Mutex::new(Vec::new()),
             first_error: Mutex::new(None),
         }
     }
@@ -249,6 +267,9 @@ struct Book {
     fates: Vec<Fate>,
     /// Samples in each generated batch.
     samples: Vec<u32>,
+    /// Batches this agent counts in `Shared::revoked_held`: its handshake was
+    /// refused as revoked and no session has been established since.
+    revoked_held: Option<u64>,
 }
 
 impl Book {
@@ -305,6 +326,10 @@ impl Book {
             self.samples.push(u32::try_from(n).unwrap_or(u32::MAX));
             let before = shared.backlog.fetch_add(1, Ordering::Relaxed);
             shared.backlog_peak.fetch_max(before + 1, Ordering::Relaxed);
+            if let Some(n) = self.revoked_held.as_mut() {
+                *n += 1;
+                shared.revoked_held.fetch_add(1, Ordering::Relaxed);
+            }
             fresh.push_back(seq);
         }
         Ok(())
@@ -350,6 +375,65 @@ impl Book {
     fn done(&self, shared: &Shared) -> bool {
         !shared.generating.load(Ordering::Relaxed) && self.held.is_empty()
     }
+
+    /// The aggregator refused this agent's certificate as revoked: what it
+    /// holds waits for a new certificate.
+    fn mark_revoked(&mut self, shared: &Shared) {
+        if self.revoked_held.is_none() {
+            let n = self.held.len() as u64;
+            self.revoked_held = Some(n);
+            shared.revoked_held.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A session is up again (a new certificate): no longer revoked.
+    fn unmark_revoked(&mut self, shared: &Shared) {
+        if let Some(n) = self.revoked_held.take() {
+            shared.revoked_held.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether an error is a handshake the aggregator refused because this
+/// agent's certificate is revoked (TLS alert certificate_revoked).
+fn refused_as_revoked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<quinn::ConnectionError>()
+            .is_some_and(|ce| ferrule_transport::classify(ce) == "revoked")
+    })
+}
+
+/// The agent's TLS files as last read: a change (a renewal in place) is
+/// taken before the next connection attempt, as the agent does.
+struct TlsFiles {
+    files: ClientTls,
+    cert_pem: Vec<u8>,
+}
+
+impl TlsFiles {
+    /// Rebuilds the endpoint's client configuration when the certificate
+    /// file changed and reads as a good pair with its key; otherwise keeps
+    /// the one in use. True when it changed.
+    fn reload(&mut self, ep: &mut quinn::Endpoint) -> bool {
+        let Ok(pem) = std::fs::read(&self.files.cert) else {
+            return false;
+        };
+        if pem == self.cert_pem {
+            return false;
+        }
+        let cfg = client_crypto(&self.files, &ferrule_transport::Refusals::new())
+            .ok()
+            .and_then(|c| client_config(c, &EndpointLimits::default()).ok());
+        match cfg {
+            Some(cfg) => {
+                ep.set_default_client_config(cfg);
+                self.cert_pem = pem;
+                true
+            }
+            // Mid-write (key first, then certificate): the next attempt.
+            None => false,
+        }
+    }
 }
 
 /// Runs one simulated agent until the run stops generating and everything it
@@ -360,19 +444,22 @@ pub(crate) async fn run_agent(
     shared: Arc<Shared>,
 ) -> anyhow::Result<AgentLedger> {
     let (cert, key) = pki.agent_paths(&spec.site, &spec.id);
-    let crypto = client_crypto(
-        &ClientTls {
-            cert,
-            key,
-            server_ca: pki.ca_bundle(),
-        },
-        &ferrule_transport::Refusals::new(),
-    )?;
-    let ep = client_endpoint(
+    let files = ClientTls {
+        cert,
+        key,
+        server_ca: pki.ca_bundle(),
+    };
+    let mut tls = TlsFiles {
+        cert_pem: std::fs::read(&files.cert)?,
+        files,
+    };
+    let crypto = client_crypto(&tls.files, &ferrule_transport::Refusals::new())?;
+    let mut ep = client_endpoint(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         crypto,
         &EndpointLimits::default(),
     )?;
+    let mut reloaded = false;
     let start_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
@@ -387,6 +474,7 @@ pub(crate) async fn run_agent(
         held: BTreeMap::new(),
         fates: Vec::new(),
         samples: Vec::new(),
+        revoked_held: None,
     };
     let mut backoff = Backoff::new(
         Duration::from_millis(200),
@@ -396,7 +484,8 @@ pub(crate) async fn run_agent(
     let mut fresh = VecDeque::new();
     tokio::time::sleep_until(spec.first_due).await;
     while !shared.stop.load(Ordering::Relaxed) && !book.done(&shared) {
-        match session(&ep, &spec, &mut book, &shared, &mut backoff).await {
+        reloaded |= tls.reload(&mut ep);
+        match session(&ep, &spec, &mut book, &shared, &mut backoff, reloaded).await {
             Ok(Ended::Moved) => {
                 // As the agent does: straight to the next connection (one
                 // endpoint here, so the same aggregator, which may be gone:
@@ -405,6 +494,10 @@ pub(crate) async fn run_agent(
                 continue;
             }
             Ok(Ended::Done) => {}
+            Err(End::Refused(e)) if refused_as_revoked(&e) => {
+                shared.refused_revoked.fetch_add(1, Ordering::Relaxed);
+                book.mark_revoked(&shared);
+            }
             Err(End::Refused(e)) => shared.fail(&shared.refused, &e),
             Err(End::Lost(e)) => shared.fail(&shared.lost_sessions, &e),
         }
@@ -436,6 +529,7 @@ pub(crate) async fn run_agent(
         epoch: book.epoch,
         fates: book.fates,
         samples: book.samples,
+        revoked: book.revoked_held.is_some(),
     })
 }
 
@@ -460,6 +554,7 @@ async fn session(
     book: &mut Book,
     shared: &Shared,
     backoff: &mut Backoff,
+    reloaded: bool,
 ) -> Result<Ended, End> {
     // Resume at the oldest held batch, or the next one to be written.
     let resume = book.held.keys().next().copied().unwrap_or(book.next_seq);
@@ -469,6 +564,26 @@ async fn session(
             .await
             .map_err(End::Refused)?;
     backoff.reset();
+    book.unmark_revoked(shared);
+    if reloaded {
+        shared.reloaded_sessions.fetch_add(1, Ordering::Relaxed);
+    }
+    let leaf = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().map(|c| c.to_vec()));
+    if let Some(leaf) = leaf {
+        let mut seen = shared
+            .server_leaves
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !seen.contains(&leaf) {
+            seen.push(leaf);
+        }
+    }
     shared.connected.fetch_add(1, Ordering::Relaxed);
     shared.established.fetch_add(1, Ordering::Relaxed);
     let r = send_loop(&conn, spec, book, shared, (&mut s, &mut ctl, &mut ctl_rx)).await;
