@@ -146,7 +146,11 @@ enum Scenario {
         /// aggregator-kill (SIGKILL, restart after 1 s), aggregator-restart
         /// (SIGTERM, restart), aggregator-pause (SIGSTOP 8 s, SIGCONT),
         /// kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall
-        /// (two consumer groups read the streams; one stops reading).
+        /// (two consumer groups read the streams; one stops reading),
+        /// cert-rotate-revoke (the aggregator's certificate renewed, one
+        /// agent's revoked, one renewed in place), partition and packet-loss
+        /// (the aggregator in its own network namespace: every packet, or
+        /// one in ten, dropped for 10 s; needs root).
         #[arg(long, default_value = "none")]
         fault: ferrule_loadtest::fleet::Fault,
         /// Commit to a Kafka broker the run starts on this port (e.g. 39092;

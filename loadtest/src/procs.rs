@@ -156,6 +156,23 @@ impl Proc {
         Self::start_with_env(name, binary, config, log, &[])
     }
 
+    /// [`Proc::start`] inside a network namespace (`ip netns exec NS`, which
+    /// execs the binary: the pid is the binary's), or here with `None`.
+    pub fn start_in(
+        name: &str,
+        netns: Option<&str>,
+        binary: &Path,
+        config: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let Some(ns) = netns else {
+            return Self::start(name, binary, config, log);
+        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(binary);
+        Self::spawn(name, cmd, config, log, &[])
+    }
+
     /// [`Proc::start`] with more environment variables (systemd's
     /// `NOTIFY_SOCKET`, ...; a `FERRULE_LOG` among them replaces `info`).
     pub fn start_with_env(
@@ -165,11 +182,22 @@ impl Proc {
         log: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::spawn(name, Command::new(binary), config, log, env)
+    }
+
+    fn spawn(
+        name: &str,
+        mut cmd: Command,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let child = Command::new(binary)
+        let what = format!("{cmd:?}");
+        let child = cmd
             .args(["run", "--config"])
             .arg(config)
             .env("FERRULE_LOG", "info")
@@ -178,7 +206,7 @@ impl Proc {
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .with_context(|| format!("starting {what}"))?;
         Ok(Self {
             name: name.to_string(),
             child,

@@ -315,6 +315,72 @@ async fn certificates_rotated_and_revoked_mid_stream_lose_nothing() {
     assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
 }
 
+/// The path between the agents and the aggregator cut for 10 s (every
+/// packet dropped both ways, in a network namespace of the aggregator's own):
+/// the agents' peer timeout ends their sessions, they hold what they
+/// generate, come back when the path heals and get everything through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored (needs root)"]
+async fn a_fleet_cut_off_by_a_partition_loses_nothing_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        agents: 8,
+        secs: 27,
+        warmup_secs: 2,
+        ..small(dir.path(), Fault::Partition)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert!(f.down_secs >= 10.0, "{f:?}");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+    // Nothing got through while cut off: the agents held 10 s of batches.
+    assert!(
+        r.sessions.backlog_peak_batches >= 8 * 20 * 4,
+        "{}",
+        r.markdown()
+    );
+    let cut: Vec<_> = r
+        .timeline
+        .iter()
+        .filter(|t| t.t_secs > f.at_secs + 1.5 && t.t_secs < f.at_secs + f.down_secs)
+        .collect();
+    assert!(
+        !cut.is_empty() && cut.iter().all(|t| t.events_per_sec == 0.0),
+        "{}",
+        r.markdown()
+    );
+}
+
+/// One packet in ten dropped each way for 10 s between the agents and the
+/// aggregator: QUIC's loss recovery carries every batch; nothing is lost and
+/// everything is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored (needs root)"]
+async fn a_fleet_through_a_lossy_path_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        agents: 8,
+        secs: 21,
+        warmup_secs: 2,
+        ..small(dir.path(), Fault::PacketLoss)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    // A lossy uplink is not a dead one: no session was given up.
+    assert_eq!(
+        (r.sessions.lost, r.sessions.refused),
+        (0, 0),
+        "{}",
+        r.markdown()
+    );
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert!(f.down_secs >= 10.0, "{f:?}");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+}
+
 /// The aggregator frozen (SIGSTOP) for 8 s under a fleet with Redis, then
 /// thawed: the agents hold what they generate and get it all through after;
 /// the sampler, paused past its 5 s lease, takes a new grant (a higher fence)

@@ -15,6 +15,7 @@
 //! directory.
 
 pub mod groups;
+pub mod netns;
 pub mod report;
 pub mod sim;
 pub mod verify;
@@ -73,7 +74,21 @@ pub enum Fault {
     /// place and its old serial revoked as superseded (it comes back at once
     /// on the new one). Nothing acknowledged is lost; the others carry on.
     CertRotateRevoke,
+    /// The aggregator runs in its own network namespace, joined by a veth
+    /// pair; every packet between it and the agents is dropped for
+    /// [`NETWORK_FAULT`], longer than the agents' 5 s peer timeout, then the
+    /// path heals (needs root; not with Kafka or Redis, which stay outside).
+    Partition,
+    /// As `partition`, with one packet in ten dropped each way at random for
+    /// [`NETWORK_FAULT`].
+    PacketLoss,
 }
+
+/// How long the `partition` and `packet-loss` faults last.
+pub const NETWORK_FAULT: Duration = Duration::from_secs(10);
+
+/// The share of packets `packet-loss` drops each way, percent.
+pub const PACKET_LOSS_PERCENT: u32 = 10;
 
 /// How long `aggregator-pause` freezes the aggregator: past the sampler's
 /// lease (5 s by default), within the agents' idle timeout (30 s).
@@ -92,8 +107,10 @@ impl std::str::FromStr for Fault {
             "aggregator-pause" => Self::AggregatorPause,
             "redis-group-stall" => Self::RedisGroupStall,
             "cert-rotate-revoke" => Self::CertRotateRevoke,
+            "partition" => Self::Partition,
+            "packet-loss" => Self::PacketLoss,
             _ => bail!(
-                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall or cert-rotate-revoke"
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall, cert-rotate-revoke, partition or packet-loss"
             ),
         })
     }
@@ -111,6 +128,8 @@ impl Fault {
             Self::AggregatorPause => "aggregator-pause",
             Self::RedisGroupStall => "redis-group-stall",
             Self::CertRotateRevoke => "cert-rotate-revoke",
+            Self::Partition => "partition",
+            Self::PacketLoss => "packet-loss",
         }
     }
 }
@@ -222,6 +241,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
     }
     if opts.fault == Fault::CertRotateRevoke && opts.agents < 3 {
         bail!("--fault cert-rotate-revoke needs at least 3 agents (one revoked, one renewed, the rest untouched)");
+    }
+    if matches!(opts.fault, Fault::Partition | Fault::PacketLoss)
+        && (opts.kafka_port.is_some() || opts.redis_port.is_some())
+    {
+        bail!(
+            "--fault {} runs the aggregator in its own network namespace: not with --kafka-port or --redis-port (they stay outside it)",
+            opts.fault.name()
+        );
     }
     if opts.kafka_cluster && opts.kafka_port.is_none() {
         bail!("--kafka-cluster needs --kafka-port");
@@ -338,8 +365,24 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             eprintln!("fleet: {} certificates issued", n + 1);
         }
     }
-    let quic = SocketAddr::from(([127, 0, 0, 1], procs::free_udp_port()?));
-    let metrics = SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port()?));
+    // The network faults put the aggregator in a namespace of its own.
+    let ns = if matches!(opts.fault, Fault::Partition | Fault::PacketLoss) {
+        Some(tokio::task::spawn_blocking(netns::Netns::create).await??)
+    } else {
+        None
+    };
+    let (quic, metrics) = match &ns {
+        Some(n) => (
+            SocketAddr::from((n.inside(), 4433)),
+            SocketAddr::from((n.inside(), 9100)),
+        ),
+        None => (
+            SocketAddr::from(([127, 0, 0, 1], procs::free_udp_port()?)),
+            SocketAddr::from(([127, 0, 0, 1], procs::free_tcp_port()?)),
+        ),
+    };
+    let ns_name = ns.as_ref().map(|n| n.name().to_string());
+    let mut heal_at = None::<(tokio::time::Instant, Instant)>;
     let data = dir.join("aggregator");
     let mut extra = String::new();
     if !opts.no_rules {
@@ -425,8 +468,9 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             1,
         ),
     )?;
-    let mut agg = Proc::start(
+    let mut agg = Proc::start_in(
         "aggregator",
+        ns_name.as_deref(),
         &procs::bin("ferrule-aggregator")?,
         &cfg,
         &dir.join("aggregator.log"),
@@ -556,6 +600,16 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                 certs = Some(
                     tokio::task::spawn_blocking(move || rotate_and_revoke(&pki, &ids)).await??,
                 );
+            } else if matches!(kind, Fault::Partition | Fault::PacketLoss) {
+                let pct = if kind == Fault::Partition {
+                    100
+                } else {
+                    PACKET_LOSS_PERCENT
+                };
+                if let Some(n) = &ns {
+                    n.drop_percent(pct)?;
+                }
+                heal_at = Some((tokio::time::Instant::now() + NETWORK_FAULT, t_down));
             } else if kind == Fault::RedisGroupStall {
                 if let Some(r) = &readers {
                     r.stall_slow();
@@ -581,8 +635,9 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 // Same configuration, same data: what it committed is still there.
-                agg = Proc::start(
+                agg = Proc::start_in(
                     "aggregator",
+                    ns_name.as_deref(),
                     &procs::bin("ferrule-aggregator")?,
                     &cfg,
                     &dir.join("aggregator.log"),
@@ -607,6 +662,18 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             });
             tick_at = tokio::time::Instant::now();
         }
+        if let Some((_, t_down)) = heal_at.filter(|(at, _)| tokio::time::Instant::now() >= *at) {
+            if let Some(n) = &ns {
+                n.heal()?;
+            }
+            if let Some(f) = fault.as_mut() {
+                f.down_secs = t_down.elapsed().as_secs_f64();
+            }
+            heal_at = None;
+            if opts.progress {
+                eprintln!("\nfleet: the network healed");
+            }
+        }
         tick_at += Duration::from_secs(1);
         tokio::time::sleep_until(tick_at).await;
         // A tick after a fault spans the outage too: a rate over its length.
@@ -622,7 +689,10 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             // The killed leader's outage: until its restart finished.
             f.down_secs = *back;
         }
-        if let Some(f) = fault.as_mut().filter(|f| f.recovered_after_secs.is_none()) {
+        if let Some(f) = fault
+            .as_mut()
+            .filter(|f| f.recovered_after_secs.is_none() && heal_at.is_none())
+        {
             // Recovered: every agent back on a new session (when the fault
             // cut them), the backlog the fault built drained.
             let reconnected = matches!(
@@ -631,6 +701,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                     | Fault::RedisRestart
                     | Fault::RedisGroupStall
                     | Fault::CertRotateRevoke
+                    | Fault::PacketLoss
                     | Fault::KafkaLeaderLoss
                     | Fault::AggregatorPause
             ) || shared.established.load(Ordering::Relaxed)
@@ -677,6 +748,10 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         eprintln!();
     }
     let _ = shared.measure_until.set(tokio::time::Instant::now());
+    // A run shorter than the network fault: heal before the drain.
+    if let (Some(n), Some(_)) = (&ns, heal_at) {
+        n.heal()?;
+    }
     let elapsed = measure_t0.elapsed().as_secs_f64();
     let agg_cpu = agg_cpu_carried + agg.cpu_secs().unwrap_or(0.0) - measured_cpu.0;
     let gen_cpu = procs::cpu_secs(std::process::id()).unwrap_or(0.0) - measured_cpu.1;

@@ -454,8 +454,14 @@ pub(crate) async fn run_agent(
         files,
     };
     let crypto = client_crypto(&tls.files, &ferrule_transport::Refusals::new())?;
+    // Loopback to a local aggregator; any address to one in a namespace.
+    let bind: std::net::IpAddr = if spec.addr.ip().is_loopback() {
+        [127, 0, 0, 1].into()
+    } else {
+        [0, 0, 0, 0].into()
+    };
     let mut ep = client_endpoint(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
+        SocketAddr::from((bind, 0)),
         crypto,
         &EndpointLimits::default(),
     )?;
