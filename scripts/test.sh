@@ -28,6 +28,9 @@ need_kafka
 # Redis for the real-time fan-out tests (scripts/redis.sh).
 need_apt redis-server redis-server redis-cli redis-tools
 python3 -c 'import redis' >/dev/null 2>&1 || python3 -m pip install -q redis
+# Network namespaces and nftables for the fleet's partition and packet-loss
+# faults (loadtest/tests/fleet.rs; rules only inside namespaces it creates).
+need_apt ip iproute2 nft nftables
 # A real browser for the live page's test (headless, driven over DevTools).
 need_apt chromium chromium
 # deploy/'s checks (scripts/deploy-check.sh, run by loadtest/tests/deploy.rs):
