@@ -171,6 +171,12 @@ enum Scenario {
         /// `--fault redis-group-stall` stalls one of two consumer groups.
         #[arg(long)]
         redis_port: Option<u16>,
+        /// A soak: the run fails if the aggregator's RSS, file descriptors or
+        /// threads, or the backlog, kept growing (the last third of the
+        /// measured period against the middle third). Give it hours:
+        /// `--secs 14400`. Every run reports and plots them (resources.svg).
+        #[arg(long)]
+        soak: bool,
     },
     /// One real agent reading Modbus (pymodbus) and MQTT (Mosquitto) sensors and
     /// forwarding to an aggregator: print its CPU and RSS. Build the release
@@ -221,6 +227,7 @@ fn main() -> Result<()> {
             kafka_port,
             kafka_cluster,
             redis_port,
+            soak,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let opts = ferrule_loadtest::fleet::Options {
@@ -239,6 +246,7 @@ fn main() -> Result<()> {
                 kafka_port,
                 kafka_cluster,
                 redis_port,
+                soak,
             };
             let r = rt.block_on(ferrule_loadtest::fleet::run(&opts))?;
             print!("{}", r.markdown());

@@ -29,16 +29,45 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A free UDP port on 127.0.0.1 (for the aggregator's QUIC listener).
-pub fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Ports [`free_udp_port`] and [`free_tcp_port`] handed out in this process.
+/// The kernel may give a port that was free a moment ago to the next bind
+/// too: an aggregator's and an agent's metrics listeners were handed one
+/// port before either bound it, and the agent failed to start.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A port from `bind` that this process has not handed out before.
+fn fresh_port(bind: impl Fn() -> std::io::Result<u16>) -> anyhow::Result<u16> {
+    let mut seen = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let p = bind()?;
+        if !seen.contains(&p) {
+            seen.push(p);
+            return Ok(p);
+        }
+    }
+    bail!("no fresh port in 100 binds")
 }
 
-/// A free TCP port on 127.0.0.1 (for metrics listeners).
+/// A free UDP port on 127.0.0.1 (for the aggregator's QUIC listener), never
+/// one handed out before in this process.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    fresh_port(|| {
+        UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()
+            .map(|a| a.port())
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (for metrics listeners), never one handed
+/// out before in this process.
 pub fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    fresh_port(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 /// A port `p` such that `p + o` is free on 127.0.0.1 for every offset given,
@@ -399,4 +428,19 @@ pub fn dir_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_handed_out_are_never_handed_out_again() {
+        let mut got: Vec<u16> = (0..50).map(|_| free_tcp_port().unwrap()).collect();
+        got.extend((0..50).map(|_| free_udp_port().unwrap()));
+        let n = got.len();
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), n);
+    }
 }

@@ -35,6 +35,7 @@ fn small(dir: &Path, fault: Fault) -> Options {
         kafka_port: None,
         kafka_cluster: false,
         redis_port: None,
+        soak: false,
     }
 }
 
@@ -73,8 +74,20 @@ async fn a_small_fleet_is_acknowledged_verified_and_reported() {
     assert!(r.aggregator.cpu_secs > 0.0 && r.aggregator.rss_mib > 0.0);
     assert_eq!(r.timeline.len(), 5);
     assert_eq!(r.timeline.iter().filter(|t| t.measured).count(), 4);
+    // Its resources, second by second: memory, descriptors (at least the
+    // UDP socket, the metrics listener and the log), threads, the log.
+    assert_eq!(r.resource_timeline.len(), 5);
+    let res = &r.resources;
+    assert!(res.agg_rss_mib.max > 1.0, "{}", r.markdown());
+    assert!(res.agg_fds.first >= 3.0, "{}", r.markdown());
+    assert!(res.agg_threads.first >= 2.0, "{}", r.markdown());
+    assert!(
+        res.log_mib.last > 0.0 && res.log_mib.last >= res.log_mib.first,
+        "{}",
+        r.markdown()
+    );
 
-    // The reports: JSON that parses back, a summary, three plots.
+    // The reports: JSON that parses back, a summary, four plots.
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["verdict"]["lost"], 0);
@@ -82,7 +95,13 @@ async fn a_small_fleet_is_acknowledged_verified_and_reported() {
     assert!(json["ack_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(md.contains("**PASS**"), "{md}");
-    for svg in ["throughput.svg", "latency.svg", "latency-distribution.svg"] {
+    assert!(md.contains("| resources"), "{md}");
+    for svg in [
+        "throughput.svg",
+        "latency.svg",
+        "latency-distribution.svg",
+        "resources.svg",
+    ] {
         let s = std::fs::read_to_string(out.join(svg)).unwrap();
         assert!(s.starts_with("<svg") && s.contains("<polyline"), "{svg}");
     }

@@ -18,6 +18,7 @@ pub mod groups;
 pub mod netns;
 pub mod report;
 pub mod sim;
+pub mod soak;
 pub mod verify;
 
 use crate::devpki::DevPki;
@@ -179,6 +180,9 @@ pub struct Options {
     /// Fan out through a `redis-server` started on this port
     /// (`scripts/redis.sh`) instead of in-process.
     pub redis_port: Option<u16>,
+    /// A soak: fail the run if the aggregator's RSS, descriptors or threads,
+    /// or the backlog, kept growing (`soak::Resources::growth`).
+    pub soak: bool,
 }
 
 /// A throwaway `redis-server` (`scripts/redis.sh`), stopped on drop.
@@ -523,6 +527,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
 
     // Second by second: warm-up, then the measured period.
     let mut timeline = Vec::new();
+    let mut resources = Vec::new();
     let total = opts.warmup_secs + opts.secs;
     let mut measured_cpu = (0.0, 0.0, 0.0);
     // CPU of aggregator processes that a fault ended, over the measured period.
@@ -685,6 +690,13 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             interval,
             sec >= opts.warmup_secs,
         );
+        resources.push(soak::sample(
+            tick.t_secs,
+            tick.measured,
+            agg.pid(),
+            &data,
+            tick.backlog_batches,
+        ));
         if let (Some(f), Some(back)) = (fault.as_mut(), broker_back.get()) {
             // The killed leader's outage: until its restart finished.
             f.down_secs = *back;
@@ -928,8 +940,12 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             cpu_secs_per_million: per_million(gen_cpu),
             rss_mib: gen_rss,
         },
+        resources: soak::Resources::of(&resources),
         problems: {
             let mut p = verdict.failures();
+            if opts.soak {
+                p.extend(soak::Resources::of(&resources).growth(opts.agents));
+            }
             if sessions.not_generated > 0 {
                 p.push(format!(
                     "the generator skipped {} batches (agents held a minute of batches): the latency figures understate",
@@ -943,6 +959,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         fault,
         verdict,
         timeline,
+        resource_timeline: resources,
         latency_distribution: report::distribution(&r.total),
     })
 }

@@ -280,6 +280,10 @@ pub struct FleetReport {
     pub problems: Vec<String>,
     /// Second by second.
     pub timeline: Vec<Tick>,
+    /// The aggregator's and the generator's resources, second by second.
+    pub resource_timeline: Vec<super::soak::Sample>,
+    /// How they went over the measured period.
+    pub resources: super::soak::Resources,
     /// (percentile, milliseconds) of the measured ack latency.
     pub latency_distribution: Vec<(f64, f64)>,
 }
@@ -301,8 +305,8 @@ impl FleetReport {
         self.problems.is_empty()
     }
 
-    /// Writes `report.json`, `summary.md`, `throughput.svg`, `latency.svg`
-    /// and `latency-distribution.svg` into `dir`.
+    /// Writes `report.json`, `summary.md`, `throughput.svg`, `latency.svg`,
+    /// `latency-distribution.svg` and `resources.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self)?)?;
@@ -329,6 +333,26 @@ impl FleetReport {
                     ("p50", "#2ca02c", t(|k| k.ack_p50_ms)),
                     ("p99", "#ff7f0e", t(|k| k.ack_p99_ms)),
                     ("max", "#d62728", t(|k| k.ack_max_ms)),
+                ],
+            ),
+        )?;
+        let r = |f: fn(&super::soak::Sample) -> f64| -> Vec<(f64, f64)> {
+            self.resource_timeline
+                .iter()
+                .map(|k| (k.t_secs, f(k)))
+                .collect()
+        };
+        std::fs::write(
+            dir.join("resources.svg"),
+            line_chart(
+                "Resources per second",
+                "seconds",
+                "MiB, descriptors, threads",
+                &[
+                    ("aggregator RSS (MiB)", "#1f77b4", r(|k| k.agg_rss_mib)),
+                    ("generator RSS (MiB)", "#aec7e8", r(|k| k.gen_rss_mib)),
+                    ("aggregator file descriptors", "#ff7f0e", r(|k| k.agg_fds)),
+                    ("aggregator threads", "#2ca02c", r(|k| k.agg_threads)),
                 ],
             ),
         )?;
@@ -476,6 +500,26 @@ impl FleetReport {
                 k.cpu_secs_per_million, k.cores, k.rss_mib
             );
         }
+        let rs = &self.resources;
+        let _ = writeln!(
+            s,
+            "| resources (measured period) | aggregator RSS {:.1} to {:.1} MiB (peaks: middle third {:.1}, last third {:.1}; {:+.1} MiB an hour), descriptors {:.0} to {:.0} (peak {:.0}), threads {:.0} to {:.0}; log {:.1} to {:.1} MiB ({:+.0} MiB an hour); generator RSS {:.1} to {:.1} MiB |",
+            rs.agg_rss_mib.first,
+            rs.agg_rss_mib.last,
+            rs.agg_rss_mib.middle_max,
+            rs.agg_rss_mib.last_third_max,
+            rs.agg_rss_mib.per_hour,
+            rs.agg_fds.first,
+            rs.agg_fds.last,
+            rs.agg_fds.max,
+            rs.agg_threads.first,
+            rs.agg_threads.last,
+            rs.log_mib.first,
+            rs.log_mib.last,
+            rs.log_mib.per_hour,
+            rs.gen_rss_mib.first,
+            rs.gen_rss_mib.last
+        );
         let ss = &self.sessions;
         let _ = writeln!(
             s,
@@ -512,7 +556,7 @@ impl FleetReport {
         }
         let _ = writeln!(
             s,
-            "\nPlots: throughput.svg, latency.svg, latency-distribution.svg. Data: report.json."
+            "\nPlots: throughput.svg, latency.svg, latency-distribution.svg, resources.svg. Data: report.json."
         );
         s
     }
