@@ -355,6 +355,27 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The sum of every series of the metric family `name` (any labels) whose
+/// labels contain `with` (`""`: all), in a Prometheus text exposition.
+pub fn metric_sum_with(text: &str, name: &str, with: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                let (labels, v) = r.split_once("} ")?;
+                (labels, v)
+            } else {
+                ("", rest.strip_prefix(' ')?)
+            };
+            labels
+                .contains(with)
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// The sum of every series of `name` in an exposition (counters over their
 /// labels), 0 if it has none.
 pub fn metric_sum(text: &str, name: &str) -> u64 {

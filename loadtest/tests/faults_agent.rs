@@ -30,7 +30,7 @@
 #![allow(clippy::unwrap_used)]
 
 use ferrule_loadtest::devpki::DevPki;
-use ferrule_loadtest::procs::{self, AgentSpec};
+use ferrule_loadtest::procs::{self, metric_sum_with as metric_sum, AgentSpec};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -82,27 +82,6 @@ fn error_lines(log: &Path, from: u64) -> Vec<String> {
         .filter(|l| l.contains(" ERROR "))
         .map(str::to_string)
         .collect()
-}
-
-/// The sum of every series of the metric family `name` (any labels) whose
-/// labels contain `with` (`""`: all).
-fn metric_sum(text: &str, name: &str, with: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
-                let (labels, v) = r.split_once("} ")?;
-                (labels, v)
-            } else {
-                ("", rest.strip_prefix(' ')?)
-            };
-            labels
-                .contains(with)
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }
 
 /// A process we started, with its exit status when it ends.

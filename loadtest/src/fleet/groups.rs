@@ -63,15 +63,11 @@ pub struct GroupsReport {
 /// The sum of `ferrule_aggregator_fanout_group_lost_total` over the streams
 /// for one group, from a `/metrics` exposition.
 pub fn lost_counted(exposition: &str, group: &str) -> u64 {
-    let label = format!("group=\"{group}\"");
-    exposition
-        .lines()
-        .filter(|l| {
-            l.starts_with("ferrule_aggregator_fanout_group_lost_total{") && l.contains(&label)
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    crate::procs::metric_sum_with(
+        exposition,
+        "ferrule_aggregator_fanout_group_lost_total",
+        &format!("group=\"{group}\""),
+    ) as u64
 }
 
 fn connect(url: &str) -> anyhow::Result<redis::Connection> {

@@ -371,7 +371,9 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     }
     // The network faults put the aggregator in a namespace of its own.
     let ns = if matches!(opts.fault, Fault::Partition | Fault::PacketLoss) {
-        Some(tokio::task::spawn_blocking(netns::Netns::create).await??)
+        Some(Arc::new(
+            tokio::task::spawn_blocking(netns::Netns::create).await??,
+        ))
     } else {
         None
     };
@@ -611,8 +613,8 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                 } else {
                     PACKET_LOSS_PERCENT
                 };
-                if let Some(n) = &ns {
-                    n.drop_percent(pct)?;
+                if let Some(n) = ns.clone() {
+                    tokio::task::spawn_blocking(move || n.drop_percent(pct)).await??;
                 }
                 heal_at = Some((tokio::time::Instant::now() + NETWORK_FAULT, t_down));
             } else if kind == Fault::RedisGroupStall {
@@ -668,8 +670,8 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             tick_at = tokio::time::Instant::now();
         }
         if let Some((_, t_down)) = heal_at.filter(|(at, _)| tokio::time::Instant::now() >= *at) {
-            if let Some(n) = &ns {
-                n.heal()?;
+            if let Some(n) = ns.clone() {
+                tokio::task::spawn_blocking(move || n.heal()).await??;
             }
             if let Some(f) = fault.as_mut() {
                 f.down_secs = t_down.elapsed().as_secs_f64();
@@ -761,8 +763,8 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     }
     let _ = shared.measure_until.set(tokio::time::Instant::now());
     // A run shorter than the network fault: heal before the drain.
-    if let (Some(n), Some(_)) = (&ns, heal_at) {
-        n.heal()?;
+    if let (Some(n), Some(_)) = (ns.clone(), heal_at) {
+        tokio::task::spawn_blocking(move || n.heal()).await??;
     }
     let elapsed = measure_t0.elapsed().as_secs_f64();
     let agg_cpu = agg_cpu_carried + agg.cpu_secs().unwrap_or(0.0) - measured_cpu.0;
