@@ -150,7 +150,9 @@ enum Scenario {
         /// cert-rotate-revoke (the aggregator's certificate renewed, one
         /// agent's revoked, one renewed in place), partition and packet-loss
         /// (the aggregator in its own network namespace: every packet, or
-        /// one in ten, dropped for 10 s; needs root).
+        /// one in ten, dropped for 10 s; needs root), latency and reorder
+        /// (the agents dial a relay that holds every datagram 150 ms each
+        /// way, or a random 0-40 ms, for 10 s).
         #[arg(long, default_value = "none")]
         fault: ferrule_loadtest::fleet::Fault,
         /// Commit to a Kafka broker the run starts on this port (e.g. 39092;

@@ -400,6 +400,79 @@ async fn a_fleet_through_a_lossy_path_loses_nothing() {
     assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
 }
 
+/// 150 ms added each way for 10 s between the agents and the aggregator (a
+/// relay holding every datagram, as `tc netem delay` would): acks slow by the
+/// round trip and no more, no session is given up, nothing is lost, and acks
+/// are quick again once the path is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn a_fleet_behind_a_slow_path_loses_nothing_and_speeds_up_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        agents: 8,
+        secs: 21,
+        warmup_secs: 2,
+        ..small(dir.path(), Fault::Latency)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    assert_eq!(
+        (r.sessions.lost, r.sessions.refused),
+        (0, 0),
+        "{}",
+        r.markdown()
+    );
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert!(f.down_secs >= 10.0, "{f:?}");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+    let p = r.relay.as_ref().expect("the relay's report");
+    assert!(p.stats.delayed > 1000, "{}", r.markdown());
+    assert_eq!(p.stats.dropped_full, 0, "{}", r.markdown());
+    // The slow path shows in the acks: a round trip is 300 ms longer.
+    let during: Vec<_> = r
+        .timeline
+        .iter()
+        .filter(|t| t.t_secs > f.at_secs + 2.0 && t.t_secs < f.at_secs + f.down_secs)
+        .collect();
+    assert!(
+        !during.is_empty() && during.iter().all(|t| t.ack_p50_ms >= 300.0),
+        "{}",
+        r.markdown()
+    );
+    let last = r.timeline.last().expect("a timeline");
+    assert!(last.ack_p50_ms < 150.0, "{}", r.markdown());
+}
+
+/// Every datagram held a random 0-40 ms for 10 s, so they arrive out of
+/// order both ways: QUIC puts the streams back in order, the verifier finds
+/// every batch once and in order per sensor, and no session is given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/test.sh with --ignored"]
+async fn a_fleet_through_a_reordering_path_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        agents: 8,
+        secs: 21,
+        warmup_secs: 2,
+        ..small(dir.path(), Fault::Reorder)
+    };
+    let r = fleet::run(&opts).await.expect("the fleet run");
+    assert!(r.passed(), "{}", r.markdown());
+    assert_eq!(r.verdict.acked, r.verdict.generated, "{}", r.markdown());
+    assert_eq!(
+        (r.sessions.lost, r.sessions.refused),
+        (0, 0),
+        "{}",
+        r.markdown()
+    );
+    let f = r.fault.as_ref().expect("the fault ran");
+    assert!(f.recovered_after_secs.is_some(), "{}", r.markdown());
+    let p = r.relay.as_ref().expect("the relay's report");
+    assert!(p.stats.reordered > 100, "{}", r.markdown());
+    assert_eq!(p.stats.dropped_full, 0, "{}", r.markdown());
+}
+
 /// The aggregator frozen (SIGSTOP) for 8 s under a fleet with Redis, then
 /// thawed: the agents hold what they generate and get it all through after;
 /// the sampler, paused past its 5 s lease, takes a new grant (a higher fence)

@@ -16,6 +16,7 @@
 
 pub mod groups;
 pub mod netns;
+pub mod relay;
 pub mod report;
 pub mod sim;
 pub mod soak;
@@ -83,7 +84,22 @@ pub enum Fault {
     /// As `partition`, with one packet in ten dropped each way at random for
     /// [`NETWORK_FAULT`].
     PacketLoss,
+    /// The agents reach the aggregator through a UDP relay ([`relay`]) that
+    /// holds every datagram [`LATENCY`] each way for [`NETWORK_FAULT`] (a
+    /// congested or satellite uplink): what `tc netem delay` would do, which
+    /// this kernel lacks.
+    Latency,
+    /// Through the same relay, every datagram held a random 0 to
+    /// [`REORDER_JITTER`] for [`NETWORK_FAULT`], so datagrams leave out of
+    /// order both ways (netem's reordering).
+    Reorder,
 }
+
+/// The delay `latency` adds to every datagram, each way.
+pub const LATENCY: Duration = Duration::from_millis(150);
+
+/// The widest delay `reorder` draws for a datagram.
+pub const REORDER_JITTER: Duration = Duration::from_millis(40);
 
 /// How long the `partition` and `packet-loss` faults last.
 pub const NETWORK_FAULT: Duration = Duration::from_secs(10);
@@ -110,8 +126,10 @@ impl std::str::FromStr for Fault {
             "cert-rotate-revoke" => Self::CertRotateRevoke,
             "partition" => Self::Partition,
             "packet-loss" => Self::PacketLoss,
+            "latency" => Self::Latency,
+            "reorder" => Self::Reorder,
             _ => bail!(
-                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall, cert-rotate-revoke, partition or packet-loss"
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall, cert-rotate-revoke, partition, packet-loss, latency or reorder"
             ),
         })
     }
@@ -131,6 +149,8 @@ impl Fault {
             Self::CertRotateRevoke => "cert-rotate-revoke",
             Self::Partition => "partition",
             Self::PacketLoss => "packet-loss",
+            Self::Latency => "latency",
+            Self::Reorder => "reorder",
         }
     }
 }
@@ -388,6 +408,13 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         ),
     };
     let ns_name = ns.as_ref().map(|n| n.name().to_string());
+    // The latency faults put a delaying relay between the agents and it.
+    let relay = if matches!(opts.fault, Fault::Latency | Fault::Reorder) {
+        Some(relay::Relay::start(quic).await?)
+    } else {
+        None
+    };
+    let dial = relay.as_ref().map_or(quic, relay::Relay::addr);
     let mut heal_at = None::<(tokio::time::Instant, Instant)>;
     let data = dir.join("aggregator");
     let mut extra = String::new();
@@ -512,7 +539,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         tasks.push(tokio::spawn(sim::run_agent(
             pki.clone(),
             SimSpec {
-                addr: quic,
+                addr: dial,
                 site,
                 id,
                 seed: 0x5eed_0000 + i as u64,
@@ -617,6 +644,21 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                     tokio::task::spawn_blocking(move || n.drop_percent(pct)).await??;
                 }
                 heal_at = Some((tokio::time::Instant::now() + NETWORK_FAULT, t_down));
+            } else if matches!(kind, Fault::Latency | Fault::Reorder) {
+                if let Some(r) = &relay {
+                    r.set_shape(if kind == Fault::Latency {
+                        relay::Shape {
+                            base: LATENCY,
+                            jitter: Duration::ZERO,
+                        }
+                    } else {
+                        relay::Shape {
+                            base: Duration::ZERO,
+                            jitter: REORDER_JITTER,
+                        }
+                    });
+                }
+                heal_at = Some((tokio::time::Instant::now() + NETWORK_FAULT, t_down));
             } else if kind == Fault::RedisGroupStall {
                 if let Some(r) = &readers {
                     r.stall_slow();
@@ -673,6 +715,9 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             if let Some(n) = ns.clone() {
                 tokio::task::spawn_blocking(move || n.heal()).await??;
             }
+            if let Some(r) = &relay {
+                r.set_shape(relay::Shape::default());
+            }
             if let Some(f) = fault.as_mut() {
                 f.down_secs = t_down.elapsed().as_secs_f64();
             }
@@ -716,6 +761,8 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                     | Fault::RedisGroupStall
                     | Fault::CertRotateRevoke
                     | Fault::PacketLoss
+                    | Fault::Latency
+                    | Fault::Reorder
                     | Fault::KafkaLeaderLoss
                     | Fault::AggregatorPause
             ) || shared.established.load(Ordering::Relaxed)
@@ -925,6 +972,19 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         fan_out: report::FanOut::from_exposition(&exposition),
         sampler: report::Sampler::from_exposition(&exposition),
         groups,
+        relay: relay.as_ref().map(|r| report::RelayReport {
+            delay_ms: if opts.fault == Fault::Latency {
+                LATENCY.as_millis() as u64
+            } else {
+                0
+            },
+            jitter_ms: if opts.fault == Fault::Reorder {
+                REORDER_JITTER.as_millis() as u64
+            } else {
+                0
+            },
+            stats: r.stats(),
+        }),
         certs,
         commit_latency_ms: bucket_percentiles(
             &exposition,

@@ -217,6 +217,17 @@ pub struct FaultReport {
     pub recovered_after_secs: Option<f64>,
 }
 
+/// The path a `latency` or `reorder` run shaped, and what its relay did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RelayReport {
+    /// The delay every datagram got during the fault, each way, ms.
+    pub delay_ms: u64,
+    /// The widest random delay added to that, ms.
+    pub jitter_ms: u64,
+    /// The relay's counts over the whole run.
+    pub stats: super::relay::RelayStats,
+}
+
 /// The certificates a `cert-rotate-revoke` run changed mid-stream, and what
 /// the agents and the aggregator made of it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -265,6 +276,8 @@ pub struct FleetReport {
     pub groups: Option<super::groups::GroupsReport>,
     /// What a `cert-rotate-revoke` run changed and what the fleet saw.
     pub certs: Option<CertsReport>,
+    /// What the delaying relay of a `latency` or `reorder` run did.
+    pub relay: Option<RelayReport>,
     /// The aggregator process.
     pub aggregator: Cost,
     /// The load generator (this process: every simulated agent).
@@ -473,6 +486,19 @@ impl FleetReport {
                 g.longest_stream,
                 g.max_len,
                 g.healthz
+            );
+        }
+        if let Some(p) = &self.relay {
+            let _ = writeln!(
+                s,
+                "| path | through a relay: {} ms + 0-{} ms each way during the fault; {} datagrams relayed, {} delayed, {} out of order, {} dropped (relay full), {} errors |",
+                p.delay_ms,
+                p.jitter_ms,
+                p.stats.relayed,
+                p.stats.delayed,
+                p.stats.reordered,
+                p.stats.dropped_full,
+                p.stats.errors
             );
         }
         if let Some(c) = &self.certs {
