@@ -846,7 +846,11 @@ async fn drive(
             // wait beside an expired timer, and they prove it alive.
             biased;
             next = ctl_rx.next() => match next {
-                Ok(Some((msg, _))) => s.handle(msg, now())?,
+                Ok(Some((msg, _))) => {
+                    // The path's round trip is not queue (the pacing).
+                    s.set_path_rtt(conn.rtt());
+                    s.handle(msg, now())?
+                }
                 Ok(None) => return Err(closed_or_conn(conn)),
                 Err(e) => return Err(stream_or_conn(e, conn)),
             },

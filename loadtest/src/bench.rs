@@ -412,6 +412,7 @@ async fn send_until_stopped(
         let Some((m, _)) = msg else {
             bail!("aggregator closed the control stream")
         };
+        s.set_path_rtt(conn.rtt());
         s.handle(m, now())?;
         while let Some(ev) = s.poll_event() {
             if let AgentEvent::Acked { seqs, .. } = ev {

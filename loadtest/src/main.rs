@@ -152,7 +152,9 @@ enum Scenario {
         /// (the aggregator in its own network namespace: every packet, or
         /// one in ten, dropped for 10 s; needs root), latency and reorder
         /// (the agents dial a relay that holds every datagram 150 ms each
-        /// way, or a random 0-40 ms, for 10 s).
+        /// way, or a random 0-40 ms, for 10 s), agent-kill (SIGKILL the first
+        /// real agent, restart it after 1 s on its spool) and agent-power-cut
+        /// (the same, its spool's last write torn before the restart).
         #[arg(long, default_value = "none")]
         fault: ferrule_loadtest::fleet::Fault,
         /// Commit to a Kafka broker the run starts on this port (e.g. 39092;
@@ -179,6 +181,13 @@ enum Scenario {
         /// `--secs 14400`. Every run reports and plots them (resources.svg).
         #[arg(long)]
         soak: bool,
+        /// Real ferrule-agent processes beside the simulated agents (built
+        /// binaries; synthetic feeds at about a simulated agent's rate, own
+        /// spools), checked for continuity in the sink: every (epoch, seq)
+        /// once, no hole in a feed but where an agent was down. Needed by
+        /// `--fault agent-kill` and `--fault agent-power-cut`. Embedded log only.
+        #[arg(long, default_value_t = 0)]
+        real_agents: usize,
     },
     /// One real agent reading Modbus (pymodbus) and MQTT (Mosquitto) sensors and
     /// forwarding to an aggregator: print its CPU and RSS. Build the release
@@ -230,6 +239,7 @@ fn main() -> Result<()> {
             kafka_cluster,
             redis_port,
             soak,
+            real_agents,
         } => {
             let rt = tokio::runtime::Runtime::new()?;
             let opts = ferrule_loadtest::fleet::Options {
@@ -249,6 +259,7 @@ fn main() -> Result<()> {
                 kafka_cluster,
                 redis_port,
                 soak,
+                real_agents,
             };
             let r = rt.block_on(ferrule_loadtest::fleet::run(&opts))?;
             print!("{}", r.markdown());

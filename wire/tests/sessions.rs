@@ -1240,6 +1240,42 @@ fn pacing_keeps_fewer_batches_in_flight_when_acks_slow_down() {
     );
 }
 
+/// The path gets slower (a backup link, 300 ms more round trip) while the
+/// aggregator has no queue at all: the transport says so, and the agent keeps
+/// its window. Before, the extra round trip read as 300 ms of queue and cut
+/// the window to one batch a round trip for the 12 s the old base was
+/// remembered (a fleet behind a delaying relay fell to a sixth of its rate).
+#[test]
+fn a_round_trip_that_grows_is_not_queue() {
+    for told in [true, false] {
+        let (mut a, mut i) = established_with(wide_credit());
+        let full = a.pacing_window().unwrap();
+        let mut next = 1;
+        let mut t = 0;
+        a.set_path_rtt(Duration::from_micros(500));
+        for _ in 0..5_200 {
+            send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+            t += 1;
+            ack_all_at(&mut a, &mut i, at(t));
+        }
+        if told {
+            a.set_path_rtt(Duration::from_millis(300));
+        }
+        for _ in 0..30 {
+            send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+            t += 301;
+            ack_all_at(&mut a, &mut i, at(t));
+        }
+        let w = a.pacing_window().unwrap();
+        if told {
+            assert!(w >= full / 2, "window {w} of {full} after the path slowed");
+        } else {
+            // What the pacing made of it without the transport's round trip.
+            assert!(w < full / 4, "window {w} of {full}");
+        }
+    }
+}
+
 /// Pacing off (a target of zero): the credit alone decides, as before.
 #[test]
 fn without_pacing_the_credit_alone_decides() {

@@ -16,6 +16,7 @@
 
 pub mod groups;
 pub mod netns;
+pub mod real;
 pub mod relay;
 pub mod report;
 pub mod sim;
@@ -93,6 +94,15 @@ pub enum Fault {
     /// [`REORDER_JITTER`] for [`NETWORK_FAULT`], so datagrams leave out of
     /// order both ways (netem's reordering).
     Reorder,
+    /// SIGKILL the first real `ferrule-agent` ([`Options::real_agents`]) and
+    /// restart it a second later on the same spool: what it had acknowledged
+    /// is in the sink, what it had spooled gets there after the restart.
+    AgentKill,
+    /// As `agent-kill`, and before the restart the spool's newest segment is
+    /// cut short midway through its last write, as a power cut leaves a
+    /// write that had not reached the disk. The agent recovers the spool by
+    /// itself and carries on.
+    AgentPowerCut,
 }
 
 /// The delay `latency` adds to every datagram, each way.
@@ -128,8 +138,10 @@ impl std::str::FromStr for Fault {
             "packet-loss" => Self::PacketLoss,
             "latency" => Self::Latency,
             "reorder" => Self::Reorder,
+            "agent-kill" => Self::AgentKill,
+            "agent-power-cut" => Self::AgentPowerCut,
             _ => bail!(
-                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall, cert-rotate-revoke, partition, packet-loss, latency or reorder"
+                "unknown fault {s:?}: none, aggregator-kill, aggregator-restart, aggregator-pause, kafka-restart, kafka-leader-loss, redis-restart, redis-group-stall, cert-rotate-revoke, partition, packet-loss, latency, reorder, agent-kill or agent-power-cut"
             ),
         })
     }
@@ -151,6 +163,8 @@ impl Fault {
             Self::PacketLoss => "packet-loss",
             Self::Latency => "latency",
             Self::Reorder => "reorder",
+            Self::AgentKill => "agent-kill",
+            Self::AgentPowerCut => "agent-power-cut",
         }
     }
 }
@@ -203,6 +217,11 @@ pub struct Options {
     /// A soak: fail the run if the aggregator's RSS, descriptors or threads,
     /// or the backlog, kept growing (`soak::Resources::growth`).
     pub soak: bool,
+    /// Real `ferrule-agent` processes beside the simulated agents (site
+    /// [`real::SITE`], synthetic feeds at about the same rate), checked by
+    /// [`real::Continuity`]; the `agent-*` faults need at least one. Embedded
+    /// log only.
+    pub real_agents: usize,
 }
 
 /// A throwaway `redis-server` (`scripts/redis.sh`), stopped on drop.
@@ -265,6 +284,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<FleetReport> {
     }
     if opts.fault == Fault::CertRotateRevoke && opts.agents < 3 {
         bail!("--fault cert-rotate-revoke needs at least 3 agents (one revoked, one renewed, the rest untouched)");
+    }
+    if matches!(opts.fault, Fault::AgentKill | Fault::AgentPowerCut) && opts.real_agents == 0 {
+        bail!(
+            "--fault {} needs --real-agents 1 or more",
+            opts.fault.name()
+        );
+    }
+    if opts.real_agents > 0 && opts.kafka_port.is_some() {
+        bail!("--real-agents is checked against the embedded log: not with --kafka-port");
     }
     if matches!(opts.fault, Fault::Partition | Fault::PacketLoss)
         && (opts.kafka_port.is_some() || opts.redis_port.is_some())
@@ -388,6 +416,14 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         if opts.progress && (n + 1) % 500 == 0 {
             eprintln!("fleet: {} certificates issued", n + 1);
         }
+    }
+    let real_ids: Vec<String> = (0..opts.real_agents)
+        .map(|i| format!("real-{i:02}"))
+        .collect();
+    // Seven sensors a feed: about a simulated agent's rate.
+    let real_hz = (opts.rate_per_agent / 7).clamp(1, u64::from(u32::MAX)) as u32;
+    for id in &real_ids {
+        pki.agent(real::SITE, id)?;
     }
     // The network faults put the aggregator in a namespace of its own.
     let ns = if matches!(opts.fault, Fault::Partition | Fault::PacketLoss) {
@@ -521,6 +557,18 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         );
     }
     let file_system = file_system(&data);
+    let mut real = if opts.real_agents > 0 {
+        let (d, pki2, n) = (dir.join("real"), pki.clone(), opts.real_agents);
+        std::fs::create_dir_all(&d)?;
+        Some(
+            tokio::task::spawn_blocking(move || {
+                real::RealAgents::start(&d, &pki2, n, real_hz, dial)
+            })
+            .await??,
+        )
+    } else {
+        None
+    };
 
     let shared = Arc::new(Shared::new());
     // The agents a certificate fault renews and revokes: the second and the first.
@@ -659,6 +707,24 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                     });
                 }
                 heal_at = Some((tokio::time::Instant::now() + NETWORK_FAULT, t_down));
+            } else if matches!(kind, Fault::AgentKill | Fault::AgentPowerCut) {
+                if let Some(mut r) = real.take() {
+                    let tear = kind == Fault::AgentPowerCut;
+                    let (mut r, done) = tokio::task::spawn_blocking(move || {
+                        let done = r.kill(0, tear);
+                        (r, done)
+                    })
+                    .await?;
+                    done?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let (r, done) = tokio::task::spawn_blocking(move || {
+                        let done = r.restart(0);
+                        (r, done)
+                    })
+                    .await?;
+                    real = Some(r);
+                    done?;
+                }
             } else if kind == Fault::RedisGroupStall {
                 if let Some(r) = &readers {
                     r.stall_slow();
@@ -763,6 +829,8 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                     | Fault::PacketLoss
                     | Fault::Latency
                     | Fault::Reorder
+                    | Fault::AgentKill
+                    | Fault::AgentPowerCut
                     | Fault::KafkaLeaderLoss
                     | Fault::AggregatorPause
             ) || shared.established.load(Ordering::Relaxed)
@@ -771,7 +839,22 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
             // A revoked agent stays away, holding what it has.
             let away = u64::from(opts.fault == Fault::CertRotateRevoke);
             let held = shared.revoked_held.load(Ordering::Relaxed);
+            // A real agent's fault: it is back and its spool drained.
+            let real_back = !matches!(opts.fault, Fault::AgentKill | Fault::AgentPowerCut)
+                || match real.take() {
+                    Some(r) => {
+                        let (r, back) = tokio::task::spawn_blocking(move || {
+                            let back = r.caught_up(0);
+                            (r, back)
+                        })
+                        .await?;
+                        real = Some(r);
+                        back
+                    }
+                    None => false,
+                };
             if reconnected
+                && real_back
                 && tick.connected == opts.agents as u64 - away
                 && tick.backlog_batches <= backlog_before_fault + held + opts.agents as u64
             {
@@ -813,6 +896,9 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
     if let (Some(n), Some(_)) = (ns.clone(), heal_at) {
         tokio::task::spawn_blocking(move || n.heal()).await??;
     }
+    if let Some(r) = &relay {
+        r.set_shape(relay::Shape::default());
+    }
     let elapsed = measure_t0.elapsed().as_secs_f64();
     let agg_cpu = agg_cpu_carried + agg.cpu_secs().unwrap_or(0.0) - measured_cpu.0;
     let gen_cpu = procs::cpu_secs(std::process::id()).unwrap_or(0.0) - measured_cpu.1;
@@ -839,6 +925,20 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
                 bail!("a simulated agent did not stop within 30 s (stuck in a send?)");
             }
         }
+    }
+    // The real agents: drained as far as a live feed lets them, then stopped.
+    let mut real_end = None;
+    if let Some(mut r) = real.take() {
+        real_end = Some(
+            tokio::task::spawn_blocking(move || {
+                // Counted by the running processes: read before they stop.
+                let corrupt = r.corrupt_counted();
+                let stopped = r.stop(Duration::from_secs(30));
+                let recovered = r.damage_recovered();
+                (stopped, corrupt, recovered, r.downs().to_vec(), r.torn())
+            })
+            .await?,
+        );
     }
     let mut groups = match readers {
         Some(r) => Some(tokio::task::spawn_blocking(move || r.finish(group_stall_max_len)).await??),
@@ -896,11 +996,27 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
 
     // Read the sink back.
     let bootstrap = broker.as_ref().map(|b| b.bootstrap.clone());
-    let verdict = tokio::task::spawn_blocking(move || match bootstrap {
-        Some(b) => read_back_kafka(&b, ledgers),
-        None => read_back(&data.join("log"), ledgers),
+    let continuity = real::Continuity::new(&real_ids, real_hz);
+    let (verdict, continuity) = tokio::task::spawn_blocking(move || match bootstrap {
+        Some(b) => read_back_kafka(&b, ledgers).map(|v| (v, continuity)),
+        None => read_back(&data.join("log"), ledgers, continuity),
     })
     .await??;
+    let real_verdict = real_end.map(|(stopped, corrupt, recovered, downs, torn)| {
+        problems.extend(stopped.problems);
+        real::RealVerdict {
+            held_in_spools: stopped.held,
+            drain_timed_out: !stopped.drained,
+            spool_corrupt_counted: corrupt,
+            spool_damage_recovered: recovered,
+            torn_bytes: torn.0,
+            torn_seq: torn.1,
+            ..continuity.finish(&downs, stopped.stopped_ns)
+        }
+    });
+    if let Some(rv) = &real_verdict {
+        problems.extend(rv.failures());
+    }
     let verdict = verify::Verdict {
         duplicates_expected: opts.kafka_port.is_some() && opts.fault == Fault::AggregatorKill,
         ..verdict
@@ -972,6 +1088,7 @@ async fn run_in(dir: &Path, opts: &Options) -> anyhow::Result<FleetReport> {
         fan_out: report::FanOut::from_exposition(&exposition),
         sampler: report::Sampler::from_exposition(&exposition),
         groups,
+        real: real_verdict,
         relay: relay.as_ref().map(|r| report::RelayReport {
             delay_ms: if opts.fault == Fault::Latency {
                 LATENCY.as_millis() as u64
@@ -1145,7 +1262,11 @@ fn verify_lines(
 }
 
 /// Every record of the embedded log in `log_dir`, through the verifier.
-fn read_back(log_dir: &Path, ledgers: Vec<verify::AgentLedger>) -> anyhow::Result<verify::Verdict> {
+fn read_back(
+    log_dir: &Path,
+    ledgers: Vec<verify::AgentLedger>,
+    mut real: real::Continuity,
+) -> anyhow::Result<(verify::Verdict, real::Continuity)> {
     use ferrule_disklog::{LogReader, Offset};
     let (reader, _) = LogReader::open_read_only(log_dir)
         .with_context(|| format!("opening the embedded log in {}", log_dir.display()))?;
@@ -1163,9 +1284,30 @@ fn read_back(log_dir: &Path, ledgers: Vec<verify::AgentLedger>) -> anyhow::Resul
                 .with_context(|| format!("record {} does not decode", r.offset.0))?;
             let n = self::spans(&rec, &mut spans);
             v.record(&rec.header, &spans, n);
+            if rec.header.site == real::SITE {
+                let named: Vec<(String, i64, i64)> = spans
+                    .iter()
+                    .map(|&(id, lo, hi)| {
+                        let name = rec
+                            .header
+                            .sensors
+                            .iter()
+                            .find(|s| s.id.0 == id)
+                            .map_or_else(|| format!("#{id}"), |s| s.name.to_string());
+                        (name, lo, hi)
+                    })
+                    .collect();
+                real.record(
+                    &rec.header.agent,
+                    rec.header.epoch.0,
+                    rec.header.seq.0,
+                    &named,
+                    n,
+                );
+            }
         }
     }
-    Ok(v.finish())
+    Ok((v.finish(), real))
 }
 
 #[cfg(test)]

@@ -9,6 +9,10 @@
 //! The decisions (how long to hold a datagram, which one is due, what a full
 //! line drops) are [`DelayLine`], sans-IO and unit-tested; the tasks around it
 //! only read, wait and send.
+//!
+//! Datagrams the kernel drops before the relay reads them (its socket's
+//! receive buffer full) are not counted here; QUIC resends them as it would
+//! any loss.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -36,10 +40,10 @@ pub struct Shape {
 pub struct RelayStats {
     /// Datagrams passed on, both ways.
     pub relayed: u64,
-    /// Of those, held for a delay above zero.
+    /// Datagrams queued with a delay above zero.
     pub delayed: u64,
-    /// Of those, sent before one that arrived earlier in the same direction
-    /// of the same flow: out of order.
+    /// Datagrams sent after one of the same flow and direction that had
+    /// arrived later: each left behind a datagram that overtook it.
     pub reordered: u64,
     /// Dropped because the line was full (bounded memory), both ways.
     pub dropped_full: u64,
@@ -214,8 +218,16 @@ impl Relay {
                         let inner2 = inner.clone();
                         let reader = tokio::spawn(async move {
                             let mut buf = vec![0u8; 65_536];
-                            while let Ok(n) = up.recv(&mut buf).await {
-                                inner2.hold(Dest::Down(from), buf[..n].to_vec());
+                            loop {
+                                match up.recv(&mut buf).await {
+                                    Ok(n) => inner2.hold(Dest::Down(from), buf[..n].to_vec()),
+                                    // ICMP unreachable while the aggregator
+                                    // is away: counted, and it goes on.
+                                    Err(_) => {
+                                        inner2.errors.fetch_add(1, Ordering::Relaxed);
+                                        tokio::time::sleep(Duration::from_millis(1)).await;
+                                    }
+                                }
                             }
                         });
                         lock(&inner.readers).push(reader);

@@ -278,6 +278,8 @@ pub struct FleetReport {
     pub certs: Option<CertsReport>,
     /// What the delaying relay of a `latency` or `reorder` run did.
     pub relay: Option<RelayReport>,
+    /// The real agents' records in the sink, checked for continuity.
+    pub real: Option<super::real::RealVerdict>,
     /// The aggregator process.
     pub aggregator: Cost,
     /// The load generator (this process: every simulated agent).
@@ -486,6 +488,26 @@ impl FleetReport {
                 g.longest_stream,
                 g.max_len,
                 g.healthz
+            );
+        }
+        if let Some(v) = &self.real {
+            let _ = writeln!(
+                s,
+                "| real agents | {} agents, {} records ({} samples) over {} epochs; {} duplicates, {} seqs missing, {} out of order; holes in a feed: {} at kills (longest {} ms), {} elsewhere; {} batches held in spools at the end; spool: {} bytes torn, {} recoveries from damage logged, {} corrupt records counted |",
+                v.agents,
+                v.records,
+                v.samples,
+                v.epochs,
+                v.duplicates,
+                v.seq_gaps,
+                v.out_of_order,
+                v.holes_at_kills,
+                v.longest_kill_hole_ms,
+                v.holes_unexplained,
+                v.held_in_spools,
+                v.torn_bytes,
+                v.spool_damage_recovered,
+                v.spool_corrupt_counted
             );
         }
         if let Some(p) = &self.relay {

@@ -652,6 +652,8 @@ async fn send_loop(
         }
         // Replies already here first, as the agent does: a task the
         // scheduler ran late must not call a live aggregator dead.
+        // The path's round trip is not queue (the pacing), as the agent does.
+        s.set_path_rtt(conn.rtt());
         while let Ok(msg) = tokio::time::timeout(Duration::ZERO, ctl_rx.next()).await {
             on_message(msg?, s, book, shared, &mut draining)?;
         }
@@ -667,7 +669,10 @@ async fn send_loop(
             wait_until = wait_until.min(tokio::time::Instant::from_std(t));
         }
         match tokio::time::timeout_at(wait_until, ctl_rx.next()).await {
-            Ok(msg) => on_message(msg?, s, book, shared, &mut draining)?,
+            Ok(msg) => {
+                s.set_path_rtt(conn.rtt());
+                on_message(msg?, s, book, shared, &mut draining)?
+            }
             Err(_) => continue,
         }
     }

@@ -116,9 +116,15 @@ impl AgentConfig {
     /// session. The agent sees all of it, in the time from sending a batch to
     /// its Ack: it sizes how much of its credit it uses from that, as
     /// delay-based congestion control does (TCP Vegas, Swift), with the same
-    /// [`WindowController`] the aggregator uses (the round trip is inside the
-    /// latency measured, so it is given as zero). A long round trip is part
-    /// of the base, not of the queue: it does not shrink the window.
+    /// [`WindowController`] the aggregator uses. The path's round trip, as
+    /// the transport measures it ([`AgentSession::set_path_rtt`]), is taken
+    /// out of each Ack's latency and given as the loop's round trip: a
+    /// round trip that grows (a route change, a backup link, a satellite
+    /// hop) is not queue, and must not shrink the window to one batch a
+    /// round trip until the old base is forgotten (a fleet test found 300 ms
+    /// more of path cut an agent to a sixth of its rate for the 12 s of
+    /// `base_memory`). Without a path round trip it is inside the latency,
+    /// and a steady long one is part of the base.
     pub fn pacing(&self) -> Option<WindowController> {
         if self.target_queue_delay.is_zero() {
             return None;
@@ -267,6 +273,8 @@ pub struct AgentSession {
     pacing: Option<WindowController>,
     /// The wall clock's last probe mark seen (`PROBE_PERIOD_NS`).
     probe_mark: Option<i64>,
+    /// The path's round trip as the driver last gave it (zero: unknown).
+    path_rtt: Duration,
     /// Acknowledged or refused on this session, per epoch (bounded: the lowest
     /// ranges are forgotten beyond [`MAX_SETTLED_RANGES`]).
     settled: HashMap<Epoch, SeqSet>,
@@ -308,6 +316,7 @@ impl AgentSession {
             cfg,
             pacing,
             probe_mark: None,
+            path_rtt: Duration::ZERO,
             state: State::AwaitWelcome,
             version: 0,
             capabilities: Capabilities::default(),
@@ -422,6 +431,14 @@ impl AgentSession {
                 u64::try_from(self.in_flight.len()).unwrap_or(u64::MAX)
                     < u64::from(p.window().batches)
             })
+    }
+
+    /// The transport's current estimate of the path's round trip (QUIC's
+    /// smoothed RTT), for the pacing: the part of an Ack's latency that is
+    /// the path, not a queue (see [`AgentConfig::pacing`]). The driver gives
+    /// it before handing the session what it received.
+    pub fn set_path_rtt(&mut self, rtt: Duration) {
+        self.path_rtt = rtt;
     }
 
     /// How many batches the pacing lets be in flight now (`None`: pacing off).
@@ -661,7 +678,8 @@ impl AgentSession {
                     latencies.push((*s, latency));
                 }
                 if let Some(p) = self.pacing.as_mut().filter(|_| committed) {
-                    p.on_commit(now, latency, Duration::ZERO);
+                    let rtt = self.path_rtt;
+                    p.on_commit(now, latency.saturating_sub(rtt), rtt);
                 }
             }
             book.insert(*s);

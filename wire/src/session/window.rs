@@ -342,11 +342,13 @@ impl WindowController {
             base_latency: base,
             queue_delay: queue,
         };
-        let target = self
-            .cfg
-            .target_queue_delay
-            .as_secs_f64()
-            .max(base.as_secs_f64() * f64::from(self.cfg.target_base_share_percent) / 100.0);
+        // The share is of the whole loop's base: the round trip given apart
+        // from the latency counts as it would inside it.
+        let loop_base = base + self.interval_rtt.max(self.loop_rtt);
+        let target =
+            self.cfg.target_queue_delay.as_secs_f64().max(
+                loop_base.as_secs_f64() * f64::from(self.cfg.target_base_share_percent) / 100.0,
+            );
         let q = queue.as_secs_f64();
         if q > target / 2.0 {
             self.seen_queue = true;
