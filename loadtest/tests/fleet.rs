@@ -444,6 +444,15 @@ async fn a_fleet_behind_a_slow_path_loses_nothing_and_speeds_up_after() {
         "{}",
         r.markdown()
     );
+    // And the rate does not: the round trip is not read as queue (it was,
+    // and the pacing cut the fleet to a sixth of its rate).
+    let offered = r.conditions.offered_events_per_sec as f64;
+    let mean = during.iter().map(|t| t.events_per_sec).sum::<f64>() / during.len() as f64;
+    assert!(
+        mean > offered * 0.85,
+        "{mean} events/s of {offered}: {}",
+        r.markdown()
+    );
     let last = r.timeline.last().expect("a timeline");
     assert!(last.ack_p50_ms < 150.0, "{}", r.markdown());
 }

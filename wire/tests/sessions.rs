@@ -1276,6 +1276,39 @@ fn a_round_trip_that_grows_is_not_queue() {
     }
 }
 
+/// The path gets faster again (the backup link gone) while QUIC's smoothed
+/// round trip still says 300 ms: acks quicker than it are not read as a base
+/// of zero, which would have made every later commit look like queue for two
+/// probe periods.
+#[test]
+fn a_round_trip_that_falls_does_not_zero_the_base() {
+    let (mut a, mut i) = established_with(wide_credit());
+    let full = a.pacing_window().unwrap();
+    let mut next = 1;
+    let mut t = 0;
+    a.set_path_rtt(Duration::from_millis(300));
+    for _ in 0..100 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 305;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    // Fast path again; the smoothed round trip lags for a while.
+    for _ in 0..20 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 6;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    // Then it has caught up: a steady 5 ms of commit and 1 ms of path, no queue.
+    a.set_path_rtt(Duration::from_millis(1));
+    for _ in 0..1_000 {
+        send_while_allowed(&mut a, &mut i, &mut next, 64, at(t));
+        t += 6;
+        ack_all_at(&mut a, &mut i, at(t));
+    }
+    let w = a.pacing_window().unwrap();
+    assert!(w >= full / 2, "window {w} of {full}");
+}
+
 /// Pacing off (a target of zero): the credit alone decides, as before.
 #[test]
 fn without_pacing_the_credit_alone_decides() {

@@ -376,7 +376,8 @@ impl RealAgents {
     }
 
     /// SIGKILLs agent `i`; with `tear`, then tears its spool's last write
-    /// ([`tear_last_write`]). [`RealAgents::restart`] brings it back.
+    /// (its newest segment cut midway through the last record's payload).
+    /// [`RealAgents::restart`] brings it back.
     pub fn kill(&mut self, i: usize, tear: bool) -> anyhow::Result<()> {
         let a = &mut self.agents[i];
         self.killed_ns = unix_ns();

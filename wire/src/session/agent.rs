@@ -122,9 +122,11 @@ impl AgentConfig {
     /// round trip that grows (a route change, a backup link, a satellite
     /// hop) is not queue, and must not shrink the window to one batch a
     /// round trip until the old base is forgotten (a fleet test found 300 ms
-    /// more of path cut an agent to a sixth of its rate for the 12 s of
-    /// `base_memory`). Without a path round trip it is inside the latency,
-    /// and a steady long one is part of the base.
+    /// more of path cut an agent to a sixth of its rate for the 5-10 s the
+    /// base is kept). An Ack quicker than the smoothed round trip (it lags a
+    /// path that got faster) is not fed to the controller. Without a path
+    /// round trip it is inside the latency, and a steady long one is part
+    /// of the base.
     pub fn pacing(&self) -> Option<WindowController> {
         if self.target_queue_delay.is_zero() {
             return None;
@@ -142,7 +144,7 @@ impl AgentConfig {
         // the fleet, start the probes, not each controller's own timer.
         cfg.base_memory = Duration::from_secs(12);
         // A far agent's jitter is not queue: hold at least a quarter of the
-        // base (25 ms at a 100 ms round trip).
+        // base and the round trip (25 ms at a 100 ms round trip).
         cfg.target_base_share_percent = 25;
         // Until it sees a queue an agent uses its credit as it always has.
         Some(WindowController::new(cfg).starting_at_ceiling())
@@ -677,9 +679,12 @@ impl AgentSession {
                 if committed {
                     latencies.push((*s, latency));
                 }
-                if let Some(p) = self.pacing.as_mut().filter(|_| committed) {
-                    let rtt = self.path_rtt;
-                    p.on_commit(now, latency.saturating_sub(rtt), rtt);
+                // An Ack quicker than the smoothed round trip (which lags a
+                // path that got faster) says nothing of the queue, and a
+                // zero would stick as the base for two probe periods.
+                let rtt = self.path_rtt.min(super::window::MAX_LOOP_RTT);
+                if let Some(p) = self.pacing.as_mut().filter(|_| committed && latency > rtt) {
+                    p.on_commit(now, latency - rtt, rtt);
                 }
             }
             book.insert(*s);

@@ -101,7 +101,7 @@ const MAX_SHRINK: f64 = 0.5;
 const MIN_CAREFUL_GROWTH: f64 = 0.02;
 /// Round trips longer than this are taken as this (a bogus estimate must not
 /// freeze the controller).
-const MAX_LOOP_RTT: Duration = Duration::from_secs(1);
+pub(crate) const MAX_LOOP_RTT: Duration = Duration::from_secs(1);
 /// How strongly the window follows the error: a queue of twice the target
 /// shrinks it by this, none grows it by this (before the limits above). Below
 /// 1 so that, with the loop's own delay, a step never overshoots into
