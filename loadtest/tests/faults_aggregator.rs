@@ -104,27 +104,6 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The sum of every series of the metric family `name` (any labels) whose
-/// labels contain `with` (`""`: all).
-fn metric_sum(text: &str, name: &str, with: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
-                let (labels, v) = r.split_once("} ")?;
-                (labels, v)
-            } else {
-                ("", rest.strip_prefix(' ')?)
-            };
-            labels
-                .contains(with)
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
-
 /// Every series of `name`, as rendered (for messages).
 fn metric_lines(text: &str, name: &str) -> Vec<String> {
     // Known reasons are published at 0 from the start: only what counted something.
@@ -605,7 +584,7 @@ impl Agg {
     }
 
     fn metric(&self, name: &str, with: &str) -> f64 {
-        metric_sum(&self.metrics(), name, with)
+        procs::metric_sum_with(&self.metrics(), name, with)
     }
 
     /// `/readyz`: (status, body), `None` while nothing answers.
@@ -1253,13 +1232,14 @@ fn refused_and_duplicate_batches_do_not_leak_credit() {
     let took = t0.elapsed();
     let g_after = agg.stats("g1").events;
     let m = agg.metrics();
-    let rejected = metric_sum(
+    let rejected = procs::metric_sum_with(
         &m,
         "ferrule_aggregator_batches_rejected_total",
         "reason=\"unknown_sensor\"",
     );
-    let session_dups = metric_sum(&m, "ferrule_aggregator_session_duplicates_total", "");
-    let sink_dups = metric_sum(&m, "ferrule_aggregator_duplicates_dropped_total", "");
+    let session_dups =
+        procs::metric_sum_with(&m, "ferrule_aggregator_session_duplicates_total", "");
+    let sink_dups = procs::metric_sum_with(&m, "ferrule_aggregator_duplicates_dropped_total", "");
     let refused = metric_lines(&m, "ferrule_aggregator_connections_refused_total");
     let h1 = agg.stats("h1");
     println!(
@@ -1500,7 +1480,7 @@ fn a_peer_that_never_reads_and_floods_max_sample_frames_is_cut_off_with_bounded_
     let (stall, stall_at) = longest_stall(&acked);
     let acked_during = acked.last().map_or(0.0, |a| a.1) - acked.first().map_or(0.0, |a| a.1);
     let m = agg.metrics();
-    let sessions = metric_sum(&m, "ferrule_aggregator_sessions", "");
+    let sessions = procs::metric_sum_with(&m, "ferrule_aggregator_sessions", "");
     let mut hows: BTreeMap<String, usize> = BTreeMap::new();
     for e in &ends {
         let key = e.how.split(" (").next().unwrap_or_default().to_string();
@@ -1713,8 +1693,9 @@ fn defines_beyond_the_sensor_limit_are_refused_with_bounded_memory() {
     });
     let took = t0.elapsed();
     let m = agg.metrics();
-    let refused_defines = metric_sum(&m, "ferrule_aggregator_defines_refused_total", "");
-    let sessions = metric_sum(&m, "ferrule_aggregator_sessions", "");
+    let refused_defines =
+        procs::metric_sum_with(&m, "ferrule_aggregator_defines_refused_total", "");
+    let sessions = procs::metric_sum_with(&m, "ferrule_aggregator_sessions", "");
     let samples = watch.finish();
     let hwm = agg.hwm_kib();
     let rss_end = agg.rss_kib();
@@ -1932,7 +1913,7 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
     println!(
         "commit failures {:?}; credit withheld {}; cut off {:?}",
         metric_lines(&m, "ferrule_aggregator_commit_failures_total"),
-        metric_sum(&m, "ferrule_aggregator_credit_withheld_total", ""),
+        procs::metric_sum_with(&m, "ferrule_aggregator_credit_withheld_total", ""),
         metric_lines(&m, "ferrule_aggregator_connections_refused_total")
     );
     let mut v = Verdict::default();
@@ -1984,7 +1965,8 @@ fn the_aggregator_recovers_from_a_full_log_disk_by_itself() {
         let spooled = a
             .metric("ferrule_agent_spooled_samples_total")
             .unwrap_or(-1.0);
-        let dropped = metric_sum(&a.metrics(), "ferrule_agent_dropped_samples_total", "") + 0.0;
+        let dropped =
+            procs::metric_sum_with(&a.metrics(), "ferrule_agent_dropped_samples_total", "") + 0.0;
         println!("{}: log {s:?}; spooled {spooled}, dropped {dropped}", a.id);
         v.check(d.running(), || format!("agent {} died", a.id));
         v.check(
@@ -2724,7 +2706,7 @@ fn kafka_readiness(how: Stall) {
         sleep(Duration::from_secs(3));
     };
     let m = agg.metrics();
-    let rejected = metric_sum(&m, "ferrule_aggregator_batches_rejected_total", "");
+    let rejected = procs::metric_sum_with(&m, "ferrule_aggregator_batches_rejected_total", "");
     println!(
         "{records} records in {TOPIC}; commit failures {:?}; /readyz before {before:?}, now {:?}",
         metric_lines(&m, "ferrule_aggregator_commit_failures_total"),
@@ -2770,7 +2752,8 @@ fn kafka_readiness(how: Stall) {
         let samples: u64 = b.values().sum();
         let epochs: BTreeSet<u64> = b.keys().map(|x| x.0).collect();
         let last = b.keys().map(|x| x.1).max().unwrap_or(0);
-        let dropped = metric_sum(&a.metrics(), "ferrule_agent_dropped_samples_total", "") + 0.0;
+        let dropped =
+            procs::metric_sum_with(&a.metrics(), "ferrule_agent_dropped_samples_total", "") + 0.0;
         println!(
             "{}: {samples} of {TOTAL} samples in Kafka in {} batches (seq 1..={last}), epochs {epochs:?}, dropped {dropped}",
             a.id,

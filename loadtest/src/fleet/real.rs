@@ -213,10 +213,10 @@ impl Continuity {
         }
         if back {
             v.out_of_order += 1;
-            if v.examples.len() < 10 {
-                v.examples
-                    .push(format!("{agent} epoch {epoch} seq {seq} goes back in time"));
-            }
+            example(
+                &mut v.examples,
+                format!("{agent} epoch {epoch} seq {seq} goes back in time"),
+            );
         }
     }
 
@@ -236,13 +236,14 @@ impl Continuity {
             let missing = (hi - lo + 1) - seqs.len() as u64;
             if missing > 0 {
                 v.seq_gaps += missing;
-                if v.examples.len() < 10 {
-                    let first_missing = (lo..=hi).find(|s| !seqs.contains(s)).unwrap_or(lo);
-                    v.examples.push(format!(
+                let first_missing = (lo..=hi).find(|s| !seqs.contains(s)).unwrap_or(lo);
+                example(
+                    &mut v.examples,
+                    format!(
                         "{}: {missing} seqs missing from {lo}-{hi}, first {first_missing}",
                         name(i)
-                    ));
-                }
+                    ),
+                );
             }
         }
         let slack = SPAN_SLACK.as_nanos() as i64;
@@ -268,29 +269,38 @@ impl Continuity {
                             .max(((first - reach) / 1_000_000) as u64);
                     } else {
                         v.holes_unexplained += 1;
-                        if v.examples.len() < 10 {
-                            v.examples.push(format!(
+                        example(
+                            &mut v.examples,
+                            format!(
                                 "{} {sensor}: no sample for {} ms from {reach} ns",
                                 name(i),
                                 (first - reach) / 1_000_000
-                            ));
-                        }
+                            ),
+                        );
                     }
                 }
                 reach = reach.max(last);
             }
             if reach < stopped_ns - STALE.as_nanos() as i64 {
                 v.stale_feeds += 1;
-                if v.examples.len() < 10 {
-                    v.examples.push(format!(
+                example(
+                    &mut v.examples,
+                    format!(
                         "{} {sensor}: last sample {} ms before the stop",
                         name(i),
                         (stopped_ns - reach) / 1_000_000
-                    ));
-                }
+                    ),
+                );
             }
         }
         v
+    }
+}
+
+/// Keeps `what` among the first ten examples of a failure.
+fn example(examples: &mut Vec<String>, what: String) {
+    if examples.len() < 10 {
+        examples.push(what);
     }
 }
 
